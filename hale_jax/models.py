@@ -1,0 +1,181 @@
+"""The five KGE models of the paper as pure functions over parameter pytrees.
+
+A model is a transform ``Phi(params, heads, relations) -> queries [B, d]`` (paper Eqs. 10-14).
+Every model shares the similarity ``-||q - e||^2`` and a relation-specific positive scale
+``c_r`` (Eq. 8), so a triple's HaLE score is ``-h(c_r * ||Phi(e_h, r) - e_t||^2)``.
+
+Relations are indexed over ``2 |R|`` ids: ``r`` and its reciprocal ``r + |R|`` have their own
+parameters, and head prediction ``(?, r, t)`` is tail prediction ``(t, r + |R|, ?)``.
+
+Parameters (a plain dict; ``N`` entities, ``R2 = 2 |R|`` relation ids, ``d`` dimensions):
+
+==============  ============  ===============================================================
+key             shape         used by
+==============  ============  ===============================================================
+``entity``      ``[N, d]``    all
+``scale``       ``[R2]``      all; ``c_r = softplus(scale)``, initialised to ``c_r = 1``
+``translation`` ``[R2, d]``   TransE (``r``), RotE and RotL (``r'``)
+``diagonal``    ``[R2, d]``   DistMult
+``rotation``    ``[R2, d]``   RotatE, RotE, RotL
+``alpha``       ``[R2]``      RotL, initialised to 1
+==============  ============  ===============================================================
+
+Rotations (RotatE, RotE, RotL) act on ``d / 2`` planes of 2x2 Givens blocks, as in KGEmb
+(Chami et al. 2020, the source of RotE): dimensions ``(2i, 2i+1)`` of ``e_h`` are rotated by
+the unit vector ``(cos t_i, sin t_i) = rot[2i:2i+2] / ||rot[2i:2i+2]||`` of the relation's
+``rotation`` row, i.e. ``(x0, x1) -> (cos x0 - sin x1, sin x0 + cos x1)``.  The norm is
+clamped at 1e-15, as in KGEmb.  With a small Gaussian initialisation the angles start
+uniformly distributed.  ``d`` must be even for these models.
+
+RotL's flexible addition ``x (+)_alpha y`` (Eq. 14, after Wang et al. 2021, whose distance is
+Eq. 16) is read as::
+
+    x (+)_alpha y = alpha_r * (x + y) / max(1 + <x, y>, 0.05)
+
+with ``x = Rot(r, e_h)``, ``y = r'`` and ``alpha_r`` a trainable relation-specific scalar
+(this ``alpha`` is not the query-sampling proportion).  The paper gives no formula for
+``(+)_alpha``; this is Eq. 16's ``alpha (-q + e) / (1 - q . e)`` with ``-q`` replaced by the
+rotated head and ``e`` by the translation.  The denominator is clamped at 0.05 so the
+transform stays finite where ``<x, y>`` approaches -1 (never reached from the 1e-3
+initialisation in our runs); inside that region it is the formula exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+Array = jax.Array
+Params = dict[str, Array]
+
+ROTL_MIN_DENOMINATOR = 0.05
+_SOFTPLUS_INV_1 = float(jnp.log(jnp.expm1(1.0)))  # softplus(x) == 1
+
+
+def givens_rotate(rotation: ArrayLike, x: ArrayLike) -> Array:
+  """Rotates ``x [B, d]`` by the ``d/2`` Givens blocks of ``rotation [B, d]``; returns ``[B, d]``."""
+  rotation = jnp.asarray(rotation)
+  x = jnp.asarray(x)
+  pairs = rotation.reshape(rotation.shape[:-1] + (-1, 2))
+  pairs = pairs / jnp.maximum(jnp.linalg.norm(pairs, axis=-1, keepdims=True), 1e-15)
+  cos, sin = pairs[..., 0], pairs[..., 1]
+  xp = x.reshape(x.shape[:-1] + (-1, 2))
+  x0, x1 = xp[..., 0], xp[..., 1]
+  out = jnp.stack([cos * x0 - sin * x1, sin * x0 + cos * x1], axis=-1)
+  return out.reshape(x.shape)
+
+
+def flexible_add(x: ArrayLike, y: ArrayLike, alpha: ArrayLike) -> Array:
+  """RotL's ``x (+)_alpha y`` for ``x, y [B, d]`` and ``alpha [B]``; returns ``[B, d]``."""
+  x = jnp.asarray(x)
+  y = jnp.asarray(y)
+  denom = jnp.maximum(1.0 + jnp.sum(x * y, axis=-1, keepdims=True), ROTL_MIN_DENOMINATOR)
+  return jnp.asarray(alpha)[..., None] * (x + y) / denom
+
+
+def _transe(p: Params, e: Array, r: Array) -> Array:
+  return e + p["translation"][r]
+
+
+def _distmult(p: Params, e: Array, r: Array) -> Array:
+  return e * p["diagonal"][r]
+
+
+def _rotate(p: Params, e: Array, r: Array) -> Array:
+  return givens_rotate(p["rotation"][r], e)
+
+
+def _rote(p: Params, e: Array, r: Array) -> Array:
+  return givens_rotate(p["rotation"][r], e) + p["translation"][r]
+
+
+def _rotl(p: Params, e: Array, r: Array) -> Array:
+  return flexible_add(givens_rotate(p["rotation"][r], e), p["translation"][r], p["alpha"][r])
+
+
+_TRANSFORMS: dict[str, Callable[[Params, Array, Array], Array]] = {
+    "transe": _transe,
+    "distmult": _distmult,
+    "rotate": _rotate,
+    "rote": _rote,
+    "rotl": _rotl,
+}
+_RELATION_TABLES = {
+    "transe": ("translation",),
+    "distmult": ("diagonal",),
+    "rotate": ("rotation",),
+    "rote": ("rotation", "translation"),
+    "rotl": ("rotation", "translation"),
+}
+MODEL_NAMES = ("TransE", "DistMult", "RotatE", "RotE", "RotL")
+
+
+def canonical_model(name: str) -> str:
+  """Maps a model name in any case to its key (``"RotL" -> "rotl"``); raises ValueError."""
+  key = name.lower()
+  if key not in _TRANSFORMS:
+    raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+  return key
+
+
+def init_params(key: jax.Array, model: str, num_entities: int, num_relations: int, dim: int,
+                init_scale: float = 1e-3) -> Params:
+  """Initialises a model's parameters.
+
+  Args:
+    key: PRNG key.
+    model: one of ``MODEL_NAMES`` (any case).
+    num_entities: ``N``.
+    num_relations: ``R2``, relation ids *including* reciprocals.
+    dim: ``d``; even for the rotation models.
+    init_scale: standard deviation of the Gaussian initialisation of every table.
+
+  Returns:
+    The parameter dict described in the module docstring (float32).
+  """
+  model = canonical_model(model)
+  if model in ("rotate", "rote", "rotl") and dim % 2:
+    raise ValueError(f"{model} rotates 2-d planes, so the dimension must be even (got {dim})")
+  tables = ("entity",) + _RELATION_TABLES[model]
+  keys = jax.random.split(key, len(tables))
+  params: Params = {}
+  for k, name in zip(keys, tables):
+    rows = num_entities if name == "entity" else num_relations
+    params[name] = init_scale * jax.random.normal(k, (rows, dim), jnp.float32)
+  params["scale"] = jnp.full((num_relations,), _SOFTPLUS_INV_1, jnp.float32)
+  if model == "rotl":
+    params["alpha"] = jnp.ones((num_relations,), jnp.float32)
+  return params
+
+
+def transform(model: str, params: Params, heads: ArrayLike, relations: ArrayLike) -> Array:
+  """Phi: the query vectors ``[B, d]`` of ``heads [B]`` (entity ids) under ``relations [B]``."""
+  heads = jnp.asarray(heads)
+  relations = jnp.asarray(relations)
+  return _TRANSFORMS[canonical_model(model)](params, params["entity"][heads], relations)
+
+
+def relation_scale(params: Params, relations: ArrayLike) -> Array:
+  """``c_r = softplus(scale[r]) > 0`` for ``relations [B]``; returns ``[B]``."""
+  return jax.nn.softplus(params["scale"][jnp.asarray(relations)])
+
+
+def squared_distances(queries: ArrayLike, entities: ArrayLike) -> Array:
+  """``||q_b - e_n||^2`` for ``queries [B, d]`` and ``entities [N, d]``; returns ``[B, N]``.
+
+  Matmul form ``|q|^2 + |e|^2 - 2 q.e``, clamped at 0 against cancellation.
+  """
+  q = jnp.asarray(queries)
+  e = jnp.asarray(entities)
+  q2 = jnp.sum(q * q, axis=-1, keepdims=True)
+  e2 = jnp.sum(e * e, axis=-1)
+  return jnp.maximum(q2 + e2[None, :] - 2.0 * (q @ e.T), 0.0)
+
+
+def pair_squared_distances(queries: ArrayLike, targets: ArrayLike) -> Array:
+  """``||q_b - t_b||^2`` row by row for ``queries, targets [B, d]``; returns ``[B]``."""
+  diff = jnp.asarray(queries) - jnp.asarray(targets)
+  return jnp.sum(diff * diff, axis=-1)

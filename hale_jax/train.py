@@ -1,0 +1,305 @@
+"""Training with the HaLE loss: a jit-compiled optax epoch, validation, and a results file.
+
+Library code: it takes a :class:`Config` and never reads flags (``hale_jax.launch`` does).
+
+One epoch is one jit-compiled call: the reciprocal-augmented training set is shuffled on the
+device and ``lax.scan`` runs the optax steps, so there is no host round-trip inside an epoch.
+Each step takes ``batch_size`` training queries (a triple ``(h, r, t)`` and its reciprocal
+``(t, r + |R|, h)`` are separate queries), aligns all of them, and uses the first
+``k = ceil(alpha * batch_size)`` of the (shuffled) batch as the sampled queries of the
+uniformity term.  The last ``2T mod batch_size`` queries of each epoch's permutation are
+dropped, so every step has the same shape; the permutation changes every epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from hale_jax import activations, losses, models
+from hale_jax.data import FilterIndex, KGData, summary, with_reciprocals, write_vocabulary
+from hale_jax.evaluation import Evaluator
+
+Array = jax.Array
+
+
+@dataclasses.dataclass
+class Config:
+  """Everything a training run needs; the launcher fills it from flags."""
+  model: str = "RotL"
+  dim: int = 32
+  activation: str = "hanon"
+  beta: float | None = None      # None: the paper's default for the activation
+  gamma: float = 10.0
+  lam: float = 0.3               # alignment weight lambda
+  alpha: float = 0.1             # query-sampling proportion (not RotL's alpha)
+  pos_square: bool = True
+  batch_size: int = 1024
+  optimizer: str = "adam"        # adam | adagrad
+  learning_rate: float = 5e-3
+  init_scale: float = 1e-3
+  seed: int = 0
+  max_seconds: float = 30.0      # training-time budget; 0 = none
+  max_epochs: int = 0            # 0 = none
+  eval_every: int = 0            # epochs between validations; 0 = auto (about 20 per budget)
+  eval_chunk: int = 256          # queries ranked at a time
+
+  def validate(self) -> None:
+    models.canonical_model(self.model)
+    activations.get_activation(self.activation)
+    losses.num_sampled_queries(self.batch_size, self.alpha)
+    if self.optimizer not in ("adam", "adagrad"):
+      raise ValueError(f"unknown optimizer {self.optimizer!r}; choose adam or adagrad")
+    if self.max_seconds <= 0 and self.max_epochs <= 0:
+      raise ValueError("set a budget: --max_seconds > 0 or --max_epochs > 0")
+    if self.eval_every < 0:
+      raise ValueError(f"eval_every must be >= 0, got {self.eval_every}")
+    for name in ("dim", "batch_size", "eval_chunk"):
+      if getattr(self, name) <= 0:
+        raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+
+class TrainState(NamedTuple):
+  params: dict[str, Array]
+  opt_state: Any
+  key: Array
+  step: Array
+
+
+def make_optimizer(config: Config) -> optax.GradientTransformation:
+  if config.optimizer == "adagrad":
+    return optax.adagrad(config.learning_rate)
+  return optax.adam(config.learning_rate)
+
+
+def batch_loss(params, batch: Array, *, model: str, activation: Callable, lam: float,
+               num_sampled: int, pos_square: bool = True) -> Array:
+  """HaLE loss of ``batch [B, 3]`` (head, relation id incl. reciprocals, tail).
+
+  The first ``num_sampled`` rows are the sampled queries of the uniformity term.
+  """
+  heads, rels, tails = batch[:, 0], batch[:, 1], batch[:, 2]
+  queries = models.transform(model, params, heads, rels)
+  scale = models.relation_scale(params, rels)
+  pos = scale * models.pair_squared_distances(queries, params["entity"][tails])
+  sampled = scale[:num_sampled, None] * models.squared_distances(queries[:num_sampled],
+                                                                 params["entity"])
+  return losses.hale_loss(pos, sampled, activation, lam, pos_square)
+
+
+def make_epoch_fn(config: Config, num_queries: int):
+  """Returns ``epoch(state, train [2T, 3]) -> (state, mean_loss)``, jitted, state donated."""
+  optimizer = make_optimizer(config)
+  steps = num_queries // config.batch_size
+  if steps == 0:
+    raise ValueError(f"batch_size {config.batch_size} exceeds the {num_queries} training queries")
+  loss_fn = functools.partial(
+      batch_loss, model=models.canonical_model(config.model),
+      activation=activations.get_activation(config.activation, config.beta, config.gamma),
+      lam=config.lam, num_sampled=losses.num_sampled_queries(config.batch_size, config.alpha),
+      pos_square=config.pos_square)
+  grad_fn = jax.value_and_grad(loss_fn)
+
+  def epoch(state: TrainState, train: Array) -> tuple[TrainState, Array]:
+    key, perm_key = jax.random.split(state.key)
+    order = jax.random.permutation(perm_key, num_queries)[:steps * config.batch_size]
+    order = order.reshape(steps, config.batch_size)
+
+    def step(carry, idx):
+      params, opt_state = carry
+      loss, grads = grad_fn(params, train[idx])
+      updates, opt_state = optimizer.update(grads, opt_state, params)
+      return (optax.apply_updates(params, updates), opt_state), loss
+
+    (params, opt_state), step_losses = jax.lax.scan(step, (state.params, state.opt_state), order)
+    return TrainState(params, opt_state, key, state.step + steps), jnp.mean(step_losses)
+
+  return jax.jit(epoch, donate_argnums=0), steps
+
+
+def init_state(config: Config, data: KGData) -> TrainState:
+  key = jax.random.PRNGKey(config.seed)
+  key, init_key = jax.random.split(key)
+  params = models.init_params(init_key, config.model, data.num_entities,
+                              2 * data.num_relations, config.dim, config.init_scale)
+  opt_state = make_optimizer(config).init(params)
+  return TrainState(params, opt_state, key, jnp.zeros((), jnp.int32))
+
+
+def _versions() -> dict[str, str]:
+  import flax
+  import jaxlib
+  from hale_jax import __version__
+  return {"python": platform.python_version(), "jax": jax.__version__,
+          "jaxlib": jaxlib.__version__, "optax": optax.__version__, "flax": flax.__version__,
+          "numpy": np.__version__, "hale_jax": __version__}
+
+
+def _git_commit() -> str | None:
+  try:
+    out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parent, timeout=5)
+    return out.stdout.strip() or None
+  except (OSError, subprocess.SubprocessError):
+    return None
+
+
+def _device() -> dict[str, Any]:
+  devs = jax.devices()
+  return {"platform": devs[0].platform, "kind": devs[0].device_kind, "count": len(devs)}
+
+
+def _fmt_metrics(m: dict[str, float]) -> str:
+  return (f"MRR {m['mrr']:.4f}  MR {m['mr']:.1f}  H@1 {m['hits@1']:.4f}  "
+          f"H@3 {m['hits@3']:.4f}  H@10 {m['hits@10']:.4f}")
+
+
+def _write_json(path: Path, obj: Any) -> None:
+  tmp = path.with_suffix(".json.tmp")
+  tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+  os.replace(tmp, path)
+
+
+def prepare_workdir(workdir: str | os.PathLike, overwrite: bool = False) -> Path:
+  """Creates ``workdir``; refuses one holding an earlier run's results unless ``overwrite``."""
+  workdir = Path(workdir)
+  if (workdir / "results.json").exists() and not overwrite:
+    raise FileExistsError(f"{workdir}: holds results.json of an earlier run; choose another "
+                          f"--workdir or pass --overwrite to replace it")
+  workdir.mkdir(parents=True, exist_ok=True)
+  return workdir
+
+
+def _validate_now(config: Config, epoch: int, train_seconds: float, since_eval: float) -> bool:
+  """Every ``eval_every`` epochs; in auto mode about 20 times per budget; always at the end."""
+  if config.max_epochs and epoch >= config.max_epochs:
+    return True
+  if config.eval_every:
+    return epoch % config.eval_every == 0
+  if config.max_seconds:
+    return since_eval >= config.max_seconds / 20 or train_seconds >= config.max_seconds
+  return epoch % max(1, config.max_epochs // 20) == 0
+
+
+def train(config: Config, data: KGData, workdir: str | os.PathLike,
+          log: Callable[[str], None] = print, overwrite: bool = False,
+          extra: dict[str, Any] | None = None) -> dict[str, Any]:
+  """Trains, validates, tests the best-valid parameters, and writes ``workdir/results.json``.
+
+  Returns the results dict (also written as JSON).  ``extra`` is stored under ``"run"``.
+  """
+  config.validate()
+  wall0 = time.perf_counter()
+  workdir = prepare_workdir(workdir, overwrite)
+  write_vocabulary(data, workdir)
+  log(summary(data))
+  k = losses.num_sampled_queries(config.batch_size, config.alpha)
+  log(f"model {config.model} d={config.dim}  activation {config.activation}  lambda {config.lam}"
+      f"  alpha {config.alpha} (k={k} sampled queries/step)  batch {config.batch_size}  "
+      f"{config.optimizer} lr {config.learning_rate}  seed {config.seed}")
+  log(f"device {_device()}  workdir {workdir}")
+
+  train_queries = jnp.asarray(with_reciprocals(data.train, data.num_relations))
+  epoch_fn, steps = make_epoch_fn(config, train_queries.shape[0])
+  state = init_state(config, data)
+  index = FilterIndex(data)
+  valid_eval = Evaluator(data, "valid", config.model, config.eval_chunk, index)
+  test_eval = Evaluator(data, "test", config.model, config.eval_chunk, index)
+
+  t0 = time.perf_counter()
+  compiled_epoch = epoch_fn.lower(state, train_queries).compile()
+  compile_seconds = time.perf_counter() - t0
+  compile_seconds += valid_eval.compile(state.params) + test_eval.compile(state.params)
+  log(f"compiled in {compile_seconds:.1f}s; {steps} steps of {config.batch_size} per epoch")
+
+  train_seconds = eval_seconds = 0.0
+  last_epoch_seconds = 0.0
+  best = {"mrr": -1.0}
+  best_params = None
+  best_epoch = 0
+  curve = []
+  epoch = 0
+  last_eval_at = 0.0
+  while True:
+    if config.max_epochs and epoch >= config.max_epochs:
+      stop = f"max_epochs {config.max_epochs} reached"
+      break
+    if config.max_seconds and epoch and train_seconds + last_epoch_seconds > config.max_seconds:
+      stop = f"training budget {config.max_seconds:g}s reached"
+      break
+    t0 = time.perf_counter()
+    state, loss = compiled_epoch(state, train_queries)
+    loss = float(loss)  # waits for the epoch
+    last_epoch_seconds = time.perf_counter() - t0
+    train_seconds += last_epoch_seconds
+    epoch += 1
+    if not math.isfinite(loss):
+      log(f"epoch {epoch}: loss is {loss}; stopping (lower --learning_rate or check the data)")
+      stop = "non-finite loss"
+      break
+    if _validate_now(config, epoch, train_seconds, since_eval=train_seconds - last_eval_at):
+      last_eval_at = train_seconds
+      t0 = time.perf_counter()
+      m = valid_eval(state.params)["realistic"]
+      eval_seconds += time.perf_counter() - t0
+      curve.append({"epoch": epoch, "train_seconds": round(train_seconds, 3), "loss": loss,
+                    "valid_mrr": m["mrr"], "valid_hits@10": m["hits@10"]})
+      if m["mrr"] > best["mrr"]:
+        best, best_epoch = m, epoch
+        best_params = jax.tree.map(jnp.copy, state.params)
+      rate = steps * config.batch_size / last_epoch_seconds
+      log(f"epoch {epoch:4d} | loss {loss:.4f} | {rate:,.0f} triples/s | valid MRR "
+          f"{m['mrr']:.4f} H@10 {m['hits@10']:.4f} | train {train_seconds:.1f}s "
+          f"eval {eval_seconds:.1f}s")
+  if best_params is None:  # no validation ran yet: validate what we have
+    t0 = time.perf_counter()
+    best = valid_eval(state.params)["realistic"]
+    eval_seconds += time.perf_counter() - t0
+    best_params, best_epoch = state.params, epoch
+  log(f"stopped after {epoch} epochs: {stop}")
+
+  t0 = time.perf_counter()
+  valid_metrics = valid_eval(best_params)
+  test_metrics = test_eval(best_params)
+  eval_seconds += time.perf_counter() - t0
+  np.savez(workdir / "best_params.npz", **jax.device_get(best_params))
+  log(f"best valid epoch {best_epoch}: {_fmt_metrics(valid_metrics['realistic'])}")
+  for mode in ("realistic", "pessimistic"):
+    log(f"test ({mode} ties): {_fmt_metrics(test_metrics[mode])}")
+
+  results = {
+      "config": dataclasses.asdict(config),
+      "dataset": {"name": data.name, "source": data.source, "entities": data.num_entities,
+                  "relations": data.num_relations, "train": len(data.train),
+                  "valid": len(data.valid), "test": len(data.test)},
+      "metrics": {"valid": valid_metrics, "test": test_metrics, "best_epoch": best_epoch,
+                  "epochs": epoch, "steps": int(state.step), "stop_reason": stop,
+                  "ranking": "filtered (train+valid+test), both directions; headline = "
+                             "realistic ties (mean of optimistic and pessimistic)"},
+      "curve": curve,
+      "timings": {"compile_seconds": compile_seconds, "train_seconds": train_seconds,
+                  "eval_seconds": eval_seconds,
+                  "seconds_per_epoch": train_seconds / max(epoch, 1),
+                  "total_seconds": time.perf_counter() - wall0},
+      "versions": _versions(),
+      "device": _device(),
+      "git_commit": _git_commit(),
+      "run": extra or {},
+  }
+  _write_json(workdir / "results.json", results)
+  log(f"results written to {workdir / 'results.json'}")
+  return results

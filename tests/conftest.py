@@ -1,0 +1,69 @@
+"""Shared test setup.
+
+The environment is set at import time, before any test module (or hale_jax) imports jax:
+8 virtual CPU devices and the CPU platform.  Nothing else is enabled globally; tests that need
+float64 use the ``x64`` fixture.
+
+``rng`` gives each test its own ``np.random.default_rng(seed)``; the seed is derived from the
+test's node id (stable across runs, different between tests) plus ``HALE_TEST_SEED`` (default 0)
+to draw fresh inputs on demand.  It is stored in ``request.node.user_properties`` and printed in
+the report of a failing test.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import zlib
+
+_DEVICE_FLAG = "--xla_force_host_platform_device_count=8"
+if "jax" in sys.modules:  # pragma: no cover - only if something imported jax before pytest
+  import warnings
+  warnings.warn("jax was imported before tests/conftest.py; XLA_FLAGS/JAX_PLATFORMS may not apply")
+_flags = os.environ.get("XLA_FLAGS", "")
+if _DEVICE_FLAG not in _flags:
+  os.environ["XLA_FLAGS"] = f"{_flags} {_DEVICE_FLAG}".strip()
+os.environ["JAX_PLATFORMS"] = "cpu"
+
+# Make `import hale_jax` work however pytest is invoked (the package lives one level up).
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:
+  sys.path.insert(0, _ROOT)
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+_SEED_KEY = "rng_seed"
+
+
+def _seed_for(nodeid: str) -> int:
+  base = int(os.environ.get("HALE_TEST_SEED", "0"))
+  return (zlib.crc32(nodeid.encode("utf-8")) + base) % (2**32)
+
+
+@pytest.fixture
+def rng(request) -> np.random.Generator:
+  """A fresh generator whose seed depends on the test; printed when the test fails."""
+  seed = _seed_for(request.node.nodeid)
+  request.node.user_properties.append((_SEED_KEY, seed))
+  return np.random.default_rng(seed)
+
+
+@pytest.fixture
+def x64():
+  """Runs the test with ``jax_enable_x64`` on (float64 arrays), restored afterwards."""
+  import jax
+  with jax.enable_x64(True):
+    yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+  outcome = yield
+  report = outcome.get_result()
+  if report.failed:
+    for key, value in item.user_properties:
+      if key == _SEED_KEY:
+        report.sections.append(
+            ("rng seed", f"np.random.default_rng({value})  (HALE_TEST_SEED="
+                         f"{os.environ.get('HALE_TEST_SEED', '0')}, node {item.nodeid})"))

@@ -1,0 +1,218 @@
+"""Tests of hale_jax.datasets against a loopback HTTP server (no internet)."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import io
+import socket
+import tarfile
+import threading
+from pathlib import Path
+
+import pytest
+
+from hale_jax import datasets
+from hale_jax.data import DataError, load_folder
+
+SPLIT_LINES = {
+    "train.txt": ["a\tr1\tb", "b\tr2\tc", "c\tr1\ta"],
+    "valid.txt": ["a\tr2\tc"],
+    "test.txt": ["b\tr1\ta"],
+}
+LF = {f: ("\n".join(lines) + "\n").encode() for f, lines in SPLIT_LINES.items()}
+CRLF = {f: data.replace(b"\n", b"\r\n") for f, data in LF.items()}
+
+
+def sha256(data: bytes) -> tuple[str, str]:
+  return ("sha256", hashlib.sha256(data).hexdigest())
+
+
+def gitblob(data: bytes) -> tuple[str, str]:
+  return ("gitblob", hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest())
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+  def log_message(self, *args):
+    pass
+
+
+@pytest.fixture
+def server(tmp_path):
+  """Serves ``pub/``: ``data.tar.gz`` (CRLF files in ``pkg/nested/``) and ``files/*.txt`` (LF)."""
+  root = tmp_path / "pub"
+  (root / "files").mkdir(parents=True)
+  buf = io.BytesIO()
+  with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+    for f, data in CRLF.items():
+      info = tarfile.TarInfo(f"pkg/nested/{f}")
+      info.size = len(data)
+      tar.addfile(info, io.BytesIO(data))
+  (root / "data.tar.gz").write_bytes(buf.getvalue())
+  for f, data in LF.items():
+    (root / "files" / f).write_bytes(data)
+  handler = functools.partial(_QuietHandler, directory=str(root))
+  httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+  thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+  thread.start()
+  httpd.base = f"http://127.0.0.1:{httpd.server_address[1]}"
+  httpd.archive = buf.getvalue()
+  yield httpd
+  httpd.shutdown()
+  httpd.server_close()
+  thread.join()
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+  monkeypatch.delenv("HALE_DATA_DIR", raising=False)
+  monkeypatch.delenv("HALE_CACHE_DIR", raising=False)
+  return tmp_path / "cache"
+
+
+def tarball_sources(srv) -> dict:
+  return {"WN18RR": datasets.Tarball(f"{srv.base}/data.tar.gz",
+                                     hashlib.sha256(srv.archive).hexdigest(),
+                                     {f: sha256(data) for f, data in LF.items()})}
+
+
+def files_sources(base: str, checksum=gitblob, data=LF) -> dict:
+  return {"CoDEx-S": datasets.Files({f: (f"{base}/files/{f}", checksum(data[f]))
+                                     for f in SPLIT_LINES})}
+
+
+def closed_port_url() -> str:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  return f"http://127.0.0.1:{port}"
+
+
+def test_tarball_download_normalises_to_lf(server, cache, capsys):
+  path = datasets.resolve("WN18RR", cache_dir=cache, sources=tarball_sources(server), timeout=5)
+  assert path == cache / "WN18RR"
+  assert sorted(p.name for p in cache.iterdir()) == ["WN18RR"]
+  for f, data in LF.items():
+    assert (path / f).read_bytes() == data
+  data = load_folder(path)
+  assert data.entities == ("a", "b", "c") and data.relations == ("r1", "r2")
+  assert len(data.train) == 3
+  assert f"downloading WN18RR from {server.base}/data.tar.gz" in capsys.readouterr().err
+
+
+def test_second_resolve_uses_cache_without_network(server, cache):
+  sources = tarball_sources(server)
+  first = datasets.resolve("WN18RR", cache_dir=cache, sources=sources, timeout=5)
+  server.shutdown()
+  server.server_close()
+  dead = {"WN18RR": datasets.Tarball(f"{closed_port_url()}/x.tar.gz", "0" * 64, {})}
+  assert datasets.resolve("wn18rr", cache_dir=cache, sources=dead, timeout=5) == first
+
+
+def test_per_file_download_with_gitblob(server, cache):
+  path = datasets.resolve("CoDEx-S", cache_dir=cache, sources=files_sources(server.base))
+  for f, data in LF.items():
+    assert (path / f).read_bytes() == data
+  assert load_folder(path).num_entities == 3
+
+
+def test_cache_dir_from_environment(server, cache, monkeypatch):
+  monkeypatch.setenv("HALE_CACHE_DIR", str(cache))
+  assert datasets.resolve("CoDEx-S", sources=files_sources(server.base)) == cache / "CoDEx-S"
+
+
+def test_cache_root_order(tmp_path, monkeypatch):
+  monkeypatch.delenv("HALE_CACHE_DIR", raising=False)
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+  assert datasets.cache_root() == tmp_path / "xdg" / "hale_jax" / "datasets"
+  monkeypatch.setenv("HALE_CACHE_DIR", str(tmp_path / "env"))
+  assert datasets.cache_root() == tmp_path / "env"
+  assert datasets.cache_root(tmp_path / "arg") == tmp_path / "arg"
+
+
+def test_file_checksum_mismatch(server, cache):
+  wrong = {f: data + b"x" for f, data in LF.items()}
+  with pytest.raises(DataError) as err:
+    datasets.resolve("CoDEx-S", cache_dir=cache,
+                     sources=files_sources(server.base, sha256, wrong))
+  message = str(err.value)
+  assert "\n" not in message
+  assert "train.txt" in message
+  assert sha256(wrong["train.txt"])[1] in message and sha256(LF["train.txt"])[1] in message
+  assert not cache.exists() or list(cache.iterdir()) == []
+
+
+def test_tarball_checksum_mismatch(server, cache):
+  source = tarball_sources(server)["WN18RR"]
+  bad = {"WN18RR": datasets.Tarball(source.url, "0" * 64, source.files)}
+  with pytest.raises(DataError, match="data.tar.gz") as err:
+    datasets.resolve("WN18RR", cache_dir=cache, sources=bad)
+  assert "\n" not in str(err.value)
+  assert not cache.exists() or list(cache.iterdir()) == []
+
+
+def test_unreachable_server(cache):
+  sources = files_sources(closed_port_url())
+  with pytest.raises(DataError) as err:
+    datasets.resolve("CoDEx-S", cache_dir=cache, sources=sources, timeout=5)
+  message = str(err.value)
+  assert "\n" not in message
+  assert "could not download CoDEx-S" in message
+  assert str(cache / "CoDEx-S") in message and "HALE_DATA_DIR" in message
+  assert "--data_dir" in message
+  assert not cache.exists() or list(cache.iterdir()) == []
+
+
+def test_http_error(server, cache):
+  sources = {"CoDEx-S": datasets.Files({f: (f"{server.base}/missing/{f}", sha256(LF[f]))
+                                        for f in SPLIT_LINES})}
+  with pytest.raises(DataError, match="404") as err:
+    datasets.resolve("CoDEx-S", cache_dir=cache, sources=sources)
+  assert "\n" not in str(err.value)
+
+
+def test_hale_data_dir_takes_precedence(tmp_path, cache, monkeypatch):
+  local = tmp_path / "local" / "CoDEx-S"
+  local.mkdir(parents=True)
+  for f, data in LF.items():
+    (local / f).write_bytes(data)
+  monkeypatch.setenv("HALE_DATA_DIR", str(tmp_path / "local"))
+  sources = files_sources(closed_port_url())
+  assert datasets.resolve("codex-s", cache_dir=cache, sources=sources, timeout=5) == local
+  assert not cache.exists()
+
+
+def test_incomplete_cache_folder(cache):
+  (cache / "CoDEx-S").mkdir(parents=True)
+  (cache / "CoDEx-S" / "train.txt").write_bytes(LF["train.txt"])
+  with pytest.raises(DataError, match="lacks"):
+    datasets.resolve("CoDEx-S", cache_dir=cache, sources=files_sources(closed_port_url()))
+
+
+def test_unknown_name(cache):
+  with pytest.raises(DataError) as err:
+    datasets.resolve("YAGO3-10", cache_dir=cache)
+  message = str(err.value)
+  assert "\n" not in message and "YAGO3-10" in message and "--data_dir" in message
+  for name in datasets.SOURCES:
+    assert name in message
+
+
+@pytest.mark.parametrize("given, canonical", [
+    ("codex_s", "CoDEx-S"), ("CODEX-S", "CoDEx-S"), ("codexm", "CoDEx-M"),
+    ("fb15k237", "FB15k-237"), ("FB15K_237", "FB15k-237"), ("wn18rr", "WN18RR"),
+    ("CoDEx-L", "CoDEx-L"),
+])
+def test_name_normalisation(given, canonical):
+  assert datasets.canonical_name(given) == canonical
+
+
+def test_name_normalisation_in_resolve(server, cache):
+  path = datasets.resolve("codex_s", cache_dir=cache, sources=files_sources(server.base))
+  assert path == cache / "CoDEx-S"
+
+
+def test_gitblob_digest_matches_git():
+  empty_blob = "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"  # git hash-object /dev/null
+  assert datasets._digest("gitblob", b"") == empty_blob

@@ -1,0 +1,312 @@
+"""hale_jax.models against float64 NumPy references of the transforms in its docstring.
+
+The reference functions here (``np_transform``, ``np_softplus``) are also used by
+test_losses.py and test_evaluation.py.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from hale_jax import models
+
+MODELS = ("TransE", "DistMult", "RotatE", "RotE", "RotL")
+ROTATION_MODELS = ("RotatE", "RotE", "RotL")
+
+# ----------------------------------------------------------------------------------------------
+# Float64 NumPy references.
+
+
+def np_softplus(x):
+  x = np.asarray(x, np.float64)
+  return np.log1p(np.exp(-np.abs(x))) + np.maximum(x, 0.0)
+
+
+def np_givens(rotation, x):
+  """Rotates each plane (2i, 2i+1) of x by the unit vector rotation[2i:2i+2] / its norm."""
+  rotation = np.asarray(rotation, np.float64)
+  x = np.asarray(x, np.float64)
+  out = np.empty_like(x)
+  for i in range(x.shape[-1] // 2):
+    a, b = rotation[..., 2 * i], rotation[..., 2 * i + 1]
+    norm = np.maximum(np.sqrt(a * a + b * b), 1e-15)
+    cos, sin = a / norm, b / norm
+    x0, x1 = x[..., 2 * i], x[..., 2 * i + 1]
+    out[..., 2 * i] = cos * x0 - sin * x1
+    out[..., 2 * i + 1] = sin * x0 + cos * x1
+  return out
+
+
+def np_transform(model, params, heads, relations):
+  """Phi(e_h, r) in float64 for any parameter dict (jax or numpy arrays)."""
+  p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+  heads = np.asarray(heads)
+  relations = np.asarray(relations)
+  e = p["entity"][heads]
+  model = model.lower()
+  if model == "transe":
+    return e + p["translation"][relations]
+  if model == "distmult":
+    return e * p["diagonal"][relations]
+  rotated = np_givens(p["rotation"][relations], e)
+  if model == "rotate":
+    return rotated
+  if model == "rote":
+    return rotated + p["translation"][relations]
+  if model == "rotl":
+    y = p["translation"][relations]
+    denom = np.maximum(1.0 + np.sum(rotated * y, axis=-1, keepdims=True), 0.05)
+    return p["alpha"][relations][:, None] * (rotated + y) / denom
+  raise AssertionError(model)
+
+
+def random_params(rng, model, num_entities, num_relations, dim, init_scale=0.5):
+  """``models.init_params`` with a seed from ``rng``; scale and RotL's alpha made non-trivial."""
+  key = jax.random.PRNGKey(int(rng.integers(2**31)))
+  params = models.init_params(key, model, num_entities, num_relations, dim, init_scale)
+  params = dict(params)
+  params["scale"] = params["scale"] + jnp.asarray(rng.normal(0, 0.5, num_relations), jnp.float32)
+  if "alpha" in params:
+    params["alpha"] = jnp.asarray(rng.uniform(0.5, 2.0, num_relations), jnp.float32)
+  return params
+
+
+def to_f64(params):
+  return {k: np.asarray(v, np.float64) for k, v in params.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+
+EXPECTED_KEYS = {
+    "TransE": {"entity", "scale", "translation"},
+    "DistMult": {"entity", "scale", "diagonal"},
+    "RotatE": {"entity", "scale", "rotation"},
+    "RotE": {"entity", "scale", "rotation", "translation"},
+    "RotL": {"entity", "scale", "rotation", "translation", "alpha"},
+}
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_init_params_shapes_and_values(rng, model):
+  n, r2, d = 11, 6, 8
+  scale = 0.5
+  key = jax.random.PRNGKey(int(rng.integers(2**31)))
+  p = models.init_params(key, model, n, r2, d, scale)
+  assert set(p) == EXPECTED_KEYS[model]
+  for k, v in p.items():
+    assert v.dtype == jnp.float32
+    rows = n if k == "entity" else r2
+    assert v.shape == ((rows, d) if k not in ("scale", "alpha") else (rows,))
+  np.testing.assert_allclose(np.asarray(models.relation_scale(p, np.arange(r2))), 1.0, rtol=1e-6)
+  if model == "RotL":
+    np.testing.assert_array_equal(np.asarray(p["alpha"]), 1.0)
+  # the Gaussian tables really have standard deviation init_scale (loose: 88 or 48 draws)
+  for k in EXPECTED_KEYS[model] - {"scale", "alpha"}:
+    std = float(np.std(np.asarray(p[k])))
+    assert 0.3 * scale < std < 2.0 * scale, (k, std)
+  # the same key gives the same parameters; the tables are drawn independently
+  q = models.init_params(key, model.upper(), n, r2, d, scale)
+  for k in p:
+    np.testing.assert_array_equal(np.asarray(p[k]), np.asarray(q[k]))
+  tables = sorted(EXPECTED_KEYS[model] - {"scale", "alpha"})
+  for a in tables:
+    for b in tables:
+      if a < b:
+        assert not np.allclose(np.asarray(p[a])[:r2], np.asarray(p[b])[:r2]), (a, b)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_transform_matches_reference(rng, model):
+  n, r2, d, b = 13, 6, 8, 40
+  params = random_params(rng, model, n, r2, d)
+  heads = rng.integers(0, n, b)
+  rels = rng.integers(0, r2, b)
+  got = np.asarray(models.transform(model, params, jnp.asarray(heads), jnp.asarray(rels)))
+  assert got.shape == (b, d) and got.dtype == np.float32
+  want = np_transform(model, to_f64(params), heads, rels)
+  scale = np.max(np.abs(want))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * scale)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_transform_float64_matches_reference_tightly(rng, x64, model):
+  n, r2, d, b = 9, 4, 6, 25
+  params = {k: jnp.asarray(v) for k, v in to_f64(random_params(rng, model, n, r2, d)).items()}
+  heads = rng.integers(0, n, b)
+  rels = rng.integers(0, r2, b)
+  got = np.asarray(models.transform(model, params, heads, rels))
+  assert got.dtype == np.float64
+  np.testing.assert_allclose(got, np_transform(model, params, heads, rels), rtol=1e-12,
+                             atol=1e-14)
+
+
+def test_model_names_case_insensitive():
+  for name in MODELS:
+    assert models.canonical_model(name) == name.lower()
+    assert models.canonical_model(name.upper()) == name.lower()
+  assert tuple(models.MODEL_NAMES) == MODELS
+
+
+def test_rotl_flexible_addition_clamps_denominator(x64):
+  # entity 0 = (1, 0, 0.5, 0), identity rotation, translation -(2, 0, 0, 0): <x, y> = -2.
+  params = {
+      "entity": jnp.array([[1.0, 0.0, 0.5, 0.0], [0.3, -0.2, 0.1, 0.4]]),
+      "rotation": jnp.array([[1.0, 0.0, 1.0, 0.0], [0.0, 2.0, 3.0, 4.0]]),
+      "translation": jnp.array([[-2.0, 0.0, 0.0, 0.0], [0.1, 0.2, 0.3, 0.4]]),
+      "alpha": jnp.array([1.5, 0.7]),
+      "scale": jnp.zeros(2),
+  }
+  got = np.asarray(models.transform("RotL", params, jnp.array([0, 1]), jnp.array([0, 1])))
+  # clamped row: alpha (x + y) / 0.05
+  np.testing.assert_allclose(got[0], 1.5 * np.array([-1.0, 0.0, 0.5, 0.0]) / 0.05, rtol=1e-12)
+  # second row: rotation planes (0, 1) by 90 degrees, (3, 4)/5; formula exactly
+  x = np.array([0.2, 0.3, (0.6 * 0.1 - 0.8 * 0.4), (0.8 * 0.1 + 0.6 * 0.4)])
+  y = np.array([0.1, 0.2, 0.3, 0.4])
+  np.testing.assert_allclose(got[1], 0.7 * (x + y) / (1.0 + x @ y), rtol=1e-12)
+  np.testing.assert_allclose(got, np_transform("RotL", params, [0, 1], [0, 1]), rtol=1e-12)
+  assert models.ROTL_MIN_DENOMINATOR == 0.05
+
+
+def test_givens_zero_rotation_row_is_finite(x64):
+  # A zero plane in the rotation row: the norm clamp keeps it finite (the plane maps to 0).
+  rot = jnp.array([[0.0, 0.0, 3.0, 4.0]])
+  x = jnp.array([[1.0, 2.0, 1.0, 0.0]])
+  got = np.asarray(models.givens_rotate(rot, x))
+  np.testing.assert_allclose(got, [[0.0, 0.0, 0.6, 0.8]], atol=1e-15)
+
+
+def test_rotation_preserves_norms(rng):
+  model = "RotatE"
+  n, r2, d, b = 10, 4, 12, 30
+  params = random_params(rng, model, n, r2, d, init_scale=1.0)
+  heads = rng.integers(0, n, b)
+  rels = rng.integers(0, r2, b)
+  q = np.asarray(models.transform(model, params, heads, rels), np.float64)
+  e = np.asarray(params["entity"], np.float64)[heads]
+  np.testing.assert_allclose(np.linalg.norm(q, axis=1), np.linalg.norm(e, axis=1), rtol=1e-5)
+  # plane by plane, too
+  np.testing.assert_allclose(np.linalg.norm(q.reshape(b, -1, 2), axis=-1),
+                             np.linalg.norm(e.reshape(b, -1, 2), axis=-1), rtol=1e-5, atol=1e-6)
+  # ... and it is not the identity
+  assert np.max(np.abs(q - e)) > 0.1
+  # givens_rotate alone, with unnormalised rotation rows
+  rot = rng.normal(size=(b, d)) * 7.0
+  x = rng.normal(size=(b, d))
+  y = np.asarray(models.givens_rotate(jnp.asarray(rot, jnp.float32), jnp.asarray(x, jnp.float32)))
+  np.testing.assert_allclose(np.linalg.norm(y, axis=1), np.linalg.norm(x, axis=1), rtol=1e-5)
+  np.testing.assert_allclose(y, np_givens(rot, x), rtol=1e-5, atol=1e-5)
+
+
+def test_relation_scale_is_softplus(rng):
+  scale = rng.normal(0, 3, 9).astype(np.float32)
+  scale[:3] = [-30.0, 0.0, 30.0]
+  params = {"scale": jnp.asarray(scale)}
+  rels = rng.integers(0, 9, 20)
+  rels[:3] = [0, 1, 2]
+  got = np.asarray(models.relation_scale(params, jnp.asarray(rels)))
+  assert got.shape == (20,)
+  assert (got > 0).all()
+  np.testing.assert_allclose(got, np_softplus(scale[rels]), rtol=1e-5)
+
+
+def test_squared_distances_matches_numpy(rng):
+  q = rng.normal(size=(7, 6)).astype(np.float32)
+  e = rng.normal(size=(11, 6)).astype(np.float32)
+  got = np.asarray(models.squared_distances(jnp.asarray(q), jnp.asarray(e)))
+  want = np.sum((q[:, None, :].astype(np.float64) - e[None, :, :]) ** 2, axis=-1)
+  assert got.shape == (7, 11)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  pair = np.asarray(models.pair_squared_distances(jnp.asarray(q), jnp.asarray(e[:7])))
+  assert pair.shape == (7,)
+  np.testing.assert_allclose(pair, np.sum((q.astype(np.float64) - e[:7]) ** 2, axis=-1),
+                             rtol=1e-6)
+  np.testing.assert_allclose(pair, np.diag(got[:, :7]), rtol=1e-5, atol=1e-5)
+
+
+def test_squared_distance_to_itself_is_clamped_at_zero(rng):
+  # Large vectors: |q|^2 + |q|^2 - 2 q.q cancels catastrophically in float32.
+  q = (1e3 + rng.normal(size=(64, 16)) * 50).astype(np.float32)
+  qj = jnp.asarray(q)
+  got = np.asarray(models.squared_distances(qj, qj))
+  assert (got >= 0).all()
+  assert not np.isnan(got).any()
+  # the self distances are cancellation noise: tiny next to |q|^2 (about 1.6e7)
+  assert np.max(np.diag(got)) < 1e-3 * float(np.min(np.sum(q.astype(np.float64) ** 2, axis=1)))
+  np.testing.assert_array_equal(np.asarray(models.pair_squared_distances(qj, qj)), 0.0)
+  # Guard that this input really exercises the clamp: without it some entries go negative.
+  q2 = jnp.sum(qj * qj, axis=-1)
+  raw = np.asarray(q2[:, None] + q2[None, :] - 2.0 * (qj @ qj.T))
+  assert (raw < 0).any(), "inputs no longer produce cancellation; pick larger magnitudes"
+
+
+def _kink_free_rows(model, params, heads, rels, margin=1e-2):
+  """Rows of a RotL batch whose 1 + <x, y> is away from the 0.05 clamp."""
+  if model != "RotL":
+    return np.ones(len(heads), bool)
+  p = to_f64(params)
+  x = np_givens(p["rotation"][rels], p["entity"][heads])
+  raw = 1.0 + np.sum(x * p["translation"][rels], axis=-1)
+  return np.abs(raw - 0.05) > margin
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_transform_gradients(rng, x64, model):
+  n, r2, d, b = 6, 4, 4, 10
+  params = {k: jnp.asarray(v) for k, v in to_f64(random_params(rng, model, n, r2, d, 0.4)).items()}
+  heads = rng.integers(0, n, b)
+  rels = rng.integers(0, r2, b)
+  keep = _kink_free_rows(model, params, heads, rels)
+  heads, rels = jnp.asarray(heads[keep]), jnp.asarray(rels[keep])
+  assert len(heads) >= 3
+  weights = jnp.asarray(rng.normal(size=(len(heads), d)))
+
+  def f(p):
+    q = models.transform(model, p, heads, rels)
+    c = models.relation_scale(p, rels)
+    return jnp.sum(jnp.sin(q) * weights) + jnp.sum(c * jnp.sum(q * q, axis=-1))
+
+  check_grads(f, (params,), order=1, modes=("rev", "fwd"))
+  # the gradient reaches every table the model uses (for the rows in the batch)
+  grads = jax.grad(f)(params)
+  for k in EXPECTED_KEYS[model]:
+    assert float(jnp.max(jnp.abs(grads[k]))) > 0, k
+
+
+def test_distance_gradients(rng, x64):
+  q = jnp.asarray(rng.normal(size=(3, 4)))
+  e = jnp.asarray(rng.normal(size=(5, 4)))
+  check_grads(lambda a, b: jnp.sum(jnp.sin(models.squared_distances(a, b))), (q, e), order=1,
+              modes=("rev", "fwd"))
+  check_grads(lambda a, b: jnp.sum(jnp.sin(models.pair_squared_distances(a, b))), (q, e[:3]),
+              order=1, modes=("rev", "fwd"))
+
+
+@pytest.mark.parametrize("model", ROTATION_MODELS)
+@pytest.mark.parametrize("dim", [1, 7, 33])
+def test_odd_dimension_rejected_by_rotation_models(model, dim):
+  with pytest.raises(ValueError, match="even"):
+    models.init_params(jax.random.PRNGKey(0), model, 5, 2, dim)
+
+
+@pytest.mark.parametrize("model", ("TransE", "DistMult"))
+def test_odd_dimension_fine_for_other_models(rng, model):
+  p = models.init_params(jax.random.PRNGKey(1), model, 5, 2, 7, 0.5)
+  heads, rels = rng.integers(0, 5, 4), rng.integers(0, 2, 4)
+  got = np.asarray(models.transform(model, p, heads, rels))
+  np.testing.assert_allclose(got, np_transform(model, to_f64(p), heads, rels), rtol=1e-5,
+                             atol=1e-7)
+
+
+@pytest.mark.parametrize("bad", ["RotH", "transe2", "", "Rot-L"])
+def test_unknown_model_raises(bad):
+  with pytest.raises(ValueError, match="unknown model"):
+    models.canonical_model(bad)
+  with pytest.raises(ValueError, match="unknown model"):
+    models.init_params(jax.random.PRNGKey(0), bad, 5, 2, 4)
+  p = models.init_params(jax.random.PRNGKey(0), "TransE", 5, 2, 4)
+  with pytest.raises(ValueError, match="unknown model"):
+    models.transform(bad, p, jnp.array([0]), jnp.array([0]))
