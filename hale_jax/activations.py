@@ -9,8 +9,9 @@ In HaLE the input is ``x = c_r * ||Phi(e, r) - e'||^2 >= 0`` and the triple scor
                Computed in the overflow-free form ``gamma * sigmoid(beta (x - 0.5) - log gamma)``.
 - ``halin``    Eq. 7, ``2x`` below 1, ``min(beta (x - 1) + 2, gamma)`` from 1; defaults beta=10,
                gamma=10 (Fig. 1).  For x <= 0 (outside the paper's domain) it stays ``2x``.
-- ``xexp``     ``x e^x`` (RotL's phi).  The exponent is clipped at 80 so that large inputs give
-               a large finite value and gradient instead of inf (and NaN through the softmax).
+- ``xexp``     ``x e^x`` (RotL's phi).  The input is clipped at 80 (``80 e^80 ~ 4e36``), so large
+               inputs give a large finite value and a zero gradient instead of inf (and NaN
+               through the softmax).
 - ``linear2x`` ``2x``: the temperature trick (tau = 1/2).
 - ``arctanh``  ``2 artanh(x)`` (the hyperbolic models' nonlinearity).  Its domain is (-1, 1);
                the input is clipped to ``[-1 + 1e-6, 1 - 1e-6]``, so values stay finite and the
@@ -46,10 +47,10 @@ def halin(x: ArrayLike, beta: float = 10.0, gamma: float = 10.0) -> Array:
 
 
 def xexp(x: ArrayLike, beta: float = 0.0, gamma: float = 0.0) -> Array:
-  """``x * exp(min(x, 80))``; ``beta`` and ``gamma`` are ignored."""
+  """``x e^x`` with ``x`` clipped at 80; ``beta`` and ``gamma`` are ignored."""
   del beta, gamma
-  x = jnp.asarray(x)
-  return x * jnp.exp(jnp.minimum(x, _XEXP_MAX_EXPONENT))
+  x = jnp.minimum(jnp.asarray(x), _XEXP_MAX_EXPONENT)
+  return x * jnp.exp(x)
 
 
 def linear2x(x: ArrayLike, beta: float = 0.0, gamma: float = 0.0) -> Array:

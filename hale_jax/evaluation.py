@@ -57,13 +57,14 @@ def ranks_from_distances(distances: ArrayLike, targets: ArrayLike, filter_rows: 
   d = jnp.asarray(distances)
   targets = jnp.asarray(targets)
   rows = jnp.arange(d.shape[0])
-  d_target = d[rows, targets]
-  d = d.at[jnp.asarray(filter_rows), jnp.asarray(filter_cols)].set(jnp.inf, mode="drop")
-  d = d.at[rows, targets].set(jnp.inf)  # the target never counts against itself
-  closer = jnp.sum(d < d_target[:, None], axis=1)
-  tied = jnp.sum(d == d_target[:, None], axis=1)
+  d_target = d[rows, targets][:, None]
+  excluded = jnp.zeros(d.shape, bool)
+  excluded = excluded.at[jnp.asarray(filter_rows), jnp.asarray(filter_cols)].set(True, mode="drop")
+  competing = ~excluded.at[rows, targets].set(True)  # the target never counts against itself
+  closer = jnp.sum((d < d_target) & competing, axis=1)
+  tied = jnp.sum((d == d_target) & competing, axis=1)
   worst = d.shape[1]
-  bad = jnp.isnan(d_target)
+  bad = jnp.isnan(d_target[:, 0])
   optimistic = jnp.where(bad, worst, 1 + closer).astype(jnp.int32)
   pessimistic = jnp.where(bad, worst, 1 + closer + tied).astype(jnp.int32)
   return optimistic, pessimistic

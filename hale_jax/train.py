@@ -234,6 +234,21 @@ def train(config: Config, data: KGData, workdir: str | os.PathLike,
   curve = []
   epoch = 0
   last_eval_at = 0.0
+  loss = float("nan")
+
+  def validate(loss: float, rate: float) -> None:
+    nonlocal best, best_epoch, best_params, eval_seconds
+    t0 = time.perf_counter()
+    m = valid_eval(state.params)["realistic"]
+    eval_seconds += time.perf_counter() - t0
+    curve.append({"epoch": epoch, "train_seconds": round(train_seconds, 3), "loss": loss,
+                  "valid_mrr": m["mrr"], "valid_hits@10": m["hits@10"]})
+    if m["mrr"] > best["mrr"]:
+      best, best_epoch = m, epoch
+      best_params = jax.tree.map(jnp.copy, state.params)
+    log(f"epoch {epoch:4d} | loss {loss:.4f} | {rate:,.0f} triples/s | valid MRR "
+        f"{m['mrr']:.4f} H@10 {m['hits@10']:.4f} | train {train_seconds:.1f}s "
+        f"eval {eval_seconds:.1f}s")
   while True:
     if config.max_epochs and epoch >= config.max_epochs:
       stop = f"max_epochs {config.max_epochs} reached"
@@ -253,23 +268,9 @@ def train(config: Config, data: KGData, workdir: str | os.PathLike,
       break
     if _validate_now(config, epoch, train_seconds, since_eval=train_seconds - last_eval_at):
       last_eval_at = train_seconds
-      t0 = time.perf_counter()
-      m = valid_eval(state.params)["realistic"]
-      eval_seconds += time.perf_counter() - t0
-      curve.append({"epoch": epoch, "train_seconds": round(train_seconds, 3), "loss": loss,
-                    "valid_mrr": m["mrr"], "valid_hits@10": m["hits@10"]})
-      if m["mrr"] > best["mrr"]:
-        best, best_epoch = m, epoch
-        best_params = jax.tree.map(jnp.copy, state.params)
-      rate = steps * config.batch_size / last_epoch_seconds
-      log(f"epoch {epoch:4d} | loss {loss:.4f} | {rate:,.0f} triples/s | valid MRR "
-          f"{m['mrr']:.4f} H@10 {m['hits@10']:.4f} | train {train_seconds:.1f}s "
-          f"eval {eval_seconds:.1f}s")
-  if best_params is None:  # no validation ran yet: validate what we have
-    t0 = time.perf_counter()
-    best = valid_eval(state.params)["realistic"]
-    eval_seconds += time.perf_counter() - t0
-    best_params, best_epoch = state.params, epoch
+      validate(loss, steps * config.batch_size / last_epoch_seconds)
+  if not curve or curve[-1]["epoch"] != epoch:  # the last epochs were not validated yet
+    validate(loss, steps * config.batch_size / max(last_epoch_seconds, 1e-9))
   log(f"stopped after {epoch} epochs: {stop}")
 
   t0 = time.perf_counter()

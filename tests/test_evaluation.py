@@ -1,0 +1,230 @@
+"""Filtered ranking: hand-made tie cases, metrics, and an end-to-end brute-force check."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from hale_jax import evaluation, models
+from hale_jax.data import from_named_triples
+from test_models import np_transform
+
+INF = np.inf
+NAN = np.nan
+
+# compiled once per shape; the hand-made cases share shapes by padding the filter to 8 pairs
+jit_ranks = jax.jit(evaluation.ranks_from_distances)
+
+
+def ranks(distances, targets, pairs=(), n=None):
+  """Calls ranks_from_distances; ``pairs`` are (row, col) filter pairs (padding added)."""
+  d = np.asarray(distances, np.float32)
+  n = d.shape[1] if n is None else n
+  pairs = list(pairs) + [(0, n)] * (8 - len(pairs))  # padding pairs, as the Evaluator makes
+  rows = np.array([p[0] for p in pairs], np.int32)
+  cols = np.array([p[1] for p in pairs], np.int32)
+  opt, pess = jit_ranks(d, np.asarray(targets, np.int32), rows, cols)
+  assert opt.dtype == np.int32 and pess.dtype == np.int32
+  return np.asarray(opt).tolist(), np.asarray(pess).tolist()
+
+
+def test_ties_count_optimistic_and_pessimistic():
+  # target 0 at 1: one candidate closer (0.5), two tied (entities 1 and 2)
+  assert ranks([[1, 1, 1, 0.5]], [0]) == ([2], [4])
+  assert ranks([[1, 1, 2, 0.5]], [0]) == ([2], [3])
+
+
+def test_all_equal_row():
+  assert ranks([[2, 2, 2, 2, 2]], [3]) == ([1], [5])
+
+
+def test_strictly_best_and_worst():
+  assert ranks([[0.1, 0.2, 0.3], [0.1, 0.2, 0.3]], [0, 2]) == ([1, 3], [1, 3])
+
+
+def test_filtered_entities_removed_even_when_closer_or_tied():
+  # target 0 at 1; entity 1 tied, entity 2 closer, entity 3 farther: filter 1 and 2.
+  assert ranks([[1, 1, 0.5, 2]], [0], [(0, 1), (0, 2)]) == ([1], [1])
+  # filtering only the tied one
+  assert ranks([[1, 1, 0.5, 2]], [0], [(0, 1)]) == ([2], [2])
+  # filtering only the closer one
+  assert ranks([[1, 1, 0.5, 2]], [0], [(0, 2)]) == ([1], [2])
+
+
+def test_target_listed_in_filter_still_competes():
+  # the target's own pair is in the filter; entity 2 is closer and still counts
+  assert ranks([[0.5, 1, 0.2]], [0], [(0, 0)]) == ([2], [2])
+  # duplicated filter pairs (a triple in two splits) are harmless
+  assert ranks([[0.5, 1, 0.2, 0.5]], [0], [(0, 0), (0, 0), (0, 3), (0, 3)]) == ([2], [2])
+
+
+def test_filter_applies_to_its_own_row_only():
+  d = [[1, 0.5, 0.2], [1, 0.5, 0.2]]
+  assert ranks(d, [0, 0], [(1, 1), (1, 2)]) == ([3, 1], [3, 1])
+
+
+def test_padding_pairs_are_ignored():
+  d = np.array([[1.0, 2.0, 0.5]], np.float32)
+  rows = np.array([0, 0, 0], np.int32)
+  # column N and beyond: neither wrapped round to column 0 nor clamped onto column N-1 (= 2)
+  cols = np.array([3, 4, 1000], np.int32)
+  opt, pess = jit_ranks(d, np.array([0], np.int32), rows, cols)
+  assert (int(opt[0]), int(pess[0])) == (2, 2)
+
+
+def test_nan_target_ranks_last():
+  assert ranks([[NAN, 0.5, 1, 2], [1, NAN, 0.3, 0.1]], [0, 0]) == ([4, 3], [4, 3])
+  assert ranks([[NAN, NAN, NAN]], [1]) == ([3], [3])
+
+
+def test_inf_target_rank_stays_within_n():
+  # entity 1 is filtered, entities 2 and 3 are closer: both ranks should be 3
+  assert ranks([[INF, 1, 2, 3]], [0], [(0, 1)]) == ([3], [3])
+  # all at +inf: the others tie with the target, filtered ones do not count
+  assert ranks([[INF, INF, INF, INF]], [0], [(0, 2)]) == ([1], [3])
+
+
+def np_ranks(d, targets, filt):
+  """Brute force: filt[c] is the set of entities filtered for query c."""
+  d = np.asarray(d, np.float64)
+  opt, pess = [], []
+  for c, t in enumerate(targets):
+    dt = d[c, t]
+    others = [j for j in range(d.shape[1]) if j != t and j not in filt[c]]
+    if np.isnan(dt):
+      opt.append(d.shape[1])
+      pess.append(d.shape[1])
+      continue
+    closer = sum(d[c, j] < dt for j in others)
+    tied = sum(d[c, j] == dt for j in others)
+    opt.append(1 + closer)
+    pess.append(1 + closer + tied)
+  return opt, pess
+
+
+def test_random_against_brute_force(rng):
+  c, n, p = 30, 9, 60
+  d = rng.integers(0, 5, (c, n)).astype(np.float32)  # many ties
+  d[rng.random((c, n)) < 0.05] = NAN
+  targets = rng.integers(0, n, c)
+  rows = rng.integers(0, c, p)
+  cols = rng.integers(0, n + 3, p)  # some padding beyond N
+  filt = [set() for _ in range(c)]
+  for r, col in zip(rows, cols):
+    if col < n:
+      filt[r].add(int(col))
+  opt, pess = jit_ranks(d, targets.astype(np.int32), rows.astype(np.int32),
+                                              cols.astype(np.int32))
+  want_opt, want_pess = np_ranks(d, targets, filt)
+  np.testing.assert_array_equal(np.asarray(opt), want_opt)
+  np.testing.assert_array_equal(np.asarray(pess), want_pess)
+  assert (np.asarray(opt) >= 1).all() and (np.asarray(pess) <= n).all()
+
+
+def test_metrics_from_ranks(rng):
+  opt = rng.integers(1, 30, 50)
+  pess = opt + rng.integers(0, 5, 50)
+  m = evaluation.metrics_from_ranks(opt, pess)
+  assert set(m) == {"realistic", "pessimistic", "optimistic"}
+  for mode, r in (("realistic", (opt + pess) / 2.0), ("pessimistic", pess.astype(float)),
+                  ("optimistic", opt.astype(float))):
+    assert set(m[mode]) == {"mr", "mrr", "hits@1", "hits@3", "hits@10"}
+    assert m[mode]["mr"] == pytest.approx(np.mean(r), rel=1e-12)
+    assert m[mode]["mrr"] == pytest.approx(np.mean(1.0 / r), rel=1e-12)
+    for k in (1, 3, 10):
+      assert m[mode][f"hits@{k}"] == pytest.approx(np.mean(r <= k), rel=1e-12)
+
+
+def test_metrics_realistic_half_ranks():
+  # opt 1, pess 2 -> realistic 1.5: not a hit@1, MRR 2/3
+  m = evaluation.metrics_from_ranks(np.array([1, 3]), np.array([2, 3]))
+  assert m["realistic"]["hits@1"] == 0.0
+  assert m["optimistic"]["hits@1"] == 0.5
+  assert m["realistic"]["mrr"] == pytest.approx((1 / 1.5 + 1 / 3) / 2)
+  assert m["pessimistic"]["mr"] == pytest.approx(2.5)
+
+
+# ----------------------------------------------------------------------------------------------
+# End to end: Evaluator vs brute-force filtered ranking.
+
+SPLITS = {
+    "train": [("a", "likes", "b"), ("a", "likes", "c"), ("b", "likes", "c"), ("c", "knows", "d"),
+              ("d", "knows", "e"), ("e", "likes", "a"), ("f", "knows", "a"), ("b", "knows", "f"),
+              ("g", "likes", "b")],
+    "valid": [("a", "likes", "d"), ("e", "knows", "c"), ("g", "likes", "c")],
+    # 7 test triples -> 14 queries, not a multiple of chunk=4.  (a likes ?) has answers b, c, d,
+    # e across splits; (a likes c) is also in train (a duplicate across splits); (? likes c)
+    # has answers a, b, g.
+    "test": [("a", "likes", "e"), ("a", "likes", "c"), ("b", "likes", "c"), ("g", "likes", "c"),
+             ("d", "knows", "e"), ("f", "knows", "d"), ("h", "knows", "a")],
+}
+
+
+def _brute_force_ranks(data, model, params):
+  p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+  nr, n = data.num_relations, data.num_entities
+  everything = np.concatenate([data.train, data.valid, data.test])
+  known = {}
+  for h, r, t in everything:
+    known.setdefault((h, r), set()).add(t)
+    known.setdefault((t, r + nr), set()).add(h)
+  test = data.test
+  queries = [(h, r, t) for h, r, t in test] + [(t, r + nr, h) for h, r, t in test]
+  heads = np.array([q[0] for q in queries])
+  rels = np.array([q[1] for q in queries])
+  targets = np.array([q[2] for q in queries])
+  q = np_transform(model, p, heads, rels)
+  d = np.sum((q[:, None, :] - p["entity"][None, :, :]) ** 2, axis=-1)
+  assert d.shape == (len(queries), n)
+  filt = [known[(h, r)] - {t} for h, r, t in queries]
+  return (*np_ranks(d, targets, filt), d, filt)
+
+
+# The evaluator is model-agnostic beyond models.transform (checked per model in test_models.py).
+@pytest.mark.parametrize("model", ["TransE", "DistMult", "RotL"])
+def test_evaluator_matches_brute_force(rng, model):
+  data = from_named_triples("tiny", SPLITS)
+  assert data.num_entities == 8 and data.num_relations == 2
+  key = jax.random.PRNGKey(int(rng.integers(2**31)))
+  params = models.init_params(key, model, data.num_entities, 2 * data.num_relations, 4, 1.0)
+  ev = evaluation.Evaluator(data, "test", model, chunk=4)
+  assert ev.num_queries == 2 * len(SPLITS["test"]) == 14
+  opt, pess = ev.ranks(params)
+  want_opt, want_pess, d, filt = _brute_force_ranks(data, model, params)
+  # random float embeddings: no near ties that float32 could flip
+  np.testing.assert_array_equal(opt, want_opt)
+  np.testing.assert_array_equal(pess, want_pess)
+  # the filter really removes something in this data set
+  assert sum(len(f) for f in filt) >= 6
+  assert max(len(f) for f in filt) >= 3
+  # metrics are those of the ranks
+  m = ev(params)
+  assert m == evaluation.metrics_from_ranks(opt, pess)
+  # and the same parameters give the same answer again (compiled once, reused)
+  opt2, pess2 = ev.ranks(params)
+  np.testing.assert_array_equal(opt2, opt)
+  np.testing.assert_array_equal(pess2, pess)
+
+
+def test_evaluator_filtering_changes_ranks():
+  """Hand-placed embeddings: other known answers closer than the target are filtered out."""
+  data = from_named_triples("tiny", SPLITS)
+  e = {name: i for i, name in enumerate(data.entities)}
+  n, r2, dim = data.num_entities, 2 * data.num_relations, 2
+  params = models.init_params(jax.random.PRNGKey(0), "TransE", n, r2, dim, 1.0)
+  ent = np.zeros((n, dim), np.float32)
+  # entities on a line; query (a, likes, ?) = position of a + 0 lands on a = 0.
+  for name, x in zip("abcdefgh", [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]):
+    ent[e[name], 0] = x
+  params = dict(params)
+  params["entity"] = ent
+  params["translation"] = np.zeros((r2, dim), np.float32)
+  ev = evaluation.Evaluator(data, "test", "TransE", chunk=4)
+  opt, pess = ev.ranks(params)
+  # first test query: (a, likes, e) with target e at distance 16; a itself (0) is closer and not
+  # a known answer, b, c, d are known answers (filtered), f, g, h are farther: rank 2.
+  assert SPLITS["test"][0] == ("a", "likes", "e")
+  assert (opt[0], pess[0]) == (2, 2)
+  # (a, likes, c): b, d, e are known answers and filtered; a is closer: rank 2.
+  assert (opt[1], pess[1]) == (2, 2)
