@@ -244,3 +244,21 @@ def _complete(folder: Path) -> bool:
 
 def _one_line(reason) -> str:
   return " ".join(str(reason).split())
+
+
+def load_data(spec: Mapping[str, str]):
+  """Loads the :class:`~hale_jax.data.KGData` a run was trained on, from its data spec.
+
+  ``spec`` is one of ``{"kind": "synthetic"}``, ``{"kind": "dataset", "name": NAME}`` or
+  ``{"kind": "folder", "path": PATH}`` (as stored in a run's ``run.json``).
+  """
+  from hale_jax import synthetic  # pylint: disable=import-outside-toplevel
+  from hale_jax.data import load_folder  # pylint: disable=import-outside-toplevel
+  kind = spec.get("kind")
+  if kind == "synthetic":
+    return synthetic.generate()
+  if kind == "dataset":
+    return load_folder(resolve(spec["name"]), name=spec["name"])
+  if kind == "folder":
+    return load_folder(spec["path"])
+  raise DataError(f"unknown data spec {dict(spec)!r}; expected kind synthetic, dataset or folder")

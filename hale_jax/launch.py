@@ -7,10 +7,11 @@ a 2-core CPU).  This module alone reads absl flags; it fills a :class:`hale_jax.
 from __future__ import annotations
 
 import datetime
+import signal
 import sys
 from pathlib import Path
 
-from absl import app, flags
+from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
 
@@ -42,6 +43,11 @@ flags.DEFINE_integer("max_epochs", 0, "Epoch budget (0: none).")
 flags.DEFINE_integer("eval_every", 0, "Validate every this many epochs; 0: about 20 times "
                      "over the budget.")
 flags.DEFINE_integer("eval_chunk", 256, "Queries ranked at a time (memory: chunk x entities).")
+flags.DEFINE_integer("checkpoint_every_epochs", 0, "Checkpoint every this many epochs (0: by "
+                     "seconds only). A checkpoint is also written on SIGTERM/SIGINT and at the end.")
+flags.DEFINE_float("checkpoint_every_seconds", 300.0, "Checkpoint when this many wall-clock "
+                   "seconds passed since the last one (0: off).")
+flags.DEFINE_integer("max_to_keep", 3, "Checkpoints kept in <workdir>/checkpoints.")
 
 
 def _config():
@@ -51,33 +57,61 @@ def _config():
                 batch_size=FLAGS.batch_size, optimizer=FLAGS.optimizer,
                 learning_rate=FLAGS.learning_rate, init_scale=FLAGS.init_scale, seed=FLAGS.seed,
                 max_seconds=FLAGS.max_seconds, max_epochs=FLAGS.max_epochs,
-                eval_every=FLAGS.eval_every, eval_chunk=FLAGS.eval_chunk)
+                eval_every=FLAGS.eval_every, eval_chunk=FLAGS.eval_chunk,
+                checkpoint_every_epochs=FLAGS.checkpoint_every_epochs,
+                checkpoint_every_seconds=FLAGS.checkpoint_every_seconds,
+                max_to_keep=FLAGS.max_to_keep)
 
 
-def _load():
-  from hale_jax import datasets, synthetic
-  from hale_jax.data import load_folder
+def _data_spec() -> dict[str, str]:
   if FLAGS.data_dir:
-    return load_folder(FLAGS.data_dir)
+    return {"kind": "folder", "path": str(Path(FLAGS.data_dir).resolve())}
   if FLAGS.dataset.lower() == "synthetic":
-    return synthetic.generate()
-  return load_folder(datasets.resolve(FLAGS.dataset), name=FLAGS.dataset)
+    return {"kind": "synthetic"}
+  return {"kind": "dataset", "name": FLAGS.dataset}
+
+
+class _StopRequest:
+  """Turns SIGTERM/SIGINT into a stop request that training polls after each epoch."""
+
+  def __init__(self):
+    self.reason = None
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      signal.signal(sig, self._handle)
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.reason is not None:  # a second signal: stop now
+      raise KeyboardInterrupt
+    self.reason = signal.Signals(signum).name
+    print(f"{self.reason} received: saving a checkpoint after the current epoch "
+          f"(send it again to stop at once)", file=sys.stderr, flush=True)
+
+  def __call__(self):
+    return self.reason
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  logging.set_verbosity(logging.WARNING)  # keep orbax's INFO lines out of the progress output
+  from hale_jax import datasets
   from hale_jax.data import DataError
-  from hale_jax.train import train
+  from hale_jax.train import Interrupted, train
+  stop = _StopRequest()
   try:
     config = _config()
     config.validate()
-    data = _load()
+    spec = _data_spec()
+    data = datasets.load_data(spec)
     workdir = FLAGS.workdir or Path("runs") / (
         f"{data.name}-{config.model}-{config.dim}d-"
         f"{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}")
-    train(config, data, workdir, overwrite=FLAGS.overwrite,
+    train(config, data, workdir, overwrite=FLAGS.overwrite, data_spec=spec, should_stop=stop,
           extra={"argv": sys.argv, "flags": FLAGS.flags_into_string()})
+  except Interrupted as err:
+    print(f"stopped: {err}", file=sys.stderr)
+    sys.exit(128 + (signal.SIGINT if stop.reason == "SIGINT" else signal.SIGTERM))
   except (DataError, ValueError, FileExistsError) as err:
     print(f"error: {err}", file=sys.stderr)
     sys.exit(2)

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from hale_jax import activations, losses, models
+from hale_jax import activations, checkpoints, losses, models
 from hale_jax.data import FilterIndex, KGData, summary, with_reciprocals, write_vocabulary
 from hale_jax.evaluation import Evaluator
 
@@ -57,6 +57,9 @@ class Config:
   max_epochs: int = 0            # 0 = none
   eval_every: int = 0            # epochs between validations; 0 = auto (about 20 per budget)
   eval_chunk: int = 256          # queries ranked at a time
+  checkpoint_every_epochs: int = 0       # 0 = only by seconds, on stop and at the end
+  checkpoint_every_seconds: float = 300.0  # wall-clock seconds between saves; 0 = off
+  max_to_keep: int = 3           # checkpoints kept in workdir/checkpoints
 
   def validate(self) -> None:
     models.canonical_model(self.model)
@@ -68,7 +71,7 @@ class Config:
       raise ValueError("set a budget: --max_seconds > 0 or --max_epochs > 0")
     if self.eval_every < 0:
       raise ValueError(f"eval_every must be >= 0, got {self.eval_every}")
-    for name in ("dim", "batch_size", "eval_chunk"):
+    for name in ("dim", "batch_size", "eval_chunk", "max_to_keep"):
       if getattr(self, name) <= 0:
         raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
@@ -150,12 +153,16 @@ def _versions() -> dict[str, str]:
 
 
 def _git_commit() -> str | None:
+  """The source checkout's commit, with ``-dirty`` if it has uncommitted changes."""
+  here = Path(__file__).resolve().parent
   try:
-    out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                         cwd=Path(__file__).resolve().parent, timeout=5)
-    return out.stdout.strip() or None
+    head = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], capture_output=True,
+                          text=True, cwd=here, timeout=5).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True, cwd=here, timeout=5).stdout.strip()
   except (OSError, subprocess.SubprocessError):
     return None
+  return (head + ("-dirty" if dirty else "")) if head else None
 
 
 def _device() -> dict[str, Any]:
@@ -174,14 +181,36 @@ def _write_json(path: Path, obj: Any) -> None:
   os.replace(tmp, path)
 
 
-def prepare_workdir(workdir: str | os.PathLike, overwrite: bool = False) -> Path:
-  """Creates ``workdir``; refuses one holding an earlier run's results unless ``overwrite``."""
+class Interrupted(Exception):
+  """Training stopped early on request (a signal); the state was checkpointed first."""
+
+
+def start_run(workdir: str | os.PathLike, spec: dict[str, Any], overwrite: bool = False
+              ) -> dict[str, Any] | None:
+  """Prepares ``workdir`` for the run ``spec``; returns earlier results if it already finished.
+
+  A workdir holding a different run (model, dimension, dataset vocabulary, any other
+  non-budget setting) is refused unless ``overwrite``, which deletes the earlier outputs.
+  The same run is resumed from its latest checkpoint by :func:`train`.
+  """
   workdir = Path(workdir)
-  if (workdir / "results.json").exists() and not overwrite:
+  if overwrite:
+    checkpoints.clear_outputs(workdir)
+  old = checkpoints.read_run(workdir)
+  results = workdir / "results.json"
+  if old is None and results.exists():
     raise FileExistsError(f"{workdir}: holds results.json of an earlier run; choose another "
                           f"--workdir or pass --overwrite to replace it")
+  if old is not None:
+    diffs = checkpoints.mismatch(old, spec)
+    if diffs:
+      raise FileExistsError(f"{workdir}: holds a different run ({'; '.join(diffs)}); choose "
+                            f"another --workdir or pass --overwrite to replace it")
+    if results.exists():
+      return json.loads(results.read_text())
   workdir.mkdir(parents=True, exist_ok=True)
-  return workdir
+  checkpoints.write_run(workdir, spec)
+  return None
 
 
 def _validate_now(config: Config, epoch: int, train_seconds: float, since_eval: float) -> bool:
@@ -197,14 +226,29 @@ def _validate_now(config: Config, epoch: int, train_seconds: float, since_eval: 
 
 def train(config: Config, data: KGData, workdir: str | os.PathLike,
           log: Callable[[str], None] = print, overwrite: bool = False,
-          extra: dict[str, Any] | None = None) -> dict[str, Any]:
+          extra: dict[str, Any] | None = None, data_spec: dict[str, Any] | None = None,
+          should_stop: Callable[[], str | None] | None = None) -> dict[str, Any]:
   """Trains, validates, tests the best-valid parameters, and writes ``workdir/results.json``.
 
-  Returns the results dict (also written as JSON).  ``extra`` is stored under ``"run"``.
+  Resumes from the latest checkpoint in ``workdir`` when it holds the same run, and returns
+  the stored results when that run already finished.  ``data_spec`` says how to reload
+  ``data`` (see ``datasets.load_data``) and is kept in ``run.json``.  ``should_stop`` is polled
+  after every epoch; when it returns a reason, the state is checkpointed and
+  :class:`Interrupted` is raised.  ``extra`` is stored under ``"run"`` in the results.
+
+  Returns:
+    The results dict (also written as JSON).
   """
   config.validate()
   wall0 = time.perf_counter()
-  workdir = prepare_workdir(workdir, overwrite)
+  spec = {"config": dataclasses.asdict(config), "data": data_spec or {"kind": "unknown"},
+          "dataset": data.name, "vocab_sha256": checkpoints.vocabulary_hash(data)}
+  finished = start_run(workdir, spec, overwrite)
+  workdir = Path(workdir)
+  if finished is not None:
+    log(f"{workdir}: this run already finished; its results are in {workdir / 'results.json'} "
+        f"(pass --overwrite to train again)")
+    return finished
   write_vocabulary(data, workdir)
   log(summary(data))
   k = losses.num_sampled_queries(config.batch_size, config.alpha)
@@ -226,59 +270,85 @@ def train(config: Config, data: KGData, workdir: str | os.PathLike,
   compile_seconds += valid_eval.compile(state.params) + test_eval.compile(state.params)
   log(f"compiled in {compile_seconds:.1f}s; {steps} steps of {config.batch_size} per epoch")
 
-  train_seconds = eval_seconds = 0.0
-  last_epoch_seconds = 0.0
-  best = {"mrr": -1.0}
-  best_params = None
-  best_epoch = 0
-  curve = []
-  epoch = 0
-  last_eval_at = 0.0
-  loss = float("nan")
+  # Everything but arrays that a resume needs; stored as the checkpoint's JSON metadata.
+  progress = {"epoch": 0, "train_seconds": 0.0, "eval_seconds": 0.0, "last_eval_at": 0.0,
+              "loss": None, "best": None, "best_epoch": 0, "curve": []}
+  best_params = jax.tree.map(jnp.copy, state.params)  # own buffers: the state's are donated
+  ckpt = checkpoints.Checkpointer(workdir, config.max_to_keep, log)
+  restored = ckpt.restore_latest({"state": state, "best_params": best_params})
+  if restored is not None:
+    arrays, progress, _ = restored
+    state, best_params = arrays["state"], arrays["best_params"]
+    log(f"resumed from {workdir / 'checkpoints' / str(progress['epoch'])}: epoch "
+        f"{progress['epoch']}, {progress['train_seconds']:.1f}s of training already spent")
 
-  def validate(loss: float, rate: float) -> None:
-    nonlocal best, best_epoch, best_params, eval_seconds
+  def save() -> None:
+    ckpt.save(progress["epoch"], {"state": state, "best_params": best_params}, progress)
+
+  def validate(rate: float) -> None:
+    nonlocal best_params
     t0 = time.perf_counter()
     m = valid_eval(state.params)["realistic"]
-    eval_seconds += time.perf_counter() - t0
-    curve.append({"epoch": epoch, "train_seconds": round(train_seconds, 3), "loss": loss,
-                  "valid_mrr": m["mrr"], "valid_hits@10": m["hits@10"]})
-    if m["mrr"] > best["mrr"]:
-      best, best_epoch = m, epoch
+    progress["eval_seconds"] += time.perf_counter() - t0
+    progress["curve"].append({"epoch": progress["epoch"],
+                              "train_seconds": round(progress["train_seconds"], 3),
+                              "loss": progress["loss"], "valid_mrr": m["mrr"],
+                              "valid_hits@10": m["hits@10"]})
+    if progress["best"] is None or m["mrr"] > progress["best"]["mrr"]:
+      progress["best"], progress["best_epoch"] = m, progress["epoch"]
       best_params = jax.tree.map(jnp.copy, state.params)
-    log(f"epoch {epoch:4d} | loss {loss:.4f} | {rate:,.0f} triples/s | valid MRR "
-        f"{m['mrr']:.4f} H@10 {m['hits@10']:.4f} | train {train_seconds:.1f}s "
-        f"eval {eval_seconds:.1f}s")
+      ckpt.save_best(progress["epoch"], best_params)
+    log(f"epoch {progress['epoch']:4d} | loss {progress['loss']:.4f} | {rate:,.0f} triples/s | "
+        f"valid MRR {m['mrr']:.4f} H@10 {m['hits@10']:.4f} | train "
+        f"{progress['train_seconds']:.1f}s eval {progress['eval_seconds']:.1f}s")
+
+  last_epoch_seconds = 0.0
+  last_save = time.perf_counter()
   while True:
+    epoch, spent = progress["epoch"], progress["train_seconds"]
     if config.max_epochs and epoch >= config.max_epochs:
       stop = f"max_epochs {config.max_epochs} reached"
       break
-    if config.max_seconds and epoch and train_seconds + last_epoch_seconds > config.max_seconds:
+    if config.max_seconds and epoch and spent + last_epoch_seconds > config.max_seconds:
       stop = f"training budget {config.max_seconds:g}s reached"
       break
     t0 = time.perf_counter()
     state, loss = compiled_epoch(state, train_queries)
     loss = float(loss)  # waits for the epoch
     last_epoch_seconds = time.perf_counter() - t0
-    train_seconds += last_epoch_seconds
-    epoch += 1
+    progress.update(epoch=epoch + 1, train_seconds=spent + last_epoch_seconds, loss=loss)
     if not math.isfinite(loss):
-      log(f"epoch {epoch}: loss is {loss}; stopping (lower --learning_rate or check the data)")
+      log(f"epoch {epoch + 1}: loss is {loss}; stopping (lower --learning_rate or check the data)")
       stop = "non-finite loss"
       break
-    if _validate_now(config, epoch, train_seconds, since_eval=train_seconds - last_eval_at):
-      last_eval_at = train_seconds
-      validate(loss, steps * config.batch_size / last_epoch_seconds)
-  if not curve or curve[-1]["epoch"] != epoch:  # the last epochs were not validated yet
-    validate(loss, steps * config.batch_size / max(last_epoch_seconds, 1e-9))
-  log(f"stopped after {epoch} epochs: {stop}")
+    if _validate_now(config, progress["epoch"], progress["train_seconds"],
+                     since_eval=progress["train_seconds"] - progress["last_eval_at"]):
+      progress["last_eval_at"] = progress["train_seconds"]
+      validate(steps * config.batch_size / last_epoch_seconds)
+    reason = should_stop() if should_stop else None
+    every_epochs = config.checkpoint_every_epochs
+    if (reason or (every_epochs and progress["epoch"] % every_epochs == 0) or
+        (config.checkpoint_every_seconds and
+         time.perf_counter() - last_save >= config.checkpoint_every_seconds)):
+      save()
+      last_save = time.perf_counter()
+    if reason:
+      ckpt.close()
+      raise Interrupted(f"{reason}: checkpoint saved at epoch {progress['epoch']} in "
+                        f"{workdir / 'checkpoints'}; rerun the same command to resume")
+  curve = progress["curve"]
+  if not curve or curve[-1]["epoch"] != progress["epoch"]:  # the last epochs were not validated
+    validate(steps * config.batch_size / max(last_epoch_seconds, 1e-9))
+  save()
+  ckpt.close()
+  log(f"stopped after {progress['epoch']} epochs: {stop}")
 
   t0 = time.perf_counter()
   valid_metrics = valid_eval(best_params)
   test_metrics = test_eval(best_params)
-  eval_seconds += time.perf_counter() - t0
+  progress["eval_seconds"] += time.perf_counter() - t0
   np.savez(workdir / "best_params.npz", **jax.device_get(best_params))
-  log(f"best valid epoch {best_epoch}: {_fmt_metrics(valid_metrics['realistic'])}")
+  log(f"best valid epoch {progress['best_epoch']}: {_fmt_metrics(valid_metrics['realistic'])}")
   for mode in ("realistic", "pessimistic"):
     log(f"test ({mode} ties): {_fmt_metrics(test_metrics[mode])}")
 
@@ -287,15 +357,18 @@ def train(config: Config, data: KGData, workdir: str | os.PathLike,
       "dataset": {"name": data.name, "source": data.source, "entities": data.num_entities,
                   "relations": data.num_relations, "train": len(data.train),
                   "valid": len(data.valid), "test": len(data.test)},
-      "metrics": {"valid": valid_metrics, "test": test_metrics, "best_epoch": best_epoch,
-                  "epochs": epoch, "steps": int(state.step), "stop_reason": stop,
+      "metrics": {"valid": valid_metrics, "test": test_metrics,
+                  "best_epoch": progress["best_epoch"], "epochs": progress["epoch"],
+                  "steps": int(state.step), "stop_reason": stop,
                   "ranking": "filtered (train+valid+test), both directions; headline = "
                              "realistic ties (mean of optimistic and pessimistic)"},
       "curve": curve,
-      "timings": {"compile_seconds": compile_seconds, "train_seconds": train_seconds,
-                  "eval_seconds": eval_seconds,
-                  "seconds_per_epoch": train_seconds / max(epoch, 1),
-                  "total_seconds": time.perf_counter() - wall0},
+      "timings": {"compile_seconds": compile_seconds,
+                  "train_seconds": progress["train_seconds"],
+                  "eval_seconds": progress["eval_seconds"],
+                  "seconds_per_epoch": progress["train_seconds"] / max(progress["epoch"], 1),
+                  "total_seconds_this_process": time.perf_counter() - wall0,
+                  "resumed": restored is not None},
       "versions": _versions(),
       "device": _device(),
       "git_commit": _git_commit(),

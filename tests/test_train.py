@@ -65,14 +65,22 @@ def test_same_seed_same_result(small_graph, tmp_path):
   assert not np.array_equal(np.load(tmp_path / "c" / "best_params.npz")["entity"], pa["entity"])
 
 
-def test_workdir_with_results_is_refused(small_graph, tmp_path):
+def test_finished_run_is_kept_and_a_different_one_refused(small_graph, tmp_path):
   cfg = _config(max_epochs=1, eval_every=1)
-  train.train(cfg, small_graph, tmp_path / "w", log=lambda s: None)
+  first = train.train(cfg, small_graph, tmp_path / "w", log=lambda s: None)
   before = (tmp_path / "w" / "results.json").read_text()
-  with pytest.raises(FileExistsError, match="--overwrite"):
-    train.train(cfg, small_graph, tmp_path / "w", log=lambda s: None)
+  again = train.train(cfg, small_graph, tmp_path / "w", log=lambda s: None)  # already finished
+  assert again == first and (tmp_path / "w" / "results.json").read_text() == before
+  with pytest.raises(FileExistsError, match="dim"):
+    train.train(_config(max_epochs=1, eval_every=1, dim=8), small_graph, tmp_path / "w",
+                log=lambda s: None)
   assert (tmp_path / "w" / "results.json").read_text() == before
-  train.train(cfg, small_graph, tmp_path / "w", log=lambda s: None, overwrite=True)
+  other = synthetic.generate(seed=1, num_trees=3, branching=3, depth=4)  # other entities
+  with pytest.raises(FileExistsError, match="vocabulary"):
+    train.train(cfg, other, tmp_path / "w", log=lambda s: None)
+  train.train(_config(max_epochs=1, eval_every=1, dim=8), small_graph, tmp_path / "w",
+              log=lambda s: None, overwrite=True)
+  assert json.loads((tmp_path / "w" / "results.json").read_text())["config"]["dim"] == 8
 
 
 def test_bad_config_is_refused():
@@ -107,7 +115,7 @@ def test_launch_runs_and_refuses_bad_input(tmp_path):
   assert json.loads((tmp_path / "run" / "results.json").read_text())["metrics"]["epochs"] == 2
 
   # An earlier run's results are never overwritten silently.
-  again = _launch(f"--data_dir={data}", "--dim=8", "--batch_size=32", "--max_epochs=1",
+  again = _launch(f"--data_dir={data}", "--dim=4", "--batch_size=32", "--max_epochs=1",
                   "--max_seconds=0", f"--workdir={tmp_path / 'run'}")
   assert again.returncode == 2
   assert again.stderr.strip().count("\n") == 0 and "--overwrite" in again.stderr

@@ -1,0 +1,63 @@
+"""Command line: ``python -m hale_jax.evaluate --workdir=W [--split=test] [--output=FILE]``.
+
+Re-ranks a split with a run's best parameters (:func:`hale_jax.inference.evaluate_run`) and
+prints MRR, MR and Hits@{1,3,10} for the realistic, pessimistic and optimistic tie conventions.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  flags.DEFINE_string("workdir", None, "The --workdir of a hale_jax run.", required=True)
+  flags.DEFINE_enum("split", "test", ["test", "valid"], "Split to rank.")
+  flags.DEFINE_integer("chunk", 256, "Queries ranked at a time (memory: chunk x entities).")
+  flags.DEFINE_string("output", None, "Also write the metrics as JSON to this file.")
+  flags.DEFINE_bool("overwrite", False, "Replace an existing --output file.")
+
+
+def format_table(metrics: dict[str, dict[str, float]]) -> str:
+  """One row per tie convention: MRR, MR, H@1, H@3, H@10."""
+  lines = [f"{'ties':<12} {'MRR':>8} {'MR':>9} {'H@1':>8} {'H@3':>8} {'H@10':>8}"]
+  for mode in ("realistic", "pessimistic", "optimistic"):
+    m = metrics[mode]
+    lines.append(f"{mode:<12} {m['mrr']:8.4f} {m['mr']:9.1f} {m['hits@1']:8.4f} "
+                 f"{m['hits@3']:8.4f} {m['hits@10']:8.4f}")
+  return "\n".join(lines)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  from hale_jax import inference  # pylint: disable=import-outside-toplevel
+  try:
+    output = Path(FLAGS.output) if FLAGS.output else None
+    if output is not None and output.exists() and not FLAGS.overwrite:
+      raise FileExistsError(f"{output}: already exists; choose another --output or pass "
+                            f"--overwrite to replace it")
+    metrics = inference.evaluate_run(FLAGS.workdir, FLAGS.split, FLAGS.chunk)
+    print(f"{FLAGS.workdir}: filtered ranking of {FLAGS.split}")
+    print(format_table(metrics))
+    if output is not None:
+      output.write_text(json.dumps({"workdir": str(FLAGS.workdir), "split": FLAGS.split,
+                                    "metrics": metrics}, indent=2) + "\n")
+      print(f"metrics written to {output}")
+  except (ValueError, FileNotFoundError, FileExistsError) as err:  # DataError is a ValueError
+    print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+    sys.exit(2)
+
+
+def run():
+  _define_flags()
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,45 @@
+"""Command line: ``python -m hale_jax.export --workdir=W --format=npz|tsv [--output=PATH]``.
+
+Writes a run's best parameters with entity and relation names
+(:func:`hale_jax.inference.export_run`); by default to ``W/export.npz`` or ``W/export_tsv/``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  flags.DEFINE_string("workdir", None, "The --workdir of a hale_jax run.", required=True)
+  flags.DEFINE_enum("format", "npz", ["npz", "tsv"],
+                    "npz: one NumPy file; tsv: a folder of name<TAB>values files.")
+  flags.DEFINE_string("output", None, "Where to write; default W/export.npz or W/export_tsv.")
+  flags.DEFINE_bool("overwrite", False, "Replace an existing output.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  from hale_jax import inference  # pylint: disable=import-outside-toplevel
+  default = "export.npz" if FLAGS.format == "npz" else "export_tsv"
+  output = FLAGS.output or Path(FLAGS.workdir) / default
+  try:
+    path = inference.export_run(FLAGS.workdir, FLAGS.format, output, overwrite=FLAGS.overwrite)
+  except (ValueError, FileNotFoundError, FileExistsError) as err:  # DataError is a ValueError
+    print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+    sys.exit(2)
+  print(f"exported {FLAGS.format} to {path}")
+
+
+def run():
+  _define_flags()
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

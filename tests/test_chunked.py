@@ -1,0 +1,208 @@
+"""hale_jax.chunked against the plain [k, N] computation and a float64 NumPy reference."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from hale_jax import activations, chunked, losses, models, train
+from test_losses import FD_EPS, np_activation, np_logsumexp
+from test_models import random_params
+
+ACTS = ["hanon", "halin", "xexp", "identity"]
+# (N, chunk): chunk does not divide N, chunk > N, chunk = 1, chunk divides N, chunk = N.
+LAYOUTS = [(37, 8), (23, 64), (13, 1), (40, 8), (29, 29)]
+
+
+def rel_err(got, want) -> float:
+  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+  return float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30))
+
+
+def _inputs(rng, k, n, d, dtype=np.float32, spread=0.3):
+  """Queries, scales and entities whose scaled squared distances lie mostly in [0, 3]."""
+  q = rng.normal(0.0, spread, (k, d))
+  s = rng.uniform(0.5, 1.5, k)
+  e = rng.normal(0.0, spread, (n, d))
+  return tuple(jnp.asarray(a, dtype) for a in (q, s, e))
+
+
+def plain_loss(pos, q, s, e, h, lam, pos_square=True):
+  return losses.hale_loss(pos, s[:, None] * models.squared_distances(q, e), h, lam, pos_square)
+
+
+def np_uniformity_lse(q, s, e, h_np):
+  q, s, e = (np.asarray(a, np.float64) for a in (q, s, e))
+  d2 = np.sum((q[:, None, :] - e[None, :, :]) ** 2, axis=-1)  # difference form, not matmul
+  return np_logsumexp(-h_np(s[:, None] * d2), axis=-1)
+
+
+@pytest.mark.parametrize("n,chunk", LAYOUTS)
+@pytest.mark.parametrize("act", ACTS)
+def test_loss_and_gradients_match_plain(rng, act, n, chunk):
+  k, d, b = 5, 8, 11
+  q, s, e = _inputs(rng, k, n, d)
+  pos = jnp.asarray(rng.uniform(0.0, 2.0, b), jnp.float32)
+  lam = float(rng.uniform(0.1, 1.0))
+  pos_square = bool(rng.integers(2))
+  h = activations.get_activation(act)
+  f_plain = jax.jit(jax.value_and_grad(
+      lambda q, s, e: plain_loss(pos, q, s, e, h, lam, pos_square), argnums=(0, 1, 2)))
+  f_chunk = jax.jit(jax.value_and_grad(
+      lambda q, s, e: chunked.hale_loss_chunked(pos, q, s, e, h, lam, chunk, pos_square),
+      argnums=(0, 1, 2)))
+  (v_plain, g_plain), (v_chunk, g_chunk) = f_plain(q, s, e), f_chunk(q, s, e)
+  assert v_chunk.dtype == jnp.float32
+  assert rel_err(v_chunk, v_plain) < 1e-5
+  for name, gc, gp in zip(("queries", "scale", "entities"), g_chunk, g_plain):
+    assert gc.shape == gp.shape and gc.dtype == gp.dtype
+    assert rel_err(gc, gp) < 1e-5, name
+
+
+@pytest.mark.parametrize("n,chunk", LAYOUTS)
+def test_lse_per_query_matches_plain_and_numpy(rng, n, chunk):
+  k, d = 4, 6
+  q, s, e = _inputs(rng, k, n, d)
+  h = activations.get_activation("hanon")
+  got = chunked.uniformity_lse(q, s, e, h, chunk)
+  assert got.shape == (k,)
+  plain = jax.nn.logsumexp(-h(s[:, None] * models.squared_distances(q, e)), axis=-1)
+  # atol: an LSE can land near 0, where float32 rounding (~1e-7 of the O(1) terms) is not
+  # relatively small.
+  np.testing.assert_allclose(np.asarray(got), np.asarray(plain), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(got), np_uniformity_lse(q, s, e, np_activation("hanon")),
+                             rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("act", ACTS)
+def test_lse_float64_matches_numpy(rng, x64, act):
+  k, n, d, chunk = 3, 41, 5, 6
+  q, s, e = _inputs(rng, k, n, d, np.float64)
+  got = chunked.uniformity_lse(q, s, e, activations.get_activation(act), chunk)
+  assert got.dtype == jnp.float64
+  np.testing.assert_allclose(np.asarray(got), np_uniformity_lse(q, s, e, np_activation(act)),
+                             rtol=1e-12, atol=1e-12)
+
+
+def test_online_lse_is_stable_for_large_scores(rng, x64):
+  """Scores of -1e4 and spread over many chunks: the running max keeps everything finite."""
+  k, n, d = 3, 50, 4
+  q, _, e = _inputs(rng, k, n, d, np.float64, spread=3.0)
+  s = jnp.full((k,), 500.0)
+  h = activations.get_activation("identity")
+  got = chunked.uniformity_lse(q, s, e, h, 7)
+  assert np.all(np.isfinite(np.asarray(got)))
+  np.testing.assert_allclose(np.asarray(got), np_uniformity_lse(q, s, e, np_activation("identity")),
+                             rtol=1e-12)
+  g = jax.grad(lambda q: jnp.sum(chunked.uniformity_lse(q, s, e, h, 7)))(q)
+  assert np.all(np.isfinite(np.asarray(g)))
+
+
+def test_clamped_distance_gradient_matches_plain(rng):
+  """A query equal to an entity hits the clamp at 0; both versions differentiate it alike."""
+  k, n, d = 3, 10, 4
+  q, s, e = _inputs(rng, k, n, d)
+  q = q.at[1].set(e[7])
+  h = activations.get_activation("halin")
+  f_plain = jax.jit(jax.grad(lambda q, s, e: jnp.sum(jax.nn.logsumexp(
+      -h(s[:, None] * models.squared_distances(q, e)), axis=-1)), (0, 1, 2)))
+  f_chunk = jax.jit(jax.grad(lambda q, s, e: jnp.sum(chunked.uniformity_lse(q, s, e, h, 3)),
+                             (0, 1, 2)))
+  for gc, gp in zip(f_chunk(q, s, e), f_plain(q, s, e)):
+    assert rel_err(gc, gp) < 1e-5
+
+
+@pytest.mark.parametrize("act", ["hanon", "xexp", "identity"])
+@pytest.mark.parametrize("n,chunk", [(11, 4), (5, 8), (6, 1)])
+def test_custom_vjp_check_grads_float64(rng, x64, act, n, chunk):
+  k, d = 3, 4
+  q, s, e = _inputs(rng, k, n, d, np.float64)
+  h = activations.get_activation(act)
+  weights = jnp.asarray(rng.normal(size=k))  # a generic cotangent, not just ones
+  f = jax.jit(lambda q, s, e: jnp.dot(weights, chunked.uniformity_lse(q, s, e, h, chunk)))
+  check_grads(f, (q, s, e), order=1, modes=("rev",), eps=FD_EPS)
+
+
+def test_second_order_reverse_float64(rng, x64):
+  """The backward pass is itself differentiable (grad of grad)."""
+  q, s, e = _inputs(rng, 2, 9, 4, np.float64)
+  h = activations.get_activation("hanon")
+  f = jax.jit(lambda q, s, e: jnp.sum(chunked.uniformity_lse(q, s, e, h, 4)))
+  check_grads(f, (q, s, e), order=2, modes=("rev",), eps=1e-4, atol=1e-5, rtol=1e-5)
+
+
+def test_jit_vmap_and_static_arguments(rng):
+  k, n, d = 4, 30, 6
+  q, s, e = _inputs(rng, k, n, d)
+  h = activations.get_activation("hanon")
+  eager = chunked.uniformity_lse(q, s, e, h, 7)
+  jitted = jax.jit(chunked.uniformity_lse, static_argnums=(3, 4))(q, s, e, h, 7)
+  np.testing.assert_allclose(np.asarray(jitted), np.asarray(eager), rtol=1e-6)
+  g_jit = jax.jit(jax.grad(lambda e: jnp.sum(chunked.uniformity_lse(q, s, e, h, 7))))(e)
+  g_eager = jax.grad(lambda e: jnp.sum(chunked.uniformity_lse(q, s, e, h, 7)))(e)
+  assert rel_err(g_jit, g_eager) < 1e-5  # fusion may reorder float32 sums
+  # vmap over a leading axis of query sets
+  qs = jnp.stack([q, 2 * q])
+  batched = jax.vmap(lambda q: chunked.uniformity_lse(q, s, e, h, 7))(qs)
+  np.testing.assert_allclose(np.asarray(batched[1]),
+                             np.asarray(chunked.uniformity_lse(2 * q, s, e, h, 7)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("chunk", [0, -3, 2.5, True, None])
+def test_rejects_bad_chunk(rng, chunk):
+  q, s, e = _inputs(rng, 2, 5, 3)
+  with pytest.raises(ValueError, match="chunk"):
+    chunked.uniformity_lse(q, s, e, activations.get_activation("hanon"), chunk)
+
+
+def test_rejects_bad_shapes(rng):
+  q, s, e = _inputs(rng, 2, 5, 3)
+  h = activations.get_activation("hanon")
+  with pytest.raises(ValueError):
+    chunked.uniformity_lse(q, s[:1], e, h, 2)
+  with pytest.raises(ValueError):
+    chunked.uniformity_lse(q, s, e[:, :2], h, 2)
+
+
+@pytest.mark.parametrize("model,act", [("RotL", "hanon"), ("TransE", "xexp")])
+def test_batch_loss_chunked_matches_train_batch_loss(rng, model, act):
+  n, r2, d, b, k = 45, 6, 8, 12, 3
+  params = random_params(rng, model, n, r2, d, init_scale=0.2)
+  params = {key: jnp.asarray(v, jnp.float32) for key, v in params.items()}
+  batch = jnp.asarray(np.stack([rng.integers(0, n, b), rng.integers(0, r2, b),
+                                rng.integers(0, n, b)], axis=1), jnp.int32)
+  kw = dict(model=models.canonical_model(model), activation=activations.get_activation(act),
+            lam=0.3, num_sampled=k)
+  plain = jax.jit(jax.value_and_grad(functools.partial(train.batch_loss, **kw)))
+  fused = jax.jit(jax.value_and_grad(functools.partial(chunked.batch_loss_chunked, chunk=16, **kw)))
+  (v_plain, g_plain), (v_chunk, g_chunk) = plain(params, batch), fused(params, batch)
+  assert rel_err(v_chunk, v_plain) < 1e-5
+  assert g_chunk.keys() == g_plain.keys()
+  for key in g_plain:
+    assert rel_err(g_chunk[key], g_plain[key]) < 1e-5, key
+
+
+def test_chunked_gradient_needs_far_less_temporary_memory():
+  """Compiled jit(grad(loss)) at k=64, N=200_000, d=16: temporaries of O(k chunk), not O(k N)."""
+  k, n, d, chunk, b = 64, 200_000, 16, 4096, 256
+  h = activations.get_activation("hanon")
+  specs = (jax.ShapeDtypeStruct((b,), jnp.float32), jax.ShapeDtypeStruct((k, d), jnp.float32),
+           jax.ShapeDtypeStruct((k,), jnp.float32), jax.ShapeDtypeStruct((n, d), jnp.float32))
+  plain = functools.partial(plain_loss, h=h, lam=0.3)
+  fused = lambda pos, q, s, e: chunked.hale_loss_chunked(pos, q, s, e, h, 0.3, chunk)  # noqa: E731
+  temps = {}
+  for name, fn in (("plain", plain), ("chunked", fused)):
+    compiled = jax.jit(jax.grad(fn, argnums=(1, 2, 3))).lower(*specs).compile()
+    stats = compiled.memory_analysis()
+    if stats is None or getattr(stats, "temp_size_in_bytes", None) is None:
+      pytest.skip(f"compiled.memory_analysis() gives no temp size on {jax.default_backend()}")
+    temps[name] = stats.temp_size_in_bytes
+  full = k * n * 4  # one float32 [k, N] matrix
+  assert temps["plain"] >= full, temps
+  assert temps["chunked"] < full / 8, temps
+  assert temps["chunked"] < 16 * k * chunk * 4, temps  # a handful of [k, chunk] blocks

@@ -1,0 +1,199 @@
+"""Reloading a run: evaluate, export (npz, tsv), top-k prediction by name, and the three CLIs."""
+
+import inspect
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hale_jax import checkpoints, inference, synthetic, train
+from hale_jax.data import DataError, FilterIndex, load_folder
+from hale_jax.evaluation import Evaluator
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+  """One trained RotL run on a small graph stored as a dataset folder; returns the workdir."""
+  root = tmp_path_factory.mktemp("inference")
+  folder = root / "graph"
+  folder.mkdir()
+  graph = synthetic.generate(seed=1, num_trees=2, branching=3, depth=4)
+  for split in ("train", "valid", "test"):
+    with open(folder / f"{split}.txt", "w", encoding="utf-8") as f:
+      for h, r, t in graph.split(split):
+        f.write(f"{graph.entities[h]}\t{graph.relations[r]}\t{graph.entities[t]}\n")
+  data = load_folder(folder)
+  config = train.Config(model="RotL", dim=16, batch_size=256, max_epochs=30, max_seconds=0,
+                        eval_every=10, learning_rate=0.01)
+  workdir = root / "run"
+  spec = {"kind": "folder", "path": str(folder)}
+  kwargs = {"data_spec": spec} if "data_spec" in inspect.signature(train.train).parameters else {}
+  train.train(config, data, workdir, log=lambda s: None, **kwargs)
+  run = checkpoints.read_run(workdir) or {}
+  if run.get("data") != spec or "vocab_sha256" not in run:  # train() not yet writing the spec
+    run.update(config={**run.get("config", {}), "model": config.model, "dim": config.dim},
+               data=spec, dataset=data.name, vocab_sha256=checkpoints.vocabulary_hash(data))
+    checkpoints.write_run(workdir, run)
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def loaded(run_dir):
+  return inference.load_run(run_dir)
+
+
+def _results(run_dir):
+  return json.loads((run_dir / "results.json").read_text())
+
+
+def test_evaluate_run_reproduces_results_json(run_dir):
+  results = _results(run_dir)
+  assert inference.evaluate_run(run_dir, "test") == results["metrics"]["test"]
+  assert inference.evaluate_run(run_dir, "valid", chunk=128)["realistic"]["mrr"] == pytest.approx(
+      results["metrics"]["valid"]["realistic"]["mrr"], abs=1e-6)
+
+
+def test_export_npz_round_trips(run_dir, loaded, tmp_path):
+  run, data, params = loaded
+  out = inference.export_run(run_dir, "npz", tmp_path / "emb.npz")
+  with np.load(out) as f:
+    arrays = {k: f[k] for k in f.files}
+  assert str(arrays["model"]) == "RotL" and int(arrays["dim"]) == 16
+  assert list(arrays["entity_names"]) == list(data.entities)
+  nr = data.num_relations
+  assert list(arrays["relation_names"][:nr]) == list(data.relations)
+  assert arrays["relation_names"][nr] == data.relations[0] + "_reverse"
+  assert arrays["entity"].shape == (data.num_entities, 16)
+  assert set(arrays) >= {"scale", "c_r", "translation", "rotation", "alpha"}
+  np.testing.assert_allclose(arrays["c_r"], np.log1p(np.exp(arrays["scale"])), rtol=1e-5)
+  tables = {k: v for k, v in arrays.items() if k not in inference.EXPORT_META_KEYS}
+  assert set(tables) == set(params)
+  metrics = Evaluator(data, "test", str(arrays["model"]))(tables)
+  expected = _results(run_dir)["metrics"]["test"]
+  for mode in ("realistic", "pessimistic", "optimistic"):
+    assert metrics[mode]["mrr"] == expected[mode]["mrr"]
+  with pytest.raises(FileExistsError, match="--overwrite"):
+    inference.export_run(run_dir, "npz", out)
+  inference.export_run(run_dir, "npz", out, overwrite=True)
+
+
+def test_export_tsv(run_dir, loaded, tmp_path):
+  run, data, params = loaded
+  out = inference.export_run(run_dir, "tsv", tmp_path / "tsv")
+  lines = (out / "entities.tsv").read_text(encoding="utf-8").splitlines()
+  assert len(lines) == data.num_entities
+  assert all(len(line.split("\t")) == 17 for line in lines)
+  vocab = (run_dir / "entities.tsv").read_text(encoding="utf-8").splitlines()
+  assert [line.split("\t")[0] for line in lines] == [v.split("\t")[1] for v in vocab]
+  first = np.array(lines[0].split("\t")[1:], np.float32)
+  np.testing.assert_array_equal(first, np.asarray(params["entity"][0]))
+  names = sorted(p.name for p in out.iterdir())
+  assert names == ["entities.tsv", "relation_scale.tsv", "relations_alpha.tsv",
+                   "relations_rotation.tsv", "relations_translation.tsv"]
+  rot = (out / "relations_rotation.tsv").read_text(encoding="utf-8").splitlines()
+  assert len(rot) == 2 * data.num_relations and len(rot[0].split("\t")) == 17
+  scale = (out / "relation_scale.tsv").read_text(encoding="utf-8").splitlines()
+  assert scale[data.num_relations].split("\t")[0] == data.relations[0] + "_reverse"
+  assert float(scale[0].split("\t")[1]) > 0
+  with pytest.raises(FileExistsError):
+    inference.export_run(run_dir, "tsv", out)
+
+
+def _sample(data, relation, n=20):
+  r = data.relations.index(relation)
+  triples = data.train[data.train[:, 1] == r]
+  return triples[np.random.default_rng(0).choice(len(triples), n, replace=False)]
+
+
+def test_top_k_tails_and_heads(loaded):
+  run, data, params = loaded
+  index = FilterIndex(data)
+  nr = data.num_relations
+  sample = _sample(data, "parent_of")
+  tail_hits = head_hits = 0
+  for h, r, t in sample:
+    hn, tn = data.entities[h], data.entities[t]
+    top = inference.top_k(params, "RotL", data, head=hn, relation="parent_of", k=10,
+                          filtered=False, index=index)
+    assert len(top) == 10 and [d for _, d in top] == sorted(d for _, d in top)
+    tail_hits += tn in [n for n, _ in top]
+    top = inference.top_k(params, "RotL", data, tail=tn, relation="parent_of", k=10,
+                          filtered=False, index=index)
+    head_hits += hn in [n for n, _ in top]
+    # filtered: no known answer of the query survives
+    _, known = index.answers(np.array([h]), np.array([r]))
+    top = inference.top_k(params, "RotL", data, head=hn, relation="parent_of", k=50, index=index)
+    assert not {data.entities[i] for i in known} & {n for n, _ in top}
+    _, known = index.answers(np.array([t]), np.array([r + nr]))
+    top = inference.top_k(params, "RotL", data, tail=tn, relation="parent_of", k=50, index=index)
+    assert hn not in [n for n, _ in top] and not {data.entities[i] for i in known} & {
+        n for n, _ in top}
+  assert tail_hits >= 16, tail_hits
+  assert head_hits >= 16, head_hits
+
+
+def test_top_k_rejects_bad_queries(loaded):
+  run, data, params = loaded
+  with pytest.raises(DataError, match="did you mean 'parent_of'"):
+    inference.top_k(params, "RotL", data, head="t0", relation="parent_off")
+  with pytest.raises(DataError, match="unknown entity 'nobody'"):
+    inference.top_k(params, "RotL", data, head="nobody", relation="parent_of")
+  with pytest.raises(ValueError, match="exactly one"):
+    inference.top_k(params, "RotL", data, head="t0", tail="t1", relation="parent_of")
+
+
+def test_load_run_refuses_other_vocabulary_and_missing_spec(run_dir, tmp_path):
+  other = tmp_path / "copy"
+  other.mkdir()
+  for f in ("run.json", "best_params.npz"):
+    shutil.copy(run_dir / f, other / f)
+  run = checkpoints.read_run(other)
+  run["vocab_sha256"] = "0" * 64
+  checkpoints.write_run(other, run)
+  with pytest.raises(DataError, match="another vocabulary") as err:
+    inference.load_run(other)
+  assert "\n" not in str(err.value)
+  (other / "run.json").unlink()
+  with pytest.raises(FileNotFoundError, match="run.json"):
+    inference.load_run(other)
+
+
+def _cli(module, *args):
+  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "-m", f"hale_jax.{module}", *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_cli_evaluate(run_dir, tmp_path):
+  out = tmp_path / "metrics.json"
+  proc = _cli("evaluate", f"--workdir={run_dir}", f"--output={out}")
+  assert proc.returncode == 0, proc.stderr
+  rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines()}
+  expected = _results(run_dir)["metrics"]["test"]
+  for mode in ("realistic", "pessimistic", "optimistic"):
+    assert float(rows[mode][1]) == pytest.approx(expected[mode]["mrr"], abs=1e-4)
+  assert json.loads(out.read_text())["metrics"] == expected
+
+
+def test_cli_predict(run_dir, loaded):
+  run, data, params = loaded
+  expected = inference.top_k(params, "RotL", data, head="t0", relation="parent_of", k=3)
+  proc = _cli("predict", f"--workdir={run_dir}", "--relation=parent_of", "--head=t0", "--k=3")
+  assert proc.returncode == 0, proc.stderr
+  rows = [line.split() for line in proc.stdout.splitlines()[2:]]
+  assert [(int(r[0]), r[1]) for r in rows] == [(i + 1, n) for i, (n, _) in enumerate(expected)]
+
+
+def test_cli_bad_workdir_is_one_line(tmp_path):
+  proc = _cli("export", f"--workdir={tmp_path / 'nowhere'}", "--format=tsv")
+  assert proc.returncode == 2
+  assert "Traceback" not in proc.stderr
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: ") and "nowhere" in lines[0]
