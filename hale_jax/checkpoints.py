@@ -6,7 +6,8 @@ A run's ``--workdir`` holds
 - ``checkpoints/``    orbax ``CheckpointManager`` steps (one per saved epoch, ``max_to_keep``):
                       the whole training state (parameters, optimiser state, PRNG key, step) and
                       the best-valid parameters so far, plus JSON metadata (epoch, training
-                      seconds spent, best metrics, validation curve);
+                      seconds spent, best metrics, validation curve, the config, the data
+                      spec and the entity and relation vocabularies);
 - ``best/``           the best-valid parameters alone (orbax, latest improvement);
 - ``best_params.npz``, ``results.json``, ``entities.tsv``, ``relations.tsv`` at the end.
 

@@ -215,15 +215,18 @@ def hale_loss_chunked(pos_scaled: ArrayLike, queries: ArrayLike, scale: ArrayLik
 
 
 def batch_loss_chunked(params, batch: Array, *, model: str, activation: Activation, lam: float,
-                       num_sampled: int, chunk: int = 4096, pos_square: bool = True) -> Array:
-  """``train.batch_loss`` with the bounded-memory uniformity term (same arguments, plus ``chunk``).
+                       num_sampled: int, chunk: int = 4096, pos_square: bool = True,
+                       rel_scale: bool = True) -> Array:
+  """``train.batch_loss`` (``loss="hale"``) with the bounded-memory uniformity term.
 
-  ``batch [B, 3]`` holds (head, relation id incl. reciprocals, tail); its first ``num_sampled``
-  rows are the sampled queries of the uniformity term.
+  Same keyword arguments, plus ``chunk``.  ``batch [B, 3]`` holds (head, relation id incl.
+  reciprocals, tail); its first ``num_sampled`` rows are the sampled queries of the uniformity
+  term.  ``rel_scale=False`` uses ``c_r = 1``.
   """
   heads, rels, tails = batch[:, 0], batch[:, 1], batch[:, 2]
   queries = models.transform(model, params, heads, rels)
-  scale = models.relation_scale(params, rels)
+  scale = (models.relation_scale(params, rels) if rel_scale
+           else jnp.ones(rels.shape, queries.dtype))
   pos = scale * models.pair_squared_distances(queries, params["entity"][tails])
   return hale_loss_chunked(pos, queries[:num_sampled], scale[:num_sampled], params["entity"],
                            activation, lam, chunk, pos_square)

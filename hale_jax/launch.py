@@ -32,6 +32,14 @@ flags.DEFINE_float("gamma", 10.0, "Activation upper bound (hanon, halin).")
 flags.DEFINE_float("lam", 0.3, "Alignment weight lambda.")
 flags.DEFINE_float("alpha", 0.1, "Query-sampling proportion: k = ceil(alpha * batch_size).")
 flags.DEFINE_bool("pos_square", True, "Square the activated positive scores (HaLE).")
+flags.DEFINE_bool("rel_scale", True, "Trainable relation scale c_r (False: c_r = 1).")
+flags.DEFINE_enum("loss", "hale", ["hale", "samneg", "advneg", "allneg", "nonneg"],
+                  "Training strategy (paper §4.1.2); the baselines score with -activation(x), "
+                  "so --activation=identity gives their plain form.")
+flags.DEFINE_integer("num_negatives", 256, "samneg/advneg: uniform negatives per query.")
+flags.DEFINE_float("adv_temperature", 1.0, "advneg: self-adversarial temperature.")
+flags.DEFINE_float("margin", 6.0, "samneg/advneg: logit = margin + score.")
+flags.DEFINE_float("nonneg_weight", 0.1, "nonneg: weight of the entity-spread regulariser.")
 flags.DEFINE_integer("batch_size", 1024, "Training queries per step.")
 flags.DEFINE_enum("optimizer", "adam", ["adam", "adagrad"], "Optimizer.")
 flags.DEFINE_float("learning_rate", 5e-3, "Learning rate.")
@@ -54,6 +62,9 @@ def _config():
   from hale_jax.train import Config
   return Config(model=FLAGS.model, dim=FLAGS.dim, activation=FLAGS.activation, beta=FLAGS.beta,
                 gamma=FLAGS.gamma, lam=FLAGS.lam, alpha=FLAGS.alpha, pos_square=FLAGS.pos_square,
+                rel_scale=FLAGS.rel_scale, loss=FLAGS.loss, num_negatives=FLAGS.num_negatives,
+                adv_temperature=FLAGS.adv_temperature, margin=FLAGS.margin,
+                nonneg_weight=FLAGS.nonneg_weight,
                 batch_size=FLAGS.batch_size, optimizer=FLAGS.optimizer,
                 learning_rate=FLAGS.learning_rate, init_scale=FLAGS.init_scale, seed=FLAGS.seed,
                 max_seconds=FLAGS.max_seconds, max_epochs=FLAGS.max_epochs,

@@ -30,11 +30,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from hale_jax import activations, checkpoints, losses, models
+from hale_jax import activations, baselines, checkpoints, losses, models
 from hale_jax.data import FilterIndex, KGData, summary, with_reciprocals, write_vocabulary
 from hale_jax.evaluation import Evaluator
 
 Array = jax.Array
+
+
+LOSSES = ("hale", "samneg", "advneg", "allneg", "nonneg")
 
 
 @dataclasses.dataclass
@@ -48,6 +51,12 @@ class Config:
   lam: float = 0.3               # alignment weight lambda
   alpha: float = 0.1             # query-sampling proportion (not RotL's alpha)
   pos_square: bool = True
+  rel_scale: bool = True         # trainable c_r; False fixes c_r = 1 (Table 5 "w/o RelRatio")
+  loss: str = "hale"             # hale | samneg | advneg | allneg | nonneg (paper §4.1.2)
+  num_negatives: int = 256       # samneg, advneg: uniform negatives per query
+  adv_temperature: float = 1.0   # advneg
+  margin: float = 6.0            # samneg, advneg: logit = margin + score
+  nonneg_weight: float = 0.1     # nonneg: weight of the entity-spread regulariser
   batch_size: int = 1024
   optimizer: str = "adam"        # adam | adagrad
   learning_rate: float = 5e-3
@@ -65,6 +74,10 @@ class Config:
     models.canonical_model(self.model)
     activations.get_activation(self.activation)
     losses.num_sampled_queries(self.batch_size, self.alpha)
+    if self.loss not in LOSSES:
+      raise ValueError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
+    if self.num_negatives <= 0:
+      raise ValueError(f"num_negatives must be positive, got {self.num_negatives}")
     if self.optimizer not in ("adam", "adagrad"):
       raise ValueError(f"unknown optimizer {self.optimizer!r}; choose adam or adagrad")
     if self.max_seconds <= 0 and self.max_epochs <= 0:
@@ -89,19 +102,44 @@ def make_optimizer(config: Config) -> optax.GradientTransformation:
   return optax.adam(config.learning_rate)
 
 
-def batch_loss(params, batch: Array, *, model: str, activation: Callable, lam: float,
-               num_sampled: int, pos_square: bool = True) -> Array:
-  """HaLE loss of ``batch [B, 3]`` (head, relation id incl. reciprocals, tail).
+def batch_loss(params, batch: Array, key: Array | None = None, *, model: str,
+               activation: Callable, lam: float, num_sampled: int, pos_square: bool = True,
+               loss: str = "hale", rel_scale: bool = True, num_negatives: int = 256,
+               adv_temperature: float = 1.0, margin: float = 6.0,
+               nonneg_weight: float = 0.1) -> Array:
+  """Training loss of ``batch [B, 3]`` (head, relation id incl. reciprocals, tail).
 
-  The first ``num_sampled`` rows are the sampled queries of the uniformity term.
+  ``hale``: the first ``num_sampled`` rows are the sampled queries of the uniformity term.
+  The baselines (``hale_jax.baselines``) score triples with ``-h(x)``, ``x`` the scaled
+  squared distance, so ``--activation=identity`` gives the plain strategies of §4.1.2 and any
+  other activation their "HA +" variants (Table 5).  ``samneg``/``advneg`` draw
+  ``num_negatives`` uniform tail entities per query from ``key``.
   """
   heads, rels, tails = batch[:, 0], batch[:, 1], batch[:, 2]
+  entity = params["entity"]
   queries = models.transform(model, params, heads, rels)
-  scale = models.relation_scale(params, rels)
-  pos = scale * models.pair_squared_distances(queries, params["entity"][tails])
-  sampled = scale[:num_sampled, None] * models.squared_distances(queries[:num_sampled],
-                                                                 params["entity"])
-  return losses.hale_loss(pos, sampled, activation, lam, pos_square)
+  scale = (models.relation_scale(params, rels) if rel_scale
+           else jnp.ones(rels.shape, queries.dtype))
+  pos = scale * models.pair_squared_distances(queries, entity[tails])
+  if loss == "hale":
+    sampled = scale[:num_sampled, None] * models.squared_distances(queries[:num_sampled], entity)
+    return losses.hale_loss(pos, sampled, activation, lam, pos_square)
+  pos_score = baselines.scores_from_scaled(pos, activation)
+  if loss in ("samneg", "advneg"):
+    negs = jax.random.randint(key, (batch.shape[0], num_negatives), 0, entity.shape[0])
+    diff = queries[:, None, :] - entity[negs]
+    neg_score = baselines.scores_from_scaled(scale[:, None] * jnp.sum(diff * diff, -1),
+                                             activation)
+    if loss == "samneg":
+      return baselines.samneg_loss(pos_score, neg_score, margin)
+    return baselines.advneg_loss(pos_score, neg_score, adv_temperature, margin)
+  if loss == "allneg":
+    scores = baselines.scores_from_scaled(
+        scale[:, None] * models.squared_distances(queries, entity), activation)
+    return baselines.allneg_loss(scores, tails)
+  if loss == "nonneg":
+    return baselines.nonneg_loss(pos_score, entity, nonneg_weight)
+  raise ValueError(f"unknown loss {loss!r}")
 
 
 def make_epoch_fn(config: Config, num_queries: int):
@@ -114,21 +152,26 @@ def make_epoch_fn(config: Config, num_queries: int):
       batch_loss, model=models.canonical_model(config.model),
       activation=activations.get_activation(config.activation, config.beta, config.gamma),
       lam=config.lam, num_sampled=losses.num_sampled_queries(config.batch_size, config.alpha),
-      pos_square=config.pos_square)
+      pos_square=config.pos_square, loss=config.loss, rel_scale=config.rel_scale,
+      num_negatives=config.num_negatives, adv_temperature=config.adv_temperature,
+      margin=config.margin, nonneg_weight=config.nonneg_weight)
   grad_fn = jax.value_and_grad(loss_fn)
 
   def epoch(state: TrainState, train: Array) -> tuple[TrainState, Array]:
-    key, perm_key = jax.random.split(state.key)
+    key, perm_key, step_key = jax.random.split(state.key, 3)
     order = jax.random.permutation(perm_key, num_queries)[:steps * config.batch_size]
     order = order.reshape(steps, config.batch_size)
+    step_keys = jax.random.split(step_key, steps)
 
-    def step(carry, idx):
+    def step(carry, xs):
       params, opt_state = carry
-      loss, grads = grad_fn(params, train[idx])
+      idx, k = xs
+      loss, grads = grad_fn(params, train[idx], k)
       updates, opt_state = optimizer.update(grads, opt_state, params)
       return (optax.apply_updates(params, updates), opt_state), loss
 
-    (params, opt_state), step_losses = jax.lax.scan(step, (state.params, state.opt_state), order)
+    (params, opt_state), step_losses = jax.lax.scan(step, (state.params, state.opt_state),
+                                                    (order, step_keys))
     return TrainState(params, opt_state, key, state.step + steps), jnp.mean(step_losses)
 
   return jax.jit(epoch, donate_argnums=0), steps
@@ -252,8 +295,9 @@ def train(config: Config, data: KGData, workdir: str | os.PathLike,
   write_vocabulary(data, workdir)
   log(summary(data))
   k = losses.num_sampled_queries(config.batch_size, config.alpha)
-  log(f"model {config.model} d={config.dim}  activation {config.activation}  lambda {config.lam}"
-      f"  alpha {config.alpha} (k={k} sampled queries/step)  batch {config.batch_size}  "
+  log(f"model {config.model} d={config.dim}  loss {config.loss}  activation {config.activation}"
+      f"  lambda {config.lam}  alpha {config.alpha} (k={k} sampled queries/step)  "
+      f"batch {config.batch_size}  "
       f"{config.optimizer} lr {config.learning_rate}  seed {config.seed}")
   log(f"device {_device()}  workdir {workdir}")
 
@@ -277,13 +321,16 @@ def train(config: Config, data: KGData, workdir: str | os.PathLike,
   ckpt = checkpoints.Checkpointer(workdir, config.max_to_keep, log)
   restored = ckpt.restore_latest({"state": state, "best_params": best_params})
   if restored is not None:
-    arrays, progress, _ = restored
+    arrays, meta, _ = restored
+    progress = {k: meta[k] for k in progress}
     state, best_params = arrays["state"], arrays["best_params"]
     log(f"resumed from {workdir / 'checkpoints' / str(progress['epoch'])}: epoch "
         f"{progress['epoch']}, {progress['train_seconds']:.1f}s of training already spent")
 
-  def save() -> None:
-    ckpt.save(progress["epoch"], {"state": state, "best_params": best_params}, progress)
+  def save() -> None:  # self-contained: the run's config and vocabularies go along
+    ckpt.save(progress["epoch"], {"state": state, "best_params": best_params},
+              {**progress, "config": spec["config"], "data": spec["data"],
+               "entities": list(data.entities), "relations": list(data.relations)})
 
   def validate(rate: float) -> None:
     nonlocal best_params

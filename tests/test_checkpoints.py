@@ -155,6 +155,8 @@ def test_wall_clock_budget_counts_seconds_already_spent(tmp_path):
   _, meta, step = ckpt.restore_latest({"state": template, "best_params": template.params})
   ckpt.close()
   assert step == 3 and meta["epoch"] == 3
+  assert meta["config"]["model"] == "RotE" and meta["entities"] == list(data.entities)
+  assert meta["relations"] == list(data.relations)
   spent = meta["train_seconds"]
   assert spent > 0
   res = train.train(cfg, data, tmp_path / "w", log=lambda s: None)

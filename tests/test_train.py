@@ -141,3 +141,52 @@ def test_flagfiles_parse(flagfile):
     assert fl["model"].value == "RotL"
   finally:
     fl.unparse_flags()
+
+
+@pytest.mark.parametrize("loss", ["samneg", "advneg", "allneg", "nonneg"])
+def test_baseline_losses_train(small_graph, tmp_path, loss):
+  epochs = 60 if loss in ("samneg", "advneg") else 15
+  cfg = _config(loss=loss, activation="identity", max_epochs=epochs, eval_every=epochs,
+                num_negatives=32)
+  res = train.train(cfg, small_graph, tmp_path / loss, log=lambda s: None)
+  assert all(np.isfinite(c["loss"]) for c in res["curve"])
+  chance_mrr = np.mean(1.0 / np.arange(1, small_graph.num_entities + 1))
+  mrr = res["metrics"]["test"]["realistic"]["mrr"]
+  # SamNeg learns slowly (as in the paper's Fig. 2); NonNeg has no negatives: it only must run.
+  if loss == "samneg":
+    assert mrr > 1.3 * chance_mrr
+  elif loss != "nonneg":
+    assert mrr > 5 * chance_mrr
+
+
+def test_batch_loss_baselines_match_numpy(small_graph):
+  from hale_jax import baselines, models
+  import jax.numpy as jnp
+  params = models.init_params(jax.random.PRNGKey(0), "RotE", small_graph.num_entities,
+                              2 * small_graph.num_relations, 8, init_scale=0.3)
+  batch = jnp.asarray(small_graph.train[:16])
+  key = jax.random.PRNGKey(5)
+  act = lambda x: x  # identity
+  e = np.asarray(params["entity"], np.float64)
+  q = np.asarray(models.transform("RotE", params, batch[:, 0], batch[:, 1]), np.float64)
+  c = np.log1p(np.exp(np.asarray(params["scale"], np.float64)))[np.asarray(batch[:, 1])]
+  t = np.asarray(batch[:, 2])
+  pos = -c * ((q - e[t]) ** 2).sum(-1)
+  negs = np.asarray(jax.random.randint(key, (16, 8), 0, small_graph.num_entities))
+  neg = -c[:, None] * ((q[:, None, :] - e[negs]) ** 2).sum(-1)
+  softplus = lambda z: np.logaddexp(0.0, z)
+  want = np.mean(np.concatenate([softplus(-(pos + 6.0)), softplus(neg + 6.0).ravel()]))
+  got = train.batch_loss(params, batch, key, model="rote", activation=act, lam=0.3,
+                         num_sampled=2, loss="samneg", num_negatives=8, margin=6.0)
+  np.testing.assert_allclose(float(got), want, rtol=1e-5)
+  d_all = -c[:, None] * ((q[:, None, :] - e[None]) ** 2).sum(-1)
+  lse = np.log(np.exp(d_all - d_all.max(1, keepdims=True)).sum(1)) + d_all.max(1)
+  want_all = np.mean(lse - d_all[np.arange(16), t])
+  got_all = train.batch_loss(params, batch, key, model="rote", activation=act, lam=0.3,
+                             num_sampled=2, loss="allneg")
+  np.testing.assert_allclose(float(got_all), want_all, rtol=1e-5)
+  # Without c_r the scale parameters get no gradient.
+  grads = jax.grad(train.batch_loss)(params, batch, key, model="rote", activation=act, lam=0.3,
+                                     num_sampled=2, rel_scale=False)
+  assert not np.any(np.asarray(grads["scale"]))
+  del baselines
