@@ -284,6 +284,7 @@ def train(config: Config, data: KGData, workdir: str | os.PathLike,
   """
   config.validate()
   wall0 = time.perf_counter()
+  commit = _git_commit()  # now: the code may change on disk while a long run goes on
   spec = {"config": dataclasses.asdict(config), "data": data_spec or {"kind": "unknown"},
           "dataset": data.name, "vocab_sha256": checkpoints.vocabulary_hash(data)}
   finished = start_run(workdir, spec, overwrite)
@@ -418,7 +419,7 @@ def train(config: Config, data: KGData, workdir: str | os.PathLike,
                   "resumed": restored is not None},
       "versions": _versions(),
       "device": _device(),
-      "git_commit": _git_commit(),
+      "git_commit": commit,
       "run": extra or {},
   }
   _write_json(workdir / "results.json", results)
