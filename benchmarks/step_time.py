@@ -7,7 +7,7 @@
 For every model in ``--models`` and size in ``--sizes`` it builds random parameters
 (``models.init_params``) and a jitted step with the training state donated, exactly the body of
 ``train.make_epoch_fn``'s scan: ``value_and_grad`` of ``train.batch_loss`` (``--lse=plain``,
-which materialises the ``[k, N]`` distance matrix) or of ``chunked.batch_loss_chunked``
+which materialises the ``[k, N]`` distance matrix) or of it with ``lse_chunk``
 (``--lse=chunked``, ``O(k * chunk)`` memory), ``optimizer.update``, ``optax.apply_updates``.
 
 Reported per case (one JSON line on stdout, also appended to ``--output``):
@@ -167,7 +167,7 @@ def make_step(model: str, num_sampled: int, lse: str, chunk: int):
             activation=activations.get_activation(FLAGS.activation), lam=FLAGS.lam,
             num_sampled=num_sampled)
   if lse == "chunked":
-    grad_fn = jax.value_and_grad(lambda p, b: chunked.batch_loss_chunked(p, b, chunk=chunk, **kw))
+    grad_fn = jax.value_and_grad(lambda p, b: train.batch_loss(p, b, lse_chunk=chunk, **kw))
   else:
     grad_fn = jax.value_and_grad(lambda p, b: train.batch_loss(p, b, **kw))
 

@@ -212,21 +212,3 @@ def hale_loss_chunked(pos_scaled: ArrayLike, queries: ArrayLike, scale: ArrayLik
   alignment = jnp.mean(pos * pos if pos_square else pos)
   uniformity = jnp.mean(uniformity_lse(queries, scale, entities, activation, chunk))
   return lam * alignment + uniformity
-
-
-def batch_loss_chunked(params, batch: Array, *, model: str, activation: Activation, lam: float,
-                       num_sampled: int, chunk: int = 4096, pos_square: bool = True,
-                       rel_scale: bool = True) -> Array:
-  """``train.batch_loss`` (``loss="hale"``) with the bounded-memory uniformity term.
-
-  Same keyword arguments, plus ``chunk``.  ``batch [B, 3]`` holds (head, relation id incl.
-  reciprocals, tail); its first ``num_sampled`` rows are the sampled queries of the uniformity
-  term.  ``rel_scale=False`` uses ``c_r = 1``.
-  """
-  heads, rels, tails = batch[:, 0], batch[:, 1], batch[:, 2]
-  queries = models.transform(model, params, heads, rels)
-  scale = (models.relation_scale(params, rels) if rel_scale
-           else jnp.ones(rels.shape, queries.dtype))
-  pos = scale * models.pair_squared_distances(queries, params["entity"][tails])
-  return hale_loss_chunked(pos, queries[:num_sampled], scale[:num_sampled], params["entity"],
-                           activation, lam, chunk, pos_square)

@@ -40,6 +40,8 @@ flags.DEFINE_integer("num_negatives", 256, "samneg/advneg: uniform negatives per
 flags.DEFINE_float("adv_temperature", 1.0, "advneg: self-adversarial temperature.")
 flags.DEFINE_float("margin", 6.0, "samneg/advneg: logit = margin + score.")
 flags.DEFINE_float("nonneg_weight", 0.1, "nonneg: weight of the entity-spread regulariser.")
+flags.DEFINE_integer("lse_chunk", 4096, "HaLE: entities per chunk of the log-sum-exp over all "
+                     "entities (bounded memory, same result); 0: all at once.")
 flags.DEFINE_integer("batch_size", 1024, "Training queries per step.")
 flags.DEFINE_enum("optimizer", "adam", ["adam", "adagrad"], "Optimizer.")
 flags.DEFINE_float("learning_rate", 5e-3, "Learning rate.")
@@ -64,7 +66,7 @@ def _config():
                 gamma=FLAGS.gamma, lam=FLAGS.lam, alpha=FLAGS.alpha, pos_square=FLAGS.pos_square,
                 rel_scale=FLAGS.rel_scale, loss=FLAGS.loss, num_negatives=FLAGS.num_negatives,
                 adv_temperature=FLAGS.adv_temperature, margin=FLAGS.margin,
-                nonneg_weight=FLAGS.nonneg_weight,
+                nonneg_weight=FLAGS.nonneg_weight, lse_chunk=FLAGS.lse_chunk,
                 batch_size=FLAGS.batch_size, optimizer=FLAGS.optimizer,
                 learning_rate=FLAGS.learning_rate, init_scale=FLAGS.init_scale, seed=FLAGS.seed,
                 max_seconds=FLAGS.max_seconds, max_epochs=FLAGS.max_epochs,

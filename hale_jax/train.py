@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from hale_jax import activations, baselines, checkpoints, losses, models
+from hale_jax import activations, baselines, checkpoints, chunked, losses, models
 from hale_jax.data import FilterIndex, KGData, summary, with_reciprocals, write_vocabulary
 from hale_jax.evaluation import Evaluator
 
@@ -57,6 +57,7 @@ class Config:
   adv_temperature: float = 1.0   # advneg
   margin: float = 6.0            # samneg, advneg: logit = margin + score
   nonneg_weight: float = 0.1     # nonneg: weight of the entity-spread regulariser
+  lse_chunk: int = 4096          # hale: entities per chunk of the uniformity LSE; 0 = all at once
   batch_size: int = 1024
   optimizer: str = "adam"        # adam | adagrad
   learning_rate: float = 5e-3
@@ -76,6 +77,8 @@ class Config:
     losses.num_sampled_queries(self.batch_size, self.alpha)
     if self.loss not in LOSSES:
       raise ValueError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
+    if self.lse_chunk < 0:
+      raise ValueError(f"lse_chunk must be >= 0, got {self.lse_chunk}")
     if self.num_negatives <= 0:
       raise ValueError(f"num_negatives must be positive, got {self.num_negatives}")
     if self.optimizer not in ("adam", "adagrad"):
@@ -106,14 +109,16 @@ def batch_loss(params, batch: Array, key: Array | None = None, *, model: str,
                activation: Callable, lam: float, num_sampled: int, pos_square: bool = True,
                loss: str = "hale", rel_scale: bool = True, num_negatives: int = 256,
                adv_temperature: float = 1.0, margin: float = 6.0,
-               nonneg_weight: float = 0.1) -> Array:
+               nonneg_weight: float = 0.1, lse_chunk: int = 0) -> Array:
   """Training loss of ``batch [B, 3]`` (head, relation id incl. reciprocals, tail).
 
   ``hale``: the first ``num_sampled`` rows are the sampled queries of the uniformity term.
   The baselines (``hale_jax.baselines``) score triples with ``-h(x)``, ``x`` the scaled
   squared distance, so ``--activation=identity`` gives the plain strategies of §4.1.2 and any
   other activation their "HA +" variants (Table 5).  ``samneg``/``advneg`` draw
-  ``num_negatives`` uniform tail entities per query from ``key``.
+  ``num_negatives`` uniform tail entities per query from ``key``.  ``lse_chunk > 0`` computes
+  HaLE's uniformity term ``lse_chunk`` entities at a time (``hale_jax.chunked``: the same value
+  and gradient in ``O(k * lse_chunk)`` memory); 0 materialises the ``[k, N]`` matrix.
   """
   heads, rels, tails = batch[:, 0], batch[:, 1], batch[:, 2]
   entity = params["entity"]
@@ -121,6 +126,9 @@ def batch_loss(params, batch: Array, key: Array | None = None, *, model: str,
   scale = (models.relation_scale(params, rels) if rel_scale
            else jnp.ones(rels.shape, queries.dtype))
   pos = scale * models.pair_squared_distances(queries, entity[tails])
+  if loss == "hale" and lse_chunk:
+    return chunked.hale_loss_chunked(pos, queries[:num_sampled], scale[:num_sampled], entity,
+                                     activation, lam, lse_chunk, pos_square)
   if loss == "hale":
     sampled = scale[:num_sampled, None] * models.squared_distances(queries[:num_sampled], entity)
     return losses.hale_loss(pos, sampled, activation, lam, pos_square)
@@ -154,7 +162,7 @@ def make_epoch_fn(config: Config, num_queries: int):
       lam=config.lam, num_sampled=losses.num_sampled_queries(config.batch_size, config.alpha),
       pos_square=config.pos_square, loss=config.loss, rel_scale=config.rel_scale,
       num_negatives=config.num_negatives, adv_temperature=config.adv_temperature,
-      margin=config.margin, nonneg_weight=config.nonneg_weight)
+      margin=config.margin, nonneg_weight=config.nonneg_weight, lse_chunk=config.lse_chunk)
   grad_fn = jax.value_and_grad(loss_fn)
 
   def epoch(state: TrainState, train: Array) -> tuple[TrainState, Array]:
