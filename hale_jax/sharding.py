@@ -1,0 +1,336 @@
+"""Sharding rules for training on several devices: one ``("data", "model")`` mesh, jit, no pmap.
+
+Everything here is ``jax.jit`` with :class:`jax.sharding.NamedSharding` in/out shardings over a
+two-axis :class:`jax.sharding.Mesh`; XLA's SPMD partitioner inserts the collectives.  Both mesh
+axes are ``AxisType.Auto`` (``jax.make_mesh`` defaults to ``Explicit``, whose sharding-in-types
+would require an explicit ``out_sharding`` on every gather from the row-sharded table).
+
+The rules
+---------
+
+============================  ===================================================================
+array                         sharding
+============================  ===================================================================
+``params["entity"] [Np, d]``  rows over ``"model"``: ``P("model", None)`` (replicated over data)
+every other parameter         replicated (relation tables, ``scale``, ``alpha``: ``O(R d)``)
+optimiser state               like the parameter it belongs to (Adam's ``mu``/``nu`` of the entity
+                              table are row-sharded); counters replicated
+``key``, ``step``             replicated
+a batch ``[B, 3]``            rows over ``"data"``
+the training set ``[2T, 3]``  replicated (each step gathers its batch from it locally)
+============================  ===================================================================
+
+Padding
+-------
+``jit`` in/out shardings need the row count to divide by the ``"model"`` size, so the entity
+table is stored with ``Np = pad_entities(N, mesh)`` rows (:func:`pad_params`).  The padding rows
+are filled with **NaN** and handled exactly:
+
+- training: the loss never sees them.  :func:`entity_view` slices ``entity[:N]`` inside the jitted
+  step before calling :func:`hale_jax.train.batch_loss`, so the LSE runs over the ``N`` real
+  entities only (XLA masks the uneven last shard with the reduction's identity), and the gradient
+  of the padding rows is exactly 0 (the transpose of a slice pads with zeros).  With a zero
+  gradient Adam's moments of those rows stay 0 and their update is exactly 0, so they stay NaN
+  and the real rows follow the single-device trajectory.
+- ranking: every distance to a NaN row is NaN, and ``evaluation.ranks_from_distances`` only
+  counts candidates with ``d < d_target`` or ``d == d_target``, both False for NaN.  So
+  :class:`hale_jax.evaluation.Evaluator` gives the single-device ranks on the padded, sharded
+  table unchanged (the only visible difference: a model whose *target* distance is NaN ranks
+  ``Np`` instead of ``N``).
+- anything that reduces over the raw table (a norm, an export) must use :func:`unpad_params`
+  first; NaN makes forgetting it loud rather than silently biased.
+
+A huge-but-finite padding row would not be exact: ``hanon`` and ``halin`` saturate at ``gamma``,
+so such rows would still add ``exp(-gamma)`` each to every LSE.
+
+What the compiled HLO shows (CPU, 8 fake devices, jax 0.10.2; ``tests/test_sharding.py``)
+----------------------------------------------------------------------------------------
+See :func:`hlo_collectives`.  For the sharded epoch of RotL with ``N = 247`` (padded to 248),
+``d = 16``, ``B = 64``: no collective of the compiled step moves an ``[Np, d]`` or
+``[Np / model, d]`` entity block; the LSE over the row-sharded table compiles to all-reduces of
+``[k]``-sized vectors (max and sum of the per-shard partial LSEs) over ``"model"``, the entity
+lookups ``entity[heads]``/``entity[tails]`` to a masked local gather plus an all-reduce of the
+``[B/data, d]`` rows, and the gradient of the table to an all-reduce of its ``[Np/model, d]``
+shard over ``"data"`` (data parallelism's one unavoidable reduction; absent when data = 1).
+The details found are recorded in ``test_hlo_has_no_table_all_gather``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from hale_jax import activations, losses, models, train
+from hale_jax.data import KGData
+
+Array = jax.Array
+AXES = ("data", "model")
+PAD_VALUE = float("nan")
+
+
+# ----------------------------------------------------------------------------- the mesh
+
+def parse_mesh_spec(spec: str | None, num_devices: int) -> tuple[int, int]:
+  """``"data:4,model:2"`` -> ``(4, 2)``.
+
+  ``None`` or ``""`` puts every device on ``"data"``.  An axis left out takes the devices the
+  other leaves (``"model:2"`` on 8 devices is ``(4, 2)``).  Raises ValueError on unknown or
+  repeated axes, non-positive sizes, or a product different from ``num_devices``.
+  """
+  if num_devices <= 0:
+    raise ValueError("no devices to build a mesh from")
+  if spec is None or not spec.strip():
+    return num_devices, 1
+  sizes: dict[str, int] = {}
+  for item in spec.split(","):
+    name, sep, value = item.partition(":")
+    name, value = name.strip(), value.strip()
+    if not sep or not name or not value:
+      raise ValueError(f"bad mesh spec {spec!r}: expected 'data:D,model:M', got item {item!r}")
+    if name not in AXES:
+      raise ValueError(f"bad mesh spec {spec!r}: unknown axis {name!r}; the axes are "
+                       f"{', '.join(AXES)}")
+    if name in sizes:
+      raise ValueError(f"bad mesh spec {spec!r}: axis {name!r} given twice")
+    try:
+      size = int(value)
+    except ValueError:
+      raise ValueError(f"bad mesh spec {spec!r}: size of {name!r} is not an integer: "
+                       f"{value!r}") from None
+    if size <= 0:
+      raise ValueError(f"bad mesh spec {spec!r}: size of {name!r} must be positive, got {size}")
+    sizes[name] = size
+  given = math.prod(sizes.values())
+  missing = [a for a in AXES if a not in sizes]
+  if missing:
+    if num_devices % given:
+      raise ValueError(f"mesh spec {spec!r}: {given} does not divide the {num_devices} devices, "
+                       f"so axis {missing[0]!r} cannot take the rest")
+    sizes[missing[0]] = num_devices // given
+  if sizes["data"] * sizes["model"] != num_devices:
+    raise ValueError(f"mesh spec {spec!r} needs data*model = {sizes['data'] * sizes['model']} "
+                     f"devices, but there are {num_devices}")
+  return sizes["data"], sizes["model"]
+
+
+def make_mesh(spec: str | None = None, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A ``("data", "model")`` mesh over ``devices`` (default: all) from ``spec`` (see
+  :func:`parse_mesh_spec`).  ``"model"`` is the inner axis, so a model group is a run of
+  neighbouring devices.  Both axes are ``AxisType.Auto`` (XLA propagates shardings)."""
+  devices = list(jax.devices() if devices is None else devices)
+  shape = parse_mesh_spec(spec, len(devices))
+  return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto, AxisType.Auto), devices=devices)
+
+
+def model_size(mesh: Mesh) -> int:
+  return int(mesh.shape["model"])
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Rows of a batch (any rank) over ``"data"``, the rest replicated."""
+  return NamedSharding(mesh, P("data"))
+
+
+# ----------------------------------------------------------------------------- padding
+
+def pad_entities(num_entities: int, mesh: Mesh | int) -> int:
+  """Rows of the stored entity table: ``num_entities`` rounded up to a multiple of the
+  ``"model"`` size (``mesh`` may also be that size as an int)."""
+  m = mesh if isinstance(mesh, int) else model_size(mesh)
+  if num_entities <= 0:
+    raise ValueError(f"num_entities must be positive, got {num_entities}")
+  return -(-num_entities // m) * m
+
+
+def pad_params(params: dict[str, Array], num_rows: int) -> dict[str, Array]:
+  """``params`` with the entity table extended to ``num_rows`` rows of :data:`PAD_VALUE` (NaN).
+  Jittable."""
+  entity = params["entity"]
+  extra = num_rows - entity.shape[0]
+  if extra < 0:
+    raise ValueError(f"cannot pad {entity.shape[0]} entity rows down to {num_rows}")
+  if extra == 0:
+    return params
+  pad = jnp.full((extra,) + entity.shape[1:], PAD_VALUE, entity.dtype)
+  return {**params, "entity": jnp.concatenate([entity, pad], axis=0)}
+
+
+def entity_view(params: dict[str, Array], num_entities: int) -> dict[str, Array]:
+  """``params`` with only the ``num_entities`` real entity rows (a slice; used inside jit)."""
+  if params["entity"].shape[0] == num_entities:
+    return params
+  return {**params, "entity": params["entity"][:num_entities]}
+
+
+def unpad_params(params: dict[str, Any], num_entities: int) -> dict[str, np.ndarray]:
+  """Host (numpy) copy of ``params`` without the padding rows: for export, saving, comparing."""
+  host = jax.device_get(params)
+  return {k: np.asarray(v)[:num_entities] if k == "entity" else np.asarray(v)
+          for k, v in host.items()}
+
+
+# ----------------------------------------------------------------------------- shardings
+
+def param_shardings(mesh: Mesh, params: dict[str, Any]) -> dict[str, NamedSharding]:
+  """Entity rows over ``"model"``, every other table replicated.  ``params`` may hold arrays or
+  ``jax.ShapeDtypeStruct``; its entity row count must divide by the ``"model"`` size (pad with
+  :func:`pad_params` to :func:`pad_entities` rows)."""
+  rows = params["entity"].shape[0]
+  if rows % model_size(mesh):
+    raise ValueError(f"the entity table has {rows} rows, not a multiple of the model axis "
+                     f"({model_size(mesh)}); pad it to pad_entities({rows}, mesh) = "
+                     f"{pad_entities(rows, mesh)} rows with pad_params")
+  return {name: NamedSharding(mesh, P("model", None)) if name == "entity" else replicated(mesh)
+          for name in params}
+
+
+def opt_state_shardings(mesh: Mesh, optimizer: optax.GradientTransformation,
+                        params: dict[str, Any]) -> Any:
+  """Shardings for ``optimizer.init(params)``: every copy of the parameter tree inside the state
+  (Adam's ``mu`` and ``nu``, Adagrad's ``sum_of_squares``) is sharded like the parameters, the
+  rest (step counters) replicated.  Uses ``jax.eval_shape`` (nothing is allocated) and
+  ``optax.tree_map_params``, which finds the parameter-shaped subtrees by tracing ``init``."""
+  shapes = jax.eval_shape(optimizer.init, params)
+  p_sh = param_shardings(mesh, params)
+  return optax.tree_map_params(optimizer, lambda _, sh: sh, shapes, p_sh,
+                               transform_non_params=lambda _: replicated(mesh))
+
+
+def state_shardings(mesh: Mesh, optimizer: optax.GradientTransformation,
+                    params: dict[str, Any]) -> train.TrainState:
+  """A :class:`hale_jax.train.TrainState` of shardings for a state holding ``params``."""
+  rep = replicated(mesh)
+  return train.TrainState(param_shardings(mesh, params),
+                          opt_state_shardings(mesh, optimizer, params), rep, rep)
+
+
+def _init_fn(config: train.Config, num_entities: int, num_relation_ids: int, num_rows: int):
+  optimizer = train.make_optimizer(config)
+
+  def init() -> train.TrainState:  # the same ops as train.init_state, plus the padding
+    key = jax.random.PRNGKey(config.seed)
+    key, init_key = jax.random.split(key)
+    params = models.init_params(init_key, config.model, num_entities, num_relation_ids,
+                                config.dim, config.init_scale)
+    params = pad_params(params, num_rows)
+    return train.TrainState(params, optimizer.init(params), key, jnp.zeros((), jnp.int32))
+
+  return init, optimizer
+
+
+def init_sharded_state(config: train.Config, data: KGData, mesh: Mesh) -> train.TrainState:
+  """``train.init_state`` created directly in its sharded layout (``jit`` with
+  ``out_shardings``): the entity table and its optimiser moments are born row-sharded, never
+  materialised whole on one device.  The real rows equal ``train.init_state``'s; the table has
+  ``pad_entities(N, mesh)`` rows, the extra ones NaN (see the module docstring)."""
+  init, optimizer = _init_fn(config, data.num_entities, 2 * data.num_relations,
+                             pad_entities(data.num_entities, mesh))
+  shapes = jax.eval_shape(init)
+  return jax.jit(init, out_shardings=state_shardings(mesh, optimizer, shapes.params))()
+
+
+# ----------------------------------------------------------------------------- training
+
+def loss_kwargs(config: train.Config) -> dict[str, Any]:
+  """Keyword arguments of ``train.batch_loss`` for ``config``, with the plain LSE
+  (``lse_chunk=0``): the chunked scan slices the entity axis, which would gather a sharded table."""
+  return dict(model=models.canonical_model(config.model),
+              activation=activations.get_activation(config.activation, config.beta,
+                                                    config.gamma),
+              lam=config.lam,
+              num_sampled=losses.num_sampled_queries(config.batch_size, config.alpha),
+              pos_square=config.pos_square, loss=config.loss, rel_scale=config.rel_scale,
+              num_negatives=config.num_negatives, adv_temperature=config.adv_temperature,
+              margin=config.margin, nonneg_weight=config.nonneg_weight, lse_chunk=0)
+
+
+def make_loss_fn(config: train.Config, num_entities: int):
+  """``loss(padded_params, batch, key)``: ``train.batch_loss`` on the ``num_entities`` real rows."""
+  kwargs = loss_kwargs(config)
+
+  def loss(params, batch, key=None):
+    return train.batch_loss(entity_view(params, num_entities), batch, key, **kwargs)
+
+  return loss
+
+
+def make_sharded_epoch_fn(config: train.Config, num_queries: int, mesh: Mesh, *,
+                          num_entities: int):
+  """Like ``train.make_epoch_fn``, for a state from :func:`init_sharded_state`.
+
+  Returns ``(epoch, steps)``; ``epoch(state, train [2T, 3]) -> (state, mean_loss)`` is jitted
+  with the state's shardings as in/out shardings (donated), the training set replicated, each
+  step's batch constrained to rows over ``"data"``.  The same permutation, step keys and optax
+  updates as the single-device epoch, so the two agree up to floating-point summation order.
+  ``num_entities`` is the real entity count ``N`` (the table has ``pad_entities(N, mesh)`` rows).
+  The uniformity LSE is always the plain one over the row-sharded table (``config.lse_chunk`` is
+  ignored): per device it holds a ``[k, Np / model]`` block.
+  """
+  optimizer = train.make_optimizer(config)
+  steps = num_queries // config.batch_size
+  if steps == 0:
+    raise ValueError(f"batch_size {config.batch_size} exceeds the {num_queries} training queries")
+  num_rows = pad_entities(num_entities, mesh)
+  init, _ = _init_fn(config, num_entities, 1, num_rows)  # only the params' tree and shapes matter
+  params_shape = jax.eval_shape(init).params
+  shardings = state_shardings(mesh, optimizer, params_shape)
+  rep = replicated(mesh)
+  rows = batch_sharding(mesh)
+  grad_fn = jax.value_and_grad(make_loss_fn(config, num_entities))
+
+  def epoch(state: train.TrainState, queries: Array) -> tuple[train.TrainState, Array]:
+    key, perm_key, step_key = jax.random.split(state.key, 3)
+    order = jax.random.permutation(perm_key, num_queries)[:steps * config.batch_size]
+    order = order.reshape(steps, config.batch_size)
+    step_keys = jax.random.split(step_key, steps)
+
+    def step(carry, xs):
+      params, opt_state = carry
+      idx, k = xs
+      batch = jax.lax.with_sharding_constraint(queries[idx], rows)
+      loss, grads = grad_fn(params, batch, k)
+      updates, opt_state = optimizer.update(grads, opt_state, params)
+      params = optax.apply_updates(params, updates)
+      params, opt_state = jax.lax.with_sharding_constraint(
+          (params, opt_state), (shardings.params, shardings.opt_state))
+      return (params, opt_state), loss
+
+    (params, opt_state), step_losses = jax.lax.scan(step, (state.params, state.opt_state),
+                                                    (order, step_keys))
+    return train.TrainState(params, opt_state, key, state.step + steps), jnp.mean(step_losses)
+
+  return jax.jit(epoch, in_shardings=(shardings, rep), out_shardings=(shardings, rep),
+                 donate_argnums=0), steps
+
+
+# ----------------------------------------------------------------------------- inspection
+
+_COLLECTIVE = re.compile(
+    r"=\s*(?P<shape>\(?[a-z0-9]+\[[^=]*?)\s+(?P<op>all-reduce|all-gather|reduce-scatter|"
+    r"all-to-all|collective-permute)(?:-start)?\(")
+_ARRAY = re.compile(r"([a-z]+[0-9]*)\[([0-9,]*)\]")
+
+
+def hlo_collectives(hlo_text: str) -> list[tuple[str, tuple[tuple[int, ...], ...]]]:
+  """``(op, shapes)`` of every collective in compiled HLO text (``compiled.as_text()``);
+  ``shapes`` are the per-device result shapes (several for a combined tuple collective)."""
+  found = []
+  for line in hlo_text.splitlines():
+    m = _COLLECTIVE.search(line)
+    if m:
+      shapes = tuple(tuple(int(x) for x in dims.split(",") if x)
+                     for _, dims in _ARRAY.findall(m.group("shape")))
+      found.append((m.group("op"), shapes))
+  return found
