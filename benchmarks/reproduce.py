@@ -45,7 +45,6 @@ import json
 import math
 import os
 import re
-import signal
 import sys
 import time
 from pathlib import Path
@@ -468,26 +467,6 @@ def plot(outdir: Path, experiment: str, curves: list[tuple[Cell, list[dict]]]) -
   return path
 
 
-class _StopRequest:
-  """SIGTERM/SIGINT: checkpoint the current cell after its epoch (a second signal: at once)."""
-
-  def __init__(self):
-    self.reason = None
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      signal.signal(sig, self._handle)
-
-  def _handle(self, signum, frame):
-    del frame
-    if self.reason is not None:
-      raise KeyboardInterrupt
-    self.reason = signal.Signals(signum).name
-    print(f"{self.reason} received: checkpointing the current cell after its epoch (send it "
-          f"again to stop at once)", file=sys.stderr, flush=True)
-
-  def __call__(self):
-    return self.reason
-
-
 def _indent(prefix: str):
   def log(msg: str) -> None:
     for line in str(msg).splitlines():
@@ -583,6 +562,7 @@ def main(argv, FLAGS) -> None:  # pylint: disable=invalid-name
   from absl import app, logging  # pylint: disable=import-outside-toplevel
   logging.set_verbosity(logging.WARNING)  # keep jax's and orbax's INFO lines out of the output
   from hale_jax.data import DataError  # pylint: disable=import-outside-toplevel
+  from hale_jax.stopping import StopRequest  # pylint: disable=import-outside-toplevel
   from hale_jax.train import Interrupted  # pylint: disable=import-outside-toplevel
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -600,13 +580,13 @@ def main(argv, FLAGS) -> None:  # pylint: disable=invalid-name
   print(f"{exp}: {len(cells)} cells ({', '.join(dsets)} x {', '.join(models_)} x "
         f"{len({c.variant.key for c in cells})} variants) into {outdir}", flush=True)
   t0 = time.perf_counter()
-  stop = _StopRequest()
+  stop = StopRequest("checkpointing the current cell after its epoch")
   try:
     rows, errors = run(exp, cells, outdir, FLAGS.budget_scale, FLAGS.max_epochs,
                        FLAGS.data_dir_override, list(sys.argv), should_stop=stop)
   except Interrupted as err:
     print(f"stopped: {err}; partial outputs in {outdir}", file=sys.stderr)
-    sys.exit(128 + (signal.SIGINT if stop.reason == "SIGINT" else signal.SIGTERM))
+    sys.exit(stop.exit_code())
   print()
   print((outdir / "table.md").read_text(), end="")
   counts = collections.Counter(r["status"] for r in rows)

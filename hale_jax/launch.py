@@ -7,7 +7,6 @@ a 2-core CPU).  This module alone reads absl flags; it fills a :class:`hale_jax.
 from __future__ import annotations
 
 import datetime
-import signal
 import sys
 from pathlib import Path
 
@@ -84,34 +83,15 @@ def _data_spec() -> dict[str, str]:
   return {"kind": "dataset", "name": FLAGS.dataset}
 
 
-class _StopRequest:
-  """Turns SIGTERM/SIGINT into a stop request that training polls after each epoch."""
-
-  def __init__(self):
-    self.reason = None
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      signal.signal(sig, self._handle)
-
-  def _handle(self, signum, frame):
-    del frame
-    if self.reason is not None:  # a second signal: stop now
-      raise KeyboardInterrupt
-    self.reason = signal.Signals(signum).name
-    print(f"{self.reason} received: saving a checkpoint after the current epoch "
-          f"(send it again to stop at once)", file=sys.stderr, flush=True)
-
-  def __call__(self):
-    return self.reason
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)  # keep orbax's INFO lines out of the progress output
   from hale_jax import datasets
   from hale_jax.data import DataError
+  from hale_jax.stopping import StopRequest
   from hale_jax.train import Interrupted, train
-  stop = _StopRequest()
+  stop = StopRequest()
   try:
     config = _config()
     config.validate()
@@ -124,7 +104,7 @@ def main(argv):
           extra={"argv": sys.argv, "flags": FLAGS.flags_into_string()})
   except Interrupted as err:
     print(f"stopped: {err}", file=sys.stderr)
-    sys.exit(128 + (signal.SIGINT if stop.reason == "SIGINT" else signal.SIGTERM))
+    sys.exit(stop.exit_code())
   except (DataError, ValueError, FileExistsError) as err:
     print(f"error: {err}", file=sys.stderr)
     sys.exit(2)

@@ -147,10 +147,11 @@ def test_loss_and_grads_match_single_device(spec, loss):
   n = data.num_entities
   state = sharding.init_sharded_state(cfg, data, mesh)
   single = train.init_state(cfg, data)
-  # The sharded init creates the same real rows as train.init_state.
+  # The sharded init creates the real rows of train.init_state (to 1 ulp: under jit XLA fuses
+  # init_scale * normal differently from the eager ops).
   host = sharding.unpad_params(state.params, n)
   for k, v in jax.device_get(single.params).items():
-    np.testing.assert_array_equal(host[k], v, err_msg=k)
+    np.testing.assert_allclose(host[k], v, rtol=3e-7, atol=0, err_msg=k)
 
   rng = np.random.default_rng(0)
   batch = _queries()[rng.permutation(len(_queries()))[:cfg.batch_size]]
