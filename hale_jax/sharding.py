@@ -43,21 +43,32 @@ are filled with **NaN** and handled exactly:
 A huge-but-finite padding row would not be exact: ``hanon`` and ``halin`` saturate at ``gamma``,
 so such rows would still add ``exp(-gamma)`` each to every LSE.
 
-What the compiled HLO shows (CPU, 8 fake devices, jax 0.10.2; ``tests/test_sharding.py``)
-----------------------------------------------------------------------------------------
-See :func:`hlo_collectives`.  For the sharded epoch of RotL with ``N = 247`` (padded to 248),
-``d = 16``, ``B = 64``: no collective of the compiled step moves an ``[Np, d]`` or
-``[Np / model, d]`` entity block; the LSE over the row-sharded table compiles to all-reduces of
-``[k]``-sized vectors (max and sum of the per-shard partial LSEs) over ``"model"``, the entity
-lookups ``entity[heads]``/``entity[tails]`` to a masked local gather plus an all-reduce of the
-``[B/data, d]`` rows, and the gradient of the table to an all-reduce of its ``[Np/model, d]``
-shard over ``"data"`` (data parallelism's one unavoidable reduction; absent when data = 1).
-The details found are recorded in ``test_hlo_has_no_table_all_gather``.
+What the compiled HLO shows (CPU, 8 fake devices, jax 0.10.2)
+-----------------------------------------------------------
+:func:`hlo_collectives` lists the collectives of ``epoch.lower(...).compile().as_text()``.  For
+RotL, ``N = 247`` (248 rows stored), ``d = 16``, ``B = 64``, ``k = 7``, one training step holds:
+
+- ``data:1,model:8``: four all-reduces over ``"model"`` and nothing else: the LSE's per-shard
+  max and sum (``f32[k]`` each: XLA's SPMD partitioner combines the partial LSEs of the row
+  shards), the entity lookups ``entity[heads]``/``entity[tails]`` (a masked local gather plus an
+  all-reduce of ``[B, d]``), and one combined backward all-reduce of query-sized cotangents.
+  No collective carries entity rows; each device's table gradient is its own ``[Np/8, d]``.
+- ``data:4,model:2``: the same over ``"model"`` at the per-data-shard sizes, plus one combined
+  all-reduce over ``"data"`` of the gradients (table *shards* ``[Np/2, d]``, and the relation
+  tables): data parallelism's one unavoidable reduction, and small all-gathers/collective-permutes
+  of the ``k`` sampled query rows (``queries[:k]`` all live on data shard 0).
+- ``data:8,model:1``: plain data parallelism: one combined all-reduce of the gradients.
+
+No all-gather of the ``[Np, d]`` table (or of a shard of it) appears for any mesh
+(``tests/test_sharding.py::test_hlo_has_no_table_all_gather``).  Left on the table: the data
+all-reduce carries the entity-shard gradient as three separate ``[Np/model, d]`` operands (the
+two gather transposes and the LSE's dot, plus a ``[Np/model]`` one for ``|e|^2``) that XLA does
+not add before reducing, so it moves ~3x the bytes needed; a ``jax.shard_map`` step that sums
+them locally and ``psum``s once would fix that if the data axis ever dominates.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 from typing import Any, Sequence
@@ -68,7 +79,7 @@ import numpy as np
 import optax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from hale_jax import activations, losses, models, train
+from hale_jax import models, train
 from hale_jax.data import KGData
 
 Array = jax.Array
@@ -241,24 +252,34 @@ def init_sharded_state(config: train.Config, data: KGData, mesh: Mesh) -> train.
   return jax.jit(init, out_shardings=state_shardings(mesh, optimizer, shapes.params))()
 
 
+def shard_state(mesh: Mesh, optimizer: optax.GradientTransformation,
+                state: train.TrainState) -> train.TrainState:
+  """Places an unpadded state (e.g. from ``train.init_state`` or a single-device checkpoint) on
+  ``mesh``: the entity table padded with NaN rows, its optimiser moments with zero rows (a zero
+  gradient keeps both fixed), everything laid out by :func:`state_shardings`.  Unlike
+  :func:`init_sharded_state` this goes through the full arrays once (on their current device)."""
+  num_entities = state.params["entity"].shape[0]
+  rows = pad_entities(num_entities, mesh)
+  params = pad_params(state.params, rows)
+  names = {k: k for k in state.params}
+
+  def pad_moment(leaf, name):
+    if name != "entity" or leaf.shape[0] == rows:
+      return leaf
+    return jnp.concatenate([leaf, jnp.zeros((rows - leaf.shape[0],) + leaf.shape[1:],
+                                            leaf.dtype)])
+
+  opt_state = optax.tree_map_params(optimizer, pad_moment, state.opt_state, names)
+  padded = train.TrainState(params, opt_state, state.key, state.step)
+  return jax.device_put(padded, state_shardings(mesh, optimizer, params))
+
+
 # ----------------------------------------------------------------------------- training
-
-def loss_kwargs(config: train.Config) -> dict[str, Any]:
-  """Keyword arguments of ``train.batch_loss`` for ``config``, with the plain LSE
-  (``lse_chunk=0``): the chunked scan slices the entity axis, which would gather a sharded table."""
-  return dict(model=models.canonical_model(config.model),
-              activation=activations.get_activation(config.activation, config.beta,
-                                                    config.gamma),
-              lam=config.lam,
-              num_sampled=losses.num_sampled_queries(config.batch_size, config.alpha),
-              pos_square=config.pos_square, loss=config.loss, rel_scale=config.rel_scale,
-              num_negatives=config.num_negatives, adv_temperature=config.adv_temperature,
-              margin=config.margin, nonneg_weight=config.nonneg_weight, lse_chunk=0)
-
 
 def make_loss_fn(config: train.Config, num_entities: int):
   """``loss(padded_params, batch, key)``: ``train.batch_loss`` on the ``num_entities`` real rows."""
-  kwargs = loss_kwargs(config)
+  # The plain LSE: the chunked scan slices the entity axis, which would gather a sharded table.
+  kwargs = {**train.loss_kwargs(config), "lse_chunk": 0}
 
   def loss(params, batch, key=None):
     return train.batch_loss(entity_view(params, num_entities), batch, key, **kwargs)
@@ -279,38 +300,23 @@ def make_sharded_epoch_fn(config: train.Config, num_queries: int, mesh: Mesh, *,
   ignored): per device it holds a ``[k, Np / model]`` block.
   """
   optimizer = train.make_optimizer(config)
-  steps = num_queries // config.batch_size
-  if steps == 0:
-    raise ValueError(f"batch_size {config.batch_size} exceeds the {num_queries} training queries")
   num_rows = pad_entities(num_entities, mesh)
   init, _ = _init_fn(config, num_entities, 1, num_rows)  # only the params' tree and shapes matter
   params_shape = jax.eval_shape(init).params
   shardings = state_shardings(mesh, optimizer, params_shape)
   rep = replicated(mesh)
   rows = batch_sharding(mesh)
-  grad_fn = jax.value_and_grad(make_loss_fn(config, num_entities))
+  carry_shardings = (shardings.params, shardings.opt_state)
 
-  def epoch(state: train.TrainState, queries: Array) -> tuple[train.TrainState, Array]:
-    key, perm_key, step_key = jax.random.split(state.key, 3)
-    order = jax.random.permutation(perm_key, num_queries)[:steps * config.batch_size]
-    order = order.reshape(steps, config.batch_size)
-    step_keys = jax.random.split(step_key, steps)
+  def constrain(batch, carry):
+    if batch is not None:
+      batch = jax.lax.with_sharding_constraint(batch, rows)
+    if carry is not None:
+      carry = jax.lax.with_sharding_constraint(carry, carry_shardings)
+    return batch, carry
 
-    def step(carry, xs):
-      params, opt_state = carry
-      idx, k = xs
-      batch = jax.lax.with_sharding_constraint(queries[idx], rows)
-      loss, grads = grad_fn(params, batch, k)
-      updates, opt_state = optimizer.update(grads, opt_state, params)
-      params = optax.apply_updates(params, updates)
-      params, opt_state = jax.lax.with_sharding_constraint(
-          (params, opt_state), (shardings.params, shardings.opt_state))
-      return (params, opt_state), loss
-
-    (params, opt_state), step_losses = jax.lax.scan(step, (state.params, state.opt_state),
-                                                    (order, step_keys))
-    return train.TrainState(params, opt_state, key, state.step + steps), jnp.mean(step_losses)
-
+  epoch, steps = train.epoch_body(config, num_queries, make_loss_fn(config, num_entities),
+                                  constrain)
   return jax.jit(epoch, in_shardings=(shardings, rep), out_shardings=(shardings, rep),
                  donate_argnums=0), steps
 
@@ -320,6 +326,7 @@ def make_sharded_epoch_fn(config: train.Config, num_queries: int, mesh: Mesh, *,
 _COLLECTIVE = re.compile(
     r"=\s*(?P<shape>\(?[a-z0-9]+\[[^=]*?)\s+(?P<op>all-reduce|all-gather|reduce-scatter|"
     r"all-to-all|collective-permute)(?:-start)?\(")
+_COMMENT = re.compile(r"/\*.*?\*/")
 _ARRAY = re.compile(r"([a-z]+[0-9]*)\[([0-9,]*)\]")
 
 
@@ -328,7 +335,7 @@ def hlo_collectives(hlo_text: str) -> list[tuple[str, tuple[tuple[int, ...], ...
   ``shapes`` are the per-device result shapes (several for a combined tuple collective)."""
   found = []
   for line in hlo_text.splitlines():
-    m = _COLLECTIVE.search(line)
+    m = _COLLECTIVE.search(_COMMENT.sub("", line))
     if m:
       shapes = tuple(tuple(int(x) for x in dims.split(",") if x)
                      for _, dims in _ARRAY.findall(m.group("shape")))

@@ -150,20 +150,31 @@ def batch_loss(params, batch: Array, key: Array | None = None, *, model: str,
   raise ValueError(f"unknown loss {loss!r}")
 
 
-def make_epoch_fn(config: Config, num_queries: int):
-  """Returns ``epoch(state, train [2T, 3]) -> (state, mean_loss)``, jitted, state donated."""
-  optimizer = make_optimizer(config)
-  steps = num_queries // config.batch_size
-  if steps == 0:
-    raise ValueError(f"batch_size {config.batch_size} exceeds the {num_queries} training queries")
-  loss_fn = functools.partial(
-      batch_loss, model=models.canonical_model(config.model),
+def loss_kwargs(config: Config) -> dict[str, Any]:
+  """The keyword arguments of :func:`batch_loss` that ``config`` sets."""
+  return dict(
+      model=models.canonical_model(config.model),
       activation=activations.get_activation(config.activation, config.beta, config.gamma),
       lam=config.lam, num_sampled=losses.num_sampled_queries(config.batch_size, config.alpha),
       pos_square=config.pos_square, loss=config.loss, rel_scale=config.rel_scale,
       num_negatives=config.num_negatives, adv_temperature=config.adv_temperature,
       margin=config.margin, nonneg_weight=config.nonneg_weight, lse_chunk=config.lse_chunk)
-  grad_fn = jax.value_and_grad(loss_fn)
+
+
+def epoch_body(config: Config, num_queries: int, loss_fn: Callable | None = None,
+               constrain: Callable[[Any, Any], tuple[Any, Any]] | None = None):
+  """The un-jitted epoch ``(state, train [2T, 3]) -> (state, mean_loss)`` and its step count.
+
+  ``loss_fn(params, batch, key)`` defaults to :func:`batch_loss` with ``config``'s settings.
+  ``constrain(batch, (params, opt_state))`` may return them with sharding constraints
+  (``hale_jax.sharding``); by default nothing is constrained.
+  """
+  optimizer = make_optimizer(config)
+  steps = num_queries // config.batch_size
+  if steps == 0:
+    raise ValueError(f"batch_size {config.batch_size} exceeds the {num_queries} training queries")
+  grad_fn = jax.value_and_grad(loss_fn or functools.partial(batch_loss, **loss_kwargs(config)))
+  constrain = constrain or (lambda batch, carry: (batch, carry))
 
   def epoch(state: TrainState, train: Array) -> tuple[TrainState, Array]:
     key, perm_key, step_key = jax.random.split(state.key, 3)
@@ -174,14 +185,22 @@ def make_epoch_fn(config: Config, num_queries: int):
     def step(carry, xs):
       params, opt_state = carry
       idx, k = xs
-      loss, grads = grad_fn(params, train[idx], k)
+      batch, _ = constrain(train[idx], None)
+      loss, grads = grad_fn(params, batch, k)
       updates, opt_state = optimizer.update(grads, opt_state, params)
-      return (optax.apply_updates(params, updates), opt_state), loss
+      _, carry = constrain(None, (optax.apply_updates(params, updates), opt_state))
+      return carry, loss
 
     (params, opt_state), step_losses = jax.lax.scan(step, (state.params, state.opt_state),
                                                     (order, step_keys))
     return TrainState(params, opt_state, key, state.step + steps), jnp.mean(step_losses)
 
+  return epoch, steps
+
+
+def make_epoch_fn(config: Config, num_queries: int):
+  """Returns ``epoch(state, train [2T, 3]) -> (state, mean_loss)``, jitted, state donated."""
+  epoch, steps = epoch_body(config, num_queries)
   return jax.jit(epoch, donate_argnums=0), steps
 
 
