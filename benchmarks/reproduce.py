@@ -417,6 +417,7 @@ def markdown(experiment: str, rows: list[dict], budget_scale: float) -> str:
 
 def write_outputs(outdir: Path, experiment: str, rows: list[dict], budget_scale: float,
                   argv: list[str]) -> str:
+  from hale_jax import checkpoints  # pylint: disable=import-outside-toplevel
   outdir.mkdir(parents=True, exist_ok=True)
   with open(outdir / "results.csv.tmp", "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=ROW_FIELDS)
@@ -425,8 +426,7 @@ def write_outputs(outdir: Path, experiment: str, rows: list[dict], budget_scale:
   os.replace(outdir / "results.csv.tmp", outdir / "results.csv")
   doc = {"experiment": experiment, "budget_scale": budget_scale, "command": argv,
          "written": datetime.datetime.now().isoformat(timespec="seconds"), "rows": rows}
-  (outdir / "results.json.tmp").write_text(json.dumps(doc, indent=2) + "\n")
-  os.replace(outdir / "results.json.tmp", outdir / "results.json")
+  checkpoints.write_json(outdir / "results.json", doc)
   table = markdown(experiment, rows, budget_scale)
   (outdir / "table.md").write_text(table)
   return table
@@ -478,7 +478,7 @@ def run(experiment: str, cells: list[Cell], outdir: Path, budget_scale: float, m
         data_dir_override: str | None, argv: list[str], should_stop=None) -> tuple[list, int]:
   """Trains (or reuses) every cell, rewriting the outputs after each; returns (rows, errors)."""
   from hale_jax import datasets  # pylint: disable=import-outside-toplevel
-  from hale_jax.data import DataError  # pylint: disable=import-outside-toplevel
+  from hale_jax.data import DataError, one_line  # pylint: disable=import-outside-toplevel
   from hale_jax.train import Interrupted, train  # pylint: disable=import-outside-toplevel
   rows, curves, errors = [], [], 0
   loaded: dict[str, Any] = {}  # dataset -> KGData or the DataError message
@@ -502,7 +502,7 @@ def run(experiment: str, cells: list[Cell], outdir: Path, budget_scale: float, m
         try:
           loaded[cell.dataset] = datasets.load_data(spec)
         except DataError as err:
-          loaded[cell.dataset] = " ".join(str(err).split())
+          loaded[cell.dataset] = one_line(err)
       data = loaded[cell.dataset]
       if isinstance(data, str):
         rows.append(make_row(cell, config, None, "not available", data))
@@ -520,7 +520,7 @@ def run(experiment: str, cells: list[Cell], outdir: Path, budget_scale: float, m
           write_outputs(outdir, experiment, rows, budget_scale, argv)
           raise
         except (ValueError, FileExistsError) as err:
-          msg = " ".join(str(err).split())
+          msg = one_line(err)
           rows.append(make_row(cell, config, None, "error", msg))
           errors += 1
           print(f"{head}: error: {msg}", flush=True)

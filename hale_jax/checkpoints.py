@@ -55,11 +55,16 @@ def read_run(workdir: str | os.PathLike) -> dict[str, Any] | None:
   return json.loads(path.read_text()) if path.exists() else None
 
 
-def write_run(workdir: str | os.PathLike, run: dict[str, Any]) -> None:
-  path = Path(workdir) / RUN_FILE
-  tmp = path.with_suffix(".json.tmp")
-  tmp.write_text(json.dumps(run, indent=2) + "\n")
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+  """Writes ``obj`` as indented JSON through a temporary file and a rename (never half-written)."""
+  path = Path(path)
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(json.dumps(obj, indent=2) + "\n")
   os.replace(tmp, path)
+
+
+def write_run(workdir: str | os.PathLike, run: dict[str, Any]) -> None:
+  write_json(Path(workdir) / RUN_FILE, run)
 
 
 def mismatch(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

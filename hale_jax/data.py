@@ -24,6 +24,11 @@ class DataError(ValueError):
   """Bad or missing input data; ``str(err)`` is one line meant for the user."""
 
 
+def one_line(text) -> str:
+  """``str(text)`` with every run of whitespace, newlines included, made one space."""
+  return " ".join(str(text).split())
+
+
 @dataclasses.dataclass(frozen=True)
 class KGData:
   """A knowledge graph with integer triples.

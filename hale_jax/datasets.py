@@ -40,7 +40,7 @@ import urllib.request
 from pathlib import Path
 from typing import Mapping, Union
 
-from hale_jax.data import SPLITS, DataError
+from hale_jax.data import SPLITS, DataError, one_line
 
 Checksum = tuple[str, str]
 """``("sha256", hex)`` or ``("gitblob", hex)`` (the id ``git hash-object`` prints)."""
@@ -145,7 +145,7 @@ def resolve(name: str, *, cache_dir: str | os.PathLike | None = None,
   except _DownloadFailed as err:
     url, reason = err.args
     raise DataError(
-        f"could not download {name} from {url} ({_one_line(reason)}); put train.txt, valid.txt "
+        f"could not download {name} from {url} ({one_line(reason)}); put train.txt, valid.txt "
         f"and test.txt by hand into {target} or into $HALE_DATA_DIR/{name}, or pass "
         f"--data_dir <folder>") from None
   _install(files, target)
@@ -189,7 +189,7 @@ def _extract(name: str, archive: bytes, wanted) -> dict[str, bytes]:
         if member.isfile() and base in wanted and base not in found:
           found[base] = tar.extractfile(member).read()
   except tarfile.TarError as err:
-    raise DataError(f"{name}: the downloaded archive cannot be read ({_one_line(err)}); "
+    raise DataError(f"{name}: the downloaded archive cannot be read ({one_line(err)}); "
                     f"delete it and try again, or use --data_dir") from None
   missing = [f for f in wanted if f not in found]
   if missing:
@@ -220,7 +220,7 @@ def _install(files: Mapping[str, bytes], target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
   except OSError as err:
-    raise DataError(f"cannot create the dataset cache {target.parent} ({_one_line(err)}); set "
+    raise DataError(f"cannot create the dataset cache {target.parent} ({one_line(err)}); set "
                     f"HALE_CACHE_DIR to a writable folder, or use --data_dir") from None
   try:
     for f, data in files.items():
@@ -232,7 +232,7 @@ def _install(files: Mapping[str, bytes], target: Path) -> None:
       if not _complete(target):  # else a concurrent download won the race
         raise
   except OSError as err:
-    raise DataError(f"cannot write the dataset into {target} ({_one_line(err)}); set "
+    raise DataError(f"cannot write the dataset into {target} ({one_line(err)}); set "
                     f"HALE_CACHE_DIR to a writable folder, or use --data_dir") from None
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
@@ -241,9 +241,6 @@ def _install(files: Mapping[str, bytes], target: Path) -> None:
 def _complete(folder: Path) -> bool:
   return all((folder / f"{s}.txt").is_file() for s in SPLITS)
 
-
-def _one_line(reason) -> str:
-  return " ".join(str(reason).split())
 
 
 def load_data(spec: Mapping[str, str]):

@@ -6,7 +6,6 @@ prints MRR, MR and Hits@{1,3,10} for the realistic, pessimistic and optimistic t
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -36,7 +35,8 @@ def format_table(metrics: dict[str, dict[str, float]]) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  from hale_jax import inference  # pylint: disable=import-outside-toplevel
+  from hale_jax import checkpoints, inference  # pylint: disable=import-outside-toplevel
+  from hale_jax.data import one_line  # pylint: disable=import-outside-toplevel
   try:
     output = Path(FLAGS.output) if FLAGS.output else None
     if output is not None and output.exists() and not FLAGS.overwrite:
@@ -46,11 +46,11 @@ def main(argv):
     print(f"{FLAGS.workdir}: filtered ranking of {FLAGS.split}")
     print(format_table(metrics))
     if output is not None:
-      output.write_text(json.dumps({"workdir": str(FLAGS.workdir), "split": FLAGS.split,
-                                    "metrics": metrics}, indent=2) + "\n")
+      checkpoints.write_json(output, {"workdir": str(FLAGS.workdir), "split": FLAGS.split,
+                                      "metrics": metrics})
       print(f"metrics written to {output}")
   except (ValueError, FileNotFoundError, FileExistsError) as err:  # DataError is a ValueError
-    print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+    print(f"error: {one_line(err)}", file=sys.stderr)
     sys.exit(2)
 
 

@@ -26,12 +26,13 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   from hale_jax import inference  # pylint: disable=import-outside-toplevel
+  from hale_jax.data import one_line  # pylint: disable=import-outside-toplevel
   default = "export.npz" if FLAGS.format == "npz" else "export_tsv"
   output = FLAGS.output or Path(FLAGS.workdir) / default
   try:
     path = inference.export_run(FLAGS.workdir, FLAGS.format, output, overwrite=FLAGS.overwrite)
   except (ValueError, FileNotFoundError, FileExistsError) as err:  # DataError is a ValueError
-    print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+    print(f"error: {one_line(err)}", file=sys.stderr)
     sys.exit(2)
   print(f"exported {FLAGS.format} to {path}")
 

@@ -25,17 +25,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from hale_jax import checkpoints, datasets, models
-from hale_jax.data import DataError, FilterIndex, KGData
+from hale_jax.data import DataError, FilterIndex, KGData, one_line
 from hale_jax.evaluation import Evaluator
 
 Array = jax.Array
 REVERSE_SUFFIX = "_reverse"
 # Keys of an npz export that are not parameter tables.
 EXPORT_META_KEYS = ("entity_names", "relation_names", "model", "dim", "c_r")
-
-
-def _one_line(text: Any) -> str:
-  return " ".join(str(text).split())
 
 
 def load_run(workdir: str | os.PathLike) -> tuple[dict[str, Any], KGData, dict[str, Array]]:
@@ -60,7 +56,7 @@ def load_run(workdir: str | os.PathLike) -> tuple[dict[str, Any], KGData, dict[s
   try:
     run = json.loads(path.read_text(encoding="utf-8"))
   except (OSError, UnicodeDecodeError, ValueError) as err:
-    raise DataError(f"{path}: cannot be read ({_one_line(err)}); it is not a hale_jax run "
+    raise DataError(f"{path}: cannot be read ({one_line(err)}); it is not a hale_jax run "
                     f"spec") from None
   missing = [k for k in ("config", "data", "vocab_sha256") if not isinstance(run, dict)
              or k not in run]

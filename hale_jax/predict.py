@@ -28,13 +28,14 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   from hale_jax import inference  # pylint: disable=import-outside-toplevel
+  from hale_jax.data import one_line  # pylint: disable=import-outside-toplevel
   try:
     run, data, params = inference.load_run(FLAGS.workdir)
     answers = inference.top_k(params, run["config"]["model"], data, head=FLAGS.head,
                               relation=FLAGS.relation, tail=FLAGS.tail, k=FLAGS.k,
                               filtered=FLAGS.filtered)
   except (ValueError, FileNotFoundError, FileExistsError) as err:  # DataError is a ValueError
-    print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+    print(f"error: {one_line(err)}", file=sys.stderr)
     sys.exit(2)
   query = (f"({FLAGS.head}, {FLAGS.relation}, ?)" if FLAGS.head is not None
            else f"(?, {FLAGS.relation}, {FLAGS.tail})")

@@ -135,9 +135,8 @@ def batch_loss(params, batch: Array, key: Array | None = None, *, model: str,
   pos_score = baselines.scores_from_scaled(pos, activation)
   if loss in ("samneg", "advneg"):
     negs = jax.random.randint(key, (batch.shape[0], num_negatives), 0, entity.shape[0])
-    diff = queries[:, None, :] - entity[negs]
-    neg_score = baselines.scores_from_scaled(scale[:, None] * jnp.sum(diff * diff, -1),
-                                             activation)
+    neg = models.pair_squared_distances(queries[:, None, :], entity[negs])  # [B, m]
+    neg_score = baselines.scores_from_scaled(scale[:, None] * neg, activation)
     if loss == "samneg":
       return baselines.samneg_loss(pos_score, neg_score, margin)
     return baselines.advneg_loss(pos_score, neg_score, adv_temperature, margin)
@@ -243,12 +242,6 @@ def _device() -> dict[str, Any]:
 def _fmt_metrics(m: dict[str, float]) -> str:
   return (f"MRR {m['mrr']:.4f}  MR {m['mr']:.1f}  H@1 {m['hits@1']:.4f}  "
           f"H@3 {m['hits@3']:.4f}  H@10 {m['hits@10']:.4f}")
-
-
-def _write_json(path: Path, obj: Any) -> None:
-  tmp = path.with_suffix(".json.tmp")
-  tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-  os.replace(tmp, path)
 
 
 class Interrupted(Exception):
@@ -449,6 +442,6 @@ def train(config: Config, data: KGData, workdir: str | os.PathLike,
       "git_commit": commit,
       "run": extra or {},
   }
-  _write_json(workdir / "results.json", results)
+  checkpoints.write_json(workdir / "results.json", results)
   log(f"results written to {workdir / 'results.json'}")
   return results

@@ -83,6 +83,11 @@ def _non_inputs(rng, b=B, n=N, d=D):
   return rng.normal(-1.0, 1.0, b), rng.normal(0.0, 0.5, (n, d))
 
 
+def _every_input(rng):
+  """The inputs of all four losses: ``pos, neg, scores, targets, npos, entity``."""
+  return (*_sam_inputs(rng), *_all_inputs(rng), *_non_inputs(rng))
+
+
 @functools.lru_cache(maxsize=None)
 def _vg(f, argnums=0):
   """``jax.value_and_grad`` under ``jit`` (one compilation instead of many eager ops)."""
@@ -150,9 +155,7 @@ def test_nonneg_matches_reference(rng, radius, target):
 
 
 def test_float64_values_and_gradients_are_exact(rng, x64):
-  pos, neg = _sam_inputs(rng)
-  scores, targets = _all_inputs(rng)
-  npos, entity = _non_inputs(rng)
+  pos, neg, scores, targets, npos, entity = _every_input(rng)
   cases = [
       (lambda p, n: baselines.samneg_loss(p, n, 0.5), (pos, neg), np_samneg(pos, neg, 0.5)),
       (lambda p, n: baselines.advneg_loss(p, n, 0.8, 2.0), (pos, neg),
@@ -172,9 +175,7 @@ def test_float64_values_and_gradients_are_exact(rng, x64):
 
 
 def test_check_grads(rng, x64):
-  pos, neg = _sam_inputs(rng)
-  scores, targets = _all_inputs(rng)
-  npos, entity = _non_inputs(rng)
+  pos, neg, scores, targets, npos, entity = _every_input(rng)
   pos, neg, scores, npos, entity = map(jnp.asarray, (pos, neg, scores, npos, entity))
   kw = dict(order=1, modes=("rev",), eps=FD_EPS)
   jit = jax.jit  # one compilation per loss instead of eager ops at every probe
@@ -330,9 +331,7 @@ def _nonneg_case(p, e):
 
 def _loss_cases(rng, scale=None):
   """(name, loss, args, differentiable argnums) with float32 inputs; ``scale`` gives +-scale."""
-  pos, neg = _sam_inputs(rng)
-  scores, targets = _all_inputs(rng)
-  npos, entity = _non_inputs(rng)
+  pos, neg, scores, targets, npos, entity = _every_input(rng)
   if scale is not None:
     sign = lambda a: scale * np.where(rng.random(a.shape) < 0.5, -1.0, 1.0)  # noqa: E731
     pos, neg, scores, npos, entity = map(sign, (pos, neg, scores, npos, entity))
