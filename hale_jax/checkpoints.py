@@ -35,7 +35,7 @@ RUN_FILE = "run.json"
 # Config fields that may change when a run is resumed: budgets and evaluation settings.
 RESUMABLE_FIELDS = frozenset({"max_seconds", "max_epochs", "eval_every", "eval_chunk",
                               "checkpoint_every_epochs", "checkpoint_every_seconds",
-                              "max_to_keep"})
+                              "max_to_keep", "mesh"})
 _OUTPUTS = ("checkpoints", "best", RUN_FILE, "results.json", "best_params.npz")
 
 
@@ -124,10 +124,14 @@ class Checkpointer:
   def restore_latest(self, template: Any) -> tuple[Any, dict[str, Any], int] | None:
     """``(state, meta, epoch)`` of the newest step that restores, or None if there is none.
 
-    ``template`` is a pytree of the state's structure (arrays or ShapeDtypeStructs).  A step
-    that fails to restore (partial or corrupt) is reported and skipped.
+    ``template`` is a pytree of the state's structure (arrays or ShapeDtypeStructs); the state
+    comes back in that structure as host numpy arrays of the *stored* shapes, whatever the
+    layout (device, mesh, padding) that saved them: the caller places them (see
+    ``hale_jax.sharding.place_state``).  A step that fails to restore (partial or corrupt) is
+    reported and skipped.
     """
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+    # numpy leaves: orbax reads each whole array to the host, in the stored shape.
+    abstract = jax.tree.map(lambda x: np.empty((0,) * len(x.shape), x.dtype), template)
     for step in sorted(self._latest.all_steps(), reverse=True):
       try:
         out = self._latest.restore(step, args=ocp.args.Composite(

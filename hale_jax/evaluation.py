@@ -31,6 +31,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jax.typing import ArrayLike
 
 from hale_jax import models
@@ -119,8 +120,7 @@ def _prepare(data: KGData, index: FilterIndex, split: str, chunk: int) -> _Queri
                   f_rows, f_cols, count)
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
-def _rank_chunks(params, heads, rels, targets, f_rows, f_cols, *, model):
+def _rank_chunks_body(params, heads, rels, targets, f_rows, f_cols, *, model):
   def one(args):
     h, r, t, fr, fc = args
     q = models.transform(model, params, h, r)
@@ -129,19 +129,40 @@ def _rank_chunks(params, heads, rels, targets, f_rows, f_cols, *, model):
   return jax.lax.map(one, (heads, rels, targets, f_rows, f_cols))
 
 
+_rank_chunks = functools.lru_cache(maxsize=None)(  # one jitted function per model
+    lambda model: jax.jit(functools.partial(_rank_chunks_body, model=model)))
+
+
 class Evaluator:
   """Filtered ranking of one split, prepared once and run jit-compiled on the device.
 
   ``chunk`` queries are ranked at a time; memory is ``O(chunk * N)``.
+
+  With a ``mesh`` (``hale_jax.sharding``) the ranking is sharded like training: the parameters
+  come row-sharded over ``"model"`` (so each device scores its block of candidates, and the
+  counts of closer and tied candidates are summed across blocks), and each chunk's queries are
+  split over ``"data"`` (when ``chunk`` divides by its size; replicated otherwise).  The ranks
+  come back replicated, so every process of a multi-host run reads them.
   """
 
   def __init__(self, data: KGData, split: str, model: str, chunk: int = 256,
-               index: FilterIndex | None = None):
+               index: FilterIndex | None = None, mesh: Mesh | None = None):
     self.model = models.canonical_model(model)
     self.split = split
     q = _prepare(data, index or FilterIndex(data), split, chunk)
     self._count = q.count
-    self._arrays = tuple(jnp.asarray(a) for a in q[:5])
+    self._mesh = mesh
+    if mesh is None:
+      self._arrays = tuple(jnp.asarray(a) for a in q[:5])
+      self._fn = _rank_chunks(self.model)
+    else:
+      rep = NamedSharding(mesh, P())
+      split_rows = NamedSharding(mesh, P(None, "data")) if chunk % mesh.shape["data"] == 0 else rep
+      shardings = (split_rows, split_rows, split_rows, rep, rep)
+      self._arrays = tuple(jax.make_array_from_callback(a.shape, sh, lambda i, a=a: a[i])
+                           for a, sh in zip(q[:5], shardings))
+      self._fn = jax.jit(functools.partial(_rank_chunks_body, model=self.model),
+                         out_shardings=(rep, rep))
     self._compiled = None
 
   @property
@@ -151,7 +172,7 @@ class Evaluator:
   def compile(self, params) -> float:
     """Compiles ahead of time for ``params``' shapes; returns the seconds it took."""
     t0 = time.perf_counter()
-    self._compiled = _rank_chunks.lower(params, *self._arrays, model=self.model).compile()
+    self._compiled = self._fn.lower(params, *self._arrays).compile()
     return time.perf_counter() - t0
 
   def ranks(self, params) -> tuple[np.ndarray, np.ndarray]:
@@ -159,7 +180,10 @@ class Evaluator:
     if self._compiled is None:
       self.compile(params)
     opt, pess = self._compiled(params, *self._arrays)
-    opt, pess = jax.device_get((opt, pess))
+    if self._mesh is None:
+      opt, pess = jax.device_get((opt, pess))
+    else:  # replicated over the mesh, possibly across processes: read the local copy
+      opt, pess = (np.asarray(a.addressable_data(0)) for a in (opt, pess))
     return opt.reshape(-1)[:self._count], pess.reshape(-1)[:self._count]
 
   def __call__(self, params) -> dict[str, dict[str, float]]:

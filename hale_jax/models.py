@@ -42,7 +42,7 @@ initialisation in our runs); inside that region it is the formula exactly.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -122,7 +122,7 @@ def canonical_model(name: str) -> str:
 
 
 def init_params(key: jax.Array, model: str, num_entities: int, num_relations: int, dim: int,
-                init_scale: float = 1e-3) -> Params:
+                init_scale: float = 1e-3, dtype: Any = jnp.float32) -> Params:
   """Initialises a model's parameters.
 
   Args:
@@ -132,9 +132,11 @@ def init_params(key: jax.Array, model: str, num_entities: int, num_relations: in
     num_relations: ``R2``, relation ids *including* reciprocals.
     dim: ``d``; even for the rotation models.
     init_scale: standard deviation of the Gaussian initialisation of every table.
+    dtype: of every table (float64 needs ``jax_enable_x64``; the tables are drawn in float32
+      and cast, so the float64 start equals the float32 one).
 
   Returns:
-    The parameter dict described in the module docstring (float32).
+    The parameter dict described in the module docstring.
   """
   model = canonical_model(model)
   if model in ("rotate", "rote", "rotl") and dim % 2:
@@ -148,7 +150,7 @@ def init_params(key: jax.Array, model: str, num_entities: int, num_relations: in
   params["scale"] = jnp.full((num_relations,), _SOFTPLUS_INV_1, jnp.float32)
   if model == "rotl":
     params["alpha"] = jnp.ones((num_relations,), jnp.float32)
-  return params
+  return {name: table.astype(dtype) for name, table in params.items()}
 
 
 def transform(model: str, params: Params, heads: ArrayLike, relations: ArrayLike) -> Array:

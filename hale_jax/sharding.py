@@ -77,6 +77,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from hale_jax import models, train
@@ -89,17 +90,9 @@ PAD_VALUE = float("nan")
 
 # ----------------------------------------------------------------------------- the mesh
 
-def parse_mesh_spec(spec: str | None, num_devices: int) -> tuple[int, int]:
-  """``"data:4,model:2"`` -> ``(4, 2)``.
-
-  ``None`` or ``""`` puts every device on ``"data"``.  An axis left out takes the devices the
-  other leaves (``"model:2"`` on 8 devices is ``(4, 2)``).  Raises ValueError on unknown or
-  repeated axes, non-positive sizes, or a product different from ``num_devices``.
-  """
-  if num_devices <= 0:
-    raise ValueError("no devices to build a mesh from")
-  if spec is None or not spec.strip():
-    return num_devices, 1
+def mesh_axis_sizes(spec: str) -> dict[str, int]:
+  """The axis sizes a spec such as ``"data:4,model:2"`` names (one or both axes).  Raises
+  ValueError on unknown or repeated axes and non-positive sizes."""
   sizes: dict[str, int] = {}
   for item in spec.split(","):
     name, sep, value = item.partition(":")
@@ -119,6 +112,21 @@ def parse_mesh_spec(spec: str | None, num_devices: int) -> tuple[int, int]:
     if size <= 0:
       raise ValueError(f"bad mesh spec {spec!r}: size of {name!r} must be positive, got {size}")
     sizes[name] = size
+  return sizes
+
+
+def parse_mesh_spec(spec: str | None, num_devices: int) -> tuple[int, int]:
+  """``"data:4,model:2"`` -> ``(4, 2)``.
+
+  ``None`` or ``""`` puts every device on ``"data"``.  An axis left out takes the devices the
+  other leaves (``"model:2"`` on 8 devices is ``(4, 2)``).  Raises ValueError on unknown or
+  repeated axes, non-positive sizes, or a product different from ``num_devices``.
+  """
+  if num_devices <= 0:
+    raise ValueError("no devices to build a mesh from")
+  if spec is None or not spec.strip():
+    return num_devices, 1
+  sizes = mesh_axis_sizes(spec)
   given = math.prod(sizes.values())
   missing = [a for a in AXES if a not in sizes]
   if missing:
@@ -139,6 +147,60 @@ def make_mesh(spec: str | None = None, devices: Sequence[jax.Device] | None = No
   devices = list(jax.devices() if devices is None else devices)
   shape = parse_mesh_spec(spec, len(devices))
   return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto, AxisType.Auto), devices=devices)
+
+
+TABLE_MEMORY_FRACTION = 0.5  # auto mesh: most of one device's memory the table may take
+
+
+def table_bytes(config: train.Config, num_entities: int) -> int:
+  """Bytes of the entity table plus its optimiser state (Adam: two moments; Adagrad: one)."""
+  width = config.dim * np.dtype(config.dtype).itemsize
+  return num_entities * width * (3 if config.optimizer == "adam" else 2)
+
+
+def _device_memory(device: jax.Device) -> int | None:
+  try:
+    stats = device.memory_stats()
+  except Exception:  # pylint: disable=broad-except  # some backends do not implement it
+    return None
+  return (stats or {}).get("bytes_limit")
+
+
+def auto_mesh_spec(config: train.Config, num_entities: int,
+                   devices: Sequence[jax.Device]) -> str | None:
+  """What ``--mesh=auto`` means for ``devices``: None (one device, the plain path) or a spec.
+
+  - one device, or CPU devices of a single process: None.  XLA's CPU device already uses every
+    core, so several (fake) CPU devices in one process only add collectives.
+  - otherwise every device on ``"data"``, unless the entity table and its optimiser state
+    would take more than ``TABLE_MEMORY_FRACTION`` of one device's memory: then the smallest
+    ``"model"`` size (a divisor of the device count) that brings a shard under it.
+  """
+  n = len(devices)
+  if n == 1 or (devices[0].platform == "cpu" and jax.process_count() == 1):
+    return None
+  limit = _device_memory(devices[0])
+  need = table_bytes(config, num_entities)
+  for m in (d for d in range(1, n + 1) if n % d == 0):
+    if limit is None or need / m <= TABLE_MEMORY_FRACTION * limit:
+      return f"data:{n // m},model:{m}"
+  return f"data:1,model:{n}"
+
+
+def resolve_mesh(config: train.Config, num_entities: int,
+                 devices: Sequence[jax.Device] | None = None) -> Mesh | None:
+  """The mesh of a run from ``config.mesh``: ``"none"`` (one device: None), ``"auto"``
+  (:func:`auto_mesh_spec`) or a spec for :func:`make_mesh` over ``devices`` (default: all
+  devices of all processes)."""
+  devices = list(jax.devices() if devices is None else devices)
+  spec = config.mesh.strip()
+  if spec == "none":
+    return None
+  if spec == "auto":
+    spec = auto_mesh_spec(config, num_entities, devices)
+    if spec is None:
+      return None
+  return make_mesh(spec, devices)
 
 
 def model_size(mesh: Mesh) -> int:
@@ -186,10 +248,26 @@ def entity_view(params: dict[str, Array], num_entities: int) -> dict[str, Array]
 
 
 def unpad_params(params: dict[str, Any], num_entities: int) -> dict[str, np.ndarray]:
-  """Host (numpy) copy of ``params`` without the padding rows: for export, saving, comparing."""
-  host = jax.device_get(params)
-  return {k: np.asarray(v)[:num_entities] if k == "entity" else np.asarray(v)
-          for k, v in host.items()}
+  """Host (numpy) copy of ``params`` without the padding rows: for export, saving, comparing.
+  Works on arrays spread over several processes (see :func:`to_host`)."""
+  host = to_host(params)
+  return {k: v[:num_entities] if k == "entity" else v for k, v in host.items()}
+
+
+def place_params(params: dict[str, np.ndarray], mesh: Mesh | None) -> dict[str, Array]:
+  """Unpadded host parameters on ``mesh`` (NaN-padded, laid out by :func:`param_shardings`), or
+  on the default device when ``mesh`` is None."""
+  if mesh is None:
+    return {k: jnp.asarray(v) for k, v in params.items()}
+  rows = pad_entities(params["entity"].shape[0], mesh)
+  padded = {k: _pad_rows(v, rows, PAD_VALUE) if k == "entity" else np.asarray(v)
+            for k, v in params.items()}
+  return jax.tree.map(put_global, padded, param_shardings(mesh, padded))
+
+
+def _pad_rows(a: Any, rows: int, value: float) -> np.ndarray:
+  a = np.asarray(a)
+  return np.concatenate([a, np.full((rows - a.shape[0],) + a.shape[1:], value, a.dtype)])
 
 
 # ----------------------------------------------------------------------------- shardings
@@ -234,7 +312,7 @@ def _init_fn(config: train.Config, num_entities: int, num_relation_ids: int, num
     key = jax.random.PRNGKey(config.seed)
     key, init_key = jax.random.split(key)
     params = models.init_params(init_key, config.model, num_entities, num_relation_ids,
-                                config.dim, config.init_scale)
+                                config.dim, config.init_scale, config.dtype)
     params = pad_params(params, num_rows)
     return train.TrainState(params, optimizer.init(params), key, jnp.zeros((), jnp.int32))
 
@@ -257,21 +335,66 @@ def shard_state(mesh: Mesh, optimizer: optax.GradientTransformation,
   """Places an unpadded state (e.g. from ``train.init_state`` or a single-device checkpoint) on
   ``mesh``: the entity table padded with NaN rows, its optimiser moments with zero rows (a zero
   gradient keeps both fixed), everything laid out by :func:`state_shardings`.  Unlike
-  :func:`init_sharded_state` this goes through the full arrays once (on their current device)."""
-  num_entities = state.params["entity"].shape[0]
-  rows = pad_entities(num_entities, mesh)
-  params = pad_params(state.params, rows)
+  :func:`init_sharded_state` this goes through the full arrays once, on the host."""
+  return place_state(to_host(state), mesh, optimizer)
+
+
+# ----------------------------------------------------------------------------- host <-> devices
+
+def put_global(host: np.ndarray, sharding: jax.sharding.Sharding) -> Array:
+  """A global array laid out by ``sharding`` from a host array that every process holds in
+  full.  Unlike ``jax.device_put`` it also works when ``sharding`` spans several processes
+  (each process copies in only the blocks of its own devices)."""
+  host = np.asarray(host)
+  return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def to_host(tree: Any) -> Any:
+  """Host (numpy) copy of every array of ``tree``, also of arrays spread over several processes
+  (gathered with ``multihost_utils.process_allgather``; every process gets the whole)."""
+  def get(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      if x.is_fully_replicated:
+        return np.asarray(x.addressable_data(0))
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
+  return jax.tree.map(get, tree)
+
+
+def _entity_rows(optimizer: optax.GradientTransformation, state: train.TrainState, fn):
+  """``state`` with ``fn(array, is_param)`` applied to the entity table and its optimiser
+  moments (``is_param`` tells which is which); everything else unchanged."""
   names = {k: k for k in state.params}
+  params = {k: fn(v, True) if k == "entity" else v for k, v in state.params.items()}
+  opt_state = optax.tree_map_params(
+      optimizer, lambda leaf, name: fn(leaf, False) if name == "entity" else leaf,
+      state.opt_state, names)
+  return train.TrainState(params, opt_state, state.key, state.step)
 
-  def pad_moment(leaf, name):
-    if name != "entity" or leaf.shape[0] == rows:
-      return leaf
-    return jnp.concatenate([leaf, jnp.zeros((rows - leaf.shape[0],) + leaf.shape[1:],
-                                            leaf.dtype)])
 
-  opt_state = optax.tree_map_params(optimizer, pad_moment, state.opt_state, names)
-  padded = train.TrainState(params, opt_state, state.key, state.step)
-  return jax.device_put(padded, state_shardings(mesh, optimizer, params))
+def unpad_state(state: train.TrainState, optimizer: optax.GradientTransformation,
+                num_entities: int) -> train.TrainState:
+  """A host state (numpy leaves) cut to its ``num_entities`` real entity rows: the table and
+  its optimiser moments.  Saved states keep the padding of the mesh that saved them; this
+  makes them loadable on any other layout (:func:`place_state`)."""
+  return _entity_rows(optimizer, state, lambda a, _: np.asarray(a)[:num_entities])
+
+
+def place_state(state: train.TrainState, mesh: Mesh | None,
+                optimizer: optax.GradientTransformation) -> train.TrainState:
+  """Puts an unpadded host state on ``mesh`` (padded and laid out by :func:`state_shardings`),
+  or on the default device when ``mesh`` is None."""
+  if mesh is None:
+    return jax.tree.map(jnp.asarray, state)
+  rows = pad_entities(state.params["entity"].shape[0], mesh)
+  padded = _entity_rows(optimizer, state,
+                        lambda a, is_param: _pad_rows(a, rows, PAD_VALUE if is_param else 0))
+  return jax.tree.map(put_global, padded, state_shardings(mesh, optimizer, padded.params))
+
+
+def replicate(mesh: Mesh, host: np.ndarray) -> Array:
+  """``host`` (held in full by every process) replicated on every device of ``mesh``."""
+  return put_global(host, replicated(mesh))
 
 
 # ----------------------------------------------------------------------------- training

@@ -70,6 +70,8 @@ class Config:
   checkpoint_every_epochs: int = 0       # 0 = only by seconds, on stop and at the end
   checkpoint_every_seconds: float = 300.0  # wall-clock seconds between saves; 0 = off
   max_to_keep: int = 3           # checkpoints kept in workdir/checkpoints
+  mesh: str = "auto"             # auto | none | "data:D,model:M" (hale_jax.sharding)
+  dtype: str = "float32"         # of the parameters; float64 needs jax_enable_x64
 
   def validate(self) -> None:
     models.canonical_model(self.model)
@@ -81,6 +83,13 @@ class Config:
       raise ValueError(f"lse_chunk must be >= 0, got {self.lse_chunk}")
     if self.num_negatives <= 0:
       raise ValueError(f"num_negatives must be positive, got {self.num_negatives}")
+    if self.dtype not in ("float32", "float64"):
+      raise ValueError(f"unknown dtype {self.dtype!r}; choose float32 or float64")
+    if self.dtype == "float64" and not jax.config.jax_enable_x64:
+      raise ValueError("dtype float64 needs 64-bit JAX: set JAX_ENABLE_X64=1")
+    if self.mesh.strip() not in ("auto", "none"):
+      from hale_jax import sharding  # pylint: disable=import-outside-toplevel
+      sharding.mesh_axis_sizes(self.mesh)  # the syntax; the device count is checked at start
     if self.optimizer not in ("adam", "adagrad"):
       raise ValueError(f"unknown optimizer {self.optimizer!r}; choose adam or adagrad")
     if self.max_seconds <= 0 and self.max_epochs <= 0:
@@ -207,7 +216,7 @@ def init_state(config: Config, data: KGData) -> TrainState:
   key = jax.random.PRNGKey(config.seed)
   key, init_key = jax.random.split(key)
   params = models.init_params(init_key, config.model, data.num_entities,
-                              2 * data.num_relations, config.dim, config.init_scale)
+                              2 * data.num_relations, config.dim, config.init_scale, config.dtype)
   opt_state = make_optimizer(config).init(params)
   return TrainState(params, opt_state, key, jnp.zeros((), jnp.int32))
 
@@ -239,6 +248,13 @@ def _device() -> dict[str, Any]:
   return {"platform": devs[0].platform, "kind": devs[0].device_kind, "count": len(devs)}
 
 
+def _layout(mesh) -> dict[str, Any]:
+  """How a run is spread: the mesh (None: one device) and the process count."""
+  return {"mesh": None if mesh is None else
+          f"data:{mesh.shape['data']},model:{mesh.shape['model']}",
+          "processes": jax.process_count()}
+
+
 def _fmt_metrics(m: dict[str, float]) -> str:
   return (f"MRR {m['mrr']:.4f}  MR {m['mr']:.1f}  H@1 {m['hits@1']:.4f}  "
           f"H@3 {m['hits@3']:.4f}  H@10 {m['hits@10']:.4f}")
@@ -248,15 +264,18 @@ class Interrupted(Exception):
   """Training stopped early on request (a signal); the state was checkpointed first."""
 
 
-def start_run(workdir: str | os.PathLike, spec: dict[str, Any], overwrite: bool = False
-              ) -> dict[str, Any] | None:
+def start_run(workdir: str | os.PathLike, spec: dict[str, Any], overwrite: bool = False,
+              write: bool = True) -> dict[str, Any] | None:
   """Prepares ``workdir`` for the run ``spec``; returns earlier results if it already finished.
 
   A workdir holding a different run (model, dimension, dataset vocabulary, any other
   non-budget setting) is refused unless ``overwrite``, which deletes the earlier outputs.
-  The same run is resumed from its latest checkpoint by :func:`train`.
+  The same run is resumed from its latest checkpoint by :func:`train`.  ``write=False`` (the
+  other processes of a multi-host run) only checks; process 0 clears and writes.
   """
   workdir = Path(workdir)
+  if overwrite and not write:
+    return None
   if overwrite:
     checkpoints.clear_outputs(workdir)
   old = checkpoints.read_run(workdir)
@@ -271,9 +290,21 @@ def start_run(workdir: str | os.PathLike, spec: dict[str, Any], overwrite: bool 
                             f"another --workdir or pass --overwrite to replace it")
     if results.exists():
       return json.loads(results.read_text())
-  workdir.mkdir(parents=True, exist_ok=True)
-  checkpoints.write_run(workdir, spec)
+  if write:
+    workdir.mkdir(parents=True, exist_ok=True)
+    checkpoints.write_run(workdir, spec)
   return None
+
+
+def _agree(values: list[float]) -> np.ndarray:
+  """``values`` of every process, ``[processes, len(values)]``: the per-epoch decisions (time
+  spent, stop requested, checkpoint due) must be the same everywhere, or a multi-host run would
+  deadlock in its next collective.  One small all-gather; a no-op for one process."""
+  local = np.asarray(values, np.float64)[None]
+  if jax.process_count() == 1:
+    return local
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  return np.asarray(multihost_utils.process_allgather(local[0]))
 
 
 def _validate_now(config: Config, epoch: int, train_seconds: float, since_eval: float) -> bool:
@@ -290,7 +321,8 @@ def _validate_now(config: Config, epoch: int, train_seconds: float, since_eval: 
 def train(config: Config, data: KGData, workdir: str | os.PathLike,
           log: Callable[[str], None] = print, overwrite: bool = False,
           extra: dict[str, Any] | None = None, data_spec: dict[str, Any] | None = None,
-          should_stop: Callable[[], str | None] | None = None) -> dict[str, Any]:
+          should_stop: Callable[[], str | None] | None = None,
+          devices: list[jax.Device] | None = None) -> dict[str, Any]:
   """Trains, validates, tests the best-valid parameters, and writes ``workdir/results.json``.
 
   Resumes from the latest checkpoint in ``workdir`` when it holds the same run, and returns
@@ -299,35 +331,59 @@ def train(config: Config, data: KGData, workdir: str | os.PathLike,
   after every epoch; when it returns a reason, the state is checkpointed and
   :class:`Interrupted` is raised.  ``extra`` is stored under ``"run"`` in the results.
 
+  ``config.mesh`` picks the layout (``hale_jax.sharding.resolve_mesh``, over ``devices``,
+  default all): one device, or a ``("data", "model")`` mesh with the entity table row-sharded.
+  Checkpoints hold the table of the mesh that saved them; a resume cuts it to the real rows
+  and lays it out for the current mesh, so a run may continue on another mesh or device count.
+  In a multi-host run (``jax.distributed``) every process calls this; process 0 writes the
+  JSON, vocabulary and npz files, orbax writes the checkpoints from all.
+
   Returns:
     The results dict (also written as JSON).
   """
+  from hale_jax import sharding  # pylint: disable=import-outside-toplevel  # it imports train
   config.validate()
   wall0 = time.perf_counter()
   commit = _git_commit()  # now: the code may change on disk while a long run goes on
+  lead = jax.process_index() == 0
   spec = {"config": dataclasses.asdict(config), "data": data_spec or {"kind": "unknown"},
           "dataset": data.name, "vocab_sha256": checkpoints.vocabulary_hash(data)}
-  finished = start_run(workdir, spec, overwrite)
+  finished = start_run(workdir, spec, overwrite, write=lead)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices("hale_jax.train: run folder ready")
   workdir = Path(workdir)
   if finished is not None:
     log(f"{workdir}: this run already finished; its results are in {workdir / 'results.json'} "
         f"(pass --overwrite to train again)")
     return finished
-  write_vocabulary(data, workdir)
+  if lead:
+    write_vocabulary(data, workdir)
   log(summary(data))
   k = losses.num_sampled_queries(config.batch_size, config.alpha)
   log(f"model {config.model} d={config.dim}  loss {config.loss}  activation {config.activation}"
       f"  lambda {config.lam}  alpha {config.alpha} (k={k} sampled queries/step)  "
       f"batch {config.batch_size}  "
       f"{config.optimizer} lr {config.learning_rate}  seed {config.seed}")
-  log(f"device {_device()}  workdir {workdir}")
+  mesh = sharding.resolve_mesh(config, data.num_entities, devices)
+  layout = _layout(mesh)
+  log(f"device {_device()}  layout {layout['mesh'] or 'one device'}  workdir {workdir}")
 
-  train_queries = jnp.asarray(with_reciprocals(data.train, data.num_relations))
-  epoch_fn, steps = make_epoch_fn(config, train_queries.shape[0])
-  state = init_state(config, data)
+  n = data.num_entities
+  optimizer = make_optimizer(config)
+  train_host = with_reciprocals(data.train, data.num_relations).astype(np.int32)
+  if mesh is None:
+    train_queries = jnp.asarray(train_host)
+    epoch_fn, steps = make_epoch_fn(config, train_host.shape[0])
+    state = init_state(config, data)
+  else:
+    train_queries = sharding.replicate(mesh, train_host)
+    epoch_fn, steps = sharding.make_sharded_epoch_fn(config, train_host.shape[0], mesh,
+                                                     num_entities=n)
+    state = sharding.init_sharded_state(config, data, mesh)
   index = FilterIndex(data)
-  valid_eval = Evaluator(data, "valid", config.model, config.eval_chunk, index)
-  test_eval = Evaluator(data, "test", config.model, config.eval_chunk, index)
+  valid_eval = Evaluator(data, "valid", config.model, config.eval_chunk, index, mesh)
+  test_eval = Evaluator(data, "test", config.model, config.eval_chunk, index, mesh)
 
   t0 = time.perf_counter()
   compiled_epoch = epoch_fn.lower(state, train_queries).compile()
@@ -341,17 +397,21 @@ def train(config: Config, data: KGData, workdir: str | os.PathLike,
   best_params = jax.tree.map(jnp.copy, state.params)  # own buffers: the state's are donated
   ckpt = checkpoints.Checkpointer(workdir, config.max_to_keep, log)
   restored = ckpt.restore_latest({"state": state, "best_params": best_params})
-  if restored is not None:
+  if restored is not None:  # host arrays, padded for the mesh that saved them
     arrays, meta, _ = restored
     progress = {k: meta[k] for k in progress}
-    state, best_params = arrays["state"], arrays["best_params"]
+    state = sharding.place_state(sharding.unpad_state(arrays["state"], optimizer, n), mesh,
+                                 optimizer)
+    best_params = sharding.place_params(
+        {k: v[:n] if k == "entity" else v for k, v in arrays["best_params"].items()}, mesh)
     log(f"resumed from {workdir / 'checkpoints' / str(progress['epoch'])}: epoch "
         f"{progress['epoch']}, {progress['train_seconds']:.1f}s of training already spent")
 
   def save() -> None:  # self-contained: the run's config and vocabularies go along
     ckpt.save(progress["epoch"], {"state": state, "best_params": best_params},
               {**progress, "config": spec["config"], "data": spec["data"],
-               "entities": list(data.entities), "relations": list(data.relations)})
+               "entities": list(data.entities), "relations": list(data.relations),
+               "layout": layout})
 
   def validate(rate: float) -> None:
     nonlocal best_params
@@ -382,8 +442,15 @@ def train(config: Config, data: KGData, workdir: str | os.PathLike,
       break
     t0 = time.perf_counter()
     state, loss = compiled_epoch(state, train_queries)
-    loss = float(loss)  # waits for the epoch
+    loss = float(sharding.to_host(loss))  # waits for the epoch
     last_epoch_seconds = time.perf_counter() - t0
+    reason = should_stop() if should_stop else None
+    due = bool(config.checkpoint_every_seconds and
+               time.perf_counter() - last_save >= config.checkpoint_every_seconds)
+    agreed = _agree([last_epoch_seconds, reason is not None, due])
+    last_epoch_seconds, due = float(agreed[0, 0]), bool(agreed[0, 2])  # process 0's clock
+    if reason is None and agreed[:, 1].any():
+      reason = "stop requested on another process"
     progress.update(epoch=epoch + 1, train_seconds=spent + last_epoch_seconds, loss=loss)
     if not math.isfinite(loss):
       log(f"epoch {epoch + 1}: loss is {loss}; stopping (lower --learning_rate or check the data)")
@@ -393,11 +460,8 @@ def train(config: Config, data: KGData, workdir: str | os.PathLike,
                      since_eval=progress["train_seconds"] - progress["last_eval_at"]):
       progress["last_eval_at"] = progress["train_seconds"]
       validate(steps * config.batch_size / last_epoch_seconds)
-    reason = should_stop() if should_stop else None
     every_epochs = config.checkpoint_every_epochs
-    if (reason or (every_epochs and progress["epoch"] % every_epochs == 0) or
-        (config.checkpoint_every_seconds and
-         time.perf_counter() - last_save >= config.checkpoint_every_seconds)):
+    if reason or due or (every_epochs and progress["epoch"] % every_epochs == 0):
       save()
       last_save = time.perf_counter()
     if reason:
@@ -415,7 +479,9 @@ def train(config: Config, data: KGData, workdir: str | os.PathLike,
   valid_metrics = valid_eval(best_params)
   test_metrics = test_eval(best_params)
   progress["eval_seconds"] += time.perf_counter() - t0
-  np.savez(workdir / "best_params.npz", **jax.device_get(best_params))
+  best_host = sharding.unpad_params(best_params, n)  # every process takes part in the gather
+  if lead:
+    np.savez(workdir / "best_params.npz", **best_host)
   log(f"best valid epoch {progress['best_epoch']}: {_fmt_metrics(valid_metrics['realistic'])}")
   for mode in ("realistic", "pessimistic"):
     log(f"test ({mode} ties): {_fmt_metrics(test_metrics[mode])}")
@@ -427,7 +493,7 @@ def train(config: Config, data: KGData, workdir: str | os.PathLike,
                   "valid": len(data.valid), "test": len(data.test)},
       "metrics": {"valid": valid_metrics, "test": test_metrics,
                   "best_epoch": progress["best_epoch"], "epochs": progress["epoch"],
-                  "steps": int(state.step), "stop_reason": stop,
+                  "steps": int(sharding.to_host(state.step)), "stop_reason": stop,
                   "ranking": "filtered (train+valid+test), both directions; headline = "
                              "realistic ties (mean of optimistic and pessimistic)"},
       "curve": curve,
@@ -439,9 +505,11 @@ def train(config: Config, data: KGData, workdir: str | os.PathLike,
                   "resumed": restored is not None},
       "versions": _versions(),
       "device": _device(),
+      "layout": layout,
       "git_commit": commit,
       "run": extra or {},
   }
-  checkpoints.write_json(workdir / "results.json", results)
-  log(f"results written to {workdir / 'results.json'}")
+  if lead:
+    checkpoints.write_json(workdir / "results.json", results)
+    log(f"results written to {workdir / 'results.json'}")
   return results
