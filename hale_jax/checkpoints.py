@@ -49,6 +49,19 @@ def vocabulary_hash(data: KGData) -> str:
   return h.hexdigest()
 
 
+VOCABULARY_IN_CHECKPOINT_MAX = 1_000_000  # names; beyond, only the hash (entities.tsv has them)
+
+
+def vocabulary_meta(data: KGData, sha256: str | None = None) -> dict[str, Any]:
+  """What a checkpoint's metadata says of the vocabularies: the names in id order (so a
+  checkpoint is self-contained), or for graphs of more than
+  ``VOCABULARY_IN_CHECKPOINT_MAX`` names only their :func:`vocabulary_hash` (10M names would
+  make every checkpoint's JSON ~150 MB; the run folder's ``entities.tsv`` holds them)."""
+  if data.num_entities + data.num_relations > VOCABULARY_IN_CHECKPOINT_MAX:
+    return {"vocab_sha256": sha256 or vocabulary_hash(data)}
+  return {"entities": list(data.entities), "relations": list(data.relations)}
+
+
 def read_run(workdir: str | os.PathLike) -> dict[str, Any] | None:
   """The ``run.json`` of ``workdir``, or None."""
   path = Path(workdir) / RUN_FILE

@@ -246,7 +246,8 @@ def _complete(folder: Path) -> bool:
 def load_data(spec: Mapping[str, str]):
   """Loads the :class:`~hale_jax.data.KGData` a run was trained on, from its data spec.
 
-  ``spec`` is one of ``{"kind": "synthetic"}``, ``{"kind": "dataset", "name": NAME}`` or
+  ``spec`` is one of ``{"kind": "synthetic"}``, ``{"kind": "powerlaw", "entities": N}``
+  (:func:`hale_jax.synthetic.power_law`), ``{"kind": "dataset", "name": NAME}`` or
   ``{"kind": "folder", "path": PATH}`` (as stored in a run's ``run.json``).
   """
   from hale_jax import synthetic  # pylint: disable=import-outside-toplevel
@@ -254,8 +255,10 @@ def load_data(spec: Mapping[str, str]):
   kind = spec.get("kind")
   if kind == "synthetic":
     return synthetic.generate()
+  if kind == "powerlaw":
+    return synthetic.power_law(int(spec["entities"]))
   if kind == "dataset":
     return load_folder(resolve(spec["name"]), name=spec["name"])
   if kind == "folder":
     return load_folder(spec["path"])
-  raise DataError(f"unknown data spec {dict(spec)!r}; expected kind synthetic, dataset or folder")
+  raise DataError(f"unknown data spec {dict(spec)!r}; expected kind synthetic, powerlaw, dataset or folder")

@@ -43,7 +43,8 @@ TIE_MODES = ("realistic", "pessimistic", "optimistic")
 
 
 def ranks_from_distances(distances: ArrayLike, targets: ArrayLike, filter_rows: ArrayLike,
-                         filter_cols: ArrayLike) -> tuple[Array, Array]:
+                         filter_cols: ArrayLike,
+                         num_candidates: int | None = None) -> tuple[Array, Array]:
   """Filtered optimistic and pessimistic ranks.
 
   Args:
@@ -51,9 +52,12 @@ def ranks_from_distances(distances: ArrayLike, targets: ArrayLike, filter_rows: 
     targets: ``[C]`` the target entity of each query.
     filter_rows, filter_cols: ``[P]`` pairs ``(query, entity)`` of known answers to remove;
       pairs with ``filter_cols >= N`` are padding and ignored.  The target may be listed.
+    num_candidates: only columns ``< num_candidates`` compete (default: all ``N``).  The
+      columns beyond are padding rows of a sharded table (``hale_jax.sharding``); they are
+      masked out whatever their values.
 
   Returns:
-    ``(optimistic, pessimistic)``, each ``[C]`` int32 ranks in ``[1, N]``.
+    ``(optimistic, pessimistic)``, each ``[C]`` int32 ranks in ``[1, num_candidates]``.
   """
   d = jnp.asarray(distances)
   targets = jnp.asarray(targets)
@@ -62,9 +66,11 @@ def ranks_from_distances(distances: ArrayLike, targets: ArrayLike, filter_rows: 
   excluded = jnp.zeros(d.shape, bool)
   excluded = excluded.at[jnp.asarray(filter_rows), jnp.asarray(filter_cols)].set(True, mode="drop")
   competing = ~excluded.at[rows, targets].set(True)  # the target never counts against itself
+  worst = d.shape[1] if num_candidates is None else int(num_candidates)
+  if worst < d.shape[1]:
+    competing &= jnp.arange(d.shape[1])[None, :] < worst
   closer = jnp.sum((d < d_target) & competing, axis=1)
   tied = jnp.sum((d == d_target) & competing, axis=1)
-  worst = d.shape[1]
   bad = jnp.isnan(d_target[:, 0])
   optimistic = jnp.where(bad, worst, 1 + closer).astype(jnp.int32)
   pessimistic = jnp.where(bad, worst, 1 + closer + tied).astype(jnp.int32)
@@ -120,12 +126,12 @@ def _prepare(data: KGData, index: FilterIndex, split: str, chunk: int) -> _Queri
                   f_rows, f_cols, count)
 
 
-def _rank_chunks_body(params, heads, rels, targets, f_rows, f_cols, *, model):
+def _rank_chunks_body(params, heads, rels, targets, f_rows, f_cols, *, model, num_candidates=None):
   def one(args):
     h, r, t, fr, fc = args
     q = models.transform(model, params, h, r)
     d = models.squared_distances(q, params["entity"])
-    return ranks_from_distances(d, t, fr, fc)
+    return ranks_from_distances(d, t, fr, fc, num_candidates)
   return jax.lax.map(one, (heads, rels, targets, f_rows, f_cols))
 
 
@@ -161,7 +167,9 @@ class Evaluator:
       shardings = (split_rows, split_rows, split_rows, rep, rep)
       self._arrays = tuple(jax.make_array_from_callback(a.shape, sh, lambda i, a=a: a[i])
                            for a, sh in zip(q[:5], shardings))
-      self._fn = jax.jit(functools.partial(_rank_chunks_body, model=self.model),
+      # The table has padding rows beyond N (hale_jax.sharding): mask them out of the ranking.
+      self._fn = jax.jit(functools.partial(_rank_chunks_body, model=self.model,
+                                           num_candidates=data.num_entities),
                          out_shardings=(rep, rep))
     self._compiled = None
 

@@ -15,8 +15,9 @@ from absl import app, flags, logging
 FLAGS = flags.FLAGS
 
 flags.DEFINE_string("dataset", "synthetic",
-                    "Dataset name (WN18RR, FB15k-237, CoDEx-S, CoDEx-M, CoDEx-L), or 'synthetic' "
-                    "for the generated graph. Looked up in $HALE_DATA_DIR/<name>, then the user "
+                    "Dataset name (WN18RR, FB15k-237, CoDEx-S, CoDEx-M, CoDEx-L), 'synthetic' "
+                    "for the small generated graph, or 'powerlaw:N' for a generated graph of N "
+                    "entities and 10 N triples (scale runs). Looked up in $HALE_DATA_DIR/<name>, then the user "
                     "cache, then downloaded.")
 flags.DEFINE_string("data_dir", None, "A folder with train.txt, valid.txt, test.txt; overrides "
                     "--dataset.")
@@ -57,6 +58,19 @@ flags.DEFINE_integer("checkpoint_every_epochs", 0, "Checkpoint every this many e
 flags.DEFINE_float("checkpoint_every_seconds", 300.0, "Checkpoint when this many wall-clock "
                    "seconds passed since the last one (0: off).")
 flags.DEFINE_integer("max_to_keep", 3, "Checkpoints kept in <workdir>/checkpoints.")
+flags.DEFINE_string("mesh", "auto", "Device layout: 'auto' (one device, or every GPU on the data "
+                    "axis and the entity table row-sharded over a model axis once it would not "
+                    "fit), 'none' (one device), or 'data:D,model:M'. A run may resume on another "
+                    "mesh.")
+flags.DEFINE_enum("dtype", "float32", ["float32", "float64"], "Parameter dtype (float64 needs "
+                  "JAX_ENABLE_X64=1).")
+flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0; with "
+                    "--num_processes and --process_id, calls jax.distributed.initialize.")
+flags.DEFINE_integer("num_processes", None, "Multi-host: the number of processes.")
+flags.DEFINE_integer("process_id", None, "Multi-host: this process's index, 0 .. n-1.")
+flags.DEFINE_bool("distributed", False, "Multi-host: call jax.distributed.initialize() with no "
+                  "arguments, so JAX reads the cluster from the environment (SLURM, Open MPI, "
+                  "Kubernetes ...).")
 
 
 def _config():
@@ -72,7 +86,7 @@ def _config():
                 eval_every=FLAGS.eval_every, eval_chunk=FLAGS.eval_chunk,
                 checkpoint_every_epochs=FLAGS.checkpoint_every_epochs,
                 checkpoint_every_seconds=FLAGS.checkpoint_every_seconds,
-                max_to_keep=FLAGS.max_to_keep)
+                max_to_keep=FLAGS.max_to_keep, mesh=FLAGS.mesh, dtype=FLAGS.dtype)
 
 
 def _data_spec() -> dict[str, str]:
@@ -80,13 +94,48 @@ def _data_spec() -> dict[str, str]:
     return {"kind": "folder", "path": str(Path(FLAGS.data_dir).resolve())}
   if FLAGS.dataset.lower() == "synthetic":
     return {"kind": "synthetic"}
+  if FLAGS.dataset.lower().startswith("powerlaw:"):
+    count = FLAGS.dataset.partition(":")[2].replace("_", "")
+    if not count.isdigit() or int(count) < 2:
+      raise ValueError(f"--dataset={FLAGS.dataset}: expected powerlaw:N with N >= 2 entities, "
+                       f"e.g. powerlaw:1000000")
+    return {"kind": "powerlaw", "entities": int(count)}
   return {"kind": "dataset", "name": FLAGS.dataset}
+
+
+def _init_distributed() -> None:
+  """``jax.distributed.initialize`` from the flags, before JAX starts its backends."""
+  given = [FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id]
+  if not FLAGS.distributed and all(v is None for v in given):
+    return
+  import jax
+  # CPU processes need gloo for cross-process collectives; GPUs use NCCL whatever this says.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if FLAGS.distributed:
+    jax.distributed.initialize()
+    return
+  if any(v is None for v in given):
+    raise ValueError("multi-host needs all of --coordinator_address, --num_processes and "
+                     "--process_id (or --distributed to read them from the cluster)")
+  if not 0 <= FLAGS.process_id < FLAGS.num_processes:
+    raise ValueError(f"--process_id must be in [0, {FLAGS.num_processes}), got "
+                     f"{FLAGS.process_id}")
+  jax.distributed.initialize(FLAGS.coordinator_address, num_processes=FLAGS.num_processes,
+                             process_id=FLAGS.process_id)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)  # keep orbax's INFO lines out of the progress output
+  try:
+    _init_distributed()
+  except ValueError as err:
+    print(f"error: {err}", file=sys.stderr)
+    sys.exit(2)
+  import jax
+  # Progress lines from process 0 only; errors from every process.
+  log = print if jax.process_index() == 0 else (lambda line: None)
   from hale_jax import datasets
   from hale_jax.data import DataError
   from hale_jax.stopping import StopRequest
@@ -97,10 +146,14 @@ def main(argv):
     config.validate()
     spec = _data_spec()
     data = datasets.load_data(spec)
+    if jax.process_count() > 1 and not FLAGS.workdir:
+      raise ValueError("a multi-host run needs --workdir: a folder that every process sees "
+                       "(each would otherwise make up its own time-stamped name)")
     workdir = FLAGS.workdir or Path("runs") / (
         f"{data.name}-{config.model}-{config.dim}d-"
         f"{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}")
-    train(config, data, workdir, overwrite=FLAGS.overwrite, data_spec=spec, should_stop=stop,
+    train(config, data, workdir, log=log, overwrite=FLAGS.overwrite, data_spec=spec,
+          should_stop=stop,
           extra={"argv": sys.argv, "flags": FLAGS.flags_into_string()})
   except Interrupted as err:
     print(f"stopped: {err}", file=sys.stderr)

@@ -42,6 +42,7 @@ initialisation in our runs); inside that region it is the formula exactly.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import jax
@@ -52,7 +53,7 @@ Array = jax.Array
 Params = dict[str, Array]
 
 ROTL_MIN_DENOMINATOR = 0.05
-_SOFTPLUS_INV_1 = float(jnp.log(jnp.expm1(1.0)))  # softplus(x) == 1
+_SOFTPLUS_INV_1 = math.log(math.expm1(1.0))  # softplus(x) == 1
 
 
 def givens_rotate(rotation: ArrayLike, x: ArrayLike) -> Array:
@@ -168,13 +169,17 @@ def relation_scale(params: Params, relations: ArrayLike) -> Array:
 def squared_distances(queries: ArrayLike, entities: ArrayLike) -> Array:
   """``||q_b - e_n||^2`` for ``queries [B, d]`` and ``entities [N, d]``; returns ``[B, N]``.
 
-  Matmul form ``|q|^2 + |e|^2 - 2 q.e``, clamped at 0 against cancellation.
+  Matmul form ``|q|^2 + |e|^2 - 2 q.e``, clamped at 0 against cancellation.  The clamp is a
+  ``where`` rather than ``maximum``: XLA's CPU backend may compile ``max`` inside a loop to an
+  instruction that turns NaN into 0 (fast min/max), and a NaN must stay NaN (ranking puts it
+  last).
   """
   q = jnp.asarray(queries)
   e = jnp.asarray(entities)
   q2 = jnp.sum(q * q, axis=-1, keepdims=True)
   e2 = jnp.sum(e * e, axis=-1)
-  return jnp.maximum(q2 + e2[None, :] - 2.0 * (q @ e.T), 0.0)
+  d = q2 + e2[None, :] - 2.0 * (q @ e.T)
+  return jnp.where(d < 0, jnp.zeros_like(d), d)
 
 
 def pair_squared_distances(queries: ArrayLike, targets: ArrayLike) -> Array:

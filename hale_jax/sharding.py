@@ -32,11 +32,12 @@ are filled with **NaN** and handled exactly:
   of the padding rows is exactly 0 (the transpose of a slice pads with zeros).  With a zero
   gradient Adam's moments of those rows stay 0 and their update is exactly 0, so they stay NaN
   and the real rows follow the single-device trajectory.
-- ranking: every distance to a NaN row is NaN, and ``evaluation.ranks_from_distances`` only
-  counts candidates with ``d < d_target`` or ``d == d_target``, both False for NaN.  So
-  :class:`hale_jax.evaluation.Evaluator` gives the single-device ranks on the padded, sharded
-  table unchanged (the only visible difference: a model whose *target* distance is NaN ranks
-  ``Np`` instead of ``N``).
+- ranking: :class:`hale_jax.evaluation.Evaluator` on a mesh passes ``num_candidates=N`` to
+  ``evaluation.ranks_from_distances``, which masks the columns ``>= N`` out of the competition
+  whatever their values, so the ranks equal the single-device ones.  (Relying on NaN comparing
+  False is not enough: XLA's CPU backend may compile a ``max(d, 0)`` inside a loop to an
+  instruction that turns NaN into 0, which once made every padding row tie with a perfect
+  target.)
 - anything that reduces over the raw table (a norm, an export) must use :func:`unpad_params`
   first; NaN makes forgetting it loud rather than silently biased.
 
@@ -305,28 +306,16 @@ def state_shardings(mesh: Mesh, optimizer: optax.GradientTransformation,
                           opt_state_shardings(mesh, optimizer, params), rep, rep)
 
 
-def _init_fn(config: train.Config, num_entities: int, num_relation_ids: int, num_rows: int):
-  optimizer = train.make_optimizer(config)
-
-  def init() -> train.TrainState:  # the same ops as train.init_state, plus the padding
-    key = jax.random.PRNGKey(config.seed)
-    key, init_key = jax.random.split(key)
-    params = models.init_params(init_key, config.model, num_entities, num_relation_ids,
-                                config.dim, config.init_scale, config.dtype)
-    params = pad_params(params, num_rows)
-    return train.TrainState(params, optimizer.init(params), key, jnp.zeros((), jnp.int32))
-
-  return init, optimizer
-
-
 def init_sharded_state(config: train.Config, data: KGData, mesh: Mesh) -> train.TrainState:
   """``train.init_state`` created directly in its sharded layout (``jit`` with
   ``out_shardings``): the entity table and its optimiser moments are born row-sharded, never
   materialised whole on one device.  The real rows equal ``train.init_state``'s; the table has
   ``pad_entities(N, mesh)`` rows, the extra ones NaN (see the module docstring)."""
-  init, optimizer = _init_fn(config, data.num_entities, 2 * data.num_relations,
-                             pad_entities(data.num_entities, mesh))
+  rows = pad_entities(data.num_entities, mesh)
+  init = train.init_fn(config, data.num_entities, 2 * data.num_relations,
+                       lambda params: pad_params(params, rows))
   shapes = jax.eval_shape(init)
+  optimizer = train.make_optimizer(config)
   return jax.jit(init, out_shardings=state_shardings(mesh, optimizer, shapes.params))()
 
 
@@ -424,7 +413,8 @@ def make_sharded_epoch_fn(config: train.Config, num_queries: int, mesh: Mesh, *,
   """
   optimizer = train.make_optimizer(config)
   num_rows = pad_entities(num_entities, mesh)
-  init, _ = _init_fn(config, num_entities, 1, num_rows)  # only the params' tree and shapes matter
+  init = train.init_fn(config, num_entities, 1,  # only the params' tree and shapes matter
+                       lambda params: pad_params(params, num_rows))
   params_shape = jax.eval_shape(init).params
   shardings = state_shardings(mesh, optimizer, params_shape)
   rep = replicated(mesh)

@@ -212,13 +212,28 @@ def make_epoch_fn(config: Config, num_queries: int):
   return jax.jit(epoch, donate_argnums=0), steps
 
 
+def init_fn(config: Config, num_entities: int, num_relation_ids: int,
+            pad_to: Callable[[dict[str, Array]], dict[str, Array]] | None = None
+            ) -> Callable[[], TrainState]:
+  """The function that creates the initial state (to be jitted): parameters from
+  ``config.seed``, optionally padded by ``pad_to`` (``hale_jax.sharding``), and the optimiser
+  state.  One function for every layout, so each starts from the same bits."""
+  optimizer = make_optimizer(config)
+
+  def init() -> TrainState:
+    key = jax.random.PRNGKey(config.seed)
+    key, init_key = jax.random.split(key)
+    params = models.init_params(init_key, config.model, num_entities, num_relation_ids,
+                                config.dim, config.init_scale, config.dtype)
+    if pad_to is not None:
+      params = pad_to(params)
+    return TrainState(params, optimizer.init(params), key, jnp.zeros((), jnp.int32))
+
+  return init
+
+
 def init_state(config: Config, data: KGData) -> TrainState:
-  key = jax.random.PRNGKey(config.seed)
-  key, init_key = jax.random.split(key)
-  params = models.init_params(init_key, config.model, data.num_entities,
-                              2 * data.num_relations, config.dim, config.init_scale, config.dtype)
-  opt_state = make_optimizer(config).init(params)
-  return TrainState(params, opt_state, key, jnp.zeros((), jnp.int32))
+  return jax.jit(init_fn(config, data.num_entities, 2 * data.num_relations))()
 
 
 def _versions() -> dict[str, str]:
@@ -407,10 +422,11 @@ def train(config: Config, data: KGData, workdir: str | os.PathLike,
     log(f"resumed from {workdir / 'checkpoints' / str(progress['epoch'])}: epoch "
         f"{progress['epoch']}, {progress['train_seconds']:.1f}s of training already spent")
 
+  vocabulary = checkpoints.vocabulary_meta(data, spec["vocab_sha256"])
+
   def save() -> None:  # self-contained: the run's config and vocabularies go along
     ckpt.save(progress["epoch"], {"state": state, "best_params": best_params},
-              {**progress, "config": spec["config"], "data": spec["data"],
-               "entities": list(data.entities), "relations": list(data.relations),
+              {**progress, "config": spec["config"], "data": spec["data"], **vocabulary,
                "layout": layout})
 
   def validate(rate: float) -> None:

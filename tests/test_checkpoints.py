@@ -166,3 +166,12 @@ def test_wall_clock_budget_counts_seconds_already_spent(tmp_path):
   per_epoch = res["timings"]["seconds_per_epoch"]
   assert res["timings"]["train_seconds"] <= cfg.max_seconds + 3 * per_epoch + 0.5
   assert res["curve"][0]["epoch"] <= 3 or res["curve"][0]["train_seconds"] >= spent
+
+
+def test_vocabulary_meta_names_or_hash(monkeypatch):
+  data = _small()
+  meta = checkpoints.vocabulary_meta(data)
+  assert meta == {"entities": list(data.entities), "relations": list(data.relations)}
+  monkeypatch.setattr(checkpoints, "VOCABULARY_IN_CHECKPOINT_MAX",
+                      data.num_entities + data.num_relations - 1)
+  assert checkpoints.vocabulary_meta(data) == {"vocab_sha256": checkpoints.vocabulary_hash(data)}

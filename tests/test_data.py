@@ -261,3 +261,36 @@ def test_synthetic_held_out_triples_are_inferable():
   assert set(held_relations) == {"child_of", "grandparent_of", "sibling_of"}
   # valid and test do not overlap
   assert not set(_names(d, "valid")) & set(_names(d, "test"))
+
+
+# ----------------------------------------------------------------------------------------------
+# The power-law graph for scale runs.
+
+
+def test_power_law_shapes_coverage_and_determinism():
+  g = synthetic.power_law(5000, triples_per_entity=4, num_relations=7, held_out=50, seed=3)
+  assert g.num_entities == 5000 and g.num_relations == 7
+  assert g.train.shape == (20000, 3) and g.valid.shape == (50, 3) and g.test.shape == (50, 3)
+  for s in kgdata.SPLITS:
+    t = g.split(s)
+    assert t.dtype == np.int32
+    assert t[:, [0, 2]].min() >= 0 and t[:, [0, 2]].max() < 5000
+    assert t[:, 1].min() >= 0 and t[:, 1].max() < 7
+  # every entity occurs in train (the first N heads cover them)
+  assert np.unique(g.train[:, [0, 2]]).size == 5000
+  # heavy-tailed: the busiest entity has far more than the mean of 8 endpoints
+  degree = np.bincount(g.train[:, [0, 2]].ravel(), minlength=5000)
+  assert degree.max() > 20 * degree.mean()
+  h = synthetic.power_law(5000, triples_per_entity=4, num_relations=7, held_out=50, seed=3)
+  for s in kgdata.SPLITS:
+    np.testing.assert_array_equal(g.split(s), h.split(s))
+  assert g.entities == h.entities and list(g.entities[:3]) == ["e0", "e1", "e2"]
+  assert g.entities[-1] == "e4999" and len(list(g.relations)) == 7
+  with pytest.raises(IndexError):
+    g.entities[5000]
+  kgdata.FilterIndex(g)  # the filter index builds on it
+
+
+def test_power_law_rejects_bad_sizes():
+  with pytest.raises(ValueError, match="num_entities >= 2"):
+    synthetic.power_law(1)

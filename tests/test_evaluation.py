@@ -85,6 +85,19 @@ def test_inf_target_rank_stays_within_n():
   assert ranks([[INF, INF, INF, INF]], [0], [(0, 2)]) == ([1], [3])
 
 
+def test_columns_beyond_num_candidates_never_compete():
+  # columns 3 and 4 are padding rows of a sharded table: closer, tied, NaN -- none counts
+  d = np.array([[1.0, 2.0, 1.0, 0.0, 1.0], [0.5, NAN, 3.0, NAN, 0.1]], np.float32)
+  rows = np.zeros(8, np.int32)
+  cols = np.full(8, 3, np.int32)
+  opt, pess = jax.jit(evaluation.ranks_from_distances, static_argnums=4)(
+      d, np.array([0, 1], np.int32), rows, cols, 3)
+  assert np.asarray(opt).tolist() == [1, 3]  # a NaN target ranks num_candidates, not 5
+  assert np.asarray(pess).tolist() == [2, 3]
+  full = jit_ranks(d, np.array([0, 1], np.int32), rows, np.full(8, 5, np.int32))
+  assert np.asarray(full[0]).tolist() == [2, 5]  # without the mask the padding competes
+
+
 def np_ranks(d, targets, filt):
   """Brute force: filt[c] is the set of entities filtered for query c."""
   d = np.asarray(d, np.float64)
