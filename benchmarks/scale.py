@@ -82,7 +82,7 @@ def _layout(config: train.Config, num_entities: int, num_queries: int):
     return mesh, epoch_fn, steps, jax.numpy.asarray
   epoch_fn, steps = sharding.make_sharded_epoch_fn(config, num_queries, mesh,
                                                    num_entities=num_entities)
-  return mesh, epoch_fn, steps, lambda a: sharding.replicate(mesh, a)
+  return mesh, epoch_fn, steps, lambda a: sharding.place_training_set(mesh, a)
 
 
 def _init(config: train.Config, data: kgdata.KGData, mesh):
@@ -116,8 +116,9 @@ def run_size(num_entities: int) -> dict[str, Any]:
                                          state_shape.params)
     state_shape = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                                state_shape, shardings)
-    train_shape = jax.ShapeDtypeStruct(train_host.shape, np.int32,
-                                       sharding=sharding.replicated(mesh))
+    data_size = int(mesh.shape["data"])
+    train_shape = jax.ShapeDtypeStruct((-(-queries // data_size) * data_size, 3), np.int32,
+                                       sharding=sharding.training_set_sharding(mesh))
   else:
     train_shape = jax.ShapeDtypeStruct(train_host.shape, np.int32)
   t0 = time.perf_counter()

@@ -17,7 +17,9 @@ optimiser state               like the parameter it belongs to (Adam's ``mu``/``
                               table are row-sharded); counters replicated
 ``key``, ``step``             replicated
 a batch ``[B, 3]``            rows over ``"data"``
-the training set ``[2T, 3]``  replicated (each step gathers its batch from it locally)
+the training set ``[2T, 3]``  rows over ``"data"`` (:func:`place_training_set`); each step
+                              gathers its batch by a masked local gather and an all-reduce of
+                              the ``[B, 3]`` ids over ``"data"``
 ============================  ===================================================================
 
 Padding
@@ -59,6 +61,9 @@ RotL, ``N = 247`` (248 rows stored), ``d = 16``, ``B = 64``, ``k = 7``, one trai
   tables): data parallelism's one unavoidable reduction, and small all-gathers/collective-permutes
   of the ``k`` sampled query rows (``queries[:k]`` all live on data shard 0).
 - ``data:8,model:1``: plain data parallelism: one combined all-reduce of the gradients.
+- with ``data > 1`` each step's batch comes from the data-sharded training set through an
+  all-gather of its ``[B]`` row indices and an all-reduce of the ``[B, 3]`` ids (a masked local
+  gather); the training set itself never moves.
 
 No all-gather of the ``[Np, d]`` table (or of a shard of it) appears for any mesh
 (``tests/test_sharding.py::test_hlo_has_no_table_all_gather``).  Left on the table: the data
@@ -381,6 +386,23 @@ def place_state(state: train.TrainState, mesh: Mesh | None,
   return jax.tree.map(put_global, padded, state_shardings(mesh, optimizer, padded.params))
 
 
+def training_set_sharding(mesh: Mesh) -> NamedSharding:
+  """The training queries ``[Qp, 3]``: rows over ``"data"`` (replicated over ``"model"``)."""
+  return NamedSharding(mesh, P("data", None))
+
+
+def place_training_set(mesh: Mesh, queries: np.ndarray) -> Array:
+  """The training queries ``[Q, 3]`` (every process holds them) on ``mesh``, rows split over
+  ``"data"``: each process copies in only the rows of its own devices, and a device holds
+  ``Qp / data`` rows.  Rows are padded (with row 0) to ``Qp``, a multiple of the ``"data"``
+  size; the epoch's permutation only draws from the first ``Q``, so padding is never used."""
+  queries = np.asarray(queries)
+  rows = -(-queries.shape[0] // int(mesh.shape["data"])) * int(mesh.shape["data"])
+  if rows > queries.shape[0]:
+    queries = np.concatenate([queries, np.repeat(queries[:1], rows - queries.shape[0], 0)])
+  return put_global(queries, training_set_sharding(mesh))
+
+
 def replicate(mesh: Mesh, host: np.ndarray) -> Array:
   """``host`` (held in full by every process) replicated on every device of ``mesh``."""
   return put_global(host, replicated(mesh))
@@ -404,7 +426,8 @@ def make_sharded_epoch_fn(config: train.Config, num_queries: int, mesh: Mesh, *,
   """Like ``train.make_epoch_fn``, for a state from :func:`init_sharded_state`.
 
   Returns ``(epoch, steps)``; ``epoch(state, train [2T, 3]) -> (state, mean_loss)`` is jitted
-  with the state's shardings as in/out shardings (donated), the training set replicated, each
+  with the state's shardings as in/out shardings (donated), the training set as laid out by
+  :func:`place_training_set` (rows over ``"data"``; ``num_queries`` is its real row count), each
   step's batch constrained to rows over ``"data"``.  The same permutation, step keys and optax
   updates as the single-device epoch, so the two agree up to floating-point summation order.
   ``num_entities`` is the real entity count ``N`` (the table has ``pad_entities(N, mesh)`` rows).
@@ -430,8 +453,8 @@ def make_sharded_epoch_fn(config: train.Config, num_queries: int, mesh: Mesh, *,
 
   epoch, steps = train.epoch_body(config, num_queries, make_loss_fn(config, num_entities),
                                   constrain)
-  return jax.jit(epoch, in_shardings=(shardings, rep), out_shardings=(shardings, rep),
-                 donate_argnums=0), steps
+  return jax.jit(epoch, in_shardings=(shardings, training_set_sharding(mesh)),
+                 out_shardings=(shardings, rep), donate_argnums=0), steps
 
 
 # ----------------------------------------------------------------------------- inspection

@@ -392,7 +392,7 @@ def train(config: Config, data: KGData, workdir: str | os.PathLike,
     epoch_fn, steps = make_epoch_fn(config, train_host.shape[0])
     state = init_state(config, data)
   else:
-    train_queries = sharding.replicate(mesh, train_host)
+    train_queries = sharding.place_training_set(mesh, train_host)
     epoch_fn, steps = sharding.make_sharded_epoch_fn(config, train_host.shape[0], mesh,
                                                      num_entities=n)
     state = sharding.init_sharded_state(config, data, mesh)
