@@ -118,22 +118,26 @@ def power_law(num_entities: int, triples_per_entity: float = 10.0, num_relations
   """A random graph with power-law degrees, for measuring memory and speed at scale.
 
   ``round(triples_per_entity * num_entities)`` triples.  Entity ``i`` is drawn with probability
-  proportional to ``(i + 1) ** -exponent`` (Zipf-like, as entity frequencies of real KGs); the
+  about proportional to ``(i + 1) ** -exponent`` (Zipf-like, as entity frequencies of real KGs;
+  sampled from the continuous law, ``exponent`` in ``(0, 1)``); the
   first ``num_entities`` heads are ``0 .. N-1`` so every entity occurs in train.  Relations are
   drawn the same way over ``num_relations``.  ``held_out`` further triples from the same law go
   to valid and as many to test.  The triples carry no pattern: MRR on this graph means nothing,
   only the time and memory do.  Names are ``e0 ..`` and ``r0 ..`` (:class:`NumberedNames`).
   """
-  if num_entities < 2 or num_relations < 1 or triples_per_entity <= 0 or held_out < 1:
+  if (num_entities < 2 or num_relations < 1 or triples_per_entity <= 0 or held_out < 1
+      or not 0 < exponent < 1):
     raise ValueError("power_law needs num_entities >= 2, num_relations >= 1, "
-                     "triples_per_entity > 0 and held_out >= 1")
+                     "triples_per_entity > 0, held_out >= 1 and 0 < exponent < 1")
   rng = np.random.default_rng(seed)
   total = int(round(triples_per_entity * num_entities)) + 2 * held_out
 
   def zipf(n: int, size: int) -> np.ndarray:
-    cdf = np.cumsum(np.arange(1, n + 1, dtype=np.float64) ** -exponent)
-    cdf /= cdf[-1]
-    return np.minimum(np.searchsorted(cdf, rng.random(size)), n - 1).astype(np.int32)
+    # Inverse CDF of the continuous density x ** -exponent on [1, n + 1), floored: O(1) a draw
+    # (a searchsorted in the discrete CDF took ~3 minutes for 10M entities).
+    a = 1.0 - exponent
+    x = (1.0 + rng.random(size) * ((n + 1.0) ** a - 1.0)) ** (1.0 / a)
+    return np.minimum(x.astype(np.int64) - 1, n - 1).astype(np.int32)
 
   triples = np.empty((total, 3), np.int32)
   cover = min(num_entities, total - 2 * held_out)
