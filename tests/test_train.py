@@ -39,6 +39,8 @@ def test_training_learns_far_above_chance(small_graph, tmp_path):
   assert on_disk["metrics"]["epochs"] == 40
   assert [c["epoch"] for c in on_disk["curve"]] == [20, 40]
   assert {"compile_seconds", "train_seconds", "eval_seconds"} <= set(on_disk["timings"])
+  host, per_epoch = on_disk["timings"]["host_seconds_per_step"], on_disk["timings"]["seconds_per_epoch"]
+  assert 0 < host * on_disk["metrics"]["steps"] / 40 <= per_epoch  # a share of the epoch's time
   assert on_disk["versions"]["jax"] == jax.__version__
   names = (tmp_path / "run" / "entities.tsv").read_text().splitlines()
   assert names[0] == f"0\t{small_graph.entities[0]}" and len(names) == small_graph.num_entities
