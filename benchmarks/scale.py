@@ -41,6 +41,7 @@ from absl import app, flags  # noqa: E402
 
 from hale_jax import data as kgdata  # noqa: E402
 from hale_jax import evaluation, sharding, synthetic, train  # noqa: E402
+from xla_analysis import memory_numbers  # noqa: E402  (beside this script)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("entities", ["1000000"], "Graph sizes N (entities).")
@@ -55,15 +56,6 @@ flags.DEFINE_integer("eval_chunk", 256, "Queries ranked at a time.")
 flags.DEFINE_bool("compile_only", False, "Only the memory analysis; run nothing.")
 flags.DEFINE_bool("full_epoch", False, "Also run and time one full epoch.")
 flags.DEFINE_string("output", None, "Append one JSON line per size to this file.")
-
-
-def _memory(compiled) -> dict[str, int]:
-  ma = compiled.memory_analysis()
-  get = lambda name: int(getattr(ma, name, 0) or 0)  # noqa: E731
-  arg, out = get("argument_size_in_bytes"), get("output_size_in_bytes")
-  temp, alias = get("temp_size_in_bytes"), get("alias_size_in_bytes")
-  return {"argument_bytes": arg, "output_bytes": out, "temp_bytes": temp, "alias_bytes": alias,
-          "footprint_bytes": arg + out + temp - alias}
 
 
 def _device_peak() -> int | None:
@@ -125,7 +117,7 @@ def run_size(num_entities: int) -> dict[str, Any]:
   compiled = epoch_fn.lower(state_shape, train_shape).compile()
   row["compile_full_epoch_s"] = round(time.perf_counter() - t0, 2)
   row["steps_per_epoch"] = steps
-  row.update({f"epoch_{k}": v for k, v in _memory(compiled).items()})
+  row.update({f"epoch_{k}": v for k, v in memory_numbers(compiled).items()})
   del compiled
   if FLAGS.compile_only:
     return row

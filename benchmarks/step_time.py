@@ -56,6 +56,7 @@ import optax  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from hale_jax import activations, chunked, losses, models, train  # noqa: E402
+from xla_analysis import cost_numbers, memory_numbers  # noqa: E402  (beside this script)
 
 # name -> (entities N, relations |R|); relation ids incl. reciprocals are 2 |R|.
 SIZES: dict[str, tuple[int, int]] = {
@@ -124,41 +125,6 @@ def measure_device(matmul_n: int = 0, copy_mib: int = 0) -> dict[str, Any]:
   bandwidth = 2.0 * nbytes / best
   return {"platform": dev.platform, "device_kind": dev.device_kind, "device_peak_flops": peak,
           "device_bandwidth": bandwidth, "matmul_n": n, "copy_mib": mib}
-
-
-def cost_numbers(compiled) -> tuple[float | None, float | None]:
-  """``(flops, bytes accessed)`` from ``compiled.cost_analysis()``: a dict, a list of dicts
-  (one per computation, older jax) or None, depending on the version and backend."""
-  try:
-    ca = compiled.cost_analysis()
-  except Exception:  # noqa: BLE001 - some backends raise instead of returning None
-    return None, None
-  if isinstance(ca, (list, tuple)):
-    ca = ca[0] if ca else None
-  if not ca:
-    return None, None
-
-  def get(key):
-    value = ca.get(key)
-    return float(value) if value is not None and math.isfinite(value) and value > 0 else None
-
-  return get("flops"), get("bytes accessed")
-
-
-def memory_numbers(compiled) -> dict[str, int | None]:
-  try:
-    ma = compiled.memory_analysis()
-  except Exception:  # noqa: BLE001
-    ma = None
-  keys = ("temp_bytes", "peak_bytes", "footprint_bytes", "argument_bytes", "output_bytes",
-          "alias_bytes")
-  if ma is None:
-    return dict.fromkeys(keys)
-  arg, out = ma.argument_size_in_bytes, ma.output_size_in_bytes
-  temp, alias = ma.temp_size_in_bytes, ma.alias_size_in_bytes
-  peak = getattr(ma, "peak_memory_in_bytes", None)
-  return dict(zip(keys, (int(temp), int(peak) if peak else None, int(arg + out + temp - alias),
-                         int(arg), int(out), int(alias))))
 
 
 def make_step(model: str, num_sampled: int, lse: str, chunk: int):

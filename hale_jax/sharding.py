@@ -394,18 +394,12 @@ def training_set_sharding(mesh: Mesh) -> NamedSharding:
 def place_training_set(mesh: Mesh, queries: np.ndarray) -> Array:
   """The training queries ``[Q, 3]`` (every process holds them) on ``mesh``, rows split over
   ``"data"``: each process copies in only the rows of its own devices, and a device holds
-  ``Qp / data`` rows.  Rows are padded (with row 0) to ``Qp``, a multiple of the ``"data"``
+  ``Qp / data`` rows.  Rows are padded (with zeros) to ``Qp``, a multiple of the ``"data"``
   size; the epoch's permutation only draws from the first ``Q``, so padding is never used."""
   queries = np.asarray(queries)
-  rows = -(-queries.shape[0] // int(mesh.shape["data"])) * int(mesh.shape["data"])
-  if rows > queries.shape[0]:
-    queries = np.concatenate([queries, np.repeat(queries[:1], rows - queries.shape[0], 0)])
-  return put_global(queries, training_set_sharding(mesh))
-
-
-def replicate(mesh: Mesh, host: np.ndarray) -> Array:
-  """``host`` (held in full by every process) replicated on every device of ``mesh``."""
-  return put_global(host, replicated(mesh))
+  data = int(mesh.shape["data"])
+  rows = -(-queries.shape[0] // data) * data
+  return put_global(_pad_rows(queries, rows, 0), training_set_sharding(mesh))
 
 
 # ----------------------------------------------------------------------------- training
