@@ -15,8 +15,9 @@ Experiments (paper: Wang, Liu & Sheng, WWW '22):
   HaLE}; the plain baselines score with the identity activation;
 - ``fig2_activations``: RotE-32 HaLE on the same datasets x {Hanon, Halin, xe^x, 2x, 2Arctanh}.
 
-SamNeg means ``--loss=samneg --activation=identity`` (plain negative sampling, 256 uniform
-negatives, margin 6); HaLE means ``--loss=hale --activation=hanon``.  Hyperparameters (lam,
+SamNeg means ``--loss=samneg --activation=identity`` (KGEmb's negative sampling: 256 uniform
+tail negatives per query, binary cross-entropy, learned entity biases ``b_h + b_t`` in the score
+and margin 0, the defaults of ``--loss=samneg``); HaLE means ``--loss=hale --activation=hanon``.  Hyperparameters (lam,
 alpha, gamma, batch_size, learning_rate) come from ``launch/<dataset>.flags`` for every cell of
 a dataset, baselines included (the paper grid-searched the baselines separately; we do not).
 The training budget is Table 1's (FB15k-237 1200 s, WN18RR 600 s, CoDEx-S 300 s, CoDEx-M and

@@ -21,6 +21,7 @@ In HaLE the input is ``x = c_r * ||Phi(e, r) - e'||^2 >= 0`` and the triple scor
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
@@ -85,10 +86,12 @@ ACTIVATIONS: dict[str, Callable[..., Array]] = {
 DEFAULT_BETA = {"hanon": 3.0, "halin": 10.0}
 
 
+@functools.lru_cache(maxsize=None)
 def get_activation(name: str, beta: float | None = None, gamma: float = 10.0) -> Callable[[ArrayLike], Array]:
   """Returns ``x -> h(x)`` for the named activation with ``beta`` and ``gamma`` bound.
 
-  ``beta=None`` takes the paper's default for that function.
+  ``beta=None`` takes the paper's default for that function.  The same arguments give the same
+  function object, so jitted functions taking it as a static argument compile once.
   """
   if name not in ACTIVATIONS:
     raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")

@@ -39,6 +39,14 @@ RESUMABLE_FIELDS = frozenset({"max_seconds", "max_epochs", "eval_every", "eval_c
 _OUTPUTS = ("checkpoints", "best", RUN_FILE, "results.json", "best_params.npz")
 
 
+def _same_as_before(key: str, old_config: dict[str, Any], new_value: Any) -> bool:
+  """A config field added after older runs were recorded, whose new value trains those runs
+  exactly as before: ``bias`` (entity biases, 2026-11-26) is ``auto`` for losses that never
+  had biases."""
+  return (key == "bias" and key not in old_config and new_value == "auto"
+          and old_config.get("loss", "hale") not in ("samneg", "advneg"))
+
+
 def vocabulary_hash(data: KGData) -> str:
   """sha256 over the entity and relation names, in id order."""
   h = hashlib.sha256()
@@ -87,7 +95,8 @@ def mismatch(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     diffs.append(f"dataset vocabulary ({old.get('dataset')} vs {new.get('dataset')})")
   oc, nc = old.get("config", {}), new.get("config", {})
   for key in sorted(set(oc) | set(nc)):
-    if key not in RESUMABLE_FIELDS and oc.get(key) != nc.get(key):
+    if (key not in RESUMABLE_FIELDS and oc.get(key) != nc.get(key)
+        and not _same_as_before(key, oc, nc.get(key))):
       diffs.append(f"{key} ({oc.get(key)!r} vs {nc.get(key)!r})")
   return diffs
 

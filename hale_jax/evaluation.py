@@ -4,7 +4,8 @@ Every test triple ``(h, r, t)`` gives two queries: ``(h, r, ?)`` with target ``t
 ``(t, r + |R|, ?)`` with target ``h``.  Candidates are all ``N`` entities, ranked by the
 squared distance ``||Phi(e, r) - e'||^2`` (smaller is better).  The activation and ``c_r`` are
 training devices and play no part in ranking (``c_r > 0`` and ``h`` is increasing, so they could
-only add ties where ``h`` saturates).  Other known answers of the query, from train, valid and
+only add ties where ``h`` saturates), except in runs with KGEmb's learned entity biases, which
+rank by the full score ``h(c_r d^2) - b_t`` (``models.ranking_distances``).  Other known answers of the query, from train, valid and
 test, are filtered out ("filtered" setting); the target itself always competes.
 
 Ties are ranked three ways (``n_<`` / ``n_=`` = other candidates strictly closer / equally
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -126,23 +127,26 @@ def _prepare(data: KGData, index: FilterIndex, split: str, chunk: int) -> _Queri
                   f_rows, f_cols, count)
 
 
-def _rank_chunks_body(params, heads, rels, targets, f_rows, f_cols, *, model, num_candidates=None):
+def _rank_chunks_body(params, heads, rels, targets, f_rows, f_cols, *, model, num_candidates=None,
+                      activation=None):
   def one(args):
     h, r, t, fr, fc = args
     q = models.transform(model, params, h, r)
-    d = models.squared_distances(q, params["entity"])
+    d = models.ranking_distances(params, q, r, activation)
     return ranks_from_distances(d, t, fr, fc, num_candidates)
   return jax.lax.map(one, (heads, rels, targets, f_rows, f_cols))
 
 
-_rank_chunks = functools.lru_cache(maxsize=None)(  # one jitted function per model
-    lambda model: jax.jit(functools.partial(_rank_chunks_body, model=model)))
+_rank_chunks = functools.lru_cache(maxsize=None)(  # one jitted function per model and activation
+    lambda model, activation: jax.jit(functools.partial(_rank_chunks_body, model=model,
+                                                        activation=activation)))
 
 
 class Evaluator:
   """Filtered ranking of one split, prepared once and run jit-compiled on the device.
 
-  ``chunk`` queries are ranked at a time; memory is ``O(chunk * N)``.
+  ``chunk`` queries are ranked at a time; memory is ``O(chunk * N)``.  ``activation`` (the
+  run's ``h``) matters only for parameters with entity biases (``models.ranking_distances``).
 
   With a ``mesh`` (``hale_jax.sharding``) the ranking is sharded like training: the parameters
   come row-sharded over ``"model"`` (so each device scores its block of candidates, and the
@@ -152,7 +156,8 @@ class Evaluator:
   """
 
   def __init__(self, data: KGData, split: str, model: str, chunk: int = 256,
-               index: FilterIndex | None = None, mesh: Mesh | None = None):
+               index: FilterIndex | None = None, mesh: Mesh | None = None,
+               activation: Callable[[ArrayLike], Array] | None = None):
     self.model = models.canonical_model(model)
     self.split = split
     q = _prepare(data, index or FilterIndex(data), split, chunk)
@@ -160,7 +165,7 @@ class Evaluator:
     self._mesh = mesh
     if mesh is None:
       self._arrays = tuple(jnp.asarray(a) for a in q[:5])
-      self._fn = _rank_chunks(self.model)
+      self._fn = _rank_chunks(self.model, activation)
     else:
       rep = NamedSharding(mesh, P())
       split_rows = NamedSharding(mesh, P(None, "data")) if chunk % mesh.shape["data"] == 0 else rep
@@ -169,7 +174,8 @@ class Evaluator:
                            for a, sh in zip(q[:5], shardings))
       # The table has padding rows beyond N (hale_jax.sharding): mask them out of the ranking.
       self._fn = jax.jit(functools.partial(_rank_chunks_body, model=self.model,
-                                           num_candidates=data.num_entities),
+                                           num_candidates=data.num_entities,
+                                           activation=activation),
                          out_shardings=(rep, rep))
     self._compiled = None
 

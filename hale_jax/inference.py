@@ -18,13 +18,14 @@ import functools
 import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
-from hale_jax import checkpoints, datasets, models
+from hale_jax import activations, checkpoints, datasets, models
 from hale_jax.data import DataError, FilterIndex, KGData, one_line
 from hale_jax.evaluation import Evaluator
 
@@ -88,7 +89,16 @@ def evaluate_run(workdir: str | os.PathLike, split: str = "test", chunk: int = 2
   if chunk <= 0:
     raise ValueError(f"chunk must be positive, got {chunk}")
   run, data, params = load_run(workdir)
-  return Evaluator(data, split, run["config"]["model"], chunk)(params)
+  return Evaluator(data, split, run["config"]["model"], chunk,
+                   activation=run_activation(run))(params)
+
+
+def run_activation(run: dict[str, Any]) -> Callable[[ArrayLike], Array]:
+  """The activation ``h`` of a run spec's config (ranking needs it when the run learned
+  entity biases; ``models.ranking_distances``)."""
+  cfg = run["config"]
+  return activations.get_activation(cfg.get("activation", "hanon"), cfg.get("beta"),
+                                    cfg.get("gamma", 10.0))
 
 
 def relation_names(data: KGData) -> list[str]:
@@ -159,12 +169,14 @@ def export_run(workdir: str | os.PathLike, fmt: str, output: str | os.PathLike,
   return output
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
-def query_distances(params: dict[str, Array], heads: Array, relations: Array, *, model: str
-                    ) -> Array:
-  """Squared distances ``[B, N]`` of the queries ``(heads [B], relations [B], ?)`` to every entity."""
+@functools.partial(jax.jit, static_argnames=("model", "activation"))
+def query_distances(params: dict[str, Array], heads: Array, relations: Array, *, model: str,
+                    activation: Callable[[ArrayLike], Array] | None = None) -> Array:
+  """What ranking sorts, ``[B, N]``, for the queries ``(heads [B], relations [B], ?)``: the
+  squared distance to every entity, or with entity biases ``h(c_r d^2) - b_t``
+  (``models.ranking_distances``)."""
   queries = models.transform(model, params, heads, relations)
-  return models.squared_distances(queries, params["entity"])
+  return models.ranking_distances(params, queries, relations, activation)
 
 
 def _lookup(kind: str, name: str, names: Sequence[str]) -> int:
@@ -178,7 +190,8 @@ def _lookup(kind: str, name: str, names: Sequence[str]) -> int:
 
 def top_k(params: dict[str, Array], model: str, data: KGData, *, head: str | None = None,
           relation: str, tail: str | None = None, k: int = 10, filtered: bool = True,
-          index: FilterIndex | None = None) -> list[tuple[str, float]]:
+          index: FilterIndex | None = None,
+          activation: Callable[[ArrayLike], Array] | None = None) -> list[tuple[str, float]]:
   """The ``k`` entities closest to a query given by names, closest first.
 
   Give exactly one of ``head`` (rank tails of ``(head, relation, ?)`` with relation id ``r``)
@@ -186,6 +199,9 @@ def top_k(params: dict[str, Array], model: str, data: KGData, *, head: str | Non
   ``relation`` is a relation name, or ``<name>_reverse`` for its reciprocal.  With
   ``filtered``, entities already known to answer the query in train, valid or test are left
   out (``index`` may pass a prebuilt :class:`FilterIndex`).
+
+  ``activation`` is the run's ``h`` (:func:`run_activation`); it matters only for runs with
+  entity biases, whose distance is ``h(c_r d^2) - b_t`` (``models.ranking_distances``).
 
   Returns:
     Up to ``k`` pairs ``(entity name, squared distance)``, distances ascending.
@@ -207,7 +223,7 @@ def top_k(params: dict[str, Array], model: str, data: KGData, *, head: str | Non
     entity = _lookup("entity", head, data.entities)
   distances = np.asarray(query_distances(
       params, jnp.array([entity], jnp.int32), jnp.array([r], jnp.int32),
-      model=models.canonical_model(model)))[0]
+      model=models.canonical_model(model), activation=activation))[0]
   candidates = np.ones(data.num_entities, bool)
   if filtered:
     _, known = (index or FilterIndex(data)).answers(np.array([entity]), np.array([r]))

@@ -38,7 +38,10 @@ flags.DEFINE_enum("loss", "hale", ["hale", "samneg", "advneg", "allneg", "nonneg
                   "so --activation=identity gives their plain form.")
 flags.DEFINE_integer("num_negatives", 256, "samneg/advneg: uniform negatives per query.")
 flags.DEFINE_float("adv_temperature", 1.0, "advneg: self-adversarial temperature.")
-flags.DEFINE_float("margin", 6.0, "samneg/advneg: logit = margin + score.")
+flags.DEFINE_float("margin", 0.0, "samneg/advneg: logit = margin + score.")
+flags.DEFINE_enum("bias", "auto", ["auto", "learn", "none"],
+                  "Learned entity biases b_h + b_t in the baselines' scores (KGEmb's --bias "
+                  "learn): auto = learn for samneg and advneg, none otherwise.")
 flags.DEFINE_float("nonneg_weight", 0.1, "nonneg: weight of the entity-spread regulariser.")
 flags.DEFINE_integer("lse_chunk", 4096, "HaLE: entities per chunk of the log-sum-exp over all "
                      "entities (bounded memory, same result); 0: all at once.")
@@ -78,7 +81,7 @@ def _config():
   return Config(model=FLAGS.model, dim=FLAGS.dim, activation=FLAGS.activation, beta=FLAGS.beta,
                 gamma=FLAGS.gamma, lam=FLAGS.lam, alpha=FLAGS.alpha, pos_square=FLAGS.pos_square,
                 rel_scale=FLAGS.rel_scale, loss=FLAGS.loss, num_negatives=FLAGS.num_negatives,
-                adv_temperature=FLAGS.adv_temperature, margin=FLAGS.margin,
+                adv_temperature=FLAGS.adv_temperature, margin=FLAGS.margin, bias=FLAGS.bias,
                 nonneg_weight=FLAGS.nonneg_weight, lse_chunk=FLAGS.lse_chunk,
                 batch_size=FLAGS.batch_size, optimizer=FLAGS.optimizer,
                 learning_rate=FLAGS.learning_rate, init_scale=FLAGS.init_scale, seed=FLAGS.seed,

@@ -18,7 +18,15 @@ key             shape         used by
 ``diagonal``    ``[R2, d]``   DistMult
 ``rotation``    ``[R2, d]``   RotatE, RotE, RotL
 ``alpha``       ``[R2]``      RotL, initialised to 1
+``bias_head``   ``[N]``       optional (``entity_bias=True``): KGEmb's learned head bias
+``bias_tail``   ``[N]``       optional (``entity_bias=True``): KGEmb's learned tail bias
 ==============  ============  ===============================================================
+
+Entity biases.  KGEmb (the source of the paper's SamNeg baselines) scores a triple
+``b_h + b_t - ||Phi(e_h, r) - e_t||^2`` with learned per-entity biases, initialised to 0
+(its ``--bias learn``).  HaLE does not use them; the negative-sampling baselines do by default
+(``hale_jax.train.Config.bias``).  With biases the score is ``b_h + b_t - h(c_r d^2)`` and the
+biases take part in ranking: :func:`ranking_distances` is what every ranking sorts.
 
 Rotations (RotatE, RotE, RotL) act on ``d / 2`` planes of 2x2 Givens blocks, as in KGEmb
 (Chami et al. 2020, the source of RotE): dimensions ``(2i, 2i+1)`` of ``e_h`` are rotated by
@@ -123,7 +131,8 @@ def canonical_model(name: str) -> str:
 
 
 def init_params(key: jax.Array, model: str, num_entities: int, num_relations: int, dim: int,
-                init_scale: float = 1e-3, dtype: Any = jnp.float32) -> Params:
+                init_scale: float = 1e-3, dtype: Any = jnp.float32,
+                entity_bias: bool = False) -> Params:
   """Initialises a model's parameters.
 
   Args:
@@ -151,6 +160,9 @@ def init_params(key: jax.Array, model: str, num_entities: int, num_relations: in
   params["scale"] = jnp.full((num_relations,), _SOFTPLUS_INV_1, jnp.float32)
   if model == "rotl":
     params["alpha"] = jnp.ones((num_relations,), jnp.float32)
+  if entity_bias:
+    params["bias_head"] = jnp.zeros((num_entities,), jnp.float32)
+    params["bias_tail"] = jnp.zeros((num_entities,), jnp.float32)
   return {name: table.astype(dtype) for name, table in params.items()}
 
 
@@ -186,3 +198,32 @@ def pair_squared_distances(queries: ArrayLike, targets: ArrayLike) -> Array:
   """``||q_b - t_b||^2`` row by row for ``queries, targets [B, d]``; returns ``[B]``."""
   diff = jnp.asarray(queries) - jnp.asarray(targets)
   return jnp.sum(diff * diff, axis=-1)
+
+
+def has_entity_bias(params: Params) -> bool:
+  """Whether ``params`` carry KGEmb's learned entity biases."""
+  return "bias_tail" in params
+
+
+def ranking_distances(params: Params, queries: ArrayLike, relations: ArrayLike,
+                      activation: Callable[[ArrayLike], Array] | None = None) -> Array:
+  """What ranking sorts, smaller is better: ``[B, N]`` for ``queries [B, d]``, ``relations [B]``.
+
+  Without entity biases: the squared distance ``||q_b - e_n||^2``.  ``c_r > 0`` and an
+  increasing ``h`` could not reorder it (only add ties where ``h`` saturates), so they are left
+  out.  With entity biases (``bias_tail`` in ``params``): ``h(c_r ||q_b - e_n||^2) - b_t[n]``,
+  minus the triple's score up to the query's own constant ``b_h``; ``activation=None`` means
+  the identity (plain SamNeg).  Padding rows of a sharded table beyond ``bias_tail``'s ``N``
+  get bias 0 (ranking masks them anyway).
+  """
+  entity = params["entity"]
+  d = squared_distances(queries, entity)
+  if not has_entity_bias(params):
+    return d
+  x = relation_scale(params, relations)[:, None] * d
+  if activation is not None:
+    x = activation(x)
+  bias = params["bias_tail"]
+  if bias.shape[0] < entity.shape[0]:
+    bias = jnp.pad(bias, (0, entity.shape[0] - bias.shape[0]))
+  return x - bias[None, :]

@@ -33,7 +33,8 @@ def main(argv):
     run, data, params = inference.load_run(FLAGS.workdir)
     answers = inference.top_k(params, run["config"]["model"], data, head=FLAGS.head,
                               relation=FLAGS.relation, tail=FLAGS.tail, k=FLAGS.k,
-                              filtered=FLAGS.filtered)
+                              filtered=FLAGS.filtered,
+                              activation=inference.run_activation(run))
   except (ValueError, FileNotFoundError, FileExistsError) as err:  # DataError is a ValueError
     print(f"error: {one_line(err)}", file=sys.stderr)
     sys.exit(2)

@@ -38,6 +38,8 @@ Array = jax.Array
 
 
 LOSSES = ("hale", "samneg", "advneg", "allneg", "nonneg")
+BIAS_MODES = ("auto", "learn", "none")
+BIASED_LOSSES = ("samneg", "advneg", "allneg")  # the losses whose scores may carry b_h + b_t
 
 
 @dataclasses.dataclass
@@ -55,7 +57,9 @@ class Config:
   loss: str = "hale"             # hale | samneg | advneg | allneg | nonneg (paper §4.1.2)
   num_negatives: int = 256       # samneg, advneg: uniform negatives per query
   adv_temperature: float = 1.0   # advneg
-  margin: float = 6.0            # samneg, advneg: logit = margin + score
+  margin: float = 0.0            # samneg, advneg: logit = margin + score
+  bias: str = "auto"             # learned entity biases b_h + b_t in the score (KGEmb's
+                                 # "--bias learn"): learn | none | auto = learn for samneg, advneg
   nonneg_weight: float = 0.1     # nonneg: weight of the entity-spread regulariser
   lse_chunk: int = 4096          # hale: entities per chunk of the uniformity LSE; 0 = all at once
   batch_size: int = 1024
@@ -81,6 +85,11 @@ class Config:
       raise ValueError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
     if self.lse_chunk < 0:
       raise ValueError(f"lse_chunk must be >= 0, got {self.lse_chunk}")
+    if self.bias not in BIAS_MODES:
+      raise ValueError(f"unknown bias {self.bias!r}; choose one of {', '.join(BIAS_MODES)}")
+    if self.bias == "learn" and self.loss not in BIASED_LOSSES:
+      raise ValueError(f"--bias=learn applies to the losses {', '.join(BIASED_LOSSES)}, not "
+                       f"{self.loss!r}; use --bias=none or auto")
     if self.num_negatives <= 0:
       raise ValueError(f"num_negatives must be positive, got {self.num_negatives}")
     if self.dtype not in ("float32", "float64"):
@@ -101,6 +110,14 @@ class Config:
         raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
 
+def uses_entity_bias(config: Config) -> bool:
+  """Whether the run learns KGEmb's entity biases: ``bias=learn``, or ``auto`` with the
+  negative-sampling losses (KGEmb's SamNeg setting: biases learned, margin 0)."""
+  if config.bias == "auto":
+    return config.loss in ("samneg", "advneg")
+  return config.bias == "learn"
+
+
 class TrainState(NamedTuple):
   params: dict[str, Array]
   opt_state: Any
@@ -117,7 +134,7 @@ def make_optimizer(config: Config) -> optax.GradientTransformation:
 def batch_loss(params, batch: Array, key: Array | None = None, *, model: str,
                activation: Callable, lam: float, num_sampled: int, pos_square: bool = True,
                loss: str = "hale", rel_scale: bool = True, num_negatives: int = 256,
-               adv_temperature: float = 1.0, margin: float = 6.0,
+               adv_temperature: float = 1.0, margin: float = 0.0,
                nonneg_weight: float = 0.1, lse_chunk: int = 0) -> Array:
   """Training loss of ``batch [B, 3]`` (head, relation id incl. reciprocals, tail).
 
@@ -125,7 +142,9 @@ def batch_loss(params, batch: Array, key: Array | None = None, *, model: str,
   The baselines (``hale_jax.baselines``) score triples with ``-h(x)``, ``x`` the scaled
   squared distance, so ``--activation=identity`` gives the plain strategies of §4.1.2 and any
   other activation their "HA +" variants (Table 5).  ``samneg``/``advneg`` draw
-  ``num_negatives`` uniform tail entities per query from ``key``.  ``lse_chunk > 0`` computes
+  ``num_negatives`` uniform tail entities per query from ``key``.  When ``params`` hold entity
+  biases (``models.init_params(entity_bias=True)``) the baselines' scores are KGEmb's
+  ``b_h + b_t - h(x)``; HaLE ignores them.  ``lse_chunk > 0`` computes
   HaLE's uniformity term ``lse_chunk`` entities at a time (``hale_jax.chunked``: the same value
   and gradient in ``O(k * lse_chunk)`` memory); 0 materialises the ``[k, N]`` matrix.
   """
@@ -141,17 +160,25 @@ def batch_loss(params, batch: Array, key: Array | None = None, *, model: str,
   if loss == "hale":
     sampled = scale[:num_sampled, None] * models.squared_distances(queries[:num_sampled], entity)
     return losses.hale_loss(pos, sampled, activation, lam, pos_square)
+  biased = models.has_entity_bias(params)
   pos_score = baselines.scores_from_scaled(pos, activation)
+  if biased:  # KGEmb: score = b_h + b_t - h(x)
+    head_bias = params["bias_head"][heads]
+    pos_score = pos_score + head_bias + params["bias_tail"][tails]
   if loss in ("samneg", "advneg"):
     negs = jax.random.randint(key, (batch.shape[0], num_negatives), 0, entity.shape[0])
     neg = models.pair_squared_distances(queries[:, None, :], entity[negs])  # [B, m]
     neg_score = baselines.scores_from_scaled(scale[:, None] * neg, activation)
+    if biased:
+      neg_score = neg_score + head_bias[:, None] + params["bias_tail"][negs]
     if loss == "samneg":
       return baselines.samneg_loss(pos_score, neg_score, margin)
     return baselines.advneg_loss(pos_score, neg_score, adv_temperature, margin)
   if loss == "allneg":
     scores = baselines.scores_from_scaled(
         scale[:, None] * models.squared_distances(queries, entity), activation)
+    if biased:  # b_h is the same for every candidate: softmax ignores it
+      scores = scores + params["bias_tail"][None, :]
     return baselines.allneg_loss(scores, tails)
   if loss == "nonneg":
     return baselines.nonneg_loss(pos_score, entity, nonneg_weight)
@@ -224,7 +251,8 @@ def init_fn(config: Config, num_entities: int, num_relation_ids: int,
     key = jax.random.PRNGKey(config.seed)
     key, init_key = jax.random.split(key)
     params = models.init_params(init_key, config.model, num_entities, num_relation_ids,
-                                config.dim, config.init_scale, config.dtype)
+                                config.dim, config.init_scale, config.dtype,
+                                entity_bias=uses_entity_bias(config))
     if pad_to is not None:
       params = pad_to(params)
     return TrainState(params, optimizer.init(params), key, jnp.zeros((), jnp.int32))
@@ -397,8 +425,11 @@ def train(config: Config, data: KGData, workdir: str | os.PathLike,
                                                      num_entities=n)
     state = sharding.init_sharded_state(config, data, mesh)
   index = FilterIndex(data)
-  valid_eval = Evaluator(data, "valid", config.model, config.eval_chunk, index, mesh)
-  test_eval = Evaluator(data, "test", config.model, config.eval_chunk, index, mesh)
+  ranking_activation = activations.get_activation(config.activation, config.beta, config.gamma)
+  valid_eval = Evaluator(data, "valid", config.model, config.eval_chunk, index, mesh,
+                         ranking_activation)
+  test_eval = Evaluator(data, "test", config.model, config.eval_chunk, index, mesh,
+                        ranking_activation)
 
   t0 = time.perf_counter()
   compiled_epoch = epoch_fn.lower(state, train_queries).compile()
