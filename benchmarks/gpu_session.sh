@@ -29,6 +29,11 @@ case "${1:-}" in
         --repeats=20 --warmup=3 --output="$OUT/steps.jsonl" 2>"$OUT/steps-$lse.err" \
         | tee "$OUT/steps-$lse.txt" | tail -n 14
     done
+    for mm in tf32 bf16; do  # issue 3 item 4: reduced-precision distance matmuls
+      python benchmarks/step_time.py --sizes="$sizes" --models=RotL --lse=chunked --matmul="$mm" \
+        --repeats=20 --warmup=3 --output="$OUT/steps.jsonl" 2>"$OUT/steps-$mm.err" \
+        | tee "$OUT/steps-$mm.txt" | tail -n 6
+    done
     ;;
   scale)
     for n in $(echo "${ENTITIES:-1000000,10000000}" | tr ',' ' '); do

@@ -81,6 +81,9 @@ flags.DEFINE_float("learning_rate", 5e-3, "Adam learning rate.")
 flags.DEFINE_enum("lse", "plain", ["plain", "chunked"],
                   "Uniformity term: plain [k, N] matrix, or chunked.uniformity_lse.")
 flags.DEFINE_integer("chunk", 4096, "Entities per chunk with --lse=chunked.")
+flags.DEFINE_enum("matmul", "float32", ["float32", "tf32", "bf16"],
+                  "Precision of the distance matmuls (train.Config.matmul); the floor still "
+                  "uses the float32 peak rate.")
 flags.DEFINE_integer("repeats", 20, "Timed steps per case.")
 flags.DEFINE_integer("warmup", 3, "Untimed steps per case before timing.")
 flags.DEFINE_integer("seed", 0, "Seed for parameters and batches.")
@@ -131,7 +134,7 @@ def make_step(model: str, num_sampled: int, lse: str, chunk: int):
   optimizer = optax.adam(FLAGS.learning_rate)
   kw = dict(model=models.canonical_model(model),
             activation=activations.get_activation(FLAGS.activation), lam=FLAGS.lam,
-            num_sampled=num_sampled)
+            num_sampled=num_sampled, matmul=FLAGS.matmul)
   if lse == "chunked":
     grad_fn = jax.value_and_grad(lambda p, b: train.batch_loss(p, b, lse_chunk=chunk, **kw))
   else:
@@ -200,7 +203,7 @@ def run_case(model: str, size: str, device: dict[str, Any], seed: int) -> dict[s
       "model": model, "size": size, "num_entities": n, "num_relations": num_rel, "dim": d,
       "batch_size": b, "alpha": FLAGS.alpha, "num_sampled": k, "activation": FLAGS.activation,
       "lse": FLAGS.lse, "chunk": FLAGS.chunk if FLAGS.lse == "chunked" else None,
-      "platform": device["platform"], "device_kind": device["device_kind"],
+      "matmul": FLAGS.matmul, "platform": device["platform"], "device_kind": device["device_kind"],
       "jax_version": jax.__version__,
       "lower_s": t1 - t0, "compile_s": t2 - t1,
       "warmup": FLAGS.warmup, "repeats": FLAGS.repeats,
@@ -229,6 +232,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
            "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
   for r in rows:
     lse = r["lse"] + (f" ({r['chunk']})" if r["chunk"] else "")
+    if r.get("matmul", "float32") != "float32":
+      lse += f", {r['matmul']}"
     lines.append(
         f"| {r['model']} | {r['size']} | {r['num_entities']} | {lse} | "
         f"{_fmt(r['lower_s'] + r['compile_s'])} | {_fmt(r['step_median_s'], 1e3)} | "

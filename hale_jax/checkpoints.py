@@ -41,10 +41,13 @@ _OUTPUTS = ("checkpoints", "best", RUN_FILE, "results.json", "best_params.npz")
 
 def _same_as_before(key: str, old_config: dict[str, Any], new_value: Any) -> bool:
   """A config field added after older runs were recorded, whose new value trains those runs
-  exactly as before: ``bias`` (entity biases, 2026-11-26) is ``auto`` for losses that never
-  had biases."""
-  return (key == "bias" and key not in old_config and new_value == "auto"
-          and old_config.get("loss", "hale") not in ("samneg", "advneg"))
+  exactly as before (both added 2026-11-26): ``bias`` is ``auto`` for losses that never had
+  entity biases, ``matmul`` is ``float32``."""
+  if key in old_config:
+    return False
+  if key == "bias":
+    return new_value == "auto" and old_config.get("loss", "hale") not in ("samneg", "advneg")
+  return key == "matmul" and new_value == "float32"
 
 
 def vocabulary_hash(data: KGData) -> str:

@@ -58,9 +58,10 @@ Array = jax.Array
 Activation = Callable[[ArrayLike], Array]
 
 
-def _chunk_scores(queries: Array, scale: Array, entities: Array, activation: Activation) -> Array:
+def _chunk_scores(queries: Array, scale: Array, entities: Array, activation: Activation,
+                  matmul: str = "float32") -> Array:
   """``-h(scale_j * ||q_j - e_i||^2)`` for one chunk: ``[k, d], [k], [c, d] -> [k, c]``."""
-  return -activation(scale[:, None] * models.squared_distances(queries, entities))
+  return -activation(scale[:, None] * models.squared_distances(queries, entities, matmul))
 
 
 def _layout(num_entities: int, chunk: int) -> tuple[int, int]:
@@ -100,7 +101,7 @@ def _check_shapes(queries: Array, scale: Array, entities: Array) -> None:
 
 
 def _lse_forward(queries: Array, scale: Array, entities: Array, activation: Activation,
-                 chunk: int) -> Array:
+                 chunk: int, matmul: str) -> Array:
   n = entities.shape[0]
   chunk, num_chunks = _layout(n, chunk)
   k = queries.shape[0]
@@ -111,7 +112,8 @@ def _lse_forward(queries: Array, scale: Array, entities: Array, activation: Acti
     m, s = carry
     start, ok = _chunk_start(index, n, chunk)
     block = _entity_block(entities, start, chunk)
-    scores = jnp.where(ok[None, :], _chunk_scores(queries, scale, block, activation), neg_inf)
+    scores = jnp.where(ok[None, :], _chunk_scores(queries, scale, block, activation, matmul),
+                       neg_inf)
     m_new = jnp.maximum(m, jnp.max(scores, axis=-1))
     # Shift by 0 while nothing finite has been seen, so (-inf) - (-inf) never appears.
     shift = jnp.where(jnp.isneginf(m_new), jnp.zeros_like(m_new), m_new)
@@ -124,21 +126,21 @@ def _lse_forward(queries: Array, scale: Array, entities: Array, activation: Acti
   return shift + jnp.log(s)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _uniformity_lse(queries, scale, entities, activation, chunk):
-  return _lse_forward(queries, scale, entities, activation, chunk)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _uniformity_lse(queries, scale, entities, activation, chunk, matmul):
+  return _lse_forward(queries, scale, entities, activation, chunk, matmul)
 
 
-def _uniformity_lse_fwd(queries, scale, entities, activation, chunk):
-  lse = _lse_forward(queries, scale, entities, activation, chunk)
+def _uniformity_lse_fwd(queries, scale, entities, activation, chunk, matmul):
+  lse = _lse_forward(queries, scale, entities, activation, chunk, matmul)
   return lse, (queries, scale, entities, lse)
 
 
-def _uniformity_lse_bwd(activation, chunk, residuals, g):
+def _uniformity_lse_bwd(activation, chunk, matmul, residuals, g):
   queries, scale, entities, lse = residuals
   n = entities.shape[0]
   chunk, num_chunks = _layout(n, chunk)
-  score_fn = functools.partial(_chunk_scores, activation=activation)
+  score_fn = functools.partial(_chunk_scores, activation=activation, matmul=matmul)
 
   def step(carry, index):
     dq, ds, de = carry
@@ -162,7 +164,7 @@ _uniformity_lse.defvjp(_uniformity_lse_fwd, _uniformity_lse_bwd)
 
 
 def uniformity_lse(queries: ArrayLike, scale: ArrayLike, entities: ArrayLike,
-                   activation: Activation, chunk: int = 4096) -> Array:
+                   activation: Activation, chunk: int = 4096, matmul: str = "float32") -> Array:
   """``lse_j = LSE_i(-h(scale_j * ||q_j - e_i||^2))`` over all entities, chunk by chunk.
 
   Args:
@@ -173,6 +175,8 @@ def uniformity_lse(queries: ArrayLike, scale: ArrayLike, entities: ArrayLike,
       callable, static under ``jit`` (a new callable object means a new trace).
     chunk: entities per block (static); clamped to ``N``.  Working memory is ``O(k * chunk)``
       in both the forward and the backward pass.
+    matmul: precision of the distance matmul, one of ``models.MATMUL_MODES`` (static); the
+      log-sum-exp itself always accumulates in the inputs' float type.
 
   Returns:
     ``[k]``, equal to ``logsumexp(-h(scale[:, None] * models.squared_distances(queries,
@@ -183,12 +187,15 @@ def uniformity_lse(queries: ArrayLike, scale: ArrayLike, entities: ArrayLike,
   queries, scale, entities = jnp.asarray(queries), jnp.asarray(scale), jnp.asarray(entities)
   _check_shapes(queries, scale, entities)
   _layout(entities.shape[0], chunk)  # validates chunk early, with a clear message
-  return _uniformity_lse(queries, scale, entities, activation, int(chunk))
+  if matmul not in models.MATMUL_MODES:
+    raise ValueError(f"unknown matmul mode {matmul!r}; choose one of "
+                     f"{', '.join(models.MATMUL_MODES)}")
+  return _uniformity_lse(queries, scale, entities, activation, int(chunk), matmul)
 
 
 def hale_loss_chunked(pos_scaled: ArrayLike, queries: ArrayLike, scale: ArrayLike,
                       entities: ArrayLike, activation: Activation, lam: float, chunk: int = 4096,
-                      pos_square: bool = True) -> Array:
+                      pos_square: bool = True, matmul: str = "float32") -> Array:
   """:func:`hale_jax.losses.hale_loss` with the uniformity term from :func:`uniformity_lse`.
 
   ``lam * mean h(pos_scaled)^2 + mean_j lse_j`` (``mean h(pos_scaled)`` with
@@ -204,11 +211,12 @@ def hale_loss_chunked(pos_scaled: ArrayLike, queries: ArrayLike, scale: ArrayLik
     lam: the alignment weight lambda.
     chunk: entities per block (static).
     pos_square: square the activated positive scores (HaLE) or not (Table 5 ablation).
+    matmul: precision of the distance matmul (``models.MATMUL_MODES``).
 
   Returns:
     The scalar loss.
   """
   pos = activation(jnp.asarray(pos_scaled))
   alignment = jnp.mean(pos * pos if pos_square else pos)
-  uniformity = jnp.mean(uniformity_lse(queries, scale, entities, activation, chunk))
+  uniformity = jnp.mean(uniformity_lse(queries, scale, entities, activation, chunk, matmul))
   return lam * alignment + uniformity

@@ -65,6 +65,10 @@ flags.DEFINE_string("mesh", "auto", "Device layout: 'auto' (one device, or every
                     "axis and the entity table row-sharded over a model axis once it would not "
                     "fit), 'none' (one device), or 'data:D,model:M'. A run may resume on another "
                     "mesh.")
+flags.DEFINE_enum("matmul", "float32", ["float32", "tf32", "bf16"],
+                  "Precision of training's distance matmuls: exact float32, or inputs rounded "
+                  "to TF32 / bfloat16 with float32 sums (tensor cores on a GPU). Ranking always "
+                  "uses float32.")
 flags.DEFINE_enum("dtype", "float32", ["float32", "float64"], "Parameter dtype (float64 needs "
                   "JAX_ENABLE_X64=1).")
 flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0; with "
@@ -89,7 +93,8 @@ def _config():
                 eval_every=FLAGS.eval_every, eval_chunk=FLAGS.eval_chunk,
                 checkpoint_every_epochs=FLAGS.checkpoint_every_epochs,
                 checkpoint_every_seconds=FLAGS.checkpoint_every_seconds,
-                max_to_keep=FLAGS.max_to_keep, mesh=FLAGS.mesh, dtype=FLAGS.dtype)
+                max_to_keep=FLAGS.max_to_keep, mesh=FLAGS.mesh, dtype=FLAGS.dtype,
+                matmul=FLAGS.matmul)
 
 
 def _data_spec() -> dict[str, str]:

@@ -178,19 +178,49 @@ def relation_scale(params: Params, relations: ArrayLike) -> Array:
   return jax.nn.softplus(params["scale"][jnp.asarray(relations)])
 
 
-def squared_distances(queries: ArrayLike, entities: ArrayLike) -> Array:
+MATMUL_MODES = ("float32", "tf32", "bf16")
+
+
+def _inner_products(q: Array, e: Array, matmul: str) -> Array:
+  """``q @ e.T`` (``[B, d] x [N, d] -> [B, N]``) with the inputs rounded as ``matmul`` says and
+  the products summed in the inputs' own float type (float32, or float64 under x64).
+
+  - ``float32``: exact products, ``Precision.HIGHEST``.  JAX's default precision lets a GPU of
+    the Ampere generation or later round float32 matmul inputs to TF32 (10 mantissa bits), which
+    would perturb small distances through the cancellation in ``|q|^2 + |e|^2 - 2 q.e``;
+    HIGHEST rules that out.
+  - ``tf32``: the inputs rounded to TF32 (``lax.reduce_precision``, 8 exponent and 10 mantissa
+    bits), then the default precision: TF32 tensor cores on such GPUs, which multiply these
+    inputs exactly; on a CPU the same numbers through float32 units.
+  - ``bf16``: the inputs cast to bfloat16 (7 mantissa bits), float32 accumulation
+    (``preferred_element_type``): bfloat16 tensor cores on a GPU.
+  """
+  out = jnp.result_type(q, e)
+  if matmul == "float32":
+    return jnp.dot(q, e.T, precision=jax.lax.Precision.HIGHEST)
+  if matmul == "tf32":
+    q, e = (jax.lax.reduce_precision(x, exponent_bits=8, mantissa_bits=10) for x in (q, e))
+    return jnp.dot(q, e.T, preferred_element_type=out)
+  if matmul == "bf16":
+    return jnp.dot(q.astype(jnp.bfloat16), e.T.astype(jnp.bfloat16), preferred_element_type=out)
+  raise ValueError(f"unknown matmul mode {matmul!r}; choose one of {', '.join(MATMUL_MODES)}")
+
+
+def squared_distances(queries: ArrayLike, entities: ArrayLike, matmul: str = "float32") -> Array:
   """``||q_b - e_n||^2`` for ``queries [B, d]`` and ``entities [N, d]``; returns ``[B, N]``.
 
   Matmul form ``|q|^2 + |e|^2 - 2 q.e``, clamped at 0 against cancellation.  The clamp is a
   ``where`` rather than ``maximum``: XLA's CPU backend may compile ``max`` inside a loop to an
   instruction that turns NaN into 0 (fast min/max), and a NaN must stay NaN (ranking puts it
-  last).
+  last).  ``matmul`` (one of :data:`MATMUL_MODES`) sets the precision of ``q.e`` only; the
+  squared norms and the sum are always in the inputs' float type.  Ranking always uses the
+  default, exact ``float32``; ``tf32``/``bf16`` are training options (``--matmul``).
   """
   q = jnp.asarray(queries)
   e = jnp.asarray(entities)
   q2 = jnp.sum(q * q, axis=-1, keepdims=True)
   e2 = jnp.sum(e * e, axis=-1)
-  d = q2 + e2[None, :] - 2.0 * (q @ e.T)
+  d = q2 + e2[None, :] - 2.0 * _inner_products(q, e, matmul)
   return jnp.where(d < 0, jnp.zeros_like(d), d)
 
 

@@ -76,6 +76,7 @@ class Config:
   max_to_keep: int = 3           # checkpoints kept in workdir/checkpoints
   mesh: str = "auto"             # auto | none | "data:D,model:M" (hale_jax.sharding)
   dtype: str = "float32"         # of the parameters; float64 needs jax_enable_x64
+  matmul: str = "float32"        # training's distance matmuls: float32 | tf32 | bf16 (ranking: float32)
 
   def validate(self) -> None:
     models.canonical_model(self.model)
@@ -92,6 +93,9 @@ class Config:
                        f"{self.loss!r}; use --bias=none or auto")
     if self.num_negatives <= 0:
       raise ValueError(f"num_negatives must be positive, got {self.num_negatives}")
+    if self.matmul not in models.MATMUL_MODES:
+      raise ValueError(f"unknown matmul {self.matmul!r}; choose one of "
+                       f"{', '.join(models.MATMUL_MODES)}")
     if self.dtype not in ("float32", "float64"):
       raise ValueError(f"unknown dtype {self.dtype!r}; choose float32 or float64")
     if self.dtype == "float64" and not jax.config.jax_enable_x64:
@@ -135,7 +139,7 @@ def batch_loss(params, batch: Array, key: Array | None = None, *, model: str,
                activation: Callable, lam: float, num_sampled: int, pos_square: bool = True,
                loss: str = "hale", rel_scale: bool = True, num_negatives: int = 256,
                adv_temperature: float = 1.0, margin: float = 0.0,
-               nonneg_weight: float = 0.1, lse_chunk: int = 0) -> Array:
+               nonneg_weight: float = 0.1, lse_chunk: int = 0, matmul: str = "float32") -> Array:
   """Training loss of ``batch [B, 3]`` (head, relation id incl. reciprocals, tail).
 
   ``hale``: the first ``num_sampled`` rows are the sampled queries of the uniformity term.
@@ -147,6 +151,8 @@ def batch_loss(params, batch: Array, key: Array | None = None, *, model: str,
   ``b_h + b_t - h(x)``; HaLE ignores them.  ``lse_chunk > 0`` computes
   HaLE's uniformity term ``lse_chunk`` entities at a time (``hale_jax.chunked``: the same value
   and gradient in ``O(k * lse_chunk)`` memory); 0 materialises the ``[k, N]`` matrix.
+  ``matmul`` sets the precision of the ``[k, N]`` / ``[B, N]`` distance matmuls
+  (``models.MATMUL_MODES``: exact float32, or TF32 / bfloat16 inputs with float32 sums).
   """
   heads, rels, tails = batch[:, 0], batch[:, 1], batch[:, 2]
   entity = params["entity"]
@@ -156,9 +162,10 @@ def batch_loss(params, batch: Array, key: Array | None = None, *, model: str,
   pos = scale * models.pair_squared_distances(queries, entity[tails])
   if loss == "hale" and lse_chunk:
     return chunked.hale_loss_chunked(pos, queries[:num_sampled], scale[:num_sampled], entity,
-                                     activation, lam, lse_chunk, pos_square)
+                                     activation, lam, lse_chunk, pos_square, matmul)
   if loss == "hale":
-    sampled = scale[:num_sampled, None] * models.squared_distances(queries[:num_sampled], entity)
+    sampled = scale[:num_sampled, None] * models.squared_distances(queries[:num_sampled], entity,
+                                                                      matmul)
     return losses.hale_loss(pos, sampled, activation, lam, pos_square)
   biased = models.has_entity_bias(params)
   pos_score = baselines.scores_from_scaled(pos, activation)
@@ -176,7 +183,7 @@ def batch_loss(params, batch: Array, key: Array | None = None, *, model: str,
     return baselines.advneg_loss(pos_score, neg_score, adv_temperature, margin)
   if loss == "allneg":
     scores = baselines.scores_from_scaled(
-        scale[:, None] * models.squared_distances(queries, entity), activation)
+        scale[:, None] * models.squared_distances(queries, entity, matmul), activation)
     if biased:  # b_h is the same for every candidate: softmax ignores it
       scores = scores + params["bias_tail"][None, :]
     return baselines.allneg_loss(scores, tails)
@@ -193,7 +200,8 @@ def loss_kwargs(config: Config) -> dict[str, Any]:
       lam=config.lam, num_sampled=losses.num_sampled_queries(config.batch_size, config.alpha),
       pos_square=config.pos_square, loss=config.loss, rel_scale=config.rel_scale,
       num_negatives=config.num_negatives, adv_temperature=config.adv_temperature,
-      margin=config.margin, nonneg_weight=config.nonneg_weight, lse_chunk=config.lse_chunk)
+      margin=config.margin, nonneg_weight=config.nonneg_weight, lse_chunk=config.lse_chunk,
+      matmul=config.matmul)
 
 
 def epoch_body(config: Config, num_queries: int, loss_fn: Callable | None = None,
