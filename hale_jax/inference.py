@@ -126,8 +126,9 @@ def export_run(workdir: str | os.PathLike, fmt: str, output: str | os.PathLike,
   (``softplus(scale)``), and 0-d ``model`` (str) and ``dim`` (int).
 
   ``fmt="tsv"``: a folder holding ``entities.tsv`` (``name<TAB>v1<TAB>...<TAB>vd``),
-  ``relations_<table>.tsv`` for each relation table (``name<TAB>values``, ``R2`` lines) and
-  ``relation_scale.tsv`` (``name<TAB>c_r``).
+  ``relations_<table>.tsv`` for each relation table (``name<TAB>values``, ``R2`` lines),
+  ``relation_scale.tsv`` (``name<TAB>c_r``) and, for runs with KGEmb's entity biases,
+  ``entities_bias_head.tsv`` and ``entities_bias_tail.tsv`` (``name<TAB>b``, ``N`` lines).
 
   An existing ``output`` is refused (FileExistsError) unless ``overwrite``.
   """
@@ -155,14 +156,18 @@ def export_run(workdir: str | os.PathLike, fmt: str, output: str | os.PathLike,
   if output.exists() and not output.is_dir():
     raise FileExistsError(f"{output}: exists and is not a folder; choose another --output")
   output.mkdir(parents=True, exist_ok=True)
-  for old in list(output.glob("relations_*.tsv")):  # stale tables of an overwritten export
-    old.unlink()
+  for old in [*output.glob("relations_*.tsv"), *output.glob("entities_*.tsv")]:
+    old.unlink()  # stale tables of an overwritten export
   rows = {"entities.tsv": (data.entities, params["entity"]),
           "relation_scale.tsv": (rel_names, c_r)}
   for name, table in params.items():
-    if name not in ("entity", "scale"):
+    if name in ("bias_head", "bias_tail"):  # one value per entity
+      rows[f"entities_{name}.tsv"] = (data.entities, table)
+    elif name not in ("entity", "scale"):
       rows[f"relations_{name}.tsv"] = (rel_names, table)
   for fname, (names, table) in rows.items():
+    if len(names) != len(table):
+      raise ValueError(f"{fname}: {len(table)} rows for {len(names)} names")
     with open(output / fname, "w", encoding="utf-8") as f:
       for n, values in zip(names, table):
         f.write(f"{n}\t{_fmt(values)}\n")

@@ -204,3 +204,14 @@ def test_samneg_run_learns_biases_and_ranks_with_them(tmp_path):
                                            jnp.array([int(data2.test[0, 1])]), model="rote",
                                            activation=inference.run_activation(run)))[0]
   assert [n for n, _ in top] == [data2.entities[i] for i in np.argsort(d, kind="stable")[:5]]
+
+  # export: the biases go out per entity, never cut to the relation count
+  out = inference.export_run(tmp_path / "run", "tsv", tmp_path / "tsv")
+  lines = (out / "entities_bias_tail.tsv").read_text().splitlines()
+  assert len(lines) == data2.num_entities
+  name0, value0 = lines[0].split("\t")
+  assert name0 == data2.entities[0]
+  assert float(value0) == pytest.approx(float(params["bias_tail"][0]), rel=1e-6)
+  assert not list(out.glob("relations_bias*"))
+  npz = np.load(inference.export_run(tmp_path / "run", "npz", tmp_path / "e.npz"))
+  np.testing.assert_array_equal(npz["bias_head"], np.asarray(params["bias_head"]))
