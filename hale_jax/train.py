@@ -415,7 +415,9 @@ def train(config: Config, data: KGData, workdir: str | os.PathLike,
   log(f"model {config.model} d={config.dim}  loss {config.loss}  activation {config.activation}"
       f"  lambda {config.lam}  alpha {config.alpha} (k={k} sampled queries/step)  "
       f"batch {config.batch_size}  "
-      f"{config.optimizer} lr {config.learning_rate}  seed {config.seed}")
+      f"{config.optimizer} lr {config.learning_rate}  seed {config.seed}"
+      + ("  entity biases" if uses_entity_bias(config) else "")
+      + (f"  matmul {config.matmul}" if config.matmul != "float32" else ""))
   mesh = sharding.resolve_mesh(config, data.num_entities, devices)
   layout = _layout(mesh)
   log(f"device {_device()}  layout {layout['mesh'] or 'one device'}  workdir {workdir}")
