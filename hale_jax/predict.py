@@ -2,7 +2,7 @@
 
 Prints the ``--k`` entities closest to ``(H, R, ?)`` or ``(?, R, T)`` under a run's best
 parameters (:func:`hale_jax.inference.top_k`): rank, name and squared distance (smaller is
-better).  With ``--filtered`` (default) answers already known from train, valid or test are
+better; for runs with entity biases ``h(c_r d^2) - b_t``, what their ranking sorts).  With ``--filtered`` (default) answers already known from train, valid or test are
 left out.
 """
 
@@ -40,7 +40,10 @@ def main(argv):
     sys.exit(2)
   query = (f"({FLAGS.head}, {FLAGS.relation}, ?)" if FLAGS.head is not None
            else f"(?, {FLAGS.relation}, {FLAGS.tail})")
-  print(f"{query}  {'filtered' if FLAGS.filtered else 'unfiltered'}, squared distance")
+  from hale_jax import models  # pylint: disable=import-outside-toplevel
+  measure = ("h(c_r d^2) - b_t (the run learned entity biases)" if models.has_entity_bias(params)
+             else "squared distance")
+  print(f"{query}  {'filtered' if FLAGS.filtered else 'unfiltered'}, {measure}")
   width = max([len(n) for n, _ in answers] + [6])
   print(f"{'rank':>4}  {'entity':<{width}}  distance")
   for rank, (name, dist) in enumerate(answers, start=1):
