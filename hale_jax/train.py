@@ -146,7 +146,9 @@ def batch_loss(params, batch: Array, key: Array | None = None, *, model: str,
   The baselines (``hale_jax.baselines``) score triples with ``-h(x)``, ``x`` the scaled
   squared distance, so ``--activation=identity`` gives the plain strategies of §4.1.2 and any
   other activation their "HA +" variants (Table 5).  ``samneg``/``advneg`` draw
-  ``num_negatives`` uniform tail entities per query from ``key``.  When ``params`` hold entity
+  ``num_negatives`` uniform tail entities per query from ``key`` (tails only: head corruption
+  is the tail corruption of the reciprocal query, which every epoch also trains; KGEmb's
+  ``--double_neg`` instead replaces head and tail of one negative together).  When ``params`` hold entity
   biases (``models.init_params(entity_bias=True)``) the baselines' scores are KGEmb's
   ``b_h + b_t - h(x)``; HaLE ignores them.  ``lse_chunk > 0`` computes
   HaLE's uniformity term ``lse_chunk`` entities at a time (``hale_jax.chunked``: the same value
