@@ -21,8 +21,8 @@ and margin 0, the defaults of ``--loss=samneg``); HaLE means ``--loss=hale --act
 alpha, gamma, batch_size, learning_rate) come from ``launch/<dataset>.flags`` for every cell of
 a dataset, baselines included (the paper grid-searched the baselines separately; we do not).
 Every strategy trains in the same jit-compiled on-device epoch, so a time budget buys each as
-many epochs as its own step cost allows; the paper's PyTorch baselines ran a Python loop per
-batch, which is part of why its limited-time SamNeg numbers are low.
+many epochs as its own step cost allows.  The paper's limited-time baselines ran in PyTorch
+on a GTX 1070, so their epochs per budget (and the gap to HaLE) need not carry over.
 The training budget is Table 1's (FB15k-237 1200 s, WN18RR 600 s, CoDEx-S 300 s, CoDEx-M and
 CoDEx-L 1200 s; the generated ``synthetic`` graph 30 s) times ``--budget_scale``; compilation
 and validation are not counted.
