@@ -197,3 +197,33 @@ def test_cli_bad_workdir_is_one_line(tmp_path):
   assert "Traceback" not in proc.stderr
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: ") and "nowhere" in lines[0]
+
+
+def test_self_rank_breakdown_against_brute_force(run_dir, loaded):
+  """benchmarks/self_rank.py's top-1 shares equal a NumPy brute force over the same distances,
+  and its Hits@1 equals the evaluator's (optimistic; random floats do not tie)."""
+  sys.path.insert(0, str(REPO / "benchmarks"))
+  try:
+    import self_rank  # pylint: disable=import-outside-toplevel
+  finally:
+    sys.path.pop(0)
+  got = self_rank.top1_breakdown(str(run_dir), "test", chunk=7, min_queries=1)
+  run, data, params = loaded
+  nr = data.num_relations
+  t = data.test
+  heads = np.concatenate([t[:, 0], t[:, 2]])
+  rels = np.concatenate([t[:, 1], t[:, 1] + nr])
+  targets = np.concatenate([t[:, 2], t[:, 0]])
+  d = np.asarray(inference.query_distances(params, heads, rels, model="rotl"), np.float64)
+  known = {}
+  for h, r, tt in np.concatenate([data.train, data.valid, data.test]):
+    known.setdefault((h, r), set()).add(tt)
+    known.setdefault((tt, r + nr), set()).add(h)
+  for i, (h, r, tt) in enumerate(zip(heads, rels, targets)):
+    d[i, [c for c in known[(h, r)] if c != tt]] = np.inf
+  top = np.argmin(d, axis=1)
+  assert got["queries"] == len(heads)
+  assert got["hits@1"] == pytest.approx(np.mean(top == targets))
+  assert got["self@1"] == pytest.approx(np.mean(top == heads))
+  assert got["hits@1"] == pytest.approx(inference.evaluate_run(run_dir)["optimistic"]["hits@1"])
+  assert sum(n for n, _, _ in got["relations"].values()) == len(heads)

@@ -1,0 +1,90 @@
+"""Where the top-1 answer goes: per relation, filtered Hits@1 and how often the query's own
+entity is the top-1 candidate ("self-ranking").
+
+    python benchmarks/self_rank.py --workdirs=runs/a,runs/b [--split=test]
+
+A query ``(h, r, ?)`` ranks every entity, ``h`` included; ``(h, r, h)`` is almost never a
+true triple, yet a transform close to the identity puts ``Phi(h, r)`` next to ``h``.  The
+filtered Hits@1 of such a model collapses while its Hits@10 stays (the target comes second).
+This prints, for each run folder, the share of queries whose best filtered candidate is the
+target (Hits@1, optimistic ties) and the share whose best is the query's own entity, overall
+and for each relation with at least ``--min_queries`` queries (both directions pooled).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+from absl import app, flags
+
+flags.DEFINE_list("workdirs", None, "Run folders (hale_jax.launch --workdir).", required=True)
+flags.DEFINE_enum("split", "test", ["valid", "test"], "Which split's queries.")
+flags.DEFINE_integer("min_queries", 50, "Relations with fewer queries are pooled as 'other'.")
+flags.DEFINE_integer("chunk", 512, "Queries scored at a time.")
+FLAGS = flags.FLAGS
+
+
+def top1_breakdown(workdir: str, split: str = "test", chunk: int = 512,
+                   min_queries: int = 50) -> dict:
+  """``{"queries", "hits@1", "self@1", "relations": {name: (n, hits@1, self@1)}}``."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from hale_jax import inference, models  # pylint: disable=import-outside-toplevel
+  from hale_jax.data import FilterIndex  # pylint: disable=import-outside-toplevel
+  run, data, params = inference.load_run(workdir)
+  model = models.canonical_model(run["config"]["model"])
+  activation = inference.run_activation(run)
+  triples = data.split(split)
+  nr = data.num_relations
+  heads = np.concatenate([triples[:, 0], triples[:, 2]])
+  rels = np.concatenate([triples[:, 1], triples[:, 1] + nr])
+  targets = np.concatenate([triples[:, 2], triples[:, 0]])
+  rows, cols = FilterIndex(data).answers(heads, rels)
+  top = np.empty(len(heads), np.int64)
+  for start in range(0, len(heads), chunk):
+    stop = min(start + chunk, len(heads))
+    d = np.array(inference.query_distances(params, jnp.asarray(heads[start:stop]),
+                                           jnp.asarray(rels[start:stop]), model=model,
+                                           activation=activation))
+    mine = (rows >= start) & (rows < stop)
+    r, c = rows[mine] - start, cols[mine]
+    other = c != targets[start:stop][r]  # filter the other known answers, never the target
+    d[r[other], c[other]] = np.inf
+    top[start:stop] = np.argmin(d, axis=1)
+  hit, own = top == targets, top == heads
+  out = {"queries": len(heads), "hits@1": float(hit.mean()), "self@1": float(own.mean()),
+         "relations": {}}
+  base = rels % nr
+  names = list(data.relations)
+  small = np.zeros(len(heads), bool)
+  for r in range(nr):
+    m = base == r
+    if m.sum() >= min_queries:
+      out["relations"][names[r]] = (int(m.sum()), float(hit[m].mean()), float(own[m].mean()))
+    else:
+      small |= m
+  if small.any():
+    out["relations"]["other"] = (int(small.sum()), float(hit[small].mean()),
+                                 float(own[small].mean()))
+  return out
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  from hale_jax.data import one_line  # pylint: disable=import-outside-toplevel
+  for workdir in FLAGS.workdirs:
+    try:
+      b = top1_breakdown(workdir, FLAGS.split, FLAGS.chunk, FLAGS.min_queries)
+    except (ValueError, FileNotFoundError) as err:
+      print(f"error: {one_line(err)}", file=sys.stderr)
+      sys.exit(2)
+    print(f"{workdir} ({FLAGS.split}, {b['queries']} queries): Hits@1 {b['hits@1']:.3f}, "
+          f"own entity first {b['self@1']:.3f}")
+    print(f"| relation | queries | Hits@1 | own entity first |\n|---|---:|---:|---:|")
+    for name, (n, h1, s1) in b["relations"].items():
+      print(f"| {name} | {n} | {h1:.3f} | {s1:.3f} |")
+
+
+if __name__ == "__main__":
+  app.run(main)
