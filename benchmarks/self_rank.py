@@ -18,11 +18,15 @@ import sys
 import numpy as np
 from absl import app, flags
 
-flags.DEFINE_list("workdirs", None, "Run folders (hale_jax.launch --workdir).", required=True)
-flags.DEFINE_enum("split", "test", ["valid", "test"], "Which split's queries.")
-flags.DEFINE_integer("min_queries", 50, "Relations with fewer queries are pooled as 'other'.")
-flags.DEFINE_integer("chunk", 512, "Queries scored at a time.")
 FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  """Only when run as a command: importing this module (tests do) leaves absl's FLAGS alone."""
+  flags.DEFINE_list("workdirs", None, "Run folders (hale_jax.launch --workdir).", required=True)
+  flags.DEFINE_enum("split", "test", ["valid", "test"], "Which split's queries.")
+  flags.DEFINE_integer("min_queries", 50, "Relations with fewer queries are pooled as 'other'.")
+  flags.DEFINE_integer("chunk", 512, "Queries scored at a time.")
 
 
 def top1_breakdown(workdir: str, split: str = "test", chunk: int = 512,
@@ -87,4 +91,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

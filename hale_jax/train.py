@@ -396,6 +396,9 @@ def train(config: Config, data: KGData, workdir: str | os.PathLike,
   """
   from hale_jax import sharding  # pylint: disable=import-outside-toplevel  # it imports train
   config.validate()
+  # Before the workdir is touched: a mesh the devices cannot form is a clear error, not a
+  # half-written run folder.
+  mesh = sharding.resolve_mesh(config, data.num_entities, devices)
   wall0 = time.perf_counter()
   commit = _git_commit()  # now: the code may change on disk while a long run goes on
   lead = jax.process_index() == 0
@@ -420,7 +423,6 @@ def train(config: Config, data: KGData, workdir: str | os.PathLike,
       f"{config.optimizer} lr {config.learning_rate}  seed {config.seed}"
       + ("  entity biases" if uses_entity_bias(config) else "")
       + (f"  matmul {config.matmul}" if config.matmul != "float32" else ""))
-  mesh = sharding.resolve_mesh(config, data.num_entities, devices)
   layout = _layout(mesh)
   log(f"device {_device()}  layout {layout['mesh'] or 'one device'}  workdir {workdir}")
 

@@ -130,12 +130,13 @@ def test_auto_mesh_is_one_device_on_cpu():
   assert dict(mesh.shape) == {"data": 4, "model": 2}
 
 
-def test_bad_mesh_is_one_clear_error():
+def test_bad_mesh_is_one_clear_error(tmp_path):
   with pytest.raises(ValueError, match="unknown axis 'rows'"):
     _config(mesh="rows:2", dtype="float32").validate()
+  workdir = tmp_path / "never-written"
   with jax.enable_x64(True), pytest.raises(ValueError, match="needs data\\*model = 6"):
-    train.train(_config(mesh="data:3,model:2"), _graph(), "/nonexistent/never-written",
-                log=lambda s: None)
+    train.train(_config(mesh="data:3,model:2"), _graph(), workdir, log=lambda s: None)
+  assert not workdir.exists()  # refused before anything was written
 
 
 # ----------------------------------------------------------------------------- multi-host
