@@ -187,9 +187,7 @@ def uniformity_lse(queries: ArrayLike, scale: ArrayLike, entities: ArrayLike,
   queries, scale, entities = jnp.asarray(queries), jnp.asarray(scale), jnp.asarray(entities)
   _check_shapes(queries, scale, entities)
   _layout(entities.shape[0], chunk)  # validates chunk early, with a clear message
-  if matmul not in models.MATMUL_MODES:
-    raise ValueError(f"unknown matmul mode {matmul!r}; choose one of "
-                     f"{', '.join(models.MATMUL_MODES)}")
+  models.check_matmul(matmul)
   return _uniformity_lse(queries, scale, entities, activation, int(chunk), matmul)
 
 

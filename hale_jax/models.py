@@ -181,6 +181,12 @@ def relation_scale(params: Params, relations: ArrayLike) -> Array:
 MATMUL_MODES = ("float32", "tf32", "bf16")
 
 
+def check_matmul(matmul: str) -> None:
+  """Raises ValueError unless ``matmul`` is one of :data:`MATMUL_MODES`."""
+  if matmul not in MATMUL_MODES:
+    raise ValueError(f"unknown matmul mode {matmul!r}; choose one of {', '.join(MATMUL_MODES)}")
+
+
 def _inner_products(q: Array, e: Array, matmul: str) -> Array:
   """``q @ e.T`` (``[B, d] x [N, d] -> [B, N]``) with the inputs rounded as ``matmul`` says and
   the products summed in the inputs' own float type (float32, or float64 under x64).
@@ -195,15 +201,14 @@ def _inner_products(q: Array, e: Array, matmul: str) -> Array:
   - ``bf16``: the inputs cast to bfloat16 (7 mantissa bits), float32 accumulation
     (``preferred_element_type``): bfloat16 tensor cores on a GPU.
   """
+  check_matmul(matmul)
   out = jnp.result_type(q, e)
   if matmul == "float32":
     return jnp.dot(q, e.T, precision=jax.lax.Precision.HIGHEST)
   if matmul == "tf32":
     q, e = (jax.lax.reduce_precision(x, exponent_bits=8, mantissa_bits=10) for x in (q, e))
     return jnp.dot(q, e.T, preferred_element_type=out)
-  if matmul == "bf16":
-    return jnp.dot(q.astype(jnp.bfloat16), e.T.astype(jnp.bfloat16), preferred_element_type=out)
-  raise ValueError(f"unknown matmul mode {matmul!r}; choose one of {', '.join(MATMUL_MODES)}")
+  return jnp.dot(q.astype(jnp.bfloat16), e.T.astype(jnp.bfloat16), preferred_element_type=out)  # bf16
 
 
 def squared_distances(queries: ArrayLike, entities: ArrayLike, matmul: str = "float32") -> Array:

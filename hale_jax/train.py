@@ -93,9 +93,7 @@ class Config:
                        f"{self.loss!r}; use --bias=none or auto")
     if self.num_negatives <= 0:
       raise ValueError(f"num_negatives must be positive, got {self.num_negatives}")
-    if self.matmul not in models.MATMUL_MODES:
-      raise ValueError(f"unknown matmul {self.matmul!r}; choose one of "
-                       f"{', '.join(models.MATMUL_MODES)}")
+    models.check_matmul(self.matmul)
     if self.dtype not in ("float32", "float64"):
       raise ValueError(f"unknown dtype {self.dtype!r}; choose float32 or float64")
     if self.dtype == "float64" and not jax.config.jax_enable_x64:
