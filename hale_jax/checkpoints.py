@@ -41,12 +41,16 @@ _OUTPUTS = ("checkpoints", "best", RUN_FILE, "results.json", "best_params.npz")
 
 def _same_as_before(key: str, old_config: dict[str, Any], new_value: Any) -> bool:
   """A config field added after older runs were recorded, whose new value trains those runs
-  exactly as before (both added 2026-11-26): ``bias`` is ``auto`` for losses that never had
-  entity biases, ``matmul`` is ``float32``."""
+  exactly as before (all added 2026-11-26): ``bias`` is ``auto`` for losses that never had
+  entity biases, ``matmul`` is ``float32``, ``rotation_init`` is ``normal`` or the model has no
+  rotation table."""
   if key in old_config:
     return False
   if key == "bias":
     return new_value == "auto" and old_config.get("loss", "hale") not in ("samneg", "advneg")
+  if key == "rotation_init":
+    return new_value == "normal" or str(old_config.get("model", "")).lower() in ("transe",
+                                                                                 "distmult")
   return key == "matmul" and new_value == "float32"
 
 

@@ -48,7 +48,12 @@ flags.DEFINE_integer("lse_chunk", 4096, "HaLE: entities per chunk of the log-sum
 flags.DEFINE_integer("batch_size", 1024, "Training queries per step.")
 flags.DEFINE_enum("optimizer", "adam", ["adam", "adagrad"], "Optimizer.")
 flags.DEFINE_float("learning_rate", 5e-3, "Learning rate.")
-flags.DEFINE_float("init_scale", 1e-3, "Std of the Gaussian initialisation.")
+flags.DEFINE_float("init_scale", 1e-3, "Std of the Gaussian initialisation of the entity and "
+                   "relation tables.")
+flags.DEFINE_enum("rotation_init", "uniform", ["uniform", "normal"],
+                  "RotatE/RotE/RotL rotation table: U(-1, 1) as KGEmb (Adam turns each plane "
+                  "about lr radians a step), or init_scale * N(0, 1) (the first steps turn the "
+                  "planes at random; some WN18RR RotL seeds then keep identity rotations).")
 flags.DEFINE_integer("seed", 0, "Random seed (initialisation and shuffling).")
 flags.DEFINE_float("max_seconds", 30.0, "Training-time budget in seconds (0: none). Compile and "
                    "validation time are not counted.")
@@ -94,7 +99,7 @@ def _config():
                 checkpoint_every_epochs=FLAGS.checkpoint_every_epochs,
                 checkpoint_every_seconds=FLAGS.checkpoint_every_seconds,
                 max_to_keep=FLAGS.max_to_keep, mesh=FLAGS.mesh, dtype=FLAGS.dtype,
-                matmul=FLAGS.matmul)
+                matmul=FLAGS.matmul, rotation_init=FLAGS.rotation_init)
 
 
 def _data_spec() -> dict[str, str]:

@@ -32,8 +32,18 @@ Rotations (RotatE, RotE, RotL) act on ``d / 2`` planes of 2x2 Givens blocks, as 
 (Chami et al. 2020, the source of RotE): dimensions ``(2i, 2i+1)`` of ``e_h`` are rotated by
 the unit vector ``(cos t_i, sin t_i) = rot[2i:2i+2] / ||rot[2i:2i+2]||`` of the relation's
 ``rotation`` row, i.e. ``(x0, x1) -> (cos x0 - sin x1, sin x0 + cos x1)``.  The norm is
-clamped at 1e-15, as in KGEmb.  With a small Gaussian initialisation the angles start
-uniformly distributed.  ``d`` must be even for these models.
+clamped at 1e-15, as in KGEmb.  ``d`` must be even for these models.
+
+Rotation initialisation (``rotation_init``).  Only the direction of each 2-vector is used, but
+its length sets how fast Adam turns the plane: an update of about ``lr`` moves the angle by about
+``lr / ||rot[2i:2i+2]||`` radians.  ``"uniform"`` (the default) draws the table from
+``U(-1, 1)``, KGEmb's initialisation of its rotation table (``2 * rand - 1``), so the first
+steps turn each plane by about ``lr`` radians.  ``"normal"`` draws it, like the other tables,
+from ``init_scale * N(0, 1)`` (lengths ~1e-3): the first hundred steps then turn each plane by
+radians at a time, i.e. at random, and on WN18RR RotL this left some seeds with identity
+rotations for whole relations, whose queries then rank their own head entity first
+(``benchmarks/RESULTS.md``, "Self-ranking").  Both start from uniformly spread angles (up to the
+square's corners for ``uniform``).
 
 RotL's flexible addition ``x (+)_alpha y`` (Eq. 14, after Wang et al. 2021, whose distance is
 Eq. 16) is read as::
@@ -130,9 +140,19 @@ def canonical_model(name: str) -> str:
   return key
 
 
+ROTATION_INITS = ("uniform", "normal")
+
+
+def check_rotation_init(rotation_init: str) -> None:
+  """Raises ValueError unless ``rotation_init`` is one of ``ROTATION_INITS``."""
+  if rotation_init not in ROTATION_INITS:
+    raise ValueError(f"unknown rotation_init {rotation_init!r}; choose one of "
+                     f"{', '.join(ROTATION_INITS)}")
+
+
 def init_params(key: jax.Array, model: str, num_entities: int, num_relations: int, dim: int,
                 init_scale: float = 1e-3, dtype: Any = jnp.float32,
-                entity_bias: bool = False) -> Params:
+                entity_bias: bool = False, rotation_init: str = "uniform") -> Params:
   """Initialises a model's parameters.
 
   Args:
@@ -141,14 +161,19 @@ def init_params(key: jax.Array, model: str, num_entities: int, num_relations: in
     num_entities: ``N``.
     num_relations: ``R2``, relation ids *including* reciprocals.
     dim: ``d``; even for the rotation models.
-    init_scale: standard deviation of the Gaussian initialisation of every table.
+    init_scale: standard deviation of the Gaussian initialisation of every table (the
+      ``rotation`` table only with ``rotation_init="normal"``).
     dtype: of every table (float64 needs ``jax_enable_x64``; the tables are drawn in float32
       and cast, so the float64 start equals the float32 one).
+    entity_bias: add the ``bias_head`` and ``bias_tail`` tables (zeros).
+    rotation_init: ``"uniform"`` (``U(-1, 1)``) or ``"normal"`` (``init_scale * N(0, 1)``), see
+      the module docstring.
 
   Returns:
     The parameter dict described in the module docstring.
   """
   model = canonical_model(model)
+  check_rotation_init(rotation_init)
   if model in ("rotate", "rote", "rotl") and dim % 2:
     raise ValueError(f"{model} rotates 2-d planes, so the dimension must be even (got {dim})")
   tables = ("entity",) + _RELATION_TABLES[model]
@@ -156,7 +181,10 @@ def init_params(key: jax.Array, model: str, num_entities: int, num_relations: in
   params: Params = {}
   for k, name in zip(keys, tables):
     rows = num_entities if name == "entity" else num_relations
-    params[name] = init_scale * jax.random.normal(k, (rows, dim), jnp.float32)
+    if name == "rotation" and rotation_init == "uniform":
+      params[name] = jax.random.uniform(k, (rows, dim), jnp.float32, -1.0, 1.0)
+    else:
+      params[name] = init_scale * jax.random.normal(k, (rows, dim), jnp.float32)
   params["scale"] = jnp.full((num_relations,), _SOFTPLUS_INV_1, jnp.float32)
   if model == "rotl":
     params["alpha"] = jnp.ones((num_relations,), jnp.float32)

@@ -66,6 +66,7 @@ class Config:
   optimizer: str = "adam"        # adam | adagrad
   learning_rate: float = 5e-3
   init_scale: float = 1e-3
+  rotation_init: str = "uniform"  # uniform: U(-1, 1) as KGEmb | normal: init_scale * N(0, 1)
   seed: int = 0
   max_seconds: float = 30.0      # training-time budget; 0 = none
   max_epochs: int = 0            # 0 = none
@@ -94,6 +95,7 @@ class Config:
     if self.num_negatives <= 0:
       raise ValueError(f"num_negatives must be positive, got {self.num_negatives}")
     models.check_matmul(self.matmul)
+    models.check_rotation_init(self.rotation_init)
     if self.dtype not in ("float32", "float64"):
       raise ValueError(f"unknown dtype {self.dtype!r}; choose float32 or float64")
     if self.dtype == "float64" and not jax.config.jax_enable_x64:
@@ -260,7 +262,8 @@ def init_fn(config: Config, num_entities: int, num_relation_ids: int,
     key, init_key = jax.random.split(key)
     params = models.init_params(init_key, config.model, num_entities, num_relation_ids,
                                 config.dim, config.init_scale, config.dtype,
-                                entity_bias=uses_entity_bias(config))
+                                entity_bias=uses_entity_bias(config),
+                                rotation_init=config.rotation_init)
     if pad_to is not None:
       params = pad_to(params)
     return TrainState(params, optimizer.init(params), key, jnp.zeros((), jnp.int32))
@@ -420,7 +423,9 @@ def train(config: Config, data: KGData, workdir: str | os.PathLike,
       f"batch {config.batch_size}  "
       f"{config.optimizer} lr {config.learning_rate}  seed {config.seed}"
       + ("  entity biases" if uses_entity_bias(config) else "")
-      + (f"  matmul {config.matmul}" if config.matmul != "float32" else ""))
+      + (f"  matmul {config.matmul}" if config.matmul != "float32" else "")
+      + (f"  rotation init {config.rotation_init}"
+         if models.canonical_model(config.model) in ("rotate", "rote", "rotl") else ""))
   layout = _layout(mesh)
   log(f"device {_device()}  layout {layout['mesh'] or 'one device'}  workdir {workdir}")
 

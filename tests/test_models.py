@@ -113,10 +113,15 @@ def test_init_params_shapes_and_values(rng, model):
   np.testing.assert_allclose(np.asarray(models.relation_scale(p, np.arange(r2))), 1.0, rtol=1e-6)
   if model == "RotL":
     np.testing.assert_array_equal(np.asarray(p["alpha"]), 1.0)
-  # the Gaussian tables really have standard deviation init_scale (loose: 88 or 48 draws)
-  for k in EXPECTED_KEYS[model] - {"scale", "alpha"}:
+  # the Gaussian tables really have standard deviation init_scale (loose: 88 or 48 draws);
+  # the rotation table is U(-1, 1) by default (std 1/sqrt(3))
+  for k in EXPECTED_KEYS[model] - {"scale", "alpha", "rotation"}:
     std = float(np.std(np.asarray(p[k])))
     assert 0.3 * scale < std < 2.0 * scale, (k, std)
+  if "rotation" in p:
+    rot = np.asarray(p["rotation"])
+    assert rot.min() >= -1.0 and rot.max() <= 1.0
+    assert 0.4 < float(np.std(rot)) < 0.75
   # the same key gives the same parameters; the tables are drawn independently
   q = models.init_params(key, model.upper(), n, r2, d, scale)
   for k in p:
@@ -319,3 +324,48 @@ def test_unknown_model_raises(bad):
   p = models.init_params(jax.random.PRNGKey(0), "TransE", 5, 2, 4)
   with pytest.raises(ValueError, match="unknown model"):
     models.transform(bad, p, jnp.array([0]), jnp.array([0]))
+
+
+@pytest.mark.parametrize("model", ["RotatE", "RotE", "RotL"])
+def test_rotation_init_modes(rng, model):
+  key = jax.random.PRNGKey(int(rng.integers(2**31)))
+  scale = 1e-3
+  uniform = models.init_params(key, model, 200, 40, 16, scale)
+  normal = models.init_params(key, model, 200, 40, 16, scale, rotation_init="normal")
+  # only the rotation table differs; normal draws it like the other tables
+  for k in uniform:
+    if k != "rotation":
+      np.testing.assert_array_equal(np.asarray(uniform[k]), np.asarray(normal[k]))
+  u, g = np.asarray(uniform["rotation"]), np.asarray(normal["rotation"])
+  assert np.all(np.abs(u) <= 1.0) and 0.5 < np.std(u) < 0.65  # U(-1, 1): std 0.577
+  assert 0.8 * scale < np.std(g) < 1.2 * scale                  # 640 draws of scale * N(0, 1)
+  # both give unit rotations whose angles cover the circle
+  for table in (u, g):
+    pairs = table.reshape(-1, 2)
+    angles = np.arctan2(pairs[:, 1], pairs[:, 0])
+    counts, _ = np.histogram(angles, bins=4, range=(-np.pi, np.pi))
+    assert counts.min() > 0.15 * len(angles), counts
+
+
+def test_rotation_init_unknown_raises():
+  with pytest.raises(ValueError, match="unknown rotation_init 'zeros'; choose one of uniform, "
+                     "normal"):
+    models.init_params(jax.random.PRNGKey(0), "RotE", 5, 2, 4, rotation_init="zeros")
+
+
+def test_rotation_init_in_config_and_older_runs():
+  from hale_jax import checkpoints, train  # pylint: disable=import-outside-toplevel
+  with pytest.raises(ValueError, match="unknown rotation_init"):
+    train.Config(rotation_init="zeros").validate()
+  train.Config(rotation_init="normal").validate()
+  # runs recorded before the field existed drew rotations from init_scale * N(0, 1): they
+  # resume with rotation_init=normal, or with any value for a model without rotations
+  old = {"config": {"loss": "hale", "model": "RotL"}, "vocab_sha256": "x"}
+  for value, same in (("normal", True), ("uniform", False)):
+    new = {"config": {"loss": "hale", "model": "RotL", "rotation_init": value},
+           "vocab_sha256": "x"}
+    assert (checkpoints.mismatch(old, new) == []) == same, value
+  old_transe = {"config": {"loss": "hale", "model": "TransE"}, "vocab_sha256": "x"}
+  new_transe = {"config": {"loss": "hale", "model": "TransE", "rotation_init": "uniform"},
+                "vocab_sha256": "x"}
+  assert checkpoints.mismatch(old_transe, new_transe) == []
