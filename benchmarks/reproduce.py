@@ -394,12 +394,13 @@ def markdown(experiment: str, rows: list[dict], budget_scale: float) -> str:
            "| dataset | model | variant | budget s | epochs | MRR | paper | Δ | H@10 | paper | Δ "
            "| H@1 | paper | Δ | MRR pess. | device | status |",
            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
-  notes = []
+  notes: dict[str, int] = {}  # note text -> its number; cells with the same reason share one
   for r in rows:
     status = r["status"]
     if r["note"]:
-      notes.append(f"- {r['dataset']} {r['model']}-{r['dim']} {r['variant']}: {r['note']}")
-      status += f" [{len(notes)}]"
+      text = f"{r['dataset']}: {r['note']}" if r["status"] == "not available" else (
+          f"{r['dataset']} {r['model']}-{r['dim']} {r['variant']}: {r['note']}")
+      status += f" [{notes.setdefault(text, len(notes) + 1)}]"
     budget = "—" if r["budget_s"] is None else f"{r['budget_s']:g}"
     lines.append(
         f"| {r['dataset']} | {r['model']}-{r['dim']} | {r['variant']} | {budget} | "
@@ -411,7 +412,7 @@ def markdown(experiment: str, rows: list[dict], budget_scale: float) -> str:
         f"{_delta(r['test_hits@1'], r['paper_hits@1'])} | {_f(r['test_mrr_pess'])} | "
         f"{r['device'] or '—'} | {status} |")
   if notes:
-    lines += ["", "Notes:", ""] + [f"{i}. {n[2:]}" for i, n in enumerate(notes, 1)]
+    lines += ["", "Notes:", ""] + [f"{i}. {text}" for text, i in notes.items()]
   commits = sorted({r["git_commit"] for r in rows if r["git_commit"]})
   if commits:
     short = [c.split("-")[0][:7] + ("-dirty" if c.endswith("-dirty") else "") for c in commits]

@@ -284,8 +284,13 @@ def _versions() -> dict[str, str]:
           "numpy": np.__version__, "hale_jax": __version__}
 
 
+@functools.lru_cache(maxsize=None)
 def _git_commit() -> str | None:
-  """The source checkout's commit, with ``-dirty`` if it has uncommitted changes."""
+  """The source checkout's commit, with ``-dirty`` if it has uncommitted changes.
+
+  Taken once per process, at its first :func:`train`: Python does not reload modules changed
+  on disk later, so a long-lived process (``benchmarks/reproduce.py``) keeps training the code it
+  loaded and each of its runs records that code's commit, not the checkout's at the time."""
   here = Path(__file__).resolve().parent
   try:
     head = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], capture_output=True,
@@ -401,7 +406,7 @@ def train(config: Config, data: KGData, workdir: str | os.PathLike,
   # half-written run folder.
   mesh = sharding.resolve_mesh(config, data.num_entities, devices)
   wall0 = time.perf_counter()
-  commit = _git_commit()  # now: the code may change on disk while a long run goes on
+  commit = _git_commit()  # the process's first: later edits on disk are not what runs
   lead = jax.process_index() == 0
   spec = {"config": dataclasses.asdict(config), "data": data_spec or {"kind": "unknown"},
           "dataset": data.name, "vocab_sha256": checkpoints.vocabulary_hash(data)}
