@@ -9,6 +9,11 @@ filtered Hits@1 of such a model collapses while its Hits@10 stays (the target co
 This prints, for each run folder, the share of queries whose best filtered candidate is the
 target (Hits@1, optimistic ties) and the share whose best is the query's own entity, overall
 and for each relation with at least ``--min_queries`` queries (both directions pooled).
+
+``--geometry`` adds, per relation id (reciprocals apart) with at least ``--min_queries``
+training triples: the share of rotation planes at the identity (cos > 0.99), the translation's
+norm, and the medians over the training pairs of ``c_r ||Phi(h, r) - h||^2`` (query to its own
+entity) and ``c_r ||Phi(h, r) - t||^2`` (query to its target).
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ def _define_flags() -> None:
   flags.DEFINE_enum("split", "test", ["valid", "test"], "Which split's queries.")
   flags.DEFINE_integer("min_queries", 50, "Relations with fewer queries are pooled as 'other'.")
   flags.DEFINE_integer("chunk", 512, "Queries scored at a time.")
+  flags.DEFINE_bool("geometry", False, "Also print the per-relation geometry of the training "
+                    "pairs (rotation planes at the identity, distances to own entity and target).")
 
 
 def top1_breakdown(workdir: str, split: str = "test", chunk: int = 512,
@@ -73,6 +80,40 @@ def top1_breakdown(workdir: str, split: str = "test", chunk: int = 512,
   return out
 
 
+def relation_geometry(workdir: str, min_triples: int = 50) -> dict:
+  """``{relation name (reciprocals "name^-1"): {"triples", "identity_planes", "translation_norm",
+  "own_median", "target_median"}}`` over the training triples of relation ids with at least
+  ``min_triples`` of them; ``identity_planes`` and ``translation_norm`` are None for models
+  without those tables."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from hale_jax import inference, models  # pylint: disable=import-outside-toplevel
+  run, data, params = inference.load_run(workdir)
+  model = models.canonical_model(run["config"]["model"])
+  entity = np.asarray(params["entity"], np.float64)
+  nr = data.num_relations
+  names = list(data.relations)
+  out = {}
+  for rid in range(2 * nr):
+    rows = data.train[data.train[:, 1] == rid % nr]
+    if len(rows) < min_triples:
+      continue
+    heads, tails = (rows[:, 0], rows[:, 2]) if rid < nr else (rows[:, 2], rows[:, 0])
+    q = np.asarray(models.transform(model, params, jnp.asarray(heads),
+                                    jnp.full(len(heads), rid)), np.float64)
+    c = float(models.relation_scale(params, jnp.array([rid]))[0])
+    geo = {"triples": len(rows), "identity_planes": None, "translation_norm": None,
+           "own_median": float(np.median(c * np.sum((q - entity[heads]) ** 2, axis=1))),
+           "target_median": float(np.median(c * np.sum((q - entity[tails]) ** 2, axis=1)))}
+    if "rotation" in params:
+      pairs = np.asarray(params["rotation"][rid], np.float64).reshape(-1, 2)
+      cos = pairs[:, 0] / np.maximum(np.linalg.norm(pairs, axis=1), 1e-15)
+      geo["identity_planes"] = float(np.mean(cos > 0.99))
+    if "translation" in params:
+      geo["translation_norm"] = float(np.linalg.norm(np.asarray(params["translation"][rid])))
+    out[names[rid % nr] + ("" if rid < nr else "^-1")] = geo
+  return out
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -88,6 +129,14 @@ def main(argv):
     print(f"| relation | queries | Hits@1 | own entity first |\n|---|---:|---:|---:|")
     for name, (n, h1, s1) in b["relations"].items():
       print(f"| {name} | {n} | {h1:.3f} | {s1:.3f} |")
+    if FLAGS.geometry:
+      fmt = lambda v: "—" if v is None else f"{v:.3f}"  # pylint: disable=unnecessary-lambda-assignment
+      print("\n| relation (train) | triples | planes at identity | translation norm | "
+            "median c·d²(query, own entity) | median c·d²(query, target) |\n"
+            "|---|---:|---:|---:|---:|---:|")
+      for name, g in relation_geometry(workdir, FLAGS.min_queries).items():
+        print(f"| {name} | {g['triples']} | {fmt(g['identity_planes'])} | "
+              f"{fmt(g['translation_norm'])} | {g['own_median']:.3f} | {g['target_median']:.3f} |")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hale_jax import checkpoints, inference, synthetic, train
+from hale_jax import checkpoints, inference, models, synthetic, train
 from hale_jax.data import DataError, FilterIndex, load_folder
 from hale_jax.evaluation import Evaluator
 
@@ -227,3 +227,25 @@ def test_self_rank_breakdown_against_brute_force(run_dir, loaded):
   assert got["self@1"] == pytest.approx(np.mean(top == heads))
   assert got["hits@1"] == pytest.approx(inference.evaluate_run(run_dir)["optimistic"]["hits@1"])
   assert sum(n for n, _, _ in got["relations"].values()) == len(heads)
+
+  # the per-relation geometry against NumPy on the same parameters
+  geo = self_rank.relation_geometry(str(run_dir), min_triples=1)
+  p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+  for rid in (0, nr):  # a relation and its reciprocal
+    rows = data.train[data.train[:, 1] == 0]
+    if not len(rows):
+      continue
+    h, tt = (rows[:, 0], rows[:, 2]) if rid == 0 else (rows[:, 2], rows[:, 0])
+    q = np.asarray(models.transform("rotl", params, h, np.full(len(h), rid)), np.float64)
+    c = np.log1p(np.exp(p["scale"][rid]))
+    g = geo[data.relations[0] + ("" if rid == 0 else "^-1")]
+    assert g["triples"] == len(rows)
+    assert g["own_median"] == pytest.approx(np.median(c * ((q - p["entity"][h]) ** 2).sum(1)),
+                                            rel=1e-5)
+    assert g["target_median"] == pytest.approx(
+        np.median(c * ((q - p["entity"][tt]) ** 2).sum(1)), rel=1e-5)
+    pairs = p["rotation"][rid].reshape(-1, 2)
+    assert g["identity_planes"] == pytest.approx(
+        np.mean(pairs[:, 0] / np.linalg.norm(pairs, axis=1) > 0.99))
+    assert g["translation_norm"] == pytest.approx(np.linalg.norm(p["translation"][rid]),
+                                                  rel=1e-5)
