@@ -29,6 +29,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from hale_jax import models
 from hale_jax.data import KGData
 
 RUN_FILE = "run.json"
@@ -49,8 +50,11 @@ def _same_as_before(key: str, old_config: dict[str, Any], new_value: Any) -> boo
   if key == "bias":
     return new_value == "auto" and old_config.get("loss", "hale") not in ("samneg", "advneg")
   if key == "rotation_init":
-    return new_value == "normal" or str(old_config.get("model", "")).lower() in ("transe",
-                                                                                 "distmult")
+    try:
+      rotates = models.canonical_model(str(old_config.get("model", ""))) in models.ROTATION_MODELS
+    except ValueError:  # a model this code does not know: treat it as changed
+      rotates = True
+    return new_value == "normal" or not rotates
   return key == "matmul" and new_value == "float32"
 
 

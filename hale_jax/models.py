@@ -130,6 +130,7 @@ _RELATION_TABLES = {
     "rotl": ("rotation", "translation"),
 }
 MODEL_NAMES = ("TransE", "DistMult", "RotatE", "RotE", "RotL")
+ROTATION_MODELS = tuple(m for m, tables in _RELATION_TABLES.items() if "rotation" in tables)
 
 
 def canonical_model(name: str) -> str:
@@ -174,7 +175,7 @@ def init_params(key: jax.Array, model: str, num_entities: int, num_relations: in
   """
   model = canonical_model(model)
   check_rotation_init(rotation_init)
-  if model in ("rotate", "rote", "rotl") and dim % 2:
+  if model in ROTATION_MODELS and dim % 2:
     raise ValueError(f"{model} rotates 2-d planes, so the dimension must be even (got {dim})")
   tables = ("entity",) + _RELATION_TABLES[model]
   keys = jax.random.split(key, len(tables))

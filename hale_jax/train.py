@@ -430,7 +430,7 @@ def train(config: Config, data: KGData, workdir: str | os.PathLike,
       + ("  entity biases" if uses_entity_bias(config) else "")
       + (f"  matmul {config.matmul}" if config.matmul != "float32" else "")
       + (f"  rotation init {config.rotation_init}"
-         if models.canonical_model(config.model) in ("rotate", "rote", "rotl") else ""))
+         if models.canonical_model(config.model) in models.ROTATION_MODELS else ""))
   layout = _layout(mesh)
   log(f"device {_device()}  layout {layout['mesh'] or 'one device'}  workdir {workdir}")
 
