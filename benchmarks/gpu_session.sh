@@ -1,54 +1,141 @@
 #!/usr/bin/env bash
-# One lent-GPU call per phase (each fits the device machine's 10-minute limit):
+# Device-machine phases (each fits the device machine's 10-minute limit):
 #
+#   bash benchmarks/gpu_session.sh all      # the lot below, each phase time-boxed (~8 min)
+#   bash benchmarks/gpu_session.sh smoke    # a tiny step and a tiny launch: does it run at all?
 #   bash benchmarks/gpu_session.sh steps    # issue 3: step-time table, plain and chunked LSE
-#   bash benchmarks/gpu_session.sh scale    # issue 6: 1M and 10M power-law graphs
+#   bash benchmarks/gpu_session.sh scale    # issue 6: 1M (with a full epoch) and 10M graphs
 #   bash benchmarks/gpu_session.sh wn18rr   # issue 3: WN18RR RotL-32 within 30 s of training
+#   bash benchmarks/gpu_session.sh fb15k237 # FB15k-237 RotL-32 within 30 s (epoch time)
 #
 # Output goes under $OUT (default benchmarks/out/gpu): JSON lines, run folders, logs; the
 # markdown tables are printed last. Paste measured rows into benchmarks/RESULTS.md with the
-# device, jax version and commit that the JSON lines carry.
+# device, jax version and commit that the JSON lines carry. The device machine gets no
+# ../shared: copy the datasets into benchmarks/out/data (ignored) and `carry` that folder;
+# HALE_DATA_DIR defaults to it when it exists.
 #
-# Environment: HALE_DATA_DIR (datasets, for wn18rr), SIZES / MODELS / ENTITIES to narrow a
-# phase (e.g. SIZES=tiny MODELS=RotL for a dry run on CPU).
-set -euo pipefail
+# Environment: PYTHON (default python3), HALE_DATA_DIR, SIZES / MODELS / ENTITIES /
+# SECONDS_BUDGET to narrow a phase (e.g. SIZES=tiny MODELS=RotL for a dry run on CPU).
+set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-benchmarks/out/gpu}"
+PY="${PYTHON:-python3}"
 mkdir -p "$OUT"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+if [[ -z "${HALE_DATA_DIR:-}" && -d benchmarks/out/data ]]; then
+  export HALE_DATA_DIR="$PWD/benchmarks/out/data"
+fi
 commit="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-python -c "import jax; print('jax', jax.__version__, jax.devices())" | tee "$OUT/device.txt"
+budget="${SECONDS_BUDGET:-30}"
+ALL_SIZES=wn18rr,fb15k237,codex_m,synth100k,synth1m
+STEP_ARGS=(--repeats=20 --warmup=3 --output="$OUT/steps.jsonl")
+read -r -a ENTITY_LIST <<< "$(echo "${ENTITIES:-1000000,10000000}" | tr ',' ' ')"
+
+# box SECONDS NAME CMD...: run CMD with a time limit, stderr to $OUT/NAME.err; never fatal.
+box() {
+  local limit="$1" name="$2"; shift 2
+  local t0=$SECONDS
+  timeout --signal=INT --kill-after=10 "$limit" "$@" 2>"$OUT/$name.err"
+  local rc=$?
+  echo "## $name: rc $rc in $((SECONDS - t0)) s" | tee -a "$OUT/phases.txt"
+  [[ $rc -eq 0 ]] || tail -n 5 "$OUT/$name.err"
+  return $rc
+}
+
+smoke() {
+  box 90 smoke-step "$PY" benchmarks/step_time.py --sizes=tiny --models=RotL --repeats=2 \
+    --warmup=1 | tail -n 3 || return 1
+  box 90 smoke-launch "$PY" -m hale_jax.launch --dataset=synthetic --max_epochs=2 \
+    --max_seconds=0 --workdir="$OUT/smoke-run" --overwrite | tail -n 3 || return 1
+}
+
+steps_rotl() {  # steps_rotl LSE: RotL at every size
+  box 90 "steps-rotl-$1" "$PY" benchmarks/step_time.py --sizes="${SIZES:-$ALL_SIZES}" \
+    --models=RotL --lse="$1" "${STEP_ARGS[@]}" > "$OUT/steps-rotl-$1.txt"
+}
+
+steps_models() {  # the other models, chunked
+  box 90 steps-models "$PY" benchmarks/step_time.py --sizes="${MODEL_SIZES:-wn18rr,fb15k237}" \
+    --models="${MODELS:-TransE,DistMult,RotatE,RotE}" --lse=chunked "${STEP_ARGS[@]}" \
+    > "$OUT/steps-models.txt"
+}
+
+steps_matmul() {  # issue 3 item 4: reduced-precision distance matmuls
+  for mm in tf32 bf16; do
+    box 60 "steps-$mm" "$PY" benchmarks/step_time.py --sizes="${MM_SIZES:-wn18rr,synth1m}" \
+      --models=RotL --lse=chunked --matmul="$mm" "${STEP_ARGS[@]}" > "$OUT/steps-$mm.txt"
+  done
+}
+
+steps_table() {
+  [[ -f "$OUT/steps.jsonl" ]] || return 0
+  "$PY" - "$OUT/steps.jsonl" <<'PYEOF'
+import json, sys
+sys.path.insert(0, "benchmarks")
+import step_time
+rows = [json.loads(l) for l in open(sys.argv[1])]
+print(step_time.markdown_table(rows))
+PYEOF
+}
+
+scale_one() {  # scale_one N [--full_epoch]
+  local n="$1"; shift
+  box "${SCALE_LIMIT:-150}" "scale-$n" "$PY" benchmarks/scale.py --entities="$n" --mesh=none \
+    --steps=50 "$@" --output="$OUT/scale.jsonl" > "$OUT/scale-$n.txt"
+}
+
+scale_table() {
+  [[ -f "$OUT/scale.jsonl" ]] || return 0
+  "$PY" - "$OUT/scale.jsonl" <<'PYEOF'
+import json, sys
+sys.path.insert(0, "benchmarks")
+import scale
+rows = [json.loads(l) for l in open(sys.argv[1])]
+print(scale.markdown_table(rows))
+PYEOF
+}
+
+run_dataset() {  # run_dataset NAME FLAGFILE LIMIT [extra flags]
+  local name="$1" flagfile="$2" limit="$3"; shift 3
+  box "$limit" "$name" "$PY" -m hale_jax.launch --flagfile="$flagfile" --max_seconds="$budget" \
+    --workdir="$OUT/$name" --overwrite "$@" > "$OUT/$name.txt"
+  tail -n 4 "$OUT/$name.txt"
+  "$PY" benchmarks/summarize.py "$OUT/$name" --curve > "$OUT/$name-curve.md" 2>&1
+  cat "$OUT/$name-curve.md"
+}
+
+"$PY" -c "import jax; print('jax', jax.__version__, jax.devices())" | tee "$OUT/device.txt"
 echo "commit $commit" | tee -a "$OUT/device.txt"
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv 2>/dev/null \
+  | tee -a "$OUT/device.txt" || true
 
 case "${1:-}" in
-  steps)
-    sizes="${SIZES:-wn18rr,fb15k237,codex_m,synth100k,synth1m}"
-    models="${MODELS:-TransE,DistMult,RotatE,RotE,RotL}"
-    for lse in plain chunked; do
-      python benchmarks/step_time.py --sizes="$sizes" --models="$models" --lse="$lse" \
-        --repeats=20 --warmup=3 --output="$OUT/steps.jsonl" 2>"$OUT/steps-$lse.err" \
-        | tee "$OUT/steps-$lse.txt" | tail -n 14
-    done
-    for mm in tf32 bf16; do  # issue 3 item 4: reduced-precision distance matmuls
-      python benchmarks/step_time.py --sizes="$sizes" --models=RotL --lse=chunked --matmul="$mm" \
-        --repeats=20 --warmup=3 --output="$OUT/steps.jsonl" 2>"$OUT/steps-$mm.err" \
-        | tee "$OUT/steps-$mm.txt" | tail -n 6
-    done
-    ;;
+  smoke) smoke ;;
+  steps) steps_rotl chunked; steps_rotl plain; steps_models; steps_matmul; steps_table ;;
   scale)
-    for n in $(echo "${ENTITIES:-1000000,10000000}" | tr ',' ' '); do
-      python benchmarks/scale.py --entities="$n" --mesh=none --steps=50 \
-        --output="$OUT/scale.jsonl" 2>"$OUT/scale-$n.err" | tee "$OUT/scale-$n.txt" | tail -n 3
-    done
+    scale_one "${ENTITY_LIST[0]}" --full_epoch
+    for n in "${ENTITY_LIST[@]:1}"; do scale_one "$n"; done
+    scale_table
     ;;
-  wn18rr)
-    python -m hale_jax.launch --flagfile=launch/wn18rr.flags --max_seconds="${SECONDS_BUDGET:-30}" \
-      --workdir="$OUT/wn18rr-30s" --overwrite 2>"$OUT/wn18rr.err" | tee "$OUT/wn18rr.txt" \
-      | tail -n 8
-    python benchmarks/summarize.py "$OUT/wn18rr-30s" --curve | tail -n 30
+  wn18rr) run_dataset wn18rr launch/wn18rr.flags 150 ;;
+  fb15k237) run_dataset fb15k237 launch/fb15k237.flags 150 ;;
+  all)  # in order of priority, so that a cut-off run loses the least
+    smoke || { echo "smoke failed: stopping"; exit 1; }
+    run_dataset wn18rr launch/wn18rr.flags 100
+    steps_rotl chunked
+    scale_one "${ENTITY_LIST[0]}" --full_epoch
+    run_dataset fb15k237 launch/fb15k237.flags 90
+    steps_rotl plain
+    steps_models
+    for n in "${ENTITY_LIST[@]:1}"; do scale_one "$n"; done
+    steps_matmul
+    run_dataset wn18rr-lam0.3-b1024 launch/wn18rr.flags 80 --lam=0.3 --batch_size=1024
+    steps_table
+    scale_table
+    cat "$OUT/phases.txt"
     ;;
   *)
-    echo "usage: bash benchmarks/gpu_session.sh steps|scale|wn18rr" >&2
+    echo "usage: bash benchmarks/gpu_session.sh all|smoke|steps|scale|wn18rr|fb15k237" >&2
     exit 2
     ;;
 esac
