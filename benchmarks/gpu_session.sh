@@ -7,6 +7,7 @@
 #   bash benchmarks/gpu_session.sh scale    # issue 6: 1M (with a full epoch) and 10M graphs
 #   bash benchmarks/gpu_session.sh wn18rr   # issue 3: WN18RR RotL-32 within 30 s of training
 #   bash benchmarks/gpu_session.sh fb15k237 # FB15k-237 RotL-32 within 30 s (epoch time)
+#   bash benchmarks/gpu_session.sh probe    # WN18RR at the defaults and with lambda 2 (~5 min)
 #
 # Output goes under $OUT (default benchmarks/out/gpu): JSON lines, run folders, logs; the
 # markdown tables are printed last. Paste measured rows into benchmarks/RESULTS.md with the
@@ -119,6 +120,17 @@ case "${1:-}" in
     ;;
   wn18rr) run_dataset wn18rr launch/wn18rr.flags 150 ;;
   fb15k237) run_dataset fb15k237 launch/fb15k237.flags 150 ;;
+  probe)  # WN18RR after the plain-LSE default; lambda 2 as the naive reference's best test MRR
+    run_dataset wn18rr launch/wn18rr.flags 70
+    run_dataset wn18rr-lam2 launch/wn18rr.flags 70 --lam=2
+    run_dataset wn18rr-lam2-b1024 launch/wn18rr.flags 70 --lam=2 --batch_size=1024
+    run_dataset wn18rr-lam2-b1024-normal launch/wn18rr.flags 70 --lam=2 --batch_size=1024 \
+      --rotation_init=normal
+    box 60 steps-chunk65536 "$PY" benchmarks/step_time.py --sizes=wn18rr,synth100k,synth1m \
+      --models=RotL --lse=chunked --chunk=65536 "${STEP_ARGS[@]}" > "$OUT/steps-chunk65536.txt"
+    steps_table
+    cat "$OUT/phases.txt"
+    ;;
   all)  # in order of priority, so that a cut-off run loses the least
     smoke || { echo "smoke failed: stopping"; exit 1; }
     run_dataset wn18rr launch/wn18rr.flags 100

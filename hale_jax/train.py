@@ -61,7 +61,8 @@ class Config:
   bias: str = "auto"             # learned entity biases b_h + b_t in the score (KGEmb's
                                  # "--bias learn"): learn | none | auto = learn for samneg, advneg
   nonneg_weight: float = 0.1     # nonneg: weight of the entity-spread regulariser
-  lse_chunk: int = 4096          # hale: entities per chunk of the uniformity LSE; 0 = all at once
+  lse_chunk: int = 65536         # hale: entities per chunk of the uniformity LSE; 0 or >= N:
+                                 # all at once (see batch_loss)
   batch_size: int = 1024
   optimizer: str = "adam"        # adam | adagrad
   learning_rate: float = 5e-3
@@ -152,7 +153,11 @@ def batch_loss(params, batch: Array, key: Array | None = None, *, model: str,
   biases (``models.init_params(entity_bias=True)``) the baselines' scores are KGEmb's
   ``b_h + b_t - h(x)``; HaLE ignores them.  ``lse_chunk > 0`` computes
   HaLE's uniformity term ``lse_chunk`` entities at a time (``hale_jax.chunked``: the same value
-  and gradient in ``O(k * lse_chunk)`` memory); 0 materialises the ``[k, N]`` matrix.
+  and gradient in ``O(k * lse_chunk)`` memory); 0, or a chunk of ``N`` or more, materialises
+  the ``[k, N]`` matrix (one chunk would only add the loop: on a GPU, XLA's while loop makes the
+  host wait for its predicate on every iteration, so a chunked step is host-bound there; on an
+  H100 the plain WN18RR step took 0.38 ms against 0.65 ms in chunks of 4096, see
+  ``benchmarks/RESULTS.md``).
   ``matmul`` sets the precision of the ``[k, N]`` / ``[B, N]`` distance matmuls
   (``models.MATMUL_MODES``: exact float32, or TF32 / bfloat16 inputs with float32 sums).
   """
@@ -162,7 +167,7 @@ def batch_loss(params, batch: Array, key: Array | None = None, *, model: str,
   scale = (models.relation_scale(params, rels) if rel_scale
            else jnp.ones(rels.shape, queries.dtype))
   pos = scale * models.pair_squared_distances(queries, entity[tails])
-  if loss == "hale" and lse_chunk:
+  if loss == "hale" and 0 < lse_chunk < entity.shape[0]:
     return chunked.hale_loss_chunked(pos, queries[:num_sampled], scale[:num_sampled], entity,
                                      activation, lam, lse_chunk, pos_square, matmul)
   if loss == "hale":
