@@ -61,8 +61,8 @@ class Config:
   bias: str = "auto"             # learned entity biases b_h + b_t in the score (KGEmb's
                                  # "--bias learn"): learn | none | auto = learn for samneg, advneg
   nonneg_weight: float = 0.1     # nonneg: weight of the entity-spread regulariser
-  lse_chunk: int = 65536         # hale: entities per chunk of the uniformity LSE; 0 or >= N:
-                                 # all at once (see batch_loss)
+  lse_chunk: int | None = None   # hale: entities per chunk of the uniformity LSE; 0 or >= N:
+                                 # all at once (see batch_loss); None: default_lse_chunk()
   batch_size: int = 1024
   optimizer: str = "adam"        # adam | adagrad
   learning_rate: float = 5e-3
@@ -86,7 +86,7 @@ class Config:
     losses.num_sampled_queries(self.batch_size, self.alpha)
     if self.loss not in LOSSES:
       raise ValueError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
-    if self.lse_chunk < 0:
+    if self.lse_chunk is not None and self.lse_chunk < 0:
       raise ValueError(f"lse_chunk must be >= 0, got {self.lse_chunk}")
     if self.bias not in BIAS_MODES:
       raise ValueError(f"unknown bias {self.bias!r}; choose one of {', '.join(BIAS_MODES)}")
@@ -199,6 +199,24 @@ def batch_loss(params, batch: Array, key: Array | None = None, *, model: str,
   raise ValueError(f"unknown loss {loss!r}")
 
 
+def default_lse_chunk(backend: str | None = None) -> int:
+  """The uniformity LSE's chunk when ``Config.lse_chunk`` is None, for ``backend`` (default:
+  JAX's default backend): 4096 on CPU, 65536 on GPU and TPU.
+
+  Measured (``benchmarks/RESULTS.md``): on the 2-core CPU, chunks of 4096 halve the WN18RR step
+  against the plain ``[k, N]`` form (41 ms against 95 ms at batch 1024), since the intermediates
+  then stay in cache. On an H100 they double it (0.65 ms against 0.38 ms): XLA's GPU while loop
+  waits on the host for its predicate every iteration, so the chunk loop makes the step
+  host-bound. 65536 keeps WN18RR, FB15k-237 and CoDEx plain (one chunk is the plain path, see
+  :func:`batch_loss`) and bounds a 1M-entity step's ``[k, chunk]`` blocks (27 MB at k = 103).
+  """
+  return 4096 if (backend or jax.default_backend()) == "cpu" else 65536
+
+
+def effective_lse_chunk(config: Config) -> int:
+  return default_lse_chunk() if config.lse_chunk is None else config.lse_chunk
+
+
 def loss_kwargs(config: Config) -> dict[str, Any]:
   """The keyword arguments of :func:`batch_loss` that ``config`` sets."""
   return dict(
@@ -207,8 +225,8 @@ def loss_kwargs(config: Config) -> dict[str, Any]:
       lam=config.lam, num_sampled=losses.num_sampled_queries(config.batch_size, config.alpha),
       pos_square=config.pos_square, loss=config.loss, rel_scale=config.rel_scale,
       num_negatives=config.num_negatives, adv_temperature=config.adv_temperature,
-      margin=config.margin, nonneg_weight=config.nonneg_weight, lse_chunk=config.lse_chunk,
-      matmul=config.matmul)
+      margin=config.margin, nonneg_weight=config.nonneg_weight,
+      lse_chunk=effective_lse_chunk(config), matmul=config.matmul)
 
 
 def epoch_body(config: Config, num_queries: int, loss_fn: Callable | None = None,
@@ -433,6 +451,7 @@ def train(config: Config, data: KGData, workdir: str | os.PathLike,
       f"batch {config.batch_size}  "
       f"{config.optimizer} lr {config.learning_rate}  seed {config.seed}"
       + ("  entity biases" if uses_entity_bias(config) else "")
+      + (f"  lse chunk {effective_lse_chunk(config)}" if config.loss == "hale" else "")
       + (f"  matmul {config.matmul}" if config.matmul != "float32" else "")
       + (f"  rotation init {config.rotation_init}"
          if models.canonical_model(config.model) in models.ROTATION_MODELS else ""))

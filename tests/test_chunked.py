@@ -207,3 +207,30 @@ def test_chunked_gradient_needs_far_less_temporary_memory():
   assert temps["plain"] >= full, temps
   assert temps["chunked"] < full / 8, temps
   assert temps["chunked"] < 16 * k * chunk * 4, temps  # a handful of [k, chunk] blocks
+
+
+def test_default_chunk_per_backend_and_one_chunk_takes_the_plain_path(rng):
+  """None means 4096 on CPU and 65536 on GPU/TPU; a chunk of N or more is the plain [k, N] form
+  (no loop in the compiled step), an explicit chunk is kept."""
+  assert train.default_lse_chunk("cpu") == 4096
+  assert train.default_lse_chunk("gpu") == train.default_lse_chunk("tpu") == 65536
+  assert train.effective_lse_chunk(train.Config()) == train.default_lse_chunk()
+  assert train.effective_lse_chunk(train.Config(lse_chunk=7)) == 7
+  assert train.effective_lse_chunk(train.Config(lse_chunk=0)) == 0
+  n, r2, d, b, k = 40, 6, 8, 12, 3
+  params = {key: jnp.asarray(v, jnp.float32)
+            for key, v in random_params(rng, "RotL", n, r2, d, init_scale=0.2).items()}
+  batch = jnp.asarray(np.stack([rng.integers(0, n, b), rng.integers(0, r2, b),
+                                rng.integers(0, n, b)], axis=1), jnp.int32)
+  kw = dict(model="RotL", activation=activations.get_activation("hanon"), lam=0.3,
+            num_sampled=k)
+
+  def hlo(chunk):
+    fn = jax.jit(jax.grad(functools.partial(train.batch_loss, lse_chunk=chunk, **kw)))
+    return fn.lower(params, batch).as_text()
+
+  assert "while" not in hlo(0) and "while" not in hlo(n) and "while" not in hlo(10 * n)
+  assert "while" in hlo(n // 4)
+  one_chunk = jax.jit(functools.partial(train.batch_loss, lse_chunk=n, **kw))(params, batch)
+  plain = jax.jit(functools.partial(train.batch_loss, lse_chunk=0, **kw))(params, batch)
+  assert rel_err(one_chunk, plain) < 1e-6
