@@ -154,10 +154,8 @@ def batch_loss(params, batch: Array, key: Array | None = None, *, model: str,
   ``b_h + b_t - h(x)``; HaLE ignores them.  ``lse_chunk > 0`` computes
   HaLE's uniformity term ``lse_chunk`` entities at a time (``hale_jax.chunked``: the same value
   and gradient in ``O(k * lse_chunk)`` memory); 0, or a chunk of ``N`` or more, materialises
-  the ``[k, N]`` matrix (one chunk would only add the loop: on a GPU, XLA's while loop makes the
-  host wait for its predicate on every iteration, so a chunked step is host-bound there; on an
-  H100 the plain WN18RR step took 0.38 ms against 0.65 ms in chunks of 4096, see
-  ``benchmarks/RESULTS.md``).
+  the ``[k, N]`` matrix (one chunk would only add the loop, which on a GPU makes the step
+  host-bound; see :func:`default_lse_chunk`).
   ``matmul`` sets the precision of the ``[k, N]`` / ``[B, N]`` distance matmuls
   (``models.MATMUL_MODES``: exact float32, or TF32 / bfloat16 inputs with float32 sums).
   """
@@ -204,11 +202,13 @@ def default_lse_chunk(backend: str | None = None) -> int:
   JAX's default backend): 4096 on CPU, 65536 on GPU and TPU.
 
   Measured (``benchmarks/RESULTS.md``): on the 2-core CPU, chunks of 4096 halve the WN18RR step
-  against the plain ``[k, N]`` form (41 ms against 95 ms at batch 1024), since the intermediates
-  then stay in cache. On an H100 they double it (0.65 ms against 0.38 ms): XLA's GPU while loop
-  waits on the host for its predicate every iteration, so the chunk loop makes the step
-  host-bound. 65536 keeps WN18RR, FB15k-237 and CoDEx plain (one chunk is the plain path, see
-  :func:`batch_loss`) and bounds a 1M-entity step's ``[k, chunk]`` blocks (27 MB at k = 103).
+  against the plain ``[k, N]`` form (41 ms against 95 ms at batch 1024; presumably because the
+  blocks stay in cache). On an H100 they make it 1.7x slower (0.65 ms against 0.38 ms):
+  XLA:GPU runs a loop's control on the host (JAX issue #2491), so the chunk loop made the
+  training step host-bound (356 us of host time per WN18RR step, against 3.6 us for the plain
+  FB15k-237 step). 65536 keeps WN18RR, FB15k-237 and CoDEx plain (one chunk is the plain path,
+  see :func:`batch_loss`) and bounds a 1M-entity step's ``[k, chunk]`` blocks (27 MB at
+  k = 103).
   """
   return 4096 if (backend or jax.default_backend()) == "cpu" else 65536
 
