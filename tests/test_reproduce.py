@@ -67,10 +67,11 @@ def test_cells_and_paper_numbers():
   text = (ROOT / "launch" / "wn18rr.flags").read_text()
   flagged = dict(line[2:].split("=", 1) for line in text.split() if line.startswith("--"))
   assert hp == {k: type(hp[k])(flagged[k]) for k in rep.HPARAMS}
-  assert set(hp) == set(rep.HPARAMS) and hp["batch_size"] == 256 and isinstance(hp["lam"], float)
+  assert set(hp) == set(rep.HPARAMS) and isinstance(hp["lam"], float)
   config = rep.make_config(rep.plan("table5", ["WN18RR"], ["RotL"], ["ha-allneg"])[0], 0.5, 0)
-  assert (config.loss, config.activation, config.dim, config.batch_size,
-          config.max_seconds) == ("allneg", "hanon", 32, 256, 300.0)
+  assert (config.loss, config.activation, config.dim, config.batch_size, config.lam,
+          config.max_seconds) == ("allneg", "hanon", 32, int(flagged["batch_size"]),
+                                  float(flagged["lam"]), 300.0)
 
 
 def test_table5_tiny_then_cached(tmp_path):
