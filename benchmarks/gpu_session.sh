@@ -8,6 +8,11 @@
 #   bash benchmarks/gpu_session.sh wn18rr   # issue 3: WN18RR RotL-32 within 30 s of training
 #   bash benchmarks/gpu_session.sh fb15k237 # FB15k-237 RotL-32 within 30 s (epoch time)
 #   bash benchmarks/gpu_session.sh probe    # WN18RR at the defaults and with lambda 2 (~5 min)
+#   bash benchmarks/gpu_session.sh pack A   # logs, JSON and markdown of $OUT into archive A
+#
+# On the device machine, whose $OUT brings back at most 8 files of 16 MiB:
+#   R=$OUT; OUT=/tmp/g timeout 505 bash benchmarks/gpu_session.sh all; \
+#     OUT=/tmp/g bash benchmarks/gpu_session.sh pack $R/gpu.tgz
 #
 # Output goes under $OUT (default benchmarks/out/gpu): JSON lines, run folders, logs; the
 # markdown tables are printed last. Paste measured rows into benchmarks/RESULTS.md with the
@@ -146,8 +151,13 @@ case "${1:-}" in
     scale_table
     cat "$OUT/phases.txt"
     ;;
+  pack)  # pack ARCHIVE: the logs, JSON and markdown under $OUT, without parameters or checkpoints
+    (cd "$OUT" && find . -type f \( -name '*.json' -o -name '*.jsonl' -o -name '*.txt' \
+        -o -name '*.md' -o -name '*.err' -o -name '*.log' \) -not -path '*/checkpoints/*' \
+        -not -path '*/best/*' | tar -czf "$2" -T -) && ls -l "$2"
+    ;;
   *)
-    echo "usage: bash benchmarks/gpu_session.sh all|smoke|steps|scale|wn18rr|fb15k237" >&2
+    echo "usage: bash benchmarks/gpu_session.sh all|smoke|steps|scale|wn18rr|fb15k237|probe|pack" >&2
     exit 2
     ;;
 esac
