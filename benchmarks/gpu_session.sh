@@ -73,14 +73,13 @@ steps_matmul() {  # issue 3 item 4: reduced-precision distance matmuls
   done
 }
 
-steps_table() {
-  [[ -f "$OUT/steps.jsonl" ]] || return 0
-  "$PY" - "$OUT/steps.jsonl" <<'PYEOF'
-import json, sys
+table() {  # table MODULE JSONL: MODULE.markdown_table of the JSON lines (benchmarks/MODULE.py)
+  [[ -f "$2" ]] || return 0
+  "$PY" - "$1" "$2" <<'PYEOF'
+import importlib, json, sys
 sys.path.insert(0, "benchmarks")
-import step_time
-rows = [json.loads(l) for l in open(sys.argv[1])]
-print(step_time.markdown_table(rows))
+rows = [json.loads(line) for line in open(sys.argv[2])]
+print(importlib.import_module(sys.argv[1]).markdown_table(rows))
 PYEOF
 }
 
@@ -88,17 +87,6 @@ scale_one() {  # scale_one N [--full_epoch]
   local n="$1"; shift
   box "${SCALE_LIMIT:-150}" "scale-$n" "$PY" benchmarks/scale.py --entities="$n" --mesh=none \
     --steps=50 "$@" --output="$OUT/scale.jsonl" > "$OUT/scale-$n.txt"
-}
-
-scale_table() {
-  [[ -f "$OUT/scale.jsonl" ]] || return 0
-  "$PY" - "$OUT/scale.jsonl" <<'PYEOF'
-import json, sys
-sys.path.insert(0, "benchmarks")
-import scale
-rows = [json.loads(l) for l in open(sys.argv[1])]
-print(scale.markdown_table(rows))
-PYEOF
 }
 
 run_dataset() {  # run_dataset NAME FLAGFILE LIMIT [extra flags]
@@ -117,11 +105,11 @@ nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv 2>/de
 
 case "${1:-}" in
   smoke) smoke ;;
-  steps) steps_rotl chunked; steps_rotl plain; steps_models; steps_matmul; steps_table ;;
+  steps) steps_rotl chunked; steps_rotl plain; steps_models; steps_matmul; table step_time "$OUT/steps.jsonl" ;;
   scale)
     scale_one "${ENTITY_LIST[0]}" --full_epoch
     for n in "${ENTITY_LIST[@]:1}"; do scale_one "$n"; done
-    scale_table
+    table scale "$OUT/scale.jsonl"
     ;;
   wn18rr) run_dataset wn18rr launch/wn18rr.flags 150 ;;
   fb15k237) run_dataset fb15k237 launch/fb15k237.flags 150 ;;
@@ -133,7 +121,7 @@ case "${1:-}" in
       --rotation_init=normal
     box 60 steps-chunk65536 "$PY" benchmarks/step_time.py --sizes=wn18rr,synth100k,synth1m \
       --models=RotL --lse=chunked --chunk=65536 "${STEP_ARGS[@]}" > "$OUT/steps-chunk65536.txt"
-    steps_table
+    table step_time "$OUT/steps.jsonl"
     cat "$OUT/phases.txt"
     ;;
   all)  # in order of priority, so that a cut-off run loses the least
@@ -147,8 +135,8 @@ case "${1:-}" in
     for n in "${ENTITY_LIST[@]:1}"; do scale_one "$n"; done
     steps_matmul
     run_dataset wn18rr-lam0.3-b1024 launch/wn18rr.flags 80 --lam=0.3 --batch_size=1024
-    steps_table
-    scale_table
+    table step_time "$OUT/steps.jsonl"
+    table scale "$OUT/scale.jsonl"
     cat "$OUT/phases.txt"
     ;;
   pack)  # pack ARCHIVE: the logs, JSON and markdown under $OUT, without parameters or checkpoints
