@@ -234,3 +234,16 @@ def test_default_chunk_per_backend_and_one_chunk_takes_the_plain_path(rng):
   one_chunk = jax.jit(functools.partial(train.batch_loss, lse_chunk=n, **kw))(params, batch)
   plain = jax.jit(functools.partial(train.batch_loss, lse_chunk=0, **kw))(params, batch)
   assert rel_err(one_chunk, plain) < 1e-6
+
+
+def test_a_run_resumes_under_another_lse_chunk():
+  """The chunk is how the loss is computed, not what it is: runs recorded with the old default
+  (4096) resume under the per-backend default (None) or any other chunk."""
+  from hale_jax import checkpoints
+  old = {"config": {"loss": "hale", "model": "RotL", "lse_chunk": 4096}, "vocab_sha256": "x"}
+  for chunk in (None, 0, 65536):
+    new = {"config": {"loss": "hale", "model": "RotL", "lse_chunk": chunk}, "vocab_sha256": "x"}
+    assert checkpoints.mismatch(old, new) == []
+  other = {"config": {"loss": "hale", "model": "RotL", "lse_chunk": None, "lam": 2.0},
+           "vocab_sha256": "x"}
+  assert checkpoints.mismatch(old, other) == ["lam (None vs 2.0)"]
