@@ -8,6 +8,7 @@
 #   bash benchmarks/gpu_session.sh wn18rr   # issue 3: WN18RR RotL-32 within 30 s of training
 #   bash benchmarks/gpu_session.sh fb15k237 # FB15k-237 RotL-32 within 30 s (epoch time)
 #   bash benchmarks/gpu_session.sh probe    # WN18RR at the defaults and with lambda 2 (~5 min)
+#   bash benchmarks/gpu_session.sh table2 hale [0.05]  # issue 4: Table 2's HaLE rows (~8 min)
 #   bash benchmarks/gpu_session.sh pack A   # logs, JSON and markdown of $OUT into archive A
 #
 # On the device machine, whose $OUT brings back at most 8 files of 16 MiB:
@@ -139,13 +140,19 @@ case "${1:-}" in
     table scale "$OUT/scale.jsonl"
     cat "$OUT/phases.txt"
     ;;
+  table2)  # table2 VARIANT [SCALE]: issue 4's Table 2 rows of one loss (hale | samneg), budgets
+    # x SCALE (default 0.05: 30 s per WN18RR cell, 60 s per FB15k-237 cell, ~8 min for 10 cells)
+    box 560 "table2-$2" "$PY" benchmarks/reproduce.py --experiment=table2 --variants="$2" \
+      --budget_scale="${3:-0.05}" --outdir="$OUT/table2" > "$OUT/table2-$2.txt"
+    tail -n 30 "$OUT/table2-$2.txt"
+    ;;
   pack)  # pack ARCHIVE: the logs, JSON and markdown under $OUT, without parameters or checkpoints
     (cd "$OUT" && find . -type f \( -name '*.json' -o -name '*.jsonl' -o -name '*.txt' \
         -o -name '*.md' -o -name '*.err' -o -name '*.log' \) -not -path '*/checkpoints/*' \
         -not -path '*/best/*' | tar -czf "$2" -T -) && ls -l "$2"
     ;;
   *)
-    echo "usage: bash benchmarks/gpu_session.sh all|smoke|steps|scale|wn18rr|fb15k237|probe|pack" >&2
+    echo "usage: bash benchmarks/gpu_session.sh all|smoke|steps|scale|wn18rr|fb15k237|probe|table2|pack" >&2
     exit 2
     ;;
 esac
