@@ -7,7 +7,7 @@
 #   bash benchmarks/gpu_session.sh scale    # issue 6: 1M (with a full epoch) and 10M graphs
 #   bash benchmarks/gpu_session.sh wn18rr   # issue 3: WN18RR RotL-32 within 30 s of training
 #   bash benchmarks/gpu_session.sh fb15k237 # FB15k-237 RotL-32 within 30 s (epoch time)
-#   bash benchmarks/gpu_session.sh probe    # WN18RR at the defaults and with lambda 2 (~5 min)
+#   bash benchmarks/gpu_session.sh probe    # WN18RR: the flagfile, batch 2048/4096, lambda 3 (~3 min)
 #   bash benchmarks/gpu_session.sh table2 hale [0.05]  # issue 4: Table 2's HaLE rows (~8 min)
 #   bash benchmarks/gpu_session.sh pack A   # logs, JSON and markdown of $OUT into archive A
 #
@@ -114,30 +114,12 @@ case "${1:-}" in
     ;;
   wn18rr) run_dataset wn18rr launch/wn18rr.flags 150 ;;
   fb15k237) run_dataset fb15k237 launch/fb15k237.flags 150 ;;
-  probe)  # WN18RR after the plain-LSE default; lambda 2 as the naive reference's best test MRR
+  probe)  # WN18RR's flagfile (lambda 2, batch 1024) against the larger batches and lambda 3 that
+    # the 2-core CPU preferred at 600 s (RESULTS.md); 30 s each
     run_dataset wn18rr launch/wn18rr.flags 70
-    run_dataset wn18rr-lam2 launch/wn18rr.flags 70 --lam=2
-    run_dataset wn18rr-lam2-b1024 launch/wn18rr.flags 70 --lam=2 --batch_size=1024
-    run_dataset wn18rr-lam2-b1024-normal launch/wn18rr.flags 70 --lam=2 --batch_size=1024 \
-      --rotation_init=normal
-    box 60 steps-chunk65536 "$PY" benchmarks/step_time.py --sizes=wn18rr,synth100k,synth1m \
-      --models=RotL --lse=chunked --chunk=65536 "${STEP_ARGS[@]}" > "$OUT/steps-chunk65536.txt"
-    table step_time "$OUT/steps.jsonl"
-    cat "$OUT/phases.txt"
-    ;;
-  all)  # in order of priority, so that a cut-off run loses the least
-    smoke || { echo "smoke failed: stopping"; exit 1; }
-    run_dataset wn18rr launch/wn18rr.flags 100
-    steps_rotl chunked
-    scale_one "${ENTITY_LIST[0]}" --full_epoch
-    run_dataset fb15k237 launch/fb15k237.flags 90
-    steps_rotl plain
-    steps_models
-    for n in "${ENTITY_LIST[@]:1}"; do scale_one "$n"; done
-    steps_matmul
-    run_dataset wn18rr-lam0.3-b1024 launch/wn18rr.flags 80 --lam=0.3 --batch_size=1024
-    table step_time "$OUT/steps.jsonl"
-    table scale "$OUT/scale.jsonl"
+    run_dataset wn18rr-b2048 launch/wn18rr.flags 70 --batch_size=2048
+    run_dataset wn18rr-b4096 launch/wn18rr.flags 70 --batch_size=4096
+    run_dataset wn18rr-lam3 launch/wn18rr.flags 70 --lam=3
     cat "$OUT/phases.txt"
     ;;
   table2)  # table2 VARIANT [SCALE]: issue 4's Table 2 rows of one loss (hale | samneg), budgets
