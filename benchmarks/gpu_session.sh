@@ -99,6 +99,14 @@ run_dataset() {  # run_dataset NAME FLAGFILE LIMIT [extra flags]
   cat "$OUT/$name-curve.md"
 }
 
+if [[ "${1:-}" == pack ]]; then  # pack ARCHIVE: the logs, JSON and markdown under $OUT, without
+  # parameters or checkpoints
+  (cd "$OUT" && find . -type f \( -name '*.json' -o -name '*.jsonl' -o -name '*.txt' \
+      -o -name '*.md' -o -name '*.err' -o -name '*.log' \) -not -path '*/checkpoints/*' \
+      -not -path '*/best/*' | tar -czf "$2" -T -) && ls -l "$2"
+  exit
+fi
+
 "$PY" -c "import jax; print('jax', jax.__version__, jax.devices())" | tee "$OUT/device.txt"
 echo "commit $commit" | tee -a "$OUT/device.txt"
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv 2>/dev/null \
@@ -122,16 +130,26 @@ case "${1:-}" in
     run_dataset wn18rr-lam3 launch/wn18rr.flags 70 --lam=3
     cat "$OUT/phases.txt"
     ;;
+  all)  # in order of priority, so that a cut-off run loses the least
+    smoke || { echo "smoke failed: stopping"; exit 1; }
+    run_dataset wn18rr launch/wn18rr.flags 100
+    steps_rotl chunked
+    scale_one "${ENTITY_LIST[0]}" --full_epoch
+    run_dataset fb15k237 launch/fb15k237.flags 90
+    steps_rotl plain
+    steps_models
+    for n in "${ENTITY_LIST[@]:1}"; do scale_one "$n"; done
+    steps_matmul
+    run_dataset wn18rr-lam0.3-b1024 launch/wn18rr.flags 80 --lam=0.3 --batch_size=1024
+    table step_time "$OUT/steps.jsonl"
+    table scale "$OUT/scale.jsonl"
+    cat "$OUT/phases.txt"
+    ;;
   table2)  # table2 VARIANT [SCALE]: issue 4's Table 2 rows of one loss (hale | samneg), budgets
     # x SCALE (default 0.05: 30 s per WN18RR cell, 60 s per FB15k-237 cell, ~8 min for 10 cells)
     box 560 "table2-$2" "$PY" benchmarks/reproduce.py --experiment=table2 --variants="$2" \
       --budget_scale="${3:-0.05}" --outdir="$OUT/table2" > "$OUT/table2-$2.txt"
     tail -n 30 "$OUT/table2-$2.txt"
-    ;;
-  pack)  # pack ARCHIVE: the logs, JSON and markdown under $OUT, without parameters or checkpoints
-    (cd "$OUT" && find . -type f \( -name '*.json' -o -name '*.jsonl' -o -name '*.txt' \
-        -o -name '*.md' -o -name '*.err' -o -name '*.log' \) -not -path '*/checkpoints/*' \
-        -not -path '*/best/*' | tar -czf "$2" -T -) && ls -l "$2"
     ;;
   *)
     echo "usage: bash benchmarks/gpu_session.sh all|smoke|steps|scale|wn18rr|fb15k237|probe|table2|pack" >&2
