@@ -33,10 +33,10 @@ from hale_jax import models
 from hale_jax.data import KGData
 
 RUN_FILE = "run.json"
-# Config fields that may change when a run is resumed: budgets and evaluation settings.
-# Budgets, bookkeeping and layout: a resume may change them. ``lse_chunk`` only changes how the
-# same loss is computed (chunked or plain: equal up to float summation order), and its default
-# became per-backend on 2026-11-26, so a run recorded with 4096 must resume under the default.
+# Config fields that may change when a run is resumed: budgets, evaluation and checkpoint
+# settings, the layout, and ``lse_chunk``, which only changes how the same loss is computed
+# (chunked or plain: equal up to float summation order); its default became per-backend on
+# 2026-11-26, so a run recorded with 4096 must resume under the default.
 RESUMABLE_FIELDS = frozenset({"max_seconds", "max_epochs", "eval_every", "eval_chunk",
                               "checkpoint_every_epochs", "checkpoint_every_seconds",
                               "max_to_keep", "mesh", "lse_chunk"})

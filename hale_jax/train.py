@@ -214,7 +214,15 @@ def default_lse_chunk(backend: str | None = None) -> int:
 
 
 def effective_lse_chunk(config: Config) -> int:
+  """``config.lse_chunk``, or :func:`default_lse_chunk` where it is None."""
   return default_lse_chunk() if config.lse_chunk is None else config.lse_chunk
+
+
+def _lse_form(config: Config, num_entities: int, mesh) -> str:
+  """How the uniformity LSE is computed, for the start line: the mesh path is always plain
+  (``hale_jax.sharding.make_loss_fn``), and so is a chunk of 0 or of ``N`` or more."""
+  chunk = effective_lse_chunk(config)
+  return f"chunks of {chunk}" if mesh is None and 0 < chunk < num_entities else "plain"
 
 
 def loss_kwargs(config: Config) -> dict[str, Any]:
@@ -451,7 +459,7 @@ def train(config: Config, data: KGData, workdir: str | os.PathLike,
       f"batch {config.batch_size}  "
       f"{config.optimizer} lr {config.learning_rate}  seed {config.seed}"
       + ("  entity biases" if uses_entity_bias(config) else "")
-      + (f"  lse chunk {effective_lse_chunk(config)}" if config.loss == "hale" else "")
+      + (f"  lse {_lse_form(config, data.num_entities, mesh)}" if config.loss == "hale" else "")
       + (f"  matmul {config.matmul}" if config.matmul != "float32" else "")
       + (f"  rotation init {config.rotation_init}"
          if models.canonical_model(config.model) in models.ROTATION_MODELS else ""))
