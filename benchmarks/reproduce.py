@@ -413,11 +413,44 @@ def markdown(experiment: str, rows: list[dict], budget_scale: float) -> str:
         f"{r['device'] or '—'} | {status} |")
   if notes:
     lines += ["", "Notes:", ""] + [f"{i}. {text}" for text, i in notes.items()]
+  lines += versus_hale(experiment, rows)
   commits = sorted({r["git_commit"] for r in rows if r["git_commit"]})
   if commits:
     short = [c.split("-")[0][:7] + ("-dirty" if c.endswith("-dirty") else "") for c in commits]
     lines += ["", f"Commit(s): {', '.join(dict.fromkeys(short))}."]
   return "\n".join(lines) + "\n"
+
+
+def versus_hale(experiment: str, rows: list[dict]) -> list[str]:
+  """Markdown lines that set HaLE against every other variant of the same dataset and model.
+
+  These are the paper's claims for Tables 2 and 3 (HaLE beats SamNeg in each pair) and Table 5
+  (each removal hurts).  A comparison is listed once both cells have a test MRR; "HaLE ahead"
+  means a strictly higher realistic test MRR, so a tie counts against HaLE.  Empty for the
+  Fig. 2 experiments, whose claims are curves.
+  """
+  if experiment not in ("table2", "table3", "table5"):
+    return []
+  hale = {(r["dataset"], r["model"], r["dim"]): r for r in rows if r["variant"] == "HaLE"}
+  body, ahead, paper_ahead = [], 0, 0
+  for r in rows:
+    ref = hale.get((r["dataset"], r["model"], r["dim"]))
+    if (r["variant"] == "HaLE" or ref is None or r["test_mrr"] is None
+        or ref["test_mrr"] is None):
+      continue
+    ours = ref["test_mrr"] - r["test_mrr"]
+    paper = (None if ref["paper_mrr"] is None or r["paper_mrr"] is None
+             else ref["paper_mrr"] - r["paper_mrr"])
+    ahead += ours > 0
+    paper_ahead += paper is not None and paper > 0
+    body.append(f"| {r['dataset']} | {r['model']}-{r['dim']} | {r['variant']} | {ours:+.3f} | "
+                f"{'—' if paper is None else f'{paper:+.3f}'} | {'yes' if ours > 0 else 'no'} |")
+  if not body:
+    return []
+  return ["", "HaLE against each other variant (test MRR of HaLE minus the variant's):", "",
+          "| dataset | model | variant | ours | paper | HaLE ahead |",
+          "|---|---|---|---:|---:|---|", *body, "",
+          f"HaLE ahead in {ahead} of {len(body)} (the paper: {paper_ahead} of {len(body)})."]
 
 
 def write_outputs(outdir: Path, experiment: str, rows: list[dict], budget_scale: float,

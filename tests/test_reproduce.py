@@ -119,3 +119,28 @@ def test_fig2_activations_tiny_and_unavailable_dataset(tmp_path):
     assert "plots skipped" in stdout and "pip install matplotlib" in stdout
   pytest.importorskip("matplotlib")
   assert (out / "fig2_activations.png").stat().st_size > 0
+
+
+def test_versus_hale_sets_each_variant_against_hale():
+  rep = _module()
+
+  def row(dataset, model, variant, mrr, paper):
+    r = dict.fromkeys(rep.ROW_FIELDS)
+    r.update(dataset=dataset, model=model, dim=32, variant=variant, test_mrr=mrr,
+             paper_mrr=paper, status="trained", note="")
+    return r
+
+  rows = [row("WN18RR", "RotE", "SamNeg", 0.40, 0.355), row("WN18RR", "RotE", "HaLE", 0.45, 0.46),
+          row("WN18RR", "RotL", "SamNeg", 0.45, 0.295), row("WN18RR", "RotL", "HaLE", 0.45, 0.471),
+          row("WN18RR", "TransE", "SamNeg", 0.20, 0.177),                 # no HaLE cell: skipped
+          row("FB15k-237", "RotE", "SamNeg", None, 0.246),                # not trained: skipped
+          row("FB15k-237", "RotE", "HaLE", 0.30, 0.313)]
+  lines = rep.versus_hale("table2", rows)
+  body = [line for line in lines if line.startswith("| WN18RR") or line.startswith("| FB")]
+  assert body == ["| WN18RR | RotE-32 | SamNeg | +0.050 | +0.105 | yes |",
+                  "| WN18RR | RotL-32 | SamNeg | +0.000 | +0.176 | no |"]  # a tie is not a win
+  assert lines[-1] == "HaLE ahead in 1 of 2 (the paper: 2 of 2)."
+  assert rep.versus_hale("fig2_losses", rows) == []
+  assert rep.versus_hale("table2", rows[4:6]) == []
+  table = rep.markdown("table2", rows, 1.0)
+  assert "HaLE ahead in 1 of 2" in table and "| WN18RR | RotE-32 | SamNeg | +0.050 |" in table
