@@ -35,7 +35,8 @@ reported as "not available" with the reason; the other datasets still run.
 
 Outputs in ``--outdir`` (default ``benchmarks/out/<experiment>``), rewritten after every cell:
 ``results.csv`` and ``results.json`` (one row per cell), ``table.md`` (ours beside the paper's
-Tables 2/3/5 numbers and the difference) and, for ``fig2_*``, ``<experiment>.png`` (valid
+Tables 2/3/5 numbers and the difference, then HaLE's test MRR set against every other
+variant's, ours and the paper's, with a count of where HaLE is ahead) and, for ``fig2_*``, ``<experiment>.png`` (valid
 Hits@10 against training seconds, one panel per dataset) when matplotlib is installed.
 """
 
