@@ -36,8 +36,9 @@ reported as "not available" with the reason; the other datasets still run.
 Outputs in ``--outdir`` (default ``benchmarks/out/<experiment>``), rewritten after every cell:
 ``results.csv`` and ``results.json`` (one row per cell), ``table.md`` (ours beside the paper's
 Tables 2/3/5 numbers and the difference, then HaLE's test MRR set against every other
-variant's, ours and the paper's, with a count of where HaLE is ahead) and, for ``fig2_*``, ``<experiment>.png`` (valid
-Hits@10 against training seconds, one panel per dataset) when matplotlib is installed.
+variant's, ours and the paper's, with a count of where HaLE is ahead) and, for ``fig2_*``,
+``<experiment>.png`` (valid Hits@10 against training seconds, one panel per dataset) when
+matplotlib is installed.
 """
 
 from __future__ import annotations
@@ -439,13 +440,13 @@ def versus_hale(experiment: str, rows: list[dict]) -> list[str]:
     if (r["variant"] == "HaLE" or ref is None or r["test_mrr"] is None
         or ref["test_mrr"] is None):
       continue
-    ours = ref["test_mrr"] - r["test_mrr"]
-    paper = (None if ref["paper_mrr"] is None or r["paper_mrr"] is None
-             else ref["paper_mrr"] - r["paper_mrr"])
-    ahead += ours > 0
-    paper_ahead += paper is not None and paper > 0
-    body.append(f"| {r['dataset']} | {r['model']}-{r['dim']} | {r['variant']} | {ours:+.3f} | "
-                f"{'—' if paper is None else f'{paper:+.3f}'} | {'yes' if ours > 0 else 'no'} |")
+    hale_ahead = ref["test_mrr"] > r["test_mrr"]
+    ahead += hale_ahead
+    paper_ahead += (ref["paper_mrr"] is not None and r["paper_mrr"] is not None
+                    and ref["paper_mrr"] > r["paper_mrr"])
+    body.append(f"| {r['dataset']} | {r['model']}-{r['dim']} | {r['variant']} | "
+                f"{_delta(ref['test_mrr'], r['test_mrr'])} | "
+                f"{_delta(ref['paper_mrr'], r['paper_mrr'])} | {'yes' if hale_ahead else 'no'} |")
   if not body:
     return []
   return ["", "HaLE against each other variant (test MRR of HaLE minus the variant's):", "",
