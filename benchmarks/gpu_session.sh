@@ -9,6 +9,8 @@
 #   bash benchmarks/gpu_session.sh fb15k237 # FB15k-237 RotL-32 within 30 s (epoch time)
 #   bash benchmarks/gpu_session.sh probe    # WN18RR: the flagfile, batch 2048/4096, lambda 3 (~3 min)
 #   bash benchmarks/gpu_session.sh table2 hale [0.05]  # issue 4: Table 2's HaLE rows (~8 min)
+#   bash benchmarks/gpu_session.sh table3 hale [0.05]  # issue 4: Table 3's CoDEx-S/M HaLE rows
+#   bash benchmarks/gpu_session.sh table5 hale,ha-allneg [0.05]  # issue 4: Table 5 cells
 #   bash benchmarks/gpu_session.sh pack A   # logs, JSON and markdown of $OUT into archive A
 #
 # On the device machine, whose $OUT brings back at most 8 files of 16 MiB:
@@ -145,14 +147,16 @@ case "${1:-}" in
     table scale "$OUT/scale.jsonl"
     cat "$OUT/phases.txt"
     ;;
-  table2)  # table2 VARIANT [SCALE]: issue 4's Table 2 rows of one loss (hale | samneg), budgets
-    # x SCALE (default 0.05: 30 s per WN18RR cell, 60 s per FB15k-237 cell, ~8 min for 10 cells)
-    box 560 "table2-$2" "$PY" benchmarks/reproduce.py --experiment=table2 --variants="$2" \
-      --budget_scale="${3:-0.05}" --outdir="$OUT/table2" > "$OUT/table2-$2.txt"
-    tail -n 30 "$OUT/table2-$2.txt"
+  table2|table3|table5)  # tableN VARIANTS [SCALE]: issue 4's rows of one or more variants (hale |
+    # samneg | a comma list; table5: hale,ha-samneg,...), budgets x SCALE (default 0.05: 30 s per
+    # WN18RR cell, 15 s per CoDEx-S cell, 60 s per FB15k-237 or CoDEx-M cell; ~8 min for table2's
+    # 10 cells of one variant). The outdir is per experiment, so a rerun reuses finished cells.
+    box 560 "$1-$2" "$PY" benchmarks/reproduce.py --experiment="$1" --variants="$2" \
+      --budget_scale="${3:-0.05}" --outdir="$OUT/$1" > "$OUT/$1-$2.txt"
+    tail -n 30 "$OUT/$1-$2.txt"
     ;;
   *)
-    echo "usage: bash benchmarks/gpu_session.sh all|smoke|steps|scale|wn18rr|fb15k237|probe|table2|pack" >&2
+    echo "usage: bash benchmarks/gpu_session.sh all|smoke|steps|scale|wn18rr|fb15k237|probe|table2|table3|table5|pack" >&2
     exit 2
     ;;
 esac
