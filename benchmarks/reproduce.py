@@ -33,7 +33,9 @@ same command only rebuilds the outputs.  An interrupted cell (SIGTERM, SIGINT) i
 and resumes on the next run.  A dataset that cannot be found or downloaded (``DataError``) is
 reported as "not available" with the reason; the other datasets still run.
 
-Outputs in ``--outdir`` (default ``benchmarks/out/<experiment>``), rewritten after every cell:
+Outputs in ``--outdir`` (default ``benchmarks/out/<experiment>``), rewritten after every cell
+from the cells of the current command only (a narrower rerun, e.g. ``--models=TransE``, lists
+just those; the other cells stay in ``cells/``, and the wider command lists them again):
 ``results.csv`` and ``results.json`` (one row per cell), ``table.md`` (ours beside the paper's
 Tables 2/3/5 numbers and the difference, then HaLE's test MRR set against every other
 variant's, ours and the paper's, with a count of where HaLE is ahead) and, for ``fig2_*``,
