@@ -8,7 +8,9 @@
 #   bash benchmarks/gpu_session.sh wn18rr   # issue 3: WN18RR RotL-32 within 30 s of training
 #   bash benchmarks/gpu_session.sh fb15k237 # FB15k-237 RotL-32 within 30 s (epoch time)
 #   bash benchmarks/gpu_session.sh probe    # WN18RR: the flagfile, batch 2048/4096, lambda 3 (~3 min)
-#   bash benchmarks/gpu_session.sh table2 hale [0.05]  # issue 4: Table 2's HaLE rows (~8 min)
+#   bash benchmarks/gpu_session.sh table2 hale [0.05]  # issue 4: Table 2's HaLE rows (~9 min on
+#     an H200: more than one 505 s box, so run DATASETS=FB15k-237 (~6 min) and
+#     DATASETS=WN18RR (~3.5 min) as two calls; a rerun reuses the finished cells)
 #   bash benchmarks/gpu_session.sh table3 hale [0.05]  # issue 4: Table 3's CoDEx-S/M HaLE rows
 #   DATASETS=CoDEx-M bash benchmarks/gpu_session.sh table3 hale [0.05]  # CoDEx-M only
 #   bash benchmarks/gpu_session.sh table5 hale,ha-allneg [0.05]  # issue 4: Table 5 cells
@@ -152,8 +154,9 @@ case "${1:-}" in
     ;;
   table2|table3|table5)  # tableN VARIANTS [SCALE]: issue 4's rows of one or more variants (hale |
     # samneg | a comma list; table5: hale,ha-samneg,...), budgets x SCALE (default 0.05: 30 s per
-    # WN18RR cell, 15 s per CoDEx-S cell, 60 s per FB15k-237 or CoDEx-M cell; ~8 min for table2's
-    # 10 cells of one variant). The outdir is per experiment, so a rerun reuses finished cells.
+    # WN18RR cell, 15 s per CoDEx-S cell, 60 s per FB15k-237 or CoDEx-M cell; on an H200 a cell
+    # took ~38 s (WN18RR) or ~70 s (FB15k-237) with start-up, compilation and evaluation). The
+    # outdir is per experiment, so a rerun reuses finished cells.
     box 560 "$1-$2" "$PY" benchmarks/reproduce.py --experiment="$1" --variants="$2" \
       --budget_scale="${3:-0.05}" --outdir="$OUT/$1" ${DATASETS:+--datasets="$DATASETS"} \
       > "$OUT/$1-$2.txt"
