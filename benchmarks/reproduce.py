@@ -33,14 +33,19 @@ same command only rebuilds the outputs.  An interrupted cell (SIGTERM, SIGINT) i
 and resumes on the next run.  A dataset that cannot be found or downloaded (``DataError``) is
 reported as "not available" with the reason; the other datasets still run.
 
-Outputs in ``--outdir`` (default ``benchmarks/out/<experiment>``), rewritten after every cell
-from the cells of the current command only (a narrower rerun, e.g. ``--models=TransE``, lists
-just those; the other cells stay in ``cells/``, and the wider command lists them again):
+Outputs in ``--outdir`` (default ``benchmarks/out/<experiment>``), rewritten after every cell:
 ``results.csv`` and ``results.json`` (one row per cell), ``table.md`` (ours beside the paper's
 Tables 2/3/5 numbers and the difference, then HaLE's test MRR set against every other
 variant's, ours and the paper's, with a count of where HaLE is ahead) and, for ``fig2_*``,
 ``<experiment>.png`` (valid Hits@10 against training seconds, one panel per dataset) when
-matplotlib is installed.
+matplotlib is installed.  The tables list the current command's cells and, with the status
+``kept``, every other finished cell of the same experiment, dimension and seed found in
+``<outdir>/cells`` (the experiment's datasets and models and the command's), so a narrower
+rerun (e.g. ``--models=TransE``) does not drop the rows an earlier, wider command produced.
+A kept cell whose stored config differs from what this command would train (other
+hyperparameters or data) is left out; one with another budget is listed with a note.  Rows
+follow the experiment's order (dataset, model, variant) whatever the command's order.  The
+Fig. 2 plots show the current command's cells only.
 """
 
 from __future__ import annotations
@@ -516,13 +521,60 @@ def _indent(prefix: str):
   return log
 
 
+def full_plan(experiment: str, cells: list[Cell]) -> list[Cell]:
+  """Every cell of ``experiment`` at the dimension and seed of ``cells``, over the experiment's
+  datasets and models plus any others ``cells`` name, in the experiment's order."""
+  if not cells:
+    return []
+  spec = EXPERIMENTS[experiment]
+  datasets_ = list(dict.fromkeys([*spec["datasets"], *(c.dataset for c in cells)]))
+  models_ = list(dict.fromkeys([*spec["models"], *(c.model for c in cells)]))
+  variants_ = list(dict.fromkeys([*(v.key for v in VARIANTS[experiment]),
+                                  *(c.variant.key for c in cells)]))
+  return plan(experiment, datasets_, models_, variants_, cells[0].dim, cells[0].seed)
+
+
+def kept_rows(experiment: str, cells: list[Cell], outdir: Path, budget_scale: float,
+              max_epochs: int, data_dir_override: str | None) -> list[dict]:
+  """Rows (status ``kept``) of the finished cells in ``outdir/cells`` that ``cells`` leave out:
+  those an earlier command trained.  Cells that hold a different run are skipped."""
+  chosen = {c.cell_id for c in cells}
+  rows = []
+  for cell in full_plan(experiment, cells):
+    workdir = outdir / "cells" / cell.cell_id
+    if cell.cell_id in chosen or not (workdir / "results.json").is_file():
+      continue
+    config = make_config(cell, budget_scale, max_epochs)
+    results, note = stored_results(workdir, config, data_spec(cell.dataset, data_dir_override))
+    if results is not None:  # the budget column shows the stored budget; say it is another
+      note = f"another budget: {note.split(';')[0]}" if note else ""
+      rows.append(make_row(cell, config, results, "kept", note))
+  return rows
+
+
+def in_plan_order(rows: list[dict], order: list[Cell]) -> list[dict]:
+  """``rows`` sorted by their cell's place in ``order`` (rows of other cells last, as given)."""
+  index = {c.cell_id: i for i, c in enumerate(order)}
+  return sorted(rows, key=lambda r: index.get(r["cell_id"], len(index)))
+
+
 def run(experiment: str, cells: list[Cell], outdir: Path, budget_scale: float, max_epochs: int,
         data_dir_override: str | None, argv: list[str], should_stop=None) -> tuple[list, int]:
-  """Trains (or reuses) every cell, rewriting the outputs after each; returns (rows, errors)."""
+  """Trains (or reuses) every cell, rewriting the outputs after each; returns (rows, errors).
+
+  The rows, and the outputs, include the ``kept`` rows of cells an earlier command finished
+  (``kept_rows``), in the experiment's order.
+  """
   from hale_jax import datasets  # pylint: disable=import-outside-toplevel
   from hale_jax.data import DataError, one_line  # pylint: disable=import-outside-toplevel
   from hale_jax.train import Interrupted, train  # pylint: disable=import-outside-toplevel
   rows, curves, errors = [], [], 0
+  kept = kept_rows(experiment, cells, outdir, budget_scale, max_epochs, data_dir_override)
+  order = full_plan(experiment, cells)
+
+  def write() -> None:
+    write_outputs(outdir, experiment, in_plan_order(rows + kept, order), budget_scale, argv)
+
   loaded: dict[str, Any] = {}  # dataset -> KGData or the DataError message
   n = len(cells)
   for i, cell in enumerate(cells, 1):
@@ -559,7 +611,7 @@ def run(experiment: str, cells: list[Cell], outdir: Path, budget_scale: float, m
                                  "variant": cell.variant.label, "argv": argv})
           status = "trained"
         except Interrupted:
-          write_outputs(outdir, experiment, rows, budget_scale, argv)
+          write()
           raise
         except (ValueError, FileExistsError) as err:
           msg = one_line(err)
@@ -574,12 +626,14 @@ def run(experiment: str, cells: list[Cell], outdir: Path, budget_scale: float, m
       print(f"{head}: {status}, {row['epochs']} epochs in {row['train_s']:.0f}s, test MRR "
             f"{row['test_mrr']:.4f}{paper} H@1 {row['test_hits@1']:.4f} H@10 "
             f"{row['test_hits@10']:.4f}", flush=True)
-    write_outputs(outdir, experiment, rows, budget_scale, argv)
+    write()
+  if not cells:
+    write()
   if experiment.startswith("fig2"):
     path = plot(outdir, experiment, curves)
     if path:
       print(f"plot written to {path}", flush=True)
-  return rows, errors
+  return in_plan_order(rows + kept, order), errors
 
 
 def _define_flags():

@@ -92,6 +92,17 @@ def test_table5_tiny_then_cached(tmp_path):
   assert len(progress) == 6 and all(": cached," in line for line in progress), again
   assert "training in" not in again
   assert [r["test_mrr"] for r in _rows(out)] == [r["test_mrr"] for r in rows]
+  # A narrower command keeps listing the cells the wider one finished, in the table's order.
+  narrow = _run("--experiment=table5", *TINY, "--variants=ha-allneg,hale", f"--outdir={out}")
+  progress = [line for line in narrow.splitlines() if line.startswith("[")]
+  assert len(progress) == 2 and all(": cached," in line for line in progress), narrow
+  kept = _rows(out)
+  assert [r["variant"] for r in kept] == TABLE5
+  assert [r["status"] for r in kept] == ["cached", "kept", "kept", "kept", "kept", "cached"]
+  assert [r["test_mrr"] for r in kept] == [r["test_mrr"] for r in rows]
+  table = (out / "table.md").read_text()
+  assert all(f"| {v} |" in table for v in TABLE5) and table.count("| kept |") == 4, table
+  assert "HaLE ahead in" in table and "of 5" in table, table
 
 
 def test_fig2_activations_tiny_and_unavailable_dataset(tmp_path):
