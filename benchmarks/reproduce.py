@@ -346,9 +346,14 @@ def stored_results(workdir: Path, config, spec: dict) -> tuple[dict | None, str 
                   f"another --outdir")
   note = None
   if any(old.get(k) != want[k] for k in BUDGET_FIELDS):
-    note = (f"trained with max_seconds={old.get('max_seconds')} max_epochs="
-            f"{old.get('max_epochs')}; delete the cell folder to retrain with the new budget")
+    note = f"{trained_budget(old)}; delete the cell folder to retrain with the new budget"
   return results, note
+
+
+def trained_budget(config: dict) -> str:
+  """The budget a stored run's ``config`` trained with, in words."""
+  return (f"trained with max_seconds={config.get('max_seconds')} max_epochs="
+          f"{config.get('max_epochs')}")
 
 
 ROW_FIELDS = ("experiment", "dataset", "model", "variant", "dim", "loss", "activation",
@@ -534,20 +539,21 @@ def full_plan(experiment: str, cells: list[Cell]) -> list[Cell]:
   return plan(experiment, datasets_, models_, variants_, cells[0].dim, cells[0].seed)
 
 
-def kept_rows(experiment: str, cells: list[Cell], outdir: Path, budget_scale: float,
+def kept_rows(order: list[Cell], cells: list[Cell], outdir: Path, budget_scale: float,
               max_epochs: int, data_dir_override: str | None) -> list[dict]:
-  """Rows (status ``kept``) of the finished cells in ``outdir/cells`` that ``cells`` leave out:
-  those an earlier command trained.  Cells that hold a different run are skipped."""
+  """Rows (status ``kept``) of the finished cells in ``outdir/cells`` that ``order`` (the
+  ``full_plan``) holds and ``cells`` leave out: those an earlier command trained.  Cells that
+  hold a different run are skipped."""
   chosen = {c.cell_id for c in cells}
   rows = []
-  for cell in full_plan(experiment, cells):
+  for cell in order:
     workdir = outdir / "cells" / cell.cell_id
     if cell.cell_id in chosen or not (workdir / "results.json").is_file():
       continue
     config = make_config(cell, budget_scale, max_epochs)
     results, note = stored_results(workdir, config, data_spec(cell.dataset, data_dir_override))
     if results is not None:  # the budget column shows the stored budget; say it is another
-      note = f"another budget: {note.split(';')[0]}" if note else ""
+      note = f"another budget: {trained_budget(results['config'])}" if note else ""
       rows.append(make_row(cell, config, results, "kept", note))
   return rows
 
@@ -569,11 +575,14 @@ def run(experiment: str, cells: list[Cell], outdir: Path, budget_scale: float, m
   from hale_jax.data import DataError, one_line  # pylint: disable=import-outside-toplevel
   from hale_jax.train import Interrupted, train  # pylint: disable=import-outside-toplevel
   rows, curves, errors = [], [], 0
-  kept = kept_rows(experiment, cells, outdir, budget_scale, max_epochs, data_dir_override)
   order = full_plan(experiment, cells)
+  kept = kept_rows(order, cells, outdir, budget_scale, max_epochs, data_dir_override)
+
+  def all_rows() -> list[dict]:
+    return in_plan_order(rows + kept, order)
 
   def write() -> None:
-    write_outputs(outdir, experiment, in_plan_order(rows + kept, order), budget_scale, argv)
+    write_outputs(outdir, experiment, all_rows(), budget_scale, argv)
 
   loaded: dict[str, Any] = {}  # dataset -> KGData or the DataError message
   n = len(cells)
@@ -633,7 +642,7 @@ def run(experiment: str, cells: list[Cell], outdir: Path, budget_scale: float, m
     path = plot(outdir, experiment, curves)
     if path:
       print(f"plot written to {path}", flush=True)
-  return in_plan_order(rows + kept, order), errors
+  return all_rows(), errors
 
 
 def _define_flags():
