@@ -18,7 +18,7 @@ Experiments (paper: Wang, Liu & Sheng, WWW '22):
 SamNeg means ``--loss=samneg --activation=identity`` (KGEmb's negative sampling: 256 uniform
 tail negatives per query, binary cross-entropy, learned entity biases ``b_h + b_t`` in the score
 and margin 0, the defaults of ``--loss=samneg``); HaLE means ``--loss=hale --activation=hanon``.  Hyperparameters (lam,
-alpha, gamma, batch_size, learning_rate) come from ``launch/<dataset>.flags`` for every cell of
+alpha, gamma, batch_size, learning_rate, lr_schedule) come from ``launch/<dataset>.flags`` for every cell of
 a dataset, baselines included (the paper grid-searched the baselines separately; we do not).
 Every strategy trains in the same jit-compiled on-device epoch, so a time budget buys each as
 many epochs as its own step cost allows.  The paper's limited-time baselines ran in PyTorch
@@ -76,7 +76,7 @@ BUDGET_SECONDS = {"FB15k-237": 1200.0, "WN18RR": 600.0, "CoDEx-S": 300.0, "CoDEx
                   "CoDEx-L": 1200.0, SYNTHETIC: 30.0}
 FLAGFILES = {"FB15k-237": "fb15k237", "WN18RR": "wn18rr", "CoDEx-S": "codex_s",
              "CoDEx-M": "codex_m", "CoDEx-L": "codex_l"}
-HPARAMS = ("lam", "alpha", "gamma", "batch_size", "learning_rate")
+HPARAMS = ("lam", "alpha", "gamma", "batch_size", "learning_rate", "lr_schedule")
 BUDGET_FIELDS = ("max_seconds", "max_epochs")
 
 
@@ -298,7 +298,7 @@ def read_flagfile(path: Path) -> dict[str, str]:
 
 
 def hyperparameters(dataset: str) -> dict[str, Any]:
-  """lam, alpha, gamma, batch_size, learning_rate from ``launch/<dataset>.flags``."""
+  """lam, alpha, gamma, batch_size, learning_rate, lr_schedule from ``launch/<dataset>.flags``."""
   from hale_jax.train import Config  # pylint: disable=import-outside-toplevel
   if dataset not in FLAGFILES:
     return {}

@@ -45,9 +45,9 @@ _OUTPUTS = ("checkpoints", "best", RUN_FILE, "results.json", "best_params.npz")
 
 def _same_as_before(key: str, old_config: dict[str, Any], new_value: Any) -> bool:
   """A config field added after older runs were recorded, whose new value trains those runs
-  exactly as before (all added 2026-11-26): ``bias`` is ``auto`` for losses that never had
-  entity biases, ``matmul`` is ``float32``, ``rotation_init`` is ``normal`` or the model has no
-  rotation table."""
+  exactly as before (added 2026-11-26, ``lr_schedule`` 2026-11-27): ``bias`` is ``auto`` for
+  losses that never had entity biases, ``matmul`` is ``float32``, ``rotation_init`` is
+  ``normal`` or the model has no rotation table, ``lr_schedule`` is ``constant``."""
   if key in old_config:
     return False
   if key == "bias":
@@ -58,6 +58,8 @@ def _same_as_before(key: str, old_config: dict[str, Any], new_value: Any) -> boo
     except ValueError:  # a model this code does not know: treat it as changed
       rotates = True
     return new_value == "normal" or not rotates
+  if key == "lr_schedule":
+    return new_value == "constant"
   return key == "matmul" and new_value == "float32"
 
 

@@ -49,6 +49,9 @@ flags.DEFINE_integer("lse_chunk", None, "HaLE: entities per chunk of the log-sum
 flags.DEFINE_integer("batch_size", 1024, "Training queries per step.")
 flags.DEFINE_enum("optimizer", "adam", ["adam", "adagrad"], "Optimizer.")
 flags.DEFINE_float("learning_rate", 5e-3, "Learning rate.")
+flags.DEFINE_enum("lr_schedule", "constant", ["constant", "cosine"],
+                  "constant (the paper's), or cosine: decay from --learning_rate to 0 over the "
+                  "budget (--max_epochs / --max_seconds, whichever ends first).")
 flags.DEFINE_float("init_scale", 1e-3, "Std of the Gaussian initialisation of the entity and "
                    "relation tables.")
 flags.DEFINE_enum("rotation_init", "uniform", ["uniform", "normal"],
@@ -94,7 +97,8 @@ def _config():
                 adv_temperature=FLAGS.adv_temperature, margin=FLAGS.margin, bias=FLAGS.bias,
                 nonneg_weight=FLAGS.nonneg_weight, lse_chunk=FLAGS.lse_chunk,
                 batch_size=FLAGS.batch_size, optimizer=FLAGS.optimizer,
-                learning_rate=FLAGS.learning_rate, init_scale=FLAGS.init_scale, seed=FLAGS.seed,
+                learning_rate=FLAGS.learning_rate, lr_schedule=FLAGS.lr_schedule,
+                init_scale=FLAGS.init_scale, seed=FLAGS.seed,
                 max_seconds=FLAGS.max_seconds, max_epochs=FLAGS.max_epochs,
                 eval_every=FLAGS.eval_every, eval_chunk=FLAGS.eval_chunk,
                 checkpoint_every_epochs=FLAGS.checkpoint_every_epochs,

@@ -38,6 +38,7 @@ Array = jax.Array
 
 
 LOSSES = ("hale", "samneg", "advneg", "allneg", "nonneg")
+LR_SCHEDULES = ("constant", "cosine")
 BIAS_MODES = ("auto", "learn", "none")
 BIASED_LOSSES = ("samneg", "advneg", "allneg")  # the losses whose scores may carry b_h + b_t
 
@@ -66,6 +67,7 @@ class Config:
   batch_size: int = 1024
   optimizer: str = "adam"        # adam | adagrad
   learning_rate: float = 5e-3
+  lr_schedule: str = "constant"  # constant | cosine: decay to 0 over the budget (learning_rate_at)
   init_scale: float = 1e-3
   rotation_init: str = "uniform"  # uniform: U(-1, 1) as KGEmb | normal: init_scale * N(0, 1)
   seed: int = 0
@@ -104,6 +106,9 @@ class Config:
     if self.mesh.strip() not in ("auto", "none"):
       from hale_jax import sharding  # pylint: disable=import-outside-toplevel
       sharding.mesh_axis_sizes(self.mesh)  # the syntax; the device count is checked at start
+    if self.lr_schedule not in LR_SCHEDULES:
+      raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; choose one of "
+                       f"{', '.join(LR_SCHEDULES)}")
     if self.optimizer not in ("adam", "adagrad"):
       raise ValueError(f"unknown optimizer {self.optimizer!r}; choose adam or adagrad")
     if self.max_seconds <= 0 and self.max_epochs <= 0:
@@ -131,9 +136,50 @@ class TrainState(NamedTuple):
 
 
 def make_optimizer(config: Config) -> optax.GradientTransformation:
-  if config.optimizer == "adagrad":
-    return optax.adagrad(config.learning_rate)
-  return optax.adam(config.learning_rate)
+  """Adam or Adagrad at ``config.learning_rate``.  With a schedule other than ``constant`` the
+  optimiser is wrapped in ``optax.inject_hyperparams``, so the learning rate is a leaf of the
+  optimiser state that :func:`set_learning_rate` changes between epochs (the compiled epoch
+  stays the same); a constant rate keeps the plain optimiser and its state."""
+  base = optax.adagrad if config.optimizer == "adagrad" else optax.adam
+  if config.lr_schedule == "constant":
+    return base(config.learning_rate)
+  return optax.inject_hyperparams(base)(learning_rate=config.learning_rate)
+
+
+def learning_rate_at(config: Config, epoch: int, train_seconds: float) -> float:
+  """The learning rate of the epoch that starts after ``epoch`` epochs and ``train_seconds``.
+
+  ``cosine``: ``lr * (1 + cos(pi * p)) / 2``, with ``p`` the spent fraction of the budget, the
+  larger of ``epoch / max_epochs`` and ``train_seconds / max_seconds`` over the budgets that are
+  set (clipped to 1).  A time budget's fraction is measured when the epoch starts, so the rate
+  falls to about ``lr * (pi * epoch_seconds / max_seconds)^2 / 4`` at the end, not to 0.  The
+  schedule depends only on these two numbers, which checkpoints keep, so a resumed run
+  continues on the same curve.  The paper trains at a constant rate; the schedule is this
+  project's option (``benchmarks/RESULTS.md`` measures it).
+  """
+  if config.lr_schedule == "constant":
+    return config.learning_rate
+  spent = []
+  if config.max_epochs:
+    spent.append(epoch / config.max_epochs)
+  if config.max_seconds:
+    spent.append(train_seconds / config.max_seconds)
+  p = min(1.0, max(spent, default=0.0))
+  return config.learning_rate * 0.5 * (1.0 + math.cos(math.pi * p))
+
+
+def set_learning_rate(state: "TrainState", learning_rate: float) -> "TrainState":
+  """``state`` with the learning rate of an ``inject_hyperparams`` optimiser state replaced (same
+  dtype and sharding); a plain optimiser state is returned unchanged."""
+  opt_state = state.opt_state
+  # Duck-typed: optax names the state class differently across versions
+  # (InjectStatefulHyperparamsState in 0.2.8, which is not an InjectHyperparamsState).
+  if "learning_rate" not in getattr(opt_state, "hyperparams", {}):
+    return state
+  old = opt_state.hyperparams["learning_rate"]
+  new = jax.device_put(np.asarray(learning_rate, old.dtype), old.sharding)
+  hyperparams = {**opt_state.hyperparams, "learning_rate": new}
+  return state._replace(opt_state=opt_state._replace(hyperparams=hyperparams))
 
 
 def batch_loss(params, batch: Array, key: Array | None = None, *, model: str,
@@ -457,7 +503,9 @@ def train(config: Config, data: KGData, workdir: str | os.PathLike,
   log(f"model {config.model} d={config.dim}  loss {config.loss}  activation {config.activation}"
       f"  lambda {config.lam}  alpha {config.alpha} (k={k} sampled queries/step)  "
       f"batch {config.batch_size}  "
-      f"{config.optimizer} lr {config.learning_rate}  seed {config.seed}"
+      f"{config.optimizer} lr {config.learning_rate}"
+      + (f" ({config.lr_schedule})" if config.lr_schedule != "constant" else "")
+      + f"  seed {config.seed}"
       + ("  entity biases" if uses_entity_bias(config) else "")
       + (f"  lse {_lse_form(config, data.num_entities, mesh)}" if config.loss == "hale" else "")
       + (f"  matmul {config.matmul}" if config.matmul != "float32" else "")
@@ -522,7 +570,8 @@ def train(config: Config, data: KGData, workdir: str | os.PathLike,
     progress["curve"].append({"epoch": progress["epoch"],
                               "train_seconds": round(progress["train_seconds"], 3),
                               "loss": progress["loss"], "valid_mrr": m["mrr"],
-                              "valid_hits@10": m["hits@10"]})
+                              "valid_hits@10": m["hits@10"],
+                              "learning_rate": last_learning_rate})
     if progress["best"] is None or m["mrr"] > progress["best"]["mrr"]:
       progress["best"], progress["best_epoch"] = m, progress["epoch"]
       best_params = jax.tree.map(jnp.copy, state.params)
@@ -532,6 +581,7 @@ def train(config: Config, data: KGData, workdir: str | os.PathLike,
         f"{progress['train_seconds']:.1f}s eval {progress['eval_seconds']:.1f}s")
 
   last_epoch_seconds = 0.0
+  last_learning_rate = None  # of the last epoch this process trained (the curve records it)
   host_seconds, epochs_here = 0.0, 0  # dispatch time of the epoch calls of this process
   last_save = time.perf_counter()
   while True:
@@ -542,6 +592,8 @@ def train(config: Config, data: KGData, workdir: str | os.PathLike,
     if config.max_seconds and epoch and spent + last_epoch_seconds > config.max_seconds:
       stop = f"training budget {config.max_seconds:g}s reached"
       break
+    last_learning_rate = learning_rate_at(config, epoch, spent)
+    state = set_learning_rate(state, last_learning_rate)
     t0 = time.perf_counter()
     state, loss = compiled_epoch(state, train_queries)
     host_seconds += time.perf_counter() - t0  # the host's share: dispatch of the one call
