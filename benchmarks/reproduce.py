@@ -298,13 +298,17 @@ def read_flagfile(path: Path) -> dict[str, str]:
 
 
 def hyperparameters(dataset: str) -> dict[str, Any]:
-  """lam, alpha, gamma, batch_size, learning_rate, lr_schedule from ``launch/<dataset>.flags``."""
+  """lam, alpha, gamma, batch_size, learning_rate, lr_schedule (and lse_chunk where set) from
+  ``launch/<dataset>.flags``."""
   from hale_jax.train import Config  # pylint: disable=import-outside-toplevel
   if dataset not in FLAGFILES:
     return {}
   raw = read_flagfile(ROOT / "launch" / f"{FLAGFILES[dataset]}.flags")
   defaults = Config()
-  return {k: type(getattr(defaults, k))(raw[k]) for k in HPARAMS if k in raw}
+  fields = {k: type(getattr(defaults, k))(raw[k]) for k in HPARAMS if k in raw}
+  if "lse_chunk" in raw:  # how the loss is computed, not what: on CPU, plain (0) is faster for
+    fields["lse_chunk"] = int(raw["lse_chunk"])  # FB15k-237 than the default chunks of 4096
+  return fields
 
 
 def make_config(cell: Cell, budget_scale: float, max_epochs: int):
@@ -328,14 +332,17 @@ def data_spec(dataset: str, data_dir_override: str | None) -> dict[str, str]:
 def stored_results(workdir: Path, config, spec: dict) -> tuple[dict | None, str | None]:
   """``(results, note)`` when ``workdir`` holds a finished run; ``(None, error)`` when it holds
   a different one; ``(None, None)`` when there is nothing finished to reuse."""
+  from hale_jax import checkpoints  # pylint: disable=import-outside-toplevel
   path = workdir / "results.json"
   if not path.exists():
     return None, None
   results = json.loads(path.read_text())
   want = dataclasses.asdict(config)
   old = results.get("config", {})
-  diffs = [f"{k} ({old.get(k)!r} vs {want[k]!r})" for k in want
-           if k not in BUDGET_FIELDS and k in old and old[k] != want[k]]
+  # The rule a resume follows (hale_jax.checkpoints.mismatch): fields that change how, not what,
+  # a run computes (lse_chunk, mesh, ...) and the budget may differ; a field added since the
+  # cell ran counts as the same only at the value that trains as before (lr_schedule=constant).
+  diffs = checkpoints.mismatch({"config": old}, {"config": want})
   run_file = workdir / "run.json"
   if run_file.exists():
     stored_spec = json.loads(run_file.read_text()).get("data")
