@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hale_jax import sharding, synthetic, train
+from hale_jax import synthetic, train
 
 
 @pytest.fixture(scope="module")
