@@ -30,6 +30,7 @@
 #
 # Environment: PYTHON (default python3), HALE_DATA_DIR, SIZES / MODELS / ENTITIES /
 # SECONDS_BUDGET to narrow a phase (e.g. SIZES=tiny MODELS=RotL for a dry run on CPU);
+# BOX sets a tableN phase's time box in seconds (default 560), so that several phases fit one call;
 # DATASETS narrows a tableN phase (e.g. DATASETS=CoDEx-M for table3: CoDEx-S's HaLE rows
 # already meet the paper at its full budget on the CPU, RESULTS.md).
 set -uo pipefail
@@ -181,7 +182,7 @@ case "${1:-}" in
     # WN18RR cell, 15 s per CoDEx-S cell, 60 s per FB15k-237 or CoDEx-M cell; on an H200 a cell
     # took ~38 s (WN18RR) or ~70 s (FB15k-237) with start-up, compilation and evaluation). The
     # outdir is per experiment, so a rerun reuses finished cells.
-    box 560 "$1-$2" "$PY" benchmarks/reproduce.py --experiment="$1" --variants="$2" \
+    box "${BOX:-560}" "$1-$2" "$PY" benchmarks/reproduce.py --experiment="$1" --variants="$2" \
       --budget_scale="${3:-0.05}" --outdir="$OUT/$1" ${DATASETS:+--datasets="$DATASETS"} \
       > "$OUT/$1-$2.txt"
     tail -n 30 "$OUT/$1-$2.txt"
