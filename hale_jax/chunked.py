@@ -52,16 +52,18 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from hale_jax import models
+from hale_jax import losses, models
 
 Array = jax.Array
 Activation = Callable[[ArrayLike], Array]
 
 
-def _chunk_scores(queries: Array, scale: Array, entities: Array, activation: Activation,
-                  matmul: str = "float32") -> Array:
-  """``-h(scale_j * ||q_j - e_i||^2)`` for one chunk: ``[k, d], [k], [c, d] -> [k, c]``."""
-  return -activation(scale[:, None] * models.squared_distances(queries, entities, matmul))
+def _chunk_scores(queries: Array, scale: Array, entities: Array, bias: Array | None,
+                  activation: Activation, matmul: str = "float32") -> Array:
+  """``b_i - h(scale_j * ||q_j - e_i||^2)`` for one chunk (``b = 0`` when ``bias`` is None):
+  ``[k, d], [k], [c, d], [c] -> [k, c]``."""
+  scores = -activation(scale[:, None] * models.squared_distances(queries, entities, matmul))
+  return scores if bias is None else scores + bias[None, :]
 
 
 def _layout(num_entities: int, chunk: int) -> tuple[int, int]:
@@ -100,8 +102,8 @@ def _check_shapes(queries: Array, scale: Array, entities: Array) -> None:
     raise ValueError(f"expected scale [k] = {queries.shape[:1]}, got {scale.shape}")
 
 
-def _lse_forward(queries: Array, scale: Array, entities: Array, activation: Activation,
-                 chunk: int, matmul: str) -> Array:
+def _lse_forward(queries: Array, scale: Array, entities: Array, bias: Array | None,
+                 activation: Activation, chunk: int, matmul: str) -> Array:
   n = entities.shape[0]
   chunk, num_chunks = _layout(n, chunk)
   k = queries.shape[0]
@@ -112,7 +114,9 @@ def _lse_forward(queries: Array, scale: Array, entities: Array, activation: Acti
     m, s = carry
     start, ok = _chunk_start(index, n, chunk)
     block = _entity_block(entities, start, chunk)
-    scores = jnp.where(ok[None, :], _chunk_scores(queries, scale, block, activation, matmul),
+    bias_block = None if bias is None else _entity_block(bias, start, chunk)
+    scores = jnp.where(ok[None, :],
+                       _chunk_scores(queries, scale, block, bias_block, activation, matmul),
                        neg_inf)
     m_new = jnp.maximum(m, jnp.max(scores, axis=-1))
     # Shift by 0 while nothing finite has been seen, so (-inf) - (-inf) never appears.
@@ -126,46 +130,52 @@ def _lse_forward(queries: Array, scale: Array, entities: Array, activation: Acti
   return shift + jnp.log(s)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _uniformity_lse(queries, scale, entities, activation, chunk, matmul):
-  return _lse_forward(queries, scale, entities, activation, chunk, matmul)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _uniformity_lse(queries, scale, entities, bias, activation, chunk, matmul):
+  return _lse_forward(queries, scale, entities, bias, activation, chunk, matmul)
 
 
-def _uniformity_lse_fwd(queries, scale, entities, activation, chunk, matmul):
-  lse = _lse_forward(queries, scale, entities, activation, chunk, matmul)
-  return lse, (queries, scale, entities, lse)
+def _uniformity_lse_fwd(queries, scale, entities, bias, activation, chunk, matmul):
+  lse = _lse_forward(queries, scale, entities, bias, activation, chunk, matmul)
+  return lse, (queries, scale, entities, bias, lse)
 
 
 def _uniformity_lse_bwd(activation, chunk, matmul, residuals, g):
-  queries, scale, entities, lse = residuals
+  queries, scale, entities, bias, lse = residuals
   n = entities.shape[0]
   chunk, num_chunks = _layout(n, chunk)
   score_fn = functools.partial(_chunk_scores, activation=activation, matmul=matmul)
 
   def step(carry, index):
-    dq, ds, de = carry
+    dq, ds, de, db = carry
     start, ok = _chunk_start(index, n, chunk)
     block = _entity_block(entities, start, chunk)
-    scores, pullback = jax.vjp(score_fn, queries, scale, block)
+    bias_block = None if bias is None else _entity_block(bias, start, chunk)
+    scores, pullback = jax.vjp(score_fn, queries, scale, block, bias_block)
     # d lse_j / d score_ji = softmax_ji = exp(score_ji - lse_j); masked rows get 0.
     weights = jnp.where(ok[None, :], jnp.exp(scores - lse[:, None]), 0.0)
-    dq_c, ds_c, de_c = pullback((g[:, None] * weights).astype(scores.dtype))
+    dq_c, ds_c, de_c, db_c = pullback((g[:, None] * weights).astype(scores.dtype))
     # Accumulate in place into the [N, d] gradient (masked rows add exact zeros).
     de = jax.lax.dynamic_update_slice_in_dim(de, _entity_block(de, start, chunk) + de_c, start,
                                              axis=0)
-    return (dq + dq_c, ds + ds_c, de), None
+    if bias is not None:
+      db = jax.lax.dynamic_update_slice_in_dim(db, _entity_block(db, start, chunk) + db_c,
+                                               start, axis=0)
+    return (dq + dq_c, ds + ds_c, de, db), None
 
-  init = (jnp.zeros_like(queries), jnp.zeros_like(scale), jnp.zeros_like(entities))
-  (dq, ds, de), _ = jax.lax.scan(step, init, jnp.arange(num_chunks))
-  return dq, ds, de
+  init = (jnp.zeros_like(queries), jnp.zeros_like(scale), jnp.zeros_like(entities),
+          None if bias is None else jnp.zeros_like(bias))
+  (dq, ds, de, db), _ = jax.lax.scan(step, init, jnp.arange(num_chunks))
+  return dq, ds, de, db
 
 
 _uniformity_lse.defvjp(_uniformity_lse_fwd, _uniformity_lse_bwd)
 
 
 def uniformity_lse(queries: ArrayLike, scale: ArrayLike, entities: ArrayLike,
-                   activation: Activation, chunk: int = 4096, matmul: str = "float32") -> Array:
-  """``lse_j = LSE_i(-h(scale_j * ||q_j - e_i||^2))`` over all entities, chunk by chunk.
+                   activation: Activation, chunk: int = 4096, matmul: str = "float32",
+                   bias: ArrayLike | None = None) -> Array:
+  """``lse_j = LSE_i(b_i - h(scale_j * ||q_j - e_i||^2))`` over all entities, chunk by chunk.
 
   Args:
     queries: ``[k, d]``, the sampled queries ``Phi(e_h, r)``.
@@ -177,23 +187,30 @@ def uniformity_lse(queries: ArrayLike, scale: ArrayLike, entities: ArrayLike,
       in both the forward and the backward pass.
     matmul: precision of the distance matmul, one of ``models.MATMUL_MODES`` (static); the
       log-sum-exp itself always accumulates in the inputs' float type.
+    bias: ``[N]``, learned tail biases ``b_i`` (``hale_jax.losses``, "Tail biases"); None: 0.
 
   Returns:
-    ``[k]``, equal to ``logsumexp(-h(scale[:, None] * models.squared_distances(queries,
-    entities)), axis=-1)`` up to summation order.  Differentiable in reverse mode (``grad``,
-    ``vjp``) with respect to ``queries``, ``scale`` and ``entities``; forward mode (``jvp``) is
-    not defined (``jax.custom_vjp``).
+    ``[k]``, equal to ``logsumexp(b[None, :] - h(scale[:, None] *
+    models.squared_distances(queries, entities)), axis=-1)`` up to summation order.
+    Differentiable in reverse mode (``grad``, ``vjp``) with respect to ``queries``, ``scale``,
+    ``entities`` and ``bias``; forward mode (``jvp``) is not defined (``jax.custom_vjp``).
   """
   queries, scale, entities = jnp.asarray(queries), jnp.asarray(scale), jnp.asarray(entities)
   _check_shapes(queries, scale, entities)
+  if bias is not None:
+    bias = jnp.asarray(bias)
+    if bias.shape != entities.shape[:1]:
+      raise ValueError(f"expected bias [N] = {entities.shape[:1]}, got {bias.shape}")
   _layout(entities.shape[0], chunk)  # validates chunk early, with a clear message
   models.check_matmul(matmul)
-  return _uniformity_lse(queries, scale, entities, activation, int(chunk), matmul)
+  return _uniformity_lse(queries, scale, entities, bias, activation, int(chunk), matmul)
 
 
 def hale_loss_chunked(pos_scaled: ArrayLike, queries: ArrayLike, scale: ArrayLike,
                       entities: ArrayLike, activation: Activation, lam: float, chunk: int = 4096,
-                      pos_square: bool = True, matmul: str = "float32") -> Array:
+                      pos_square: bool = True, matmul: str = "float32",
+                      pos_bias: ArrayLike | None = None,
+                      entity_bias: ArrayLike | None = None) -> Array:
   """:func:`hale_jax.losses.hale_loss` with the uniformity term from :func:`uniformity_lse`.
 
   ``lam * mean h(pos_scaled)^2 + mean_j lse_j`` (``mean h(pos_scaled)`` with
@@ -210,11 +227,19 @@ def hale_loss_chunked(pos_scaled: ArrayLike, queries: ArrayLike, scale: ArrayLik
     chunk: entities per block (static).
     pos_square: square the activated positive scores (HaLE) or not (Table 5 ablation).
     matmul: precision of the distance matmul (``models.MATMUL_MODES``).
+    pos_bias: ``[B]``, tail biases of the positives; with ``entity_bias`` or neither (as in
+      ``losses.hale_loss``).
+    entity_bias: ``[N]``, every entity's tail bias.
 
   Returns:
     The scalar loss.
   """
+  losses.check_bias_pair(pos_bias, entity_bias)
   pos = activation(jnp.asarray(pos_scaled))
   alignment = jnp.mean(pos * pos if pos_square else pos)
-  uniformity = jnp.mean(uniformity_lse(queries, scale, entities, activation, chunk, matmul))
-  return lam * alignment + uniformity
+  uniformity = jnp.mean(uniformity_lse(queries, scale, entities, activation, chunk, matmul,
+                                       entity_bias))
+  loss = lam * alignment + uniformity
+  if pos_bias is not None:
+    loss = loss - jnp.mean(jnp.asarray(pos_bias))
+  return loss

@@ -41,7 +41,9 @@ flags.DEFINE_float("adv_temperature", 1.0, "advneg: self-adversarial temperature
 flags.DEFINE_float("margin", 0.0, "samneg/advneg: logit = margin + score.")
 flags.DEFINE_enum("bias", "auto", ["auto", "learn", "none"],
                   "Learned entity biases b_h + b_t in the baselines' scores (KGEmb's --bias "
-                  "learn): auto = learn for samneg and advneg, none otherwise.")
+                  "learn): auto = learn for samneg and advneg, none otherwise. With "
+                  "--loss=hale, learn adds tail biases b_t (not in the paper; see "
+                  "hale_jax.losses).")
 flags.DEFINE_float("nonneg_weight", 0.1, "nonneg: weight of the entity-spread regulariser.")
 flags.DEFINE_integer("lse_chunk", None, "HaLE: entities per chunk of the log-sum-exp over all "
                      "entities (bounded memory, same result); 0 or >= the entity count: all "

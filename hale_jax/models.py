@@ -24,8 +24,9 @@ key             shape         used by
 
 Entity biases.  KGEmb (the source of the paper's SamNeg baselines) scores a triple
 ``b_h + b_t - ||Phi(e_h, r) - e_t||^2`` with learned per-entity biases, initialised to 0
-(its ``--bias learn``).  HaLE does not use them; the negative-sampling baselines do by default
-(``hale_jax.train.Config.bias``).  With biases the score is ``b_h + b_t - h(c_r d^2)`` and the
+(its ``--bias learn``).  The negative-sampling baselines use them by default
+(``hale_jax.train.Config.bias``); HaLE only with ``bias="learn"``, an extension that scores a
+candidate tail ``b_t - h(c_r d^2)`` (``hale_jax.losses``, "Tail biases").  With biases the score is ``b_h + b_t - h(c_r d^2)`` and the
 biases take part in ranking: :func:`ranking_distances` is what every ranking sorts.
 
 Rotations (RotatE, RotE, RotL) act on ``d / 2`` planes of 2x2 Givens blocks, as in KGEmb

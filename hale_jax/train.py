@@ -40,7 +40,7 @@ Array = jax.Array
 LOSSES = ("hale", "samneg", "advneg", "allneg", "nonneg")
 LR_SCHEDULES = ("constant", "cosine")
 BIAS_MODES = ("auto", "learn", "none")
-BIASED_LOSSES = ("samneg", "advneg", "allneg")  # the losses whose scores may carry b_h + b_t
+BIASED_LOSSES = ("samneg", "advneg", "allneg", "hale")  # the losses whose scores may carry b_h + b_t
 
 
 @dataclasses.dataclass
@@ -197,7 +197,8 @@ def batch_loss(params, batch: Array, key: Array | None = None, *, model: str,
   is the tail corruption of the reciprocal query, which every epoch also trains; KGEmb's
   ``--double_neg`` instead replaces head and tail of one negative together).  When ``params`` hold entity
   biases (``models.init_params(entity_bias=True)``) the baselines' scores are KGEmb's
-  ``b_h + b_t - h(x)``; HaLE ignores them.  ``lse_chunk > 0`` computes
+  ``b_h + b_t - h(x)``, and HaLE's candidate scores are ``b_t - h(x)`` (``hale_jax.losses``,
+  "Tail biases"; ``b_h`` is unused).  ``lse_chunk > 0`` computes
   HaLE's uniformity term ``lse_chunk`` entities at a time (``hale_jax.chunked``: the same value
   and gradient in ``O(k * lse_chunk)`` memory); 0, or a chunk of ``N`` or more, materialises
   the ``[k, N]`` matrix (one chunk would only add the loop, which on a GPU makes the step
@@ -211,14 +212,18 @@ def batch_loss(params, batch: Array, key: Array | None = None, *, model: str,
   scale = (models.relation_scale(params, rels) if rel_scale
            else jnp.ones(rels.shape, queries.dtype))
   pos = scale * models.pair_squared_distances(queries, entity[tails])
+  biased = models.has_entity_bias(params)
+  # HaLE with tail biases (losses module docstring): b_t of the positives, b of every entity.
+  pos_bias, entity_bias = ((params["bias_tail"][tails], params["bias_tail"]) if biased
+                           else (None, None))
   if loss == "hale" and 0 < lse_chunk < entity.shape[0]:
     return chunked.hale_loss_chunked(pos, queries[:num_sampled], scale[:num_sampled], entity,
-                                     activation, lam, lse_chunk, pos_square, matmul)
+                                     activation, lam, lse_chunk, pos_square, matmul,
+                                     pos_bias, entity_bias)
   if loss == "hale":
     sampled = scale[:num_sampled, None] * models.squared_distances(queries[:num_sampled], entity,
                                                                       matmul)
-    return losses.hale_loss(pos, sampled, activation, lam, pos_square)
-  biased = models.has_entity_bias(params)
+    return losses.hale_loss(pos, sampled, activation, lam, pos_square, pos_bias, entity_bias)
   pos_score = baselines.scores_from_scaled(pos, activation)
   if biased:  # KGEmb: score = b_h + b_t - h(x)
     head_bias = params["bias_head"][heads]

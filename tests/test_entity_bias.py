@@ -167,7 +167,7 @@ def test_config_bias_modes():
   assert train.uses_entity_bias(train.Config(loss="allneg", bias="learn"))
   assert not train.uses_entity_bias(train.Config(loss="samneg", bias="none"))
   with pytest.raises(ValueError, match="bias=learn applies"):
-    train.Config(loss="hale", bias="learn").validate()
+    train.Config(loss="nonneg", bias="learn").validate()
   with pytest.raises(ValueError, match="unknown bias"):
     train.Config(bias="constant").validate()
 
