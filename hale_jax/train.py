@@ -40,7 +40,8 @@ Array = jax.Array
 LOSSES = ("hale", "samneg", "advneg", "allneg", "nonneg")
 LR_SCHEDULES = ("constant", "cosine")
 BIAS_MODES = ("auto", "learn", "none")
-BIASED_LOSSES = ("samneg", "advneg", "allneg", "hale")  # the losses whose scores may carry b_h + b_t
+# The losses whose scores may carry learned biases: b_h + b_t, or only b_t for allneg and hale.
+BIASED_LOSSES = ("samneg", "advneg", "allneg", "hale")
 
 
 @dataclasses.dataclass
@@ -213,7 +214,7 @@ def batch_loss(params, batch: Array, key: Array | None = None, *, model: str,
            else jnp.ones(rels.shape, queries.dtype))
   pos = scale * models.pair_squared_distances(queries, entity[tails])
   biased = models.has_entity_bias(params)
-  # HaLE with tail biases (losses module docstring): b_t of the positives, b of every entity.
+  # b_t of the positives and b of every entity (HaLE: losses module docstring, "Tail biases").
   pos_bias, entity_bias = ((params["bias_tail"][tails], params["bias_tail"]) if biased
                            else (None, None))
   if loss == "hale" and 0 < lse_chunk < entity.shape[0]:
@@ -227,7 +228,7 @@ def batch_loss(params, batch: Array, key: Array | None = None, *, model: str,
   pos_score = baselines.scores_from_scaled(pos, activation)
   if biased:  # KGEmb: score = b_h + b_t - h(x)
     head_bias = params["bias_head"][heads]
-    pos_score = pos_score + head_bias + params["bias_tail"][tails]
+    pos_score = pos_score + head_bias + pos_bias
   if loss in ("samneg", "advneg"):
     negs = jax.random.randint(key, (batch.shape[0], num_negatives), 0, entity.shape[0])
     neg = models.pair_squared_distances(queries[:, None, :], entity[negs])  # [B, m]
