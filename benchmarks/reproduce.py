@@ -15,6 +15,10 @@ Experiments (paper: Wang, Liu & Sheng, WWW '22):
   HaLE}; the plain baselines score with the identity activation;
 - ``fig2_activations``: RotE-32 HaLE on the same datasets x {Hanon, Halin, xe^x, 2x, 2Arctanh}.
 
+``table2`` and ``table3`` also offer the opt-in variant ``hale-bias``
+(``--variants=hale,samneg,hale-bias``): HaLE with a learned bias per tail entity
+(``--bias=learn``), an extension beyond the paper whose rows are set against SamNeg, not HaLE.
+
 SamNeg means ``--loss=samneg --activation=identity`` (KGEmb's negative sampling: 256 uniform
 tail negatives per query, binary cross-entropy, learned entity biases ``b_h + b_t`` in the score
 and margin 0, the defaults of ``--loss=samneg``); HaLE means ``--loss=hale --activation=hanon``.  Hyperparameters (lam,
@@ -117,6 +121,14 @@ VARIANTS = {
                          _v("arctanh", "2Arctanh", **{**HALE, "activation": "arctanh"})],
 }
 VARIANTS["table3"] = VARIANTS["table2"]
+
+# Variants that run only when ``--variants`` names them: extensions beyond the paper.  Each is
+# set against the variant whose label ``EXTENSION_AGAINST`` gives (in ``versus_hale``), not
+# against HaLE.  "HaLE + tail biases" is HaLE with a learned bias b_i per tail entity
+# (``--bias=learn``; hale_jax.losses, "Tail biases"), the score SamNeg's KGEmb biases give.
+OPT_IN = {"table2": [_v("hale-bias", "HaLE + tail biases", **HALE, bias="learn")]}
+OPT_IN["table3"] = OPT_IN["table2"]
+EXTENSION_AGAINST = {"HaLE + tail biases": "SamNeg"}
 
 EXPERIMENTS = {
     "table2": dict(datasets=("FB15k-237", "WN18RR"), models=MODELS, dim=32,
@@ -248,13 +260,18 @@ class Cell:
     return f"{slug}-{self.model}-{self.dim}d-{self.variant.key}-s{self.seed}"
 
 
+def all_variants(experiment: str) -> list[Variant]:
+  """The paper's variants of ``experiment``, then its opt-in extensions."""
+  return VARIANTS[experiment] + OPT_IN.get(experiment, [])
+
+
 def plan(experiment: str, datasets, models, variants=None, dim: int | None = None,
          seed: int = 0) -> list[Cell]:
   """The cells of ``experiment``, dataset-major (each dataset is loaded once)."""
   spec = EXPERIMENTS[experiment]
-  chosen = VARIANTS[experiment]
+  chosen = VARIANTS[experiment]  # the default: the paper's variants, not the OPT_IN ones
   if variants:
-    known = {v.key: v for v in chosen}
+    known = {v.key: v for v in all_variants(experiment)}
     unknown = [k for k in variants if k not in known]
     if unknown:
       raise ValueError(f"unknown variant(s) {', '.join(unknown)} for {experiment}; choose from "
@@ -364,7 +381,7 @@ def trained_budget(config: dict) -> str:
 
 
 ROW_FIELDS = ("experiment", "dataset", "model", "variant", "dim", "loss", "activation",
-              "pos_square", "rel_scale", "budget_s", "epochs", "train_s", "test_mrr",
+              "pos_square", "rel_scale", "bias", "budget_s", "epochs", "train_s", "test_mrr",
               "test_hits@1", "test_hits@10", "test_mrr_pess", "test_hits@1_pess",
               "test_hits@10_pess", "valid_mrr", "paper_mrr", "paper_hits@10", "paper_hits@1",
               "device", "git_commit", "status", "note", "cell_id")
@@ -375,8 +392,8 @@ def make_row(cell: Cell, config, results: dict | None, status: str, note: str = 
   row.update(experiment=cell.experiment, dataset=cell.dataset, model=cell.model,
              variant=cell.variant.label, dim=cell.dim, loss=config.loss,
              activation=config.activation, pos_square=config.pos_square,
-             rel_scale=config.rel_scale, budget_s=config.max_seconds, status=status,
-             note=note or "", cell_id=cell.cell_id)
+             rel_scale=config.rel_scale, bias=config.bias, budget_s=config.max_seconds,
+             status=status, note=note or "", cell_id=cell.cell_id)
   paper = paper_numbers(cell.dataset, cell.model, cell.dim, cell.variant)
   if paper:
     row.update({"paper_mrr": paper[0], "paper_hits@10": paper[1], "paper_hits@1": paper[2]})
@@ -456,8 +473,8 @@ def versus_hale(experiment: str, rows: list[dict]) -> list[str]:
   body, ahead, paper_ahead = [], 0, 0
   for r in rows:
     ref = hale.get((r["dataset"], r["model"], r["dim"]))
-    if (r["variant"] == "HaLE" or ref is None or r["test_mrr"] is None
-        or ref["test_mrr"] is None):
+    if (r["variant"] == "HaLE" or r["variant"] in EXTENSION_AGAINST or ref is None
+        or r["test_mrr"] is None or ref["test_mrr"] is None):
       continue
     hale_ahead = ref["test_mrr"] > r["test_mrr"]
     ahead += hale_ahead
@@ -466,12 +483,34 @@ def versus_hale(experiment: str, rows: list[dict]) -> list[str]:
     body.append(f"| {r['dataset']} | {r['model']}-{r['dim']} | {r['variant']} | "
                 f"{_delta(ref['test_mrr'], r['test_mrr'])} | "
                 f"{_delta(ref['paper_mrr'], r['paper_mrr'])} | {'yes' if hale_ahead else 'no'} |")
+  lines = [] if not body else [
+      "", "HaLE against each other variant (test MRR of HaLE minus the variant's):", "",
+      "| dataset | model | variant | ours | paper | HaLE ahead |",
+      "|---|---|---|---:|---:|---|", *body, "",
+      f"HaLE ahead in {ahead} of {len(body)} (the paper: {paper_ahead} of {len(body)})."]
+  return lines + versus_extensions(rows)
+
+
+def versus_extensions(rows: list[dict]) -> list[str]:
+  """Markdown lines that set each opt-in extension (``EXTENSION_AGAINST``) against its rival
+  variant of the same dataset and model, e.g. "HaLE + tail biases" against SamNeg.  The paper
+  has no such rows, so there is no paper column."""
+  by_cell = {(r["dataset"], r["model"], r["dim"], r["variant"]): r for r in rows}
+  body, ahead = [], 0
+  for r in rows:
+    rival = by_cell.get((r["dataset"], r["model"], r["dim"], EXTENSION_AGAINST.get(r["variant"])))
+    if rival is None or r["test_mrr"] is None or rival["test_mrr"] is None:
+      continue
+    lead = r["test_mrr"] > rival["test_mrr"]
+    ahead += lead
+    body.append(f"| {r['dataset']} | {r['model']}-{r['dim']} | {r['variant']} | "
+                f"{rival['variant']} | {_delta(r['test_mrr'], rival['test_mrr'])} | "
+                f"{'yes' if lead else 'no'} |")
   if not body:
     return []
-  return ["", "HaLE against each other variant (test MRR of HaLE minus the variant's):", "",
-          "| dataset | model | variant | ours | paper | HaLE ahead |",
-          "|---|---|---|---:|---:|---|", *body, "",
-          f"HaLE ahead in {ahead} of {len(body)} (the paper: {paper_ahead} of {len(body)})."]
+  return ["", "Extensions beyond the paper against their rival (test MRR of the extension minus "
+          "the rival's):", "", "| dataset | model | extension | rival | ours | ahead |",
+          "|---|---|---|---|---:|---|", *body, "", f"Extension ahead in {ahead} of {len(body)}."]
 
 
 def write_outputs(outdir: Path, experiment: str, rows: list[dict], budget_scale: float,
@@ -541,8 +580,7 @@ def full_plan(experiment: str, cells: list[Cell]) -> list[Cell]:
   spec = EXPERIMENTS[experiment]
   datasets_ = list(dict.fromkeys([*spec["datasets"], *(c.dataset for c in cells)]))
   models_ = list(dict.fromkeys([*spec["models"], *(c.model for c in cells)]))
-  variants_ = list(dict.fromkeys([*(v.key for v in VARIANTS[experiment]),
-                                  *(c.variant.key for c in cells)]))
+  variants_ = [v.key for v in all_variants(experiment)]  # opt-in ones: kept if finished
   return plan(experiment, datasets_, models_, variants_, cells[0].dim, cells[0].seed)
 
 
@@ -658,7 +696,9 @@ def _define_flags():
   flags.DEFINE_list("datasets", None, "Datasets (default per experiment); 'synthetic' is the "
                     "generated graph.")
   flags.DEFINE_list("models", None, f"Models (default per experiment) from {', '.join(MODELS)}.")
-  flags.DEFINE_list("variants", None, "Subset of the experiment's variant keys (default all).")
+  flags.DEFINE_list("variants", None, "The experiment's variant keys to run (default: the "
+                    "paper's variants; table2 and table3 also offer the opt-in 'hale-bias', HaLE "
+                    "with learned tail biases, an extension set against SamNeg).")
   flags.DEFINE_float("budget_scale", 1.0, "Multiplies Table 1's training budgets.")
   flags.DEFINE_string("outdir", None, "Output folder; default benchmarks/out/<experiment>.")
   flags.DEFINE_string("data_dir_override", None, "Read every dataset from this folder instead "

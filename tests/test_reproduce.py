@@ -155,3 +155,51 @@ def test_versus_hale_sets_each_variant_against_hale():
   assert rep.versus_hale("table2", rows[4:6]) == []
   table = rep.markdown("table2", rows, 1.0)
   assert "HaLE ahead in 1 of 2" in table and "| WN18RR | RotE-32 | SamNeg | +0.050 |" in table
+
+
+def test_hale_bias_is_opt_in_and_set_against_samneg():
+  rep = _module()
+  default = rep.plan("table2", ["WN18RR"], ["TransE"])
+  assert [c.variant.key for c in default] == ["samneg", "hale"]  # not run unless named
+  cell, = rep.plan("table2", ["WN18RR"], ["TransE"], ["hale-bias"])
+  config = rep.make_config(cell, 1.0, 0)
+  assert (config.loss, config.activation, config.bias) == ("hale", "hanon", "learn")
+  assert cell.cell_id == "wn18rr-TransE-32d-hale-bias-s0"
+  assert rep.paper_numbers("WN18RR", "TransE", 32, cell.variant) is None  # not in the paper
+  with pytest.raises(ValueError, match="hale-bias"):  # table5 lacks it; the error lists choices
+    rep.plan("table5", ["WN18RR"], ["RotL"], ["hale-bias", "nope"])
+
+  def row(model, variant, mrr, paper=None):
+    r = dict.fromkeys(rep.ROW_FIELDS)
+    r.update(dataset="WN18RR", model=model, dim=32, variant=variant, test_mrr=mrr,
+             paper_mrr=paper, status="trained", note="")
+    return r
+
+  rows = [row("TransE", "SamNeg", 0.2398, 0.177), row("TransE", "HaLE", 0.204, 0.212),
+          row("TransE", "HaLE + tail biases", 0.2607),
+          row("RotL", "SamNeg", 0.46, 0.295), row("RotL", "HaLE + tail biases", 0.4535),
+          row("RotE", "HaLE + tail biases", 0.45)]                 # no SamNeg cell: skipped
+  lines = rep.versus_hale("table2", rows)
+  hale_body = [x for x in lines if x.startswith("| WN18RR") and "tail biases" not in x]
+  assert hale_body == ["| WN18RR | TransE-32 | SamNeg | -0.036 | +0.035 | no |"]  # the
+  # extension is never set against HaLE, and RotL has no HaLE cell
+  ext = [x for x in lines if "tail biases |" in x]
+  assert ext == ["| WN18RR | TransE-32 | HaLE + tail biases | SamNeg | +0.021 | yes |",
+                 "| WN18RR | RotL-32 | HaLE + tail biases | SamNeg | -0.007 | no |"]
+  assert "HaLE ahead in 0 of 1 (the paper: 1 of 1)." in lines
+  assert lines[-1] == "Extension ahead in 1 of 2."
+
+
+def test_hale_bias_tiny_run_keeps_its_cell(tmp_path):
+  out = tmp_path / "t2"
+  _run("--experiment=table2", *TINY, "--models=TransE", "--variants=samneg,hale-bias",
+       f"--outdir={out}")
+  rows = _rows(out)
+  assert [(r["variant"], r["bias"], r["status"]) for r in rows] == [
+      ("SamNeg", "auto", "trained"), ("HaLE + tail biases", "learn", "trained")]
+  assert all(math.isfinite(float(r["test_mrr"])) for r in rows)
+  # A later command without the opt-in variant still lists its finished cell.
+  _run("--experiment=table2", *TINY, "--models=TransE", "--variants=samneg", f"--outdir={out}")
+  assert [(r["variant"], r["status"]) for r in _rows(out)] == [
+      ("SamNeg", "cached"), ("HaLE + tail biases", "kept")]
+  assert "Extension ahead in" in (out / "table.md").read_text()
