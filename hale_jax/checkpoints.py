@@ -159,27 +159,33 @@ class Checkpointer:
     """Saves the best-valid parameters as step ``epoch`` of ``best/``."""
     _save(self._best, epoch, params=ocp.args.StandardSave(params))
 
-  def restore_latest(self, template: Any) -> tuple[Any, dict[str, Any], int] | None:
+  def restore_latest(self, template: Any, *older_templates: Any
+                     ) -> tuple[Any, dict[str, Any], int] | None:
     """``(state, meta, epoch)`` of the newest step that restores, or None if there is none.
 
     ``template`` is a pytree of the state's structure (arrays or ShapeDtypeStructs); the state
     comes back in that structure as host numpy arrays of the *stored* shapes, whatever the
     layout (device, mesh, padding) that saved them: the caller places them (see
-    ``hale_jax.sharding.place_state``).  A step that fails to restore (partial or corrupt) is
-    reported and skipped.
+    ``hale_jax.sharding.place_state``).  ``older_templates`` are the structures of earlier
+    layouts of the same state, tried in turn for a step that ``template`` does not fit; the
+    state then comes back in the older structure, for the caller to convert.  A step that
+    fails to restore with every template (partial or corrupt) is reported and skipped.
     """
-    # numpy leaves: orbax reads each whole array to the host, in the stored shape.
-    abstract = jax.tree.map(lambda x: np.empty((0,) * len(x.shape), x.dtype), template)
     for step in sorted(self._latest.all_steps(), reverse=True):
-      try:
-        out = self._latest.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-      except Exception as err:  # pylint: disable=broad-except
-        reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
-        self._log(f"checkpoint {self.workdir / 'checkpoints' / str(step)} cannot be restored "
-                  f"({reason}); trying the previous one")
-        continue
-      return out["state"], out["meta"], step
+      reason = None
+      for tree in (template, *older_templates):
+        # numpy leaves: orbax reads each whole array to the host, in the stored shape.
+        abstract = jax.tree.map(lambda x: np.empty((0,) * len(x.shape), x.dtype), tree)
+        try:
+          out = self._latest.restore(step, args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+        except Exception as err:  # pylint: disable=broad-except
+          if reason is None:  # the current layout's reason is the one worth reporting
+            reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+          continue
+        return out["state"], out["meta"], step
+      self._log(f"checkpoint {self.workdir / 'checkpoints' / str(step)} cannot be restored "
+                f"({reason}); trying the previous one")
     return None
 
   def close(self) -> None:

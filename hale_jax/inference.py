@@ -128,7 +128,8 @@ def export_run(workdir: str | os.PathLike, fmt: str, output: str | os.PathLike,
   ``fmt="tsv"``: a folder holding ``entities.tsv`` (``name<TAB>v1<TAB>...<TAB>vd``),
   ``relations_<table>.tsv`` for each relation table (``name<TAB>values``, ``R2`` lines),
   ``relation_scale.tsv`` (``name<TAB>c_r``) and, for runs with KGEmb's entity biases,
-  ``entities_bias_head.tsv`` and ``entities_bias_tail.tsv`` (``name<TAB>b``, ``N`` lines).
+  ``entities_bias_tail.tsv`` and (samneg, advneg) ``entities_bias_head.tsv`` (``name<TAB>b``,
+  ``N`` lines).
 
   An existing ``output`` is refused (FileExistsError) unless ``overwrite``.
   """

@@ -18,7 +18,7 @@ key             shape         used by
 ``diagonal``    ``[R2, d]``   DistMult
 ``rotation``    ``[R2, d]``   RotatE, RotE, RotL
 ``alpha``       ``[R2]``      RotL, initialised to 1
-``bias_head``   ``[N]``       optional (``entity_bias=True``): KGEmb's learned head bias
+``bias_head``   ``[N]``       optional (``entity_bias`` and ``head_bias``): KGEmb's head bias
 ``bias_tail``   ``[N]``       optional (``entity_bias=True``): KGEmb's learned tail bias
 ==============  ============  ===============================================================
 
@@ -154,7 +154,8 @@ def check_rotation_init(rotation_init: str) -> None:
 
 def init_params(key: jax.Array, model: str, num_entities: int, num_relations: int, dim: int,
                 init_scale: float = 1e-3, dtype: Any = jnp.float32,
-                entity_bias: bool = False, rotation_init: str = "uniform") -> Params:
+                entity_bias: bool = False, rotation_init: str = "uniform",
+                head_bias: bool = True) -> Params:
   """Initialises a model's parameters.
 
   Args:
@@ -167,7 +168,9 @@ def init_params(key: jax.Array, model: str, num_entities: int, num_relations: in
       ``rotation`` table only with ``rotation_init="normal"``).
     dtype: of every table (float64 needs ``jax_enable_x64``; the tables are drawn in float32
       and cast, so the float64 start equals the float32 one).
-    entity_bias: add the ``bias_head`` and ``bias_tail`` tables (zeros).
+    entity_bias: add the ``bias_tail`` table and, with ``head_bias``, ``bias_head`` (zeros).
+    head_bias: with ``entity_bias``, also add ``bias_head``; losses that rank a query's tails
+      against each other (HaLE, allneg) never read it (``hale_jax.train.uses_head_bias``).
     rotation_init: ``"uniform"`` (``U(-1, 1)``) or ``"normal"`` (``init_scale * N(0, 1)``), see
       the module docstring.
 
@@ -190,8 +193,9 @@ def init_params(key: jax.Array, model: str, num_entities: int, num_relations: in
   params["scale"] = jnp.full((num_relations,), _SOFTPLUS_INV_1, jnp.float32)
   if model == "rotl":
     params["alpha"] = jnp.ones((num_relations,), jnp.float32)
-  if entity_bias:
+  if entity_bias and head_bias:
     params["bias_head"] = jnp.zeros((num_entities,), jnp.float32)
+  if entity_bias:
     params["bias_tail"] = jnp.zeros((num_entities,), jnp.float32)
   return {name: table.astype(dtype) for name, table in params.items()}
 

@@ -42,6 +42,7 @@ LR_SCHEDULES = ("constant", "cosine")
 BIAS_MODES = ("auto", "learn", "none")
 # The losses whose scores may carry learned biases: b_h + b_t, or only b_t for allneg and hale.
 BIASED_LOSSES = ("samneg", "advneg", "allneg", "hale")
+TAIL_BIAS_LOSSES = ("allneg", "hale")  # rank tails against each other: b_h would cancel
 
 
 @dataclasses.dataclass
@@ -129,6 +130,14 @@ def uses_entity_bias(config: Config) -> bool:
   return config.bias == "learn"
 
 
+def uses_head_bias(config: Config) -> bool:
+  """Whether the run also learns the head bias ``b_h``: entity biases with a loss that scores
+  a triple by itself (samneg, advneg).  HaLE and allneg compare a query's candidate tails, where
+  ``b_h`` is a constant, so their biased runs hold only ``bias_tail`` (runs before 2026-11-28
+  also held an unused ``bias_head`` of zeros; :func:`train` resumes their checkpoints)."""
+  return uses_entity_bias(config) and config.loss not in TAIL_BIAS_LOSSES
+
+
 class TrainState(NamedTuple):
   params: dict[str, Array]
   opt_state: Any
@@ -199,7 +208,8 @@ def batch_loss(params, batch: Array, key: Array | None = None, *, model: str,
   ``--double_neg`` instead replaces head and tail of one negative together).  When ``params`` hold entity
   biases (``models.init_params(entity_bias=True)``) the baselines' scores are KGEmb's
   ``b_h + b_t - h(x)``, and HaLE's candidate scores are ``b_t - h(x)`` (``hale_jax.losses``,
-  "Tail biases"; ``b_h`` is unused).  ``lse_chunk > 0`` computes
+  "Tail biases"); HaLE and allneg rank a query's tails against each other, so they never read
+  ``bias_head`` and their runs have none (:func:`uses_head_bias`).  ``lse_chunk > 0`` computes
   HaLE's uniformity term ``lse_chunk`` entities at a time (``hale_jax.chunked``: the same value
   and gradient in ``O(k * lse_chunk)`` memory); 0, or a chunk of ``N`` or more, materialises
   the ``[k, N]`` matrix (one chunk would only add the loop, which on a GPU makes the step
@@ -225,6 +235,12 @@ def batch_loss(params, batch: Array, key: Array | None = None, *, model: str,
     sampled = scale[:num_sampled, None] * models.squared_distances(queries[:num_sampled], entity,
                                                                       matmul)
     return losses.hale_loss(pos, sampled, activation, lam, pos_square, pos_bias, entity_bias)
+  if loss == "allneg":
+    scores = baselines.scores_from_scaled(
+        scale[:, None] * models.squared_distances(queries, entity, matmul), activation)
+    if biased:  # b_h is the same for every candidate: softmax ignores it
+      scores = scores + params["bias_tail"][None, :]
+    return baselines.allneg_loss(scores, tails)
   pos_score = baselines.scores_from_scaled(pos, activation)
   if biased:  # KGEmb: score = b_h + b_t - h(x)
     head_bias = params["bias_head"][heads]
@@ -238,12 +254,6 @@ def batch_loss(params, batch: Array, key: Array | None = None, *, model: str,
     if loss == "samneg":
       return baselines.samneg_loss(pos_score, neg_score, margin)
     return baselines.advneg_loss(pos_score, neg_score, adv_temperature, margin)
-  if loss == "allneg":
-    scores = baselines.scores_from_scaled(
-        scale[:, None] * models.squared_distances(queries, entity, matmul), activation)
-    if biased:  # b_h is the same for every candidate: softmax ignores it
-      scores = scores + params["bias_tail"][None, :]
-    return baselines.allneg_loss(scores, tails)
   if loss == "nonneg":
     return baselines.nonneg_loss(pos_score, entity, nonneg_weight)
   raise ValueError(f"unknown loss {loss!r}")
@@ -333,11 +343,12 @@ def make_epoch_fn(config: Config, num_queries: int):
 
 
 def init_fn(config: Config, num_entities: int, num_relation_ids: int,
-            pad_to: Callable[[dict[str, Array]], dict[str, Array]] | None = None
-            ) -> Callable[[], TrainState]:
+            pad_to: Callable[[dict[str, Array]], dict[str, Array]] | None = None,
+            head_bias: bool | None = None) -> Callable[[], TrainState]:
   """The function that creates the initial state (to be jitted): parameters from
   ``config.seed``, optionally padded by ``pad_to`` (``hale_jax.sharding``), and the optimiser
-  state.  One function for every layout, so each starts from the same bits."""
+  state.  One function for every layout, so each starts from the same bits.  ``head_bias``
+  overrides :func:`uses_head_bias` (True gives the layout of older tail-bias checkpoints)."""
   optimizer = make_optimizer(config)
 
   def init() -> TrainState:
@@ -346,6 +357,8 @@ def init_fn(config: Config, num_entities: int, num_relation_ids: int,
     params = models.init_params(init_key, config.model, num_entities, num_relation_ids,
                                 config.dim, config.init_scale, config.dtype,
                                 entity_bias=uses_entity_bias(config),
+                                head_bias=(uses_head_bias(config) if head_bias is None
+                                           else head_bias),
                                 rotation_init=config.rotation_init)
     if pad_to is not None:
       params = pad_to(params)
@@ -460,6 +473,27 @@ def _validate_now(config: Config, epoch: int, train_seconds: float, since_eval: 
   return epoch % max(1, config.max_epochs // 20) == 0
 
 
+def _older_layouts(config: Config, num_entities: int, num_relation_ids: int) -> list[dict]:
+  """Restore templates of the earlier layouts a run of ``config`` may have checkpointed: HaLE
+  and allneg runs with entity biases held an unused ``bias_head`` table before 2026-11-28."""
+  if not uses_entity_bias(config) or uses_head_bias(config):
+    return []
+  old = jax.eval_shape(init_fn(config, num_entities, num_relation_ids, head_bias=True))
+  return [{"state": old, "best_params": old.params}]
+
+
+def _without_key(tree: Any, key: str) -> Any:
+  """``tree`` (dicts, lists, tuples and NamedTuples such as optax states) without any dict
+  entry named ``key``: a parameter table dropped from the parameters and its optimiser moments."""
+  if isinstance(tree, dict):
+    return {k: _without_key(v, key) for k, v in tree.items() if k != key}
+  if isinstance(tree, tuple) and hasattr(tree, "_fields"):
+    return type(tree)(*(_without_key(v, key) for v in tree))
+  if isinstance(tree, (list, tuple)):
+    return type(tree)(_without_key(v, key) for v in tree)
+  return tree
+
+
 def train(config: Config, data: KGData, workdir: str | os.PathLike,
           log: Callable[[str], None] = print, overwrite: bool = False,
           extra: dict[str, Any] | None = None, data_spec: dict[str, Any] | None = None,
@@ -550,9 +584,13 @@ def train(config: Config, data: KGData, workdir: str | os.PathLike,
               "loss": None, "best": None, "best_epoch": 0, "curve": []}
   best_params = jax.tree.map(jnp.copy, state.params)  # own buffers: the state's are donated
   ckpt = checkpoints.Checkpointer(workdir, config.max_to_keep, log)
-  restored = ckpt.restore_latest({"state": state, "best_params": best_params})
+  restored = ckpt.restore_latest({"state": state, "best_params": best_params},
+                                 *_older_layouts(config, n, 2 * data.num_relations))
   if restored is not None:  # host arrays, padded for the mesh that saved them
     arrays, meta, _ = restored
+    if "bias_head" in arrays["best_params"] and not uses_head_bias(config):
+      arrays = _without_key(arrays, "bias_head")  # an older layout: its b_h was never used
+      log("the checkpoint holds an unused bias_head table (saved before 2026-11-28): dropped")
     progress = {k: meta[k] for k in progress}
     state = sharding.place_state(sharding.unpad_state(arrays["state"], optimizer, n), mesh,
                                  optimizer)

@@ -138,4 +138,43 @@ def test_biased_hale_run_on_a_mesh_matches_one_device(tmp_path):
   _same_metrics(runs["data:1,model:8"], runs["none"])
   _same_params(tmp_path / "data_1,model_8", tmp_path / "none")
   with np.load(tmp_path / "none" / "best_params.npz") as p:
-    assert np.any(p["bias_tail"] != 0.0) and np.all(p["bias_head"] == 0.0)
+    assert np.any(p["bias_tail"] != 0.0) and "bias_head" not in p.files  # HaLE never reads b_h
+
+
+def test_only_losses_that_read_the_head_bias_get_one():
+  for loss, bias, tables in [("hale", "learn", ["bias_tail"]), ("allneg", "learn", ["bias_tail"]),
+                             ("samneg", "auto", ["bias_head", "bias_tail"]),
+                             ("advneg", "learn", ["bias_head", "bias_tail"]), ("hale", "auto", [])]:
+    cfg = train.Config(model="TransE", dim=4, loss=loss, bias=bias)
+    state = jax.eval_shape(train.init_fn(cfg, 10, 4))
+    assert sorted(k for k in state.params if k.startswith("bias")) == tables, (loss, bias)
+    assert train.uses_head_bias(cfg) == ("bias_head" in tables)
+
+
+def test_resume_drops_the_unused_head_bias_of_an_older_checkpoint(tmp_path, monkeypatch):
+  """Runs of HaLE with tail biases checkpointed before 2026-11-28 held a bias_head table of
+  zeros (and its Adam moments).  Resuming one drops it and goes on as the new layout would."""
+  from test_mesh_training import _config, _graph, _same_metrics, _same_params  # pylint: disable=import-outside-toplevel
+  cfg = _config(model="TransE", bias="learn")
+  calls = []
+
+  def stop_after_two():
+    calls.append(None)
+    return "test stop" if len(calls) == 2 else None
+
+  with jax.enable_x64(True):
+    reference = train.train(cfg, _graph(), tmp_path / "new", log=lambda s: None)
+    with monkeypatch.context() as patch:  # the old layout: init also made bias_head
+      patch.setattr(train, "uses_head_bias", lambda config: True)
+      with pytest.raises(train.Interrupted):
+        train.train(cfg, _graph(), tmp_path / "old", log=lambda s: None,
+                    should_stop=stop_after_two)
+    lines = []
+    res = train.train(cfg, _graph(), tmp_path / "old", log=lines.append)
+  assert any("unused bias_head" in line for line in lines), lines
+  assert any("resumed from" in line and "epoch 2" in line for line in lines), lines
+  assert res["timings"]["resumed"] and res["metrics"]["epochs"] == 3
+  _same_metrics(res, reference)  # b_h was zeros with zero gradient: dropping it changes nothing
+  with np.load(tmp_path / "old" / "best_params.npz") as p:
+    assert "bias_head" not in p.files
+  _same_params(tmp_path / "old", tmp_path / "new")
