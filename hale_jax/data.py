@@ -1,16 +1,25 @@
 """Reading knowledge graphs, vocabularies, reciprocal relations and the filter index.
 
 A dataset folder holds ``train.txt``, ``valid.txt`` and ``test.txt`` with one
-``head<TAB>relation<TAB>tail`` per line (UTF-8; CRLF and a final newline are accepted).
+``head<TAB>relation<TAB>tail`` per line (UTF-8; a byte-order mark, CRLF and a final newline
+are accepted).  A field with leading or trailing whitespace is refused unless
+``strip_whitespace=True`` (``"paris "`` and ``"paris"`` would otherwise be two entities).
 Entity and relation ids come from the sorted names over all three splits, so the same files
 always give the same ids.  Bad input raises :class:`DataError` whose message is one line
 naming the file, the line and the fix; nothing is returned half-loaded.
+
+:func:`data_report` lists duplicates, train/valid/test overlap and valid/test names unseen in
+train; :func:`split_hashes` fingerprints a folder's raw files.  For your own files in other
+layouts see :mod:`hale_jax.own_data`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gzip
+import hashlib
 import os
+import zlib
 from pathlib import Path
 from typing import Sequence
 
@@ -62,36 +71,72 @@ class KGData:
     return {"train": self.train, "valid": self.valid, "test": self.test}[name]
 
 
-def _read_split(path: Path) -> list[tuple[str, str, str]]:
-  if not path.is_file():
-    raise DataError(f"{path}: file is missing; a dataset folder needs train.txt, valid.txt and "
-                    f"test.txt with one head<TAB>relation<TAB>tail per line")
+def read_text(path: Path) -> str:
+  """The UTF-8 text of ``path`` (gunzipped if it ends in ``.gz``) without a leading byte-order
+  mark; bad bytes raise a :class:`DataError` naming the line (editors on Windows often save a
+  BOM, which would otherwise become part of the first head's name)."""
   raw = path.read_bytes()
+  if path.suffix == ".gz":
+    try:
+      raw = gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as err:
+      raise DataError(f"{path}: not a readable gzip file ({one_line(err)}); decompress it by "
+                      f"hand or fetch it again") from None
   try:
     text = raw.decode("utf-8")
   except UnicodeDecodeError as err:
     line = raw.count(b"\n", 0, err.start) + 1
     raise DataError(f"{path}:{line}: bytes that are not UTF-8 ({raw[err.start:err.end]!r}); "
                     f"re-encode the file as UTF-8") from None
+  return text[1:] if text.startswith("\ufeff") else text
+
+
+def text_lines(text: str) -> list[tuple[int, str]]:
+  """``(line number, line)`` without ``\\r``; blank lines at the end are dropped (a final
+  newline, or several, is common and harmless)."""
   lines = text.split("\n")
   while lines and lines[-1].strip("\r") == "":
     lines.pop()
+  return [(number, line.rstrip("\r")) for number, line in enumerate(lines, start=1)]
+
+
+def check_fields(path: Path, number: int, fields: Sequence[str],
+                 strip_whitespace: bool = False) -> tuple[str, str, str]:
+  """``(head, relation, tail)`` after refusing empty fields and, unless ``strip_whitespace``,
+  fields with leading or trailing whitespace (``"paris "`` and ``"paris"`` would silently be
+  two entities)."""
+  out = []
+  for field, role in zip(fields, _FIELDS):
+    if strip_whitespace:
+      field = field.strip()
+    if field.strip() == "":
+      raise DataError(f"{path}:{number}: the {role} field is empty; every triple needs a "
+                      f"head, a relation and a tail")
+    if field != field.strip():
+      shown = field if len(field) <= 60 else field[:57] + "..."
+      raise DataError(f"{path}:{number}: the {role} field {shown!r} has leading or trailing "
+                      f"whitespace; fix the file, or pass strip_whitespace=True "
+                      f"(--strip_whitespace) to strip every field")
+    out.append(field)
+  return out[0], out[1], out[2]
+
+
+def _read_split(path: Path, strip_whitespace: bool = False) -> list[tuple[str, str, str]]:
+  if not path.is_file():
+    raise DataError(f"{path}: file is missing; a dataset folder needs train.txt, valid.txt and "
+                    f"test.txt with one head<TAB>relation<TAB>tail per line")
+  lines = text_lines(read_text(path))
   if not lines:
     raise DataError(f"{path}: file holds no triples; it needs one head<TAB>relation<TAB>tail "
                     f"per line")
   triples = []
-  for number, line in enumerate(lines, start=1):
-    line = line.rstrip("\r")
+  for number, line in lines:
     fields = line.split("\t")
     if len(fields) != 3:
       what = "an empty line" if line.strip() == "" else f"{len(fields)} tab-separated field(s)"
       raise DataError(f"{path}:{number}: {what} where 3 are expected (head<TAB>relation<TAB>"
                       f"tail); fix or remove this line")
-    for field, role in zip(fields, _FIELDS):
-      if field.strip() == "":
-        raise DataError(f"{path}:{number}: the {role} field is empty; every triple needs a "
-                        f"head, a relation and a tail")
-    triples.append((fields[0], fields[1], fields[2]))
+    triples.append(check_fields(path, number, fields, strip_whitespace))
   return triples
 
 
@@ -110,13 +155,17 @@ def from_named_triples(name: str, splits: dict[str, Sequence[tuple[str, str, str
                 source=source, **arrays)
 
 
-def load_folder(folder: str | os.PathLike, name: str | None = None) -> KGData:
-  """Reads ``folder/{train,valid,test}.txt``; raises :class:`DataError` on bad input."""
+def load_folder(folder: str | os.PathLike, name: str | None = None, *,
+                strip_whitespace: bool = False) -> KGData:
+  """Reads ``folder/{train,valid,test}.txt``; raises :class:`DataError` on bad input.
+
+  ``strip_whitespace`` strips each field instead of refusing leading or trailing whitespace.
+  """
   folder = Path(folder)
   if not folder.is_dir():
     raise DataError(f"{folder}: no such folder; point --data_dir at a folder holding "
                     f"train.txt, valid.txt and test.txt")
-  splits = {s: _read_split(folder / f"{s}.txt") for s in SPLITS}
+  splits = {s: _read_split(folder / f"{s}.txt", strip_whitespace) for s in SPLITS}
   return from_named_triples(name or folder.name, splits, source=str(folder.resolve()))
 
 
@@ -188,6 +237,149 @@ def summary(data: KGData) -> str:
     lines.append(f"  {s}: {n_ent:,} entities unseen in train, in {n_tri:,} triples "
                  f"(ranked with their untrained initial embeddings)")
   return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- data report
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+  """A count and the first few examples, as names (``"(paris, capital_of, france)"``);
+  ``truncated`` says that there are more examples than shown."""
+  count: int
+  examples: tuple[str, ...] = ()
+  truncated: bool = False
+
+  def text(self, what: str) -> str:
+    """``"2 duplicate triples [(a, r, b), (c, r, d)]"``; ``what`` is the plural noun phrase."""
+    if self.count == 1:
+      what = what.replace("triples", "triple").replace("entities", "entity").replace(
+          "relations", "relation")
+    more = ", ..." if self.truncated else ""
+    shown = f" [{', '.join(self.examples)}{more}]" if self.examples else ""
+    return f"{self.count:,} {what}{shown}"
+
+
+@dataclasses.dataclass(frozen=True)
+class DataReport:
+  """Quirks of a dataset worth knowing before training on it (:func:`check_data`).
+
+  Attributes:
+    duplicates: per split, triples that repeat an earlier triple of the same split.
+    in_train: for valid and test, triples that also occur in train (leakage: the model has
+      seen the answer; filtered ranking then removes nothing but the metric is inflated).
+    test_in_valid: test triples that also occur in valid.
+    unseen_entities, unseen_relations: for valid and test, the entities / relations that never
+      occur in train (their embeddings keep their untrained initial values).
+  """
+  duplicates: dict[str, Finding]
+  in_train: dict[str, Finding]
+  test_in_valid: Finding
+  unseen_entities: dict[str, Finding]
+  unseen_relations: dict[str, Finding]
+
+  def lines(self) -> list[str]:
+    """One line per split, for the start of a run."""
+    out = [f"  check train: {self.duplicates['train'].text('duplicate triples')}"]
+    for s in ("valid", "test"):
+      parts = [self.duplicates[s].text("duplicate triples"),
+               self.in_train[s].text("triples also in train")]
+      if s == "test":
+        parts.append(self.test_in_valid.text("triples also in valid"))
+      parts += [self.unseen_entities[s].text("entities unseen in train"),
+                self.unseen_relations[s].text("relations unseen in train")]
+      out.append(f"  check {s}: {'; '.join(parts)}")
+    return out
+
+  def clean(self) -> bool:
+    """No duplicates, no leakage, nothing unseen."""
+    findings = [*self.duplicates.values(), *self.in_train.values(), self.test_in_valid,
+                *self.unseen_entities.values(), *self.unseen_relations.values()]
+    return all(f.count == 0 for f in findings)
+
+
+_KEY_LIMIT = 2 ** 62
+
+
+def _split_keys(data: KGData) -> dict[str, np.ndarray]:
+  """Per split, one int64 per triple, equal iff the triples are equal (across splits too)."""
+  everything = np.concatenate([data.split(s) for s in SPLITS]).astype(np.int64)
+  n, r = max(data.num_entities, 1), max(data.num_relations, 1)
+  if n * n * r < _KEY_LIMIT:
+    keys = (everything[:, 0] * r + everything[:, 1]) * n + everything[:, 2]
+  else:  # vast vocabularies: exact, slower
+    _, inverse = np.unique(everything, axis=0, return_inverse=True)
+    keys = inverse.reshape(-1).astype(np.int64)
+  bounds = np.cumsum([0] + [len(data.split(s)) for s in SPLITS])
+  return {s: keys[bounds[i]:bounds[i + 1]] for i, s in enumerate(SPLITS)}
+
+
+def _name_triple(data: KGData, triple: np.ndarray) -> str:
+  h, r, t = (int(x) for x in triple)
+  return f"({data.entities[h]}, {data.relations[r]}, {data.entities[t]})"
+
+
+def _finding(data: KGData, triples: np.ndarray, mask: np.ndarray, examples: int) -> Finding:
+  rows = np.flatnonzero(mask)
+  return Finding(len(rows), tuple(_name_triple(data, triples[i]) for i in rows[:examples]),
+                 len(rows) > examples)
+
+
+def _duplicates(data: KGData, triples: np.ndarray, keys: np.ndarray, examples: int) -> Finding:
+  """Rows that repeat an earlier row; the examples are the repeated triples, each once."""
+  _, first, counts = np.unique(keys, return_index=True, return_counts=True)
+  repeated = np.sort(first[counts > 1])  # the first copy of each repeated triple, in order
+  shown = tuple(_name_triple(data, triples[i]) for i in repeated[:examples])
+  return Finding(int((counts - 1).sum()), shown, len(repeated) > examples)
+
+
+def _unseen(names, ids: np.ndarray, seen: np.ndarray, examples: int) -> Finding:
+  """Ids in ``ids`` (in order of first occurrence) whose ``seen`` flag is off."""
+  _, first = np.unique(ids, return_index=True)
+  ordered = ids[np.sort(first)]
+  unseen = ordered[~seen[ordered]]
+  return Finding(len(unseen), tuple(str(names[int(i)]) for i in unseen[:examples]),
+                 len(unseen) > examples)
+
+
+def check_data(data: KGData, examples: int = 3) -> DataReport:
+  """Counts duplicates, train/valid/test overlap and valid/test names unseen in train."""
+  keys = _split_keys(data)
+  seen_entities = np.zeros(data.num_entities, bool)
+  seen_entities[data.train[:, 0]] = True
+  seen_entities[data.train[:, 2]] = True
+  seen_relations = np.zeros(data.num_relations, bool)
+  seen_relations[data.train[:, 1]] = True
+  held = ("valid", "test")
+  return DataReport(
+      duplicates={s: _duplicates(data, data.split(s), keys[s], examples) for s in SPLITS},
+      in_train={s: _finding(data, data.split(s), np.isin(keys[s], keys["train"]), examples)
+                for s in held},
+      test_in_valid=_finding(data, data.test, np.isin(keys["test"], keys["valid"]), examples),
+      unseen_entities={s: _unseen(data.entities, data.split(s)[:, [0, 2]].reshape(-1),
+                                  seen_entities, examples) for s in held},
+      unseen_relations={s: _unseen(data.relations, data.split(s)[:, 1], seen_relations,
+                                   examples) for s in held})
+
+
+def data_report(data: KGData, examples: int = 3) -> list[str]:
+  """:func:`check_data` as lines to print at the start of a run (see :meth:`DataReport.lines`)."""
+  return check_data(data, examples).lines()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+  """The sha256 of a file's bytes, read in chunks."""
+  try:
+    with open(path, "rb") as f:
+      return hashlib.file_digest(f, "sha256").hexdigest()
+  except OSError as err:
+    raise DataError(f"{path}: cannot be read ({one_line(err)}); check that the file exists "
+                    f"and is readable") from None
+
+
+def split_hashes(folder: str | os.PathLike) -> dict[str, str]:
+  """``{"train": sha256, "valid": ..., "test": ...}`` of the raw files in ``folder``, to tell
+  on resume whether the data changed since a run started."""
+  return {s: file_sha256(Path(folder) / f"{s}.txt") for s in SPLITS}
 
 
 def write_vocabulary(data: KGData, folder: str | os.PathLike) -> None:

@@ -294,3 +294,153 @@ def test_power_law_shapes_coverage_and_determinism():
 def test_power_law_rejects_bad_sizes():
   with pytest.raises(ValueError, match="num_entities >= 2"):
     synthetic.power_law(1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Input quirks: a byte-order mark, whitespace around fields.
+
+
+def test_byte_order_mark_is_dropped(tmp_path):
+  folder = _write(tmp_path / "kg")
+  for split in kgdata.SPLITS:
+    path = folder / f"{split}.txt"
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+  d = kgdata.load_folder(folder)
+  for s in kgdata.SPLITS:
+    assert _names(d, s) == GOOD[s]
+  assert not any("\ufeff" in x for x in d.entities)
+
+
+@pytest.mark.parametrize("content,line,role", [
+    (GOOD_LINE + b" a\tr\tb\n", 2, "head"),
+    (b"a\tr \tb\n", 1, "relation"),
+    (GOOD_LINE + GOOD_LINE + b"a\tr\tb \r\n", 3, "tail"),
+    ("a\tr\tb\u00a0\n".encode(), 1, "tail"),  # a no-break space counts as whitespace
+], ids=["leading-head", "trailing-relation", "trailing-tail-crlf", "nbsp"])
+def test_whitespace_around_a_field_raises(tmp_path, content, line, role):
+  folder = _folder_with(tmp_path, "train", content)
+  with pytest.raises(DataError) as err:
+    kgdata.load_folder(folder)
+  _check(err, folder / "train.txt", line, ["whitespace"])
+  msg = str(err.value)
+  assert role in msg and "strip_whitespace" in msg
+
+
+def test_strip_whitespace_strips_fields(tmp_path):
+  folder = _write(tmp_path / "kg")
+  (folder / "train.txt").write_bytes(b" paris\tcapital_of \tfrance\nberlin\t capital_of\t"
+                                     b"germany  \nfrance\tborders\tgermany\n")
+  d = kgdata.load_folder(folder, strip_whitespace=True)
+  assert _names(d, "train") == GOOD["train"]
+  assert d.entities == kgdata.load_folder(_write(tmp_path / "clean")).entities
+  (folder / "valid.txt").write_bytes(b"a\t \tb\n")  # still an empty field once stripped
+  with pytest.raises(DataError, match="empty"):
+    kgdata.load_folder(folder, strip_whitespace=True)
+
+
+def test_inner_spaces_are_part_of_a_name(tmp_path):
+  folder = _folder_with(tmp_path, "train", b"New York\tin country\tUnited States\n")
+  d = kgdata.load_folder(folder)
+  assert "New York" in d.entities and "in country" in d.relations
+
+
+# ----------------------------------------------------------------------------------------------
+# Summary (format kept) and the data report.
+
+
+def test_summary_format_is_unchanged(tmp_path):
+  d = kgdata.load_folder(_write(tmp_path / "kg"))
+  assert kgdata.summary(d).split("\n") == [
+      f"dataset kg  ({tmp_path / 'kg'})",
+      "  entities 6   relations 2 (4 with reciprocals)",
+      "  triples  train 3   valid 1   test 2",
+      "  valid: 0 entities unseen in train, in 0 triples (ranked with their untrained initial "
+      "embeddings)",
+      "  test: 2 entities unseen in train, in 2 triples (ranked with their untrained initial "
+      "embeddings)",
+  ]
+
+
+QUIRKY = {
+    "train": [("a", "r", "b"), ("b", "r", "c"), ("a", "r", "b"), ("c", "s", "a"), ("a", "r", "b"),
+              ("c", "s", "a")],
+    "valid": [("a", "r", "c"), ("a", "r", "c"), ("b", "r", "c"), ("x", "r", "a")],
+    "test": [("c", "s", "a"), ("a", "r", "c"), ("y", "q", "z"), ("z", "q", "a"), ("a", "p", "b")],
+}
+
+
+def test_data_report_counts_and_examples():
+  d = kgdata.from_named_triples("q", QUIRKY)
+  report = kgdata.check_data(d)
+  assert report.duplicates["train"] == kgdata.Finding(3, ("(a, r, b)", "(c, s, a)"))
+  assert report.duplicates["valid"] == kgdata.Finding(1, ("(a, r, c)",))
+  assert report.duplicates["test"].count == 0
+  assert report.in_train["valid"] == kgdata.Finding(1, ("(b, r, c)",))
+  assert report.in_train["test"] == kgdata.Finding(1, ("(c, s, a)",))
+  assert report.test_in_valid == kgdata.Finding(1, ("(a, r, c)",))
+  assert report.unseen_entities["valid"] == kgdata.Finding(1, ("x",))
+  assert report.unseen_entities["test"] == kgdata.Finding(2, ("y", "z"))
+  assert report.unseen_relations["valid"].count == 0
+  assert report.unseen_relations["test"] == kgdata.Finding(2, ("q", "p"))
+  assert not report.clean()
+  # the unseen entity counts agree with unseen_in_train
+  for s in ("valid", "test"):
+    assert report.unseen_entities[s].count == kgdata.unseen_in_train(d, s)[0]
+  lines = kgdata.data_report(d)
+  assert lines == [
+      "  check train: 3 duplicate triples [(a, r, b), (c, s, a)]",
+      "  check valid: 1 duplicate triple [(a, r, c)]; 1 triple also in train [(b, r, c)]; "
+      "1 entity unseen in train [x]; 0 relations unseen in train",
+      "  check test: 0 duplicate triples; 1 triple also in train [(c, s, a)]; 1 triple also in "
+      "valid [(a, r, c)]; 2 entities unseen in train [y, z]; 2 relations unseen in train [q, p]",
+  ]
+  assert all("\n" not in line for line in lines)
+
+
+def test_data_report_limits_examples(rng):
+  d = _random_data(rng, n=40, sizes=(30, 40, 40))
+  report = kgdata.check_data(d, examples=2)
+  for finding in [*report.duplicates.values(), *report.unseen_entities.values()]:
+    assert len(finding.examples) == min(2, finding.count)
+  many = report.unseen_entities["test"]
+  assert many.count > 2 and many.text("entities unseen in train").endswith(", ...]")
+  assert kgdata.check_data(d, examples=0).lines()[0] == (
+      f"  check train: {report.duplicates['train'].count} duplicate triples")
+
+
+@pytest.mark.parametrize("key_limit", [2 ** 62, 1], ids=["int64-keys", "exact-rows"])
+def test_data_report_matches_brute_force(rng, monkeypatch, key_limit):
+  monkeypatch.setattr(kgdata, "_KEY_LIMIT", key_limit)  # 1: the path for vast vocabularies
+  d = _random_data(rng, n=8, nr=2, sizes=(40, 20, 20))
+  report = kgdata.check_data(d)
+  rows = {s: [tuple(t) for t in d.split(s)] for s in kgdata.SPLITS}
+  for s in kgdata.SPLITS:
+    assert report.duplicates[s].count == len(rows[s]) - len(set(rows[s]))
+  train = set(rows["train"])
+  for s in ("valid", "test"):
+    assert report.in_train[s].count == sum(t in train for t in rows[s])
+  assert report.test_in_valid.count == sum(t in set(rows["valid"]) for t in rows["test"])
+
+
+def test_data_report_clean_and_generated_graphs():
+  assert kgdata.check_data(synthetic.generate()).clean()
+  g = synthetic.power_law(2000, triples_per_entity=3, num_relations=5, held_out=20, seed=1)
+  lines = kgdata.data_report(g)  # NumberedNames vocabularies work
+  assert len(lines) == 3 and lines[0].startswith("  check train: ")
+
+
+def test_split_hashes(tmp_path):
+  import hashlib
+  folder = _write(tmp_path / "kg")
+  hashes = kgdata.split_hashes(folder)
+  assert set(hashes) == set(kgdata.SPLITS)
+  for s in kgdata.SPLITS:
+    assert hashes[s] == hashlib.sha256((folder / f"{s}.txt").read_bytes()).hexdigest()
+  with open(folder / "test.txt", "ab") as f:
+    f.write(b"a\tb\tc\n")
+  changed = kgdata.split_hashes(folder)
+  assert changed["test"] != hashes["test"] and changed["train"] == hashes["train"]
+  (folder / "valid.txt").unlink()
+  with pytest.raises(DataError) as err:
+    kgdata.split_hashes(folder)
+  _check(err, folder / "valid.txt", None, ["cannot be read"])

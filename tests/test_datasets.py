@@ -6,9 +6,11 @@ import functools
 import hashlib
 import http.server
 import io
+import os
 import socket
 import tarfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -160,7 +162,9 @@ def test_unreachable_server(cache):
   assert "\n" not in message
   assert "could not download CoDEx-S" in message
   assert str(cache / "CoDEx-S") in message and "HALE_DATA_DIR" in message
-  assert "--data_dir" in message
+  # fits every command: evaluate/export/predict take no --data_dir, so it is only for training
+  assert "set HALE_DATA_DIR to a folder holding CoDEx-S/" in message
+  assert "train with --data_dir" in message and "pass --data_dir" not in message
   assert not cache.exists() or list(cache.iterdir()) == []
 
 
@@ -216,3 +220,183 @@ def test_name_normalisation_in_resolve(server, cache):
 def test_gitblob_digest_matches_git():
   empty_blob = "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"  # git hash-object /dev/null
   assert datasets._digest("gitblob", b"") == empty_blob
+
+
+# ----------------------------------------------------------------------------------------------
+# Streaming, size caps, per-file checks, stale staging folders, hostile archives (fake opener).
+
+
+class FakeResponse:
+  """A response whose body is ``chunks`` (then EOF), read in pieces of at most ``n`` bytes."""
+
+  def __init__(self, body: bytes = b"", headers=None, endless: bytes | None = None):
+    self.body, self.headers, self.endless = body, headers or {}, endless
+    self.served = 0
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    return False
+
+  def read(self, n: int) -> bytes:
+    if self.endless is not None:
+      self.served += len(self.endless)
+      return self.endless
+    chunk = self.body[self.served:self.served + n]
+    self.served += len(chunk)
+    return chunk
+
+
+@pytest.fixture
+def opener(monkeypatch):
+  """Serves ``opener.bodies[url]``; records the URLs asked for in ``opener.asked``."""
+  class Opener:
+    def __init__(self):
+      self.bodies, self.asked, self.responses = {}, [], []
+
+    def __call__(self, url, timeout):
+      self.asked.append(url)
+      body = self.bodies[url]
+      response = body if isinstance(body, FakeResponse) else FakeResponse(body)
+      self.responses.append(response)
+      return response
+  fake = Opener()
+  monkeypatch.setattr(datasets, "_open", fake)
+  return fake
+
+
+def test_streamed_download_strips_cr_and_checks_gitblob(opener, cache):
+  base = "http://fake"
+  opener.bodies = {f"{base}/files/{f}": data for f, data in CRLF.items()}
+  path = datasets.resolve("CoDEx-S", cache_dir=cache, sources=files_sources(base))
+  for f, data in LF.items():
+    assert (path / f).read_bytes() == data
+  assert sorted(p.name for p in cache.iterdir()) == ["CoDEx-S"]  # no staging folder left
+
+
+def test_per_file_checksum_is_checked_before_the_next_fetch(opener, cache):
+  base = "http://fake"
+  opener.bodies = {f"{base}/files/{f}": data for f, data in LF.items()}
+  opener.bodies[f"{base}/files/valid.txt"] = b"tampered\tr\tx\n"
+  with pytest.raises(DataError, match="valid.txt has gitblob"):
+    datasets.resolve("CoDEx-S", cache_dir=cache, sources=files_sources(base))
+  assert opener.asked == [f"{base}/files/train.txt", f"{base}/files/valid.txt"]
+  assert list(cache.iterdir()) == []
+
+
+def test_download_beyond_the_size_cap_stops(opener, cache):
+  base = "http://fake"
+  endless = FakeResponse(endless=b"a" * 65536)
+  opener.bodies = {f"{base}/files/train.txt": endless}
+  sizes = {"train.txt": 10_000, "valid.txt": 100, "test.txt": 100}
+  source = datasets.Files(files_sources(base)["CoDEx-S"].files, sizes)
+  with pytest.raises(DataError) as err:
+    datasets.resolve("CoDEx-S", cache_dir=cache, sources={"CoDEx-S": source})
+  message = str(err.value)
+  assert "\n" not in message and "exceeds 40,000 bytes" in message and "4x" in message
+  assert endless.served <= 40_000 + 65_536  # stopped at the first chunk past the cap
+  assert list(cache.iterdir()) == []
+
+
+def test_announced_length_beyond_the_cap_stops_before_reading(opener, cache, monkeypatch):
+  base = "http://fake"
+  big = FakeResponse(b"x" * 10, headers={"Content-Length": str(3 << 30)})
+  opener.bodies = {f"{base}/files/train.txt": big}
+  with pytest.raises(DataError, match="exceeds 2,147,483,648 bytes .the cap for a source of "
+                                      "unknown size"):
+    datasets.resolve("CoDEx-S", cache_dir=cache, sources=files_sources(base))
+  assert big.served == 0
+
+
+def _tar(members) -> bytes:
+  """A .tar.gz of ``(TarInfo, bytes | None)``."""
+  buf = io.BytesIO()
+  with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+    for info, data in members:
+      if data is not None:
+        info.size = len(data)
+      tar.addfile(info, io.BytesIO(data) if data is not None else None)
+  return buf.getvalue()
+
+
+def _member(name, kind=tarfile.REGTYPE, link=""):
+  info = tarfile.TarInfo(name)
+  info.type, info.linkname = kind, link
+  return info
+
+
+def test_archive_member_beyond_the_cap_is_refused(opener, cache):
+  bomb = b"a\tr\tb\n" * 20_000  # 120 KB that gzip packs into a few hundred bytes
+  archive = _tar([(_member("train.txt"), bomb)])
+  url = "http://fake/data.tar.gz"
+  opener.bodies = {url: archive}
+  source = datasets.Tarball(url, hashlib.sha256(archive).hexdigest(),
+                            {"train.txt": sha256(bomb)}, size=len(archive))
+  with pytest.raises(DataError, match="train.txt in the downloaded archive has 120,000 bytes"):
+    datasets.resolve("WN18RR", cache_dir=cache, sources={"WN18RR": source})
+  assert list(cache.iterdir()) == []
+
+
+def test_hostile_archive_members_are_skipped(opener, cache, tmp_path):
+  outside = tmp_path / "outside.txt"
+  archive = _tar([
+      (_member("pkg/train.txt", tarfile.SYMTYPE, "/etc/passwd"), None),
+      (_member("../../outside.txt"), b"escaped"),
+      (_member(str(outside)), b"escaped"),
+      (_member("pkg/valid.txt", tarfile.LNKTYPE, "pkg/train.txt"), None),
+      (_member("pkg/dev.txt", tarfile.CHRTYPE), None),
+      *[(_member(f"../x/{f}"), data) for f, data in CRLF.items()],
+  ])
+  url = "http://fake/data.tar.gz"
+  opener.bodies = {url: archive}
+  source = datasets.Tarball(url, hashlib.sha256(archive).hexdigest(),
+                            {f: sha256(data) for f, data in LF.items()})
+  path = datasets.resolve("WN18RR", cache_dir=cache, sources={"WN18RR": source})
+  assert sorted(p.name for p in path.iterdir()) == ["test.txt", "train.txt", "valid.txt"]
+  for f, data in LF.items():
+    assert not (path / f).is_symlink() and (path / f).read_bytes() == data
+  assert not outside.exists() and not (cache.parent / "outside.txt").exists()
+  assert sorted(p.name for p in cache.iterdir()) == ["WN18RR"]
+
+
+def test_stale_staging_folders_are_removed(opener, cache, capsys):
+  base = "http://fake"
+  opener.bodies = {f"{base}/files/{f}": data for f, data in LF.items()}
+  cache.mkdir(parents=True)
+  old = cache / ".CoDEx-S.partial-dead"
+  old.mkdir()
+  (old / "train.txt").write_bytes(b"half")
+  fresh = cache / ".CoDEx-S.partial-live"
+  fresh.mkdir()
+  (fresh / "train.txt").write_bytes(b"being written")
+  other = cache / ".CoDEx-M.partial-dead"
+  other.mkdir()
+  long_ago = time.time() - datasets.STALE_SECONDS - 60
+  for p in (old, old / "train.txt", other):
+    os.utime(p, (long_ago, long_ago))
+  os.utime(fresh, (long_ago, long_ago))  # an old folder with a file written just now is live
+  datasets.resolve("CoDEx-S", cache_dir=cache, sources=files_sources(base))
+  names = sorted(p.name for p in cache.iterdir())
+  assert names == [".CoDEx-M.partial-dead", ".CoDEx-S.partial-live", "CoDEx-S"]
+  assert f"removing {old}" in capsys.readouterr().err
+
+
+def test_remove_stale_partials_ignores_files_and_links(tmp_path):
+  target = tmp_path / "WN18RR"
+  (tmp_path / ".WN18RR.partial-file").write_bytes(b"not a folder")
+  elsewhere = tmp_path / "keep"
+  elsewhere.mkdir()
+  (tmp_path / ".WN18RR.partial-link").symlink_to(elsewhere)
+  long_ago = time.time() - 10 * datasets.STALE_SECONDS
+  os.utime(elsewhere, (long_ago, long_ago))
+  assert datasets.remove_stale_partials(target) == []
+  assert elsewhere.is_dir() and (tmp_path / ".WN18RR.partial-file").exists()
+
+
+def test_sources_know_their_sizes():
+  for name, source in datasets.SOURCES.items():
+    if isinstance(source, datasets.Tarball):
+      assert source.size, name
+    else:
+      assert set(source.sizes) == set(source.files), name
