@@ -112,49 +112,41 @@ def advneg_loss(pos_score: ArrayLike, neg_score: ArrayLike, temperature: float |
   return 0.5 * (pos_loss + neg_loss)
 
 
-def allneg_loss(scores: ArrayLike, targets: ArrayLike, label_smoothing: float = 0.0) -> Array:
-  """AllNeg: 1-vs-all softmax cross-entropy over every entity (paper Eq. 2), batch mean.
+def allneg_loss(scores: ArrayLike, targets: ArrayLike) -> Array:
+  """AllNeg: 1-vs-all softmax cross-entropy over every entity (paper Eq. 2), batch mean::
 
-  The target is in the softmax's denominator, as in Eq. 2.  With label smoothing ``eps`` the
-  target distribution is ``(1 - eps) * onehot(t) + eps / N`` (the convention of
-  ``torch.nn.CrossEntropyLoss(label_smoothing=eps)``)::
+      L = mean_b[ LSE_i(s_{b,i}) - s_{b,t_b} ]
 
-      L = mean_b[ LSE_i(s_{b,i}) - (1 - eps) s_{b,t_b} - eps * mean_i s_{b,i} ]
+  The target is in the softmax's denominator, as in Eq. 2.
 
   Args:
     scores: ``[B, N]``, the score of each query against every entity.
     targets: ``[B]`` integer ids in ``[0, N)`` of the true entity of each query (not checked).
-    label_smoothing: ``eps`` in ``[0, 1]``; 0 is plain cross-entropy.  May be a traced scalar.
 
   Returns:
     The scalar loss.
   """
   s = jnp.asarray(scores)
-  t = jnp.asarray(targets)
-  target_score = jnp.take_along_axis(s, t[:, None], axis=-1)[:, 0]
-  per_query = (jax.nn.logsumexp(s, axis=-1) - (1.0 - label_smoothing) * target_score
-               - label_smoothing * jnp.mean(s, axis=-1))
-  return jnp.mean(per_query)
+  target_score = jnp.take_along_axis(s, jnp.asarray(targets)[:, None], axis=-1)[:, 0]
+  return jnp.mean(jax.nn.logsumexp(s, axis=-1) - target_score)
 
 
-def entity_spread_penalty(entity: ArrayLike, radius: float = 1.0) -> Array:
-  """``mean_i (||e_i - c||^2 - radius^2)^2`` with ``c = mean_i e_i``; ``entity [N, d]`` -> scalar.
+def entity_spread_penalty(entity: ArrayLike) -> Array:
+  """``mean_i (||e_i - c||^2 - 1)^2`` with ``c = mean_i e_i``; ``entity [N, d]`` -> scalar.
 
-  Zero exactly when every entity lies at distance ``radius`` from the centroid of the entity
-  matrix.  The centroid is a function of ``entity`` and gradients flow through it.
+  Zero exactly when every entity lies at distance 1 from the centroid of the entity matrix.
+  The centroid is a function of ``entity`` and gradients flow through it.
   """
   e = jnp.asarray(entity)
   centred = e - jnp.mean(e, axis=0, keepdims=True)
-  sq_dist = jnp.sum(centred * centred, axis=-1)
-  gap = sq_dist - radius * radius
+  gap = jnp.sum(centred * centred, axis=-1) - 1.0
   return jnp.mean(gap * gap)
 
 
-def nonneg_loss(pos_score: ArrayLike, entity: ArrayLike, reg_weight: float, radius: float = 1.0,
-                target: float = 0.0) -> Array:
+def nonneg_loss(pos_score: ArrayLike, entity: ArrayLike, reg_weight: float) -> Array:
   """NonNeg: a square loss on positives plus a global entity regulariser (Eq. 3, §4.1.2)::
 
-      L = mean_b (target - s_b^+)^2  +  reg_weight * mean_i (||e_i - c||^2 - radius^2)^2
+      L = mean_b (s_b^+)^2  +  reg_weight * mean_i (||e_i - c||^2 - 1)^2
 
   with ``c`` the centre (row mean) of the whole entity matrix.
 
@@ -163,31 +155,23 @@ def nonneg_loss(pos_score: ArrayLike, entity: ArrayLike, reg_weight: float, radi
   entity matrix"), which gives no formula:
 
   - Square loss.  Scores here are ``-x`` or ``-h(x)`` (negative distances), whose maximum is 0,
-    so the square loss pulls each positive score to ``target = 0``: ``mean(h(x^+)^2)``, exactly
-    HaLE's PosSquare alignment term (which is how Eq. 4 derives HaLE from NonNeg + AllNeg).
-    For scores unbounded above (e.g. a raw DistMult product), NS-KGE-style ``target = 1`` is
-    the usual choice; a target *above* the scores' supremum would instead act as a linear push.
-  - Regulariser sign.  Eq. 3's ``g(E)`` stands in for the missing negatives: §3.1 says NonNeg
-    "utilizes the embedding regularization to achieve a global uniformity", and §4.2.3 calls it
-    a "negative constraint".  A penalty that only *pulls* entities toward the centre
-    (``+ mean ||e_i - c||^2``) agrees with the alignment term and drives every entity to one
-    point, the trivial optimum; one that only *pushes* them away (``- mean ||e_i - c||^2``) is
-    unbounded below.  We therefore *constrain* the distance, as the text says, to a fixed
-    ``radius``: entities are pushed out when closer than ``radius`` and pulled in when farther,
-    which rules out the collapse without letting the loss diverge.  It does not make the
-    angular distribution uniform, consistent with the paper finding NonNeg's constraint too
-    weak (§4.2.3, Fig. 3).  ``radius = 0`` recovers the pull-only reading (as ``||.||^4``).
+    so the square loss pulls each positive score to 0: ``mean(h(x^+)^2)``, exactly HaLE's
+    PosSquare alignment term (which is how Eq. 4 derives HaLE from NonNeg + AllNeg).
+  - Regulariser.  Eq. 3's ``g(E)`` stands in for the missing negatives (§3.1: NonNeg "utilizes
+    the embedding regularization to achieve a global uniformity").  A penalty that only pulls
+    entities toward the centre agrees with the alignment term and collapses every entity to one
+    point; one that only pushes them away is unbounded below.  So it *constrains* the distance,
+    as the text says, to a unit radius: entities closer than 1 are pushed out, farther ones
+    pulled in.  It does not make the angular distribution uniform, consistent with the paper
+    finding NonNeg's constraint too weak (§4.2.3, Fig. 3).
 
   Args:
     pos_score: ``[B]``, scores of the positive triples.
     entity: ``[N, d]``, the full entity matrix (the regulariser is global, not per batch).
     reg_weight: weight of the regulariser.
-    radius: the target distance of every entity from the centre, in embedding units.
-    target: the score the square loss pulls positives toward (0 for negative-distance scores).
 
   Returns:
     The scalar loss.
   """
   pos = jnp.asarray(pos_score)
-  diff = target - pos
-  return jnp.mean(diff * diff) + reg_weight * entity_spread_penalty(entity, radius)
+  return jnp.mean(pos * pos) + reg_weight * entity_spread_penalty(entity)

@@ -52,7 +52,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from hale_jax import losses, models
+from hale_jax import models
 
 Array = jax.Array
 Activation = Callable[[ArrayLike], Array]
@@ -204,42 +204,3 @@ def uniformity_lse(queries: ArrayLike, scale: ArrayLike, entities: ArrayLike,
   _layout(entities.shape[0], chunk)  # validates chunk early, with a clear message
   models.check_matmul(matmul)
   return _uniformity_lse(queries, scale, entities, bias, activation, int(chunk), matmul)
-
-
-def hale_loss_chunked(pos_scaled: ArrayLike, queries: ArrayLike, scale: ArrayLike,
-                      entities: ArrayLike, activation: Activation, lam: float, chunk: int = 4096,
-                      pos_square: bool = True, matmul: str = "float32",
-                      pos_bias: ArrayLike | None = None,
-                      entity_bias: ArrayLike | None = None) -> Array:
-  """:func:`hale_jax.losses.hale_loss` with the uniformity term from :func:`uniformity_lse`.
-
-  ``lam * mean h(pos_scaled)^2 + mean_j lse_j`` (``mean h(pos_scaled)`` with
-  ``pos_square=False``), where ``losses.hale_loss(pos_scaled, sampled_scaled, ...)`` would take
-  ``sampled_scaled = scale[:, None] * models.squared_distances(queries, entities)``.
-
-  Args:
-    pos_scaled: ``[B]``, ``c_r * ||Phi(e_h, r) - e_t||^2`` of each positive triple.
-    queries: ``[k, d]``, the sampled queries.
-    scale: ``[k]``, their ``c_r``.
-    entities: ``[N, d]``, the entity table.
-    activation: elementwise ``h``.
-    lam: the alignment weight lambda.
-    chunk: entities per block (static).
-    pos_square: square the activated positive scores (HaLE) or not (Table 5 ablation).
-    matmul: precision of the distance matmul (``models.MATMUL_MODES``).
-    pos_bias: ``[B]``, tail biases of the positives; with ``entity_bias`` or neither (as in
-      ``losses.hale_loss``).
-    entity_bias: ``[N]``, every entity's tail bias.
-
-  Returns:
-    The scalar loss.
-  """
-  losses.check_bias_pair(pos_bias, entity_bias)
-  pos = activation(jnp.asarray(pos_scaled))
-  alignment = jnp.mean(pos * pos if pos_square else pos)
-  uniformity = jnp.mean(uniformity_lse(queries, scale, entities, activation, chunk, matmul,
-                                       entity_bias))
-  loss = lam * alignment + uniformity
-  if pos_bias is not None:
-    loss = loss - jnp.mean(jnp.asarray(pos_bias))
-  return loss

@@ -35,7 +35,7 @@ def format_table(metrics: dict[str, dict[str, float]]) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  from hale_jax import checkpoints, inference  # pylint: disable=import-outside-toplevel
+  from hale_jax import inference, rundir  # pylint: disable=import-outside-toplevel
   from hale_jax.data import one_line  # pylint: disable=import-outside-toplevel
   try:
     output = Path(FLAGS.output) if FLAGS.output else None
@@ -46,7 +46,7 @@ def main(argv):
     print(f"{FLAGS.workdir}: filtered ranking of {FLAGS.split}")
     print(format_table(metrics))
     if output is not None:
-      checkpoints.write_json(output, {"workdir": str(FLAGS.workdir), "split": FLAGS.split,
+      rundir.write_json(output, {"workdir": str(FLAGS.workdir), "split": FLAGS.split,
                                       "metrics": metrics})
       print(f"metrics written to {output}")
   except (ValueError, FileNotFoundError, FileExistsError) as err:  # DataError is a ValueError

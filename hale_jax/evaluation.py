@@ -5,8 +5,9 @@ Every test triple ``(h, r, t)`` gives two queries: ``(h, r, ?)`` with target ``t
 squared distance ``||Phi(e, r) - e'||^2`` (smaller is better).  The activation and ``c_r`` are
 training devices and play no part in ranking (``c_r > 0`` and ``h`` is increasing, so they could
 only add ties where ``h`` saturates), except in runs with KGEmb's learned entity biases, which
-rank by the full score ``h(c_r d^2) - b_t`` (``models.ranking_distances``).  Other known answers of the query, from train, valid and
-test, are filtered out ("filtered" setting); the target itself always competes.
+rank by the full score ``h(c_r d^2) - b_t`` (``models.ranking_distances``).  Other known
+answers of the query, from train, valid and test, are filtered out ("filtered" setting); the
+target itself always competes.
 
 Ties are ranked three ways (``n_<`` / ``n_=`` = other candidates strictly closer / equally
 close):
@@ -32,11 +33,13 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding, PartitionSpec as P
 from jax.typing import ArrayLike
 
 from hale_jax import models
 from hale_jax.data import FilterIndex, KGData
+from hale_jax.layout import Layout, put_global
+from hale_jax.mesh import single_device_mesh
 
 Array = jax.Array
 HITS_AT = (1, 3, 10)
@@ -127,56 +130,53 @@ def _prepare(data: KGData, index: FilterIndex, split: str, chunk: int) -> _Queri
                   f_rows, f_cols, count)
 
 
-def _rank_chunks_body(params, heads, rels, targets, f_rows, f_cols, *, model, num_candidates=None,
-                      activation=None):
+def candidate_distances(params: dict[str, Array], model: str, heads: ArrayLike,
+                        relations: ArrayLike,
+                        activation: Callable[[ArrayLike], Array] | None = None) -> Array:
+  """What ranking sorts for the queries ``(heads [C], relations [C], ?)``: ``[C, N]``, smaller
+  is better (``models.ranking_distances``: the squared distance, or with entity biases
+  ``h(c_r d^2) - b_t``, which needs the run's ``activation``)."""
+  queries = models.transform(model, params, heads, relations)
+  return models.ranking_distances(params, queries, relations, activation)
+
+
+def _rank_chunks(params, heads, rels, targets, f_rows, f_cols, *, model, num_candidates,
+                 activation):
   def one(args):
     h, r, t, fr, fc = args
-    q = models.transform(model, params, h, r)
-    d = models.ranking_distances(params, q, r, activation)
+    d = candidate_distances(params, model, h, r, activation)
     return ranks_from_distances(d, t, fr, fc, num_candidates)
   return jax.lax.map(one, (heads, rels, targets, f_rows, f_cols))
 
 
-_rank_chunks = functools.lru_cache(maxsize=None)(  # one jitted function per model and activation
-    lambda model, activation: jax.jit(functools.partial(_rank_chunks_body, model=model,
-                                                        activation=activation)))
-
-
 class Evaluator:
-  """Filtered ranking of one split, prepared once and run jit-compiled on the device.
+  """Filtered ranking of one split, prepared once and run jit-compiled on the layout's mesh.
 
   ``chunk`` queries are ranked at a time; memory is ``O(chunk * N)``.  ``activation`` (the
   run's ``h``) matters only for parameters with entity biases (``models.ranking_distances``).
-
-  With a ``mesh`` (``hale_jax.sharding``) the ranking is sharded like training: the parameters
-  come row-sharded over ``"model"`` (so each device scores its block of candidates, and the
-  counts of closer and tied candidates are summed across blocks), and each chunk's queries are
-  split over ``"data"`` (when ``chunk`` divides by its size; replicated otherwise).  The ranks
-  come back replicated, so every process of a multi-host run reads them.
+  The parameters come laid out by ``layout`` (default: one device): row-sharded over
+  ``"model"``, so each device scores its block of candidates and the counts of closer and tied
+  candidates are summed across blocks; each chunk's queries are split over ``"data"`` (when
+  ``chunk`` divides by its size).  Padding columns ``>= N`` are masked out.  The ranks come
+  back replicated, so every process of a multi-host run reads them.
   """
 
   def __init__(self, data: KGData, split: str, model: str, chunk: int = 256,
-               index: FilterIndex | None = None, mesh: Mesh | None = None,
+               index: FilterIndex | None = None, layout: Layout | None = None,
                activation: Callable[[ArrayLike], Array] | None = None):
     self.model = models.canonical_model(model)
     self.split = split
+    layout = layout or Layout(single_device_mesh(), data.num_entities)
     q = _prepare(data, index or FilterIndex(data), split, chunk)
     self._count = q.count
-    self._mesh = mesh
-    if mesh is None:
-      self._arrays = tuple(jnp.asarray(a) for a in q[:5])
-      self._fn = _rank_chunks(self.model, activation)
-    else:
-      rep = NamedSharding(mesh, P())
-      split_rows = NamedSharding(mesh, P(None, "data")) if chunk % mesh.shape["data"] == 0 else rep
-      shardings = (split_rows, split_rows, split_rows, rep, rep)
-      self._arrays = tuple(jax.make_array_from_callback(a.shape, sh, lambda i, a=a: a[i])
-                           for a, sh in zip(q[:5], shardings))
-      # The table has padding rows beyond N (hale_jax.sharding): mask them out of the ranking.
-      self._fn = jax.jit(functools.partial(_rank_chunks_body, model=self.model,
-                                           num_candidates=data.num_entities,
-                                           activation=activation),
-                         out_shardings=(rep, rep))
+    rep = layout.replicated()
+    rows = (NamedSharding(layout.mesh, P(None, "data"))
+            if chunk % layout.mesh.shape["data"] == 0 else rep)
+    self._arrays = tuple(put_global(a, sh) for a, sh in zip(q[:5], (rows, rows, rows, rep, rep)))
+    self._fn = jax.jit(functools.partial(_rank_chunks, model=self.model,
+                                         num_candidates=data.num_entities,
+                                         activation=activation),
+                       out_shardings=(rep, rep))
     self._compiled = None
 
   @property
@@ -194,10 +194,8 @@ class Evaluator:
     if self._compiled is None:
       self.compile(params)
     opt, pess = self._compiled(params, *self._arrays)
-    if self._mesh is None:
-      opt, pess = jax.device_get((opt, pess))
-    else:  # replicated over the mesh, possibly across processes: read the local copy
-      opt, pess = (np.asarray(a.addressable_data(0)) for a in (opt, pess))
+    # Replicated over the mesh, possibly across processes: read the local copy.
+    opt, pess = (np.asarray(a.addressable_data(0)) for a in (opt, pess))
     return opt.reshape(-1)[:self._count], pess.reshape(-1)[:self._count]
 
   def __call__(self, params) -> dict[str, dict[str, float]]:

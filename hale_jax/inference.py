@@ -14,7 +14,6 @@ Shapes: ``N`` entities, ``|R|`` relations, ``R2 = 2 |R|`` relation ids (reciproc
 from __future__ import annotations
 
 import difflib
-import functools
 import json
 import os
 from pathlib import Path
@@ -25,9 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from hale_jax import activations, checkpoints, datasets, models
+from hale_jax import activations, checkpoints, datasets, models, rundir
 from hale_jax.data import DataError, FilterIndex, KGData, one_line
-from hale_jax.evaluation import Evaluator
+from hale_jax.evaluation import Evaluator, candidate_distances
 
 Array = jax.Array
 REVERSE_SUFFIX = "_reverse"
@@ -50,7 +49,7 @@ def load_run(workdir: str | os.PathLike) -> tuple[dict[str, Any], KGData, dict[s
   workdir = Path(workdir)
   if not workdir.is_dir():
     raise FileNotFoundError(f"{workdir}: no such folder; pass the --workdir of a hale_jax run")
-  path = workdir / checkpoints.RUN_FILE
+  path = workdir / rundir.RUN_FILE
   if not path.is_file():
     raise FileNotFoundError(f"{path}: missing; is {workdir} the --workdir of a hale_jax run "
                             f"(runs write run.json when they start)?")
@@ -68,7 +67,7 @@ def load_run(workdir: str | os.PathLike) -> tuple[dict[str, Any], KGData, dict[s
     raise DataError(f"{path}: does not say how to reload the run's data (data {run['data']}); "
                     f"runs started through hale_jax.launch record it")
   data = datasets.load_data(run["data"])
-  got = checkpoints.vocabulary_hash(data)
+  got = rundir.vocabulary_hash(data)
   if got != run["vocab_sha256"]:
     raise DataError(f"{workdir}: the data {run['data']} has another vocabulary than the run was "
                     f"trained on (sha256 {got[:12]}... vs {str(run['vocab_sha256'])[:12]}...); "
@@ -175,14 +174,7 @@ def export_run(workdir: str | os.PathLike, fmt: str, output: str | os.PathLike,
   return output
 
 
-@functools.partial(jax.jit, static_argnames=("model", "activation"))
-def query_distances(params: dict[str, Array], heads: Array, relations: Array, *, model: str,
-                    activation: Callable[[ArrayLike], Array] | None = None) -> Array:
-  """What ranking sorts, ``[B, N]``, for the queries ``(heads [B], relations [B], ?)``: the
-  squared distance to every entity, or with entity biases ``h(c_r d^2) - b_t``
-  (``models.ranking_distances``)."""
-  queries = models.transform(model, params, heads, relations)
-  return models.ranking_distances(params, queries, relations, activation)
+_candidate_distances = jax.jit(candidate_distances, static_argnames=("model", "activation"))
 
 
 def _lookup(kind: str, name: str, names: Sequence[str]) -> int:
@@ -227,9 +219,9 @@ def top_k(params: dict[str, Array], model: str, data: KGData, *, head: str | Non
     r = (r + nr) % (2 * nr)
   else:
     entity = _lookup("entity", head, data.entities)
-  distances = np.asarray(query_distances(
-      params, jnp.array([entity], jnp.int32), jnp.array([r], jnp.int32),
-      model=models.canonical_model(model), activation=activation))[0]
+  distances = np.asarray(_candidate_distances(
+      params, models.canonical_model(model), jnp.array([entity], jnp.int32),
+      jnp.array([r], jnp.int32), activation=activation))[0]
   candidates = np.ones(data.num_entities, bool)
   if filtered:
     _, known = (index or FilterIndex(data)).answers(np.array([entity]), np.array([r]))

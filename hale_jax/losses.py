@@ -1,4 +1,4 @@
-"""The HaLE query-sampling loss (paper Eq. 9, typos fixed) as a pure function.
+"""The HaLE query-sampling loss (paper Eq. 9, typos fixed) as pure functions.
 
     L = lam * mean_b h(x_b^+)^2  +  mean_j LSE_i( -h(x_{j,i}) )
 
@@ -21,8 +21,14 @@ drops out of a tail ranking), and the loss becomes::
 The ``- mean b_t`` term is the positive half of a cross-entropy for the biases alone: their
 gradient ``-freq_B(i) + mean_j softmax_j(i)`` vanishes when the sampled queries' softmax puts on
 each entity its share of the batch's targets, so ``b`` learns a tail-popularity prior.  It
-leaves the distance terms (and so ``lam``) as in Eq. 9.  Measured to lift WN18RR TransE's
-Hits@1, where the plain score ranks the query's own head first (``benchmarks/RESULTS.md``).
+leaves the distance terms (and so ``lam``) as in Eq. 9.
+
+The loss is negative in normal training: the uniformity term is about ``-gamma + log N`` once
+most candidates are far (``h`` saturates at ``gamma``), and the alignment term goes to 0.
+
+Per example, as optax exposes its losses: :func:`alignment_terms` gives ``h(x_b^+)^2`` for each
+positive ``[B]`` and :func:`uniformity_terms` the LSE of each sampled query ``[k]``;
+:func:`combine` turns them into the scalar, and :func:`hale_loss` does all three.
 """
 
 from __future__ import annotations
@@ -34,18 +40,59 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from hale_jax import activations
+
 Array = jax.Array
+Activation = Callable[[ArrayLike], Array]
+DEFAULT_LAMBDA = 0.3
 
 
-def num_sampled_queries(batch_size: int, alpha: float) -> int:
-  """``k = ceil(alpha * batch_size)``, at least 1 and at most ``batch_size``."""
+def num_sampled_queries(batch_size: int, alpha: float = 0.1) -> int:
+  """``k = ceil(alpha * batch_size)``, at least 1 and at most ``batch_size``: how many of a
+  batch's queries (the first ``k`` of a shuffled batch) the uniformity term uses."""
   if not 0.0 < alpha <= 1.0:
     raise ValueError(f"the sampling proportion alpha must lie in (0, 1], got {alpha}")
   return max(1, min(batch_size, math.ceil(alpha * batch_size - 1e-9)))
 
 
+def _activation(activation: Activation | None) -> Activation:
+  return activations.get_activation("hanon") if activation is None else activation
+
+
+def alignment_terms(pos_scaled: ArrayLike, activation: Activation | None = None,
+                    pos_square: bool = True) -> Array:
+  """``h(x_b^+)^2`` (``h(x_b^+)`` without ``pos_square``) per positive: ``[B] -> [B]``.
+
+  ``pos_scaled`` is ``c_r * ||Phi(e_h, r) - e_t||^2``; ``activation`` defaults to Hanon with
+  the paper's ``beta = 3, gamma = 10``.
+  """
+  pos = _activation(activation)(jnp.asarray(pos_scaled))
+  return pos * pos if pos_square else pos
+
+
+def uniformity_terms(sampled_scaled: ArrayLike, activation: Activation | None = None,
+                     entity_bias: ArrayLike | None = None) -> Array:
+  """``LSE_i(b_i - h(x_{j,i}))`` per sampled query: ``[k, N] -> [k]`` (``b = 0`` without
+  ``entity_bias [N]``)."""
+  scores = -_activation(activation)(jnp.asarray(sampled_scaled))
+  if entity_bias is not None:
+    scores = scores + jnp.asarray(entity_bias)[None, :]
+  return jax.nn.logsumexp(scores, axis=-1)
+
+
+def combine(alignment: ArrayLike, uniformity: ArrayLike, lam: float = DEFAULT_LAMBDA,
+            pos_bias: ArrayLike | None = None) -> Array:
+  """The scalar loss ``lam * mean(alignment) + mean(uniformity) [- mean(pos_bias)]`` from the
+  per-example terms ``alignment [B]``, ``uniformity [k]`` and the positives' tail biases
+  ``pos_bias [B]`` (module docstring, "Tail biases")."""
+  loss = lam * jnp.mean(jnp.asarray(alignment)) + jnp.mean(jnp.asarray(uniformity))
+  if pos_bias is not None:
+    loss = loss - jnp.mean(jnp.asarray(pos_bias))
+  return loss
+
+
 def hale_loss(pos_scaled: ArrayLike, sampled_scaled: ArrayLike,
-              activation: Callable[[ArrayLike], Array], lam: float,
+              activation: Activation | None = None, lam: float = DEFAULT_LAMBDA,
               pos_square: bool = True, pos_bias: ArrayLike | None = None,
               entity_bias: ArrayLike | None = None) -> Array:
   """HaLE loss from scaled squared distances.
@@ -54,7 +101,7 @@ def hale_loss(pos_scaled: ArrayLike, sampled_scaled: ArrayLike,
     pos_scaled: ``[B]``, ``c_r * ||Phi(e, r) - e_p||^2`` of each positive triple.
     sampled_scaled: ``[k, N]``, ``c_r * ||Phi(e, r) - e_i||^2`` of each sampled query against
       every entity.
-    activation: elementwise ``h``, e.g. ``activations.get_activation("hanon")``.
+    activation: elementwise ``h``; default Hanon with the paper's ``beta = 3, gamma = 10``.
     lam: the alignment weight lambda.
     pos_square: square the activated positive scores (HaLE); ``False`` gives Table 5's
       "w/o PosSquare" ablation, ``lam * mean h(x+)``.
@@ -66,16 +113,8 @@ def hale_loss(pos_scaled: ArrayLike, sampled_scaled: ArrayLike,
     The scalar loss.
   """
   check_bias_pair(pos_bias, entity_bias)
-  pos = activation(jnp.asarray(pos_scaled))
-  alignment = jnp.mean(pos * pos if pos_square else pos)
-  scores = -activation(jnp.asarray(sampled_scaled))
-  if entity_bias is not None:
-    scores = scores + jnp.asarray(entity_bias)[None, :]
-  uniformity = jnp.mean(jax.nn.logsumexp(scores, axis=-1))
-  loss = lam * alignment + uniformity
-  if pos_bias is not None:
-    loss = loss - jnp.mean(jnp.asarray(pos_bias))
-  return loss
+  return combine(alignment_terms(pos_scaled, activation, pos_square),
+                 uniformity_terms(sampled_scaled, activation, entity_bias), lam, pos_bias)
 
 
 def check_bias_pair(pos_bias: ArrayLike | None, entity_bias: ArrayLike | None) -> None:

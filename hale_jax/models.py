@@ -5,7 +5,9 @@ Every model shares the similarity ``-||q - e||^2`` and a relation-specific posit
 ``c_r`` (Eq. 8), so a triple's HaLE score is ``-h(c_r * ||Phi(e_h, r) - e_t||^2)``.
 
 Relations are indexed over ``2 |R|`` ids: ``r`` and its reciprocal ``r + |R|`` have their own
-parameters, and head prediction ``(?, r, t)`` is tail prediction ``(t, r + |R|, ?)``.
+parameters, and head prediction ``(?, r, t)`` is tail prediction ``(t, r + |R|, ?)``.  So
+:func:`init_params` takes the number of relations ``|R|`` and makes relation tables of
+``2 |R|`` rows.
 
 Parameters (a plain dict; ``N`` entities, ``R2 = 2 |R|`` relation ids, ``d`` dimensions):
 
@@ -18,16 +20,14 @@ key             shape         used by
 ``diagonal``    ``[R2, d]``   DistMult
 ``rotation``    ``[R2, d]``   RotatE, RotE, RotL
 ``alpha``       ``[R2]``      RotL, initialised to 1
-``bias_head``   ``[N]``       optional (``entity_bias`` and ``head_bias``): KGEmb's head bias
-``bias_tail``   ``[N]``       optional (``entity_bias=True``): KGEmb's learned tail bias
+``bias_head``   ``[N]``       optional (``entity_bias="head_tail"``): KGEmb's head bias
+``bias_tail``   ``[N]``       optional (``entity_bias="tail"`` or ``"head_tail"``): tail bias
 ==============  ============  ===============================================================
 
 Entity biases.  KGEmb (the source of the paper's SamNeg baselines) scores a triple
-``b_h + b_t - ||Phi(e_h, r) - e_t||^2`` with learned per-entity biases, initialised to 0
-(its ``--bias learn``).  The negative-sampling baselines use them by default
-(``hale_jax.train.Config.bias``); HaLE only with ``bias="learn"``, an extension that scores a
-candidate tail ``b_t - h(c_r d^2)`` (``hale_jax.losses``, "Tail biases").  With biases the score is ``b_h + b_t - h(c_r d^2)`` and the
-biases take part in ranking: :func:`ranking_distances` is what every ranking sorts.
+``b_h + b_t - ||Phi(e_h, r) - e_t||^2`` with learned per-entity biases, initialised to 0.
+With biases the score is ``b_h + b_t - h(c_r d^2)`` and the biases take part in ranking:
+:func:`ranking_distances` is what every ranking sorts.
 
 Rotations (RotatE, RotE, RotL) act on ``d / 2`` planes of 2x2 Givens blocks, as in KGEmb
 (Chami et al. 2020, the source of RotE): dimensions ``(2i, 2i+1)`` of ``e_h`` are rotated by
@@ -38,13 +38,9 @@ clamped at 1e-15, as in KGEmb.  ``d`` must be even for these models.
 Rotation initialisation (``rotation_init``).  Only the direction of each 2-vector is used, but
 its length sets how fast Adam turns the plane: an update of about ``lr`` moves the angle by about
 ``lr / ||rot[2i:2i+2]||`` radians.  ``"uniform"`` (the default) draws the table from
-``U(-1, 1)``, KGEmb's initialisation of its rotation table (``2 * rand - 1``), so the first
-steps turn each plane by about ``lr`` radians.  ``"normal"`` draws it, like the other tables,
-from ``init_scale * N(0, 1)`` (lengths ~1e-3): the first hundred steps then turn each plane by
-radians at a time, i.e. at random, and on WN18RR RotL this left some seeds with identity
-rotations for whole relations, whose queries then rank their own head entity first
-(``benchmarks/RESULTS.md``, "Self-ranking").  Both start from uniformly spread angles (up to the
-square's corners for ``uniform``).
+``U(-1, 1)``, KGEmb's initialisation, so the first steps turn each plane by about ``lr``
+radians.  ``"normal"`` draws it like the other tables from ``init_scale * N(0, 1)`` (lengths
+~1e-3), so the first steps turn the planes by radians at a time, i.e. at random.
 
 RotL's flexible addition ``x (+)_alpha y`` (Eq. 14, after Wang et al. 2021, whose distance is
 Eq. 16) is read as::
@@ -152,25 +148,28 @@ def check_rotation_init(rotation_init: str) -> None:
                      f"{', '.join(ROTATION_INITS)}")
 
 
-def init_params(key: jax.Array, model: str, num_entities: int, num_relations: int, dim: int,
-                init_scale: float = 1e-3, dtype: Any = jnp.float32,
-                entity_bias: bool = False, rotation_init: str = "uniform",
-                head_bias: bool = True) -> Params:
+ENTITY_BIAS_MODES = ("none", "tail", "head_tail")
+ENTITY_TABLES = ("entity", "bias_head", "bias_tail")  # the tables with one row per entity
+
+
+def init_params(model: str, key: jax.Array, num_entities: int, num_relations: int, dim: int,
+                init_scale: float = 1e-3, dtype: Any = jnp.float32, entity_bias: str = "none",
+                rotation_init: str = "uniform") -> Params:
   """Initialises a model's parameters.
 
   Args:
-    key: PRNG key.
     model: one of ``MODEL_NAMES`` (any case).
+    key: PRNG key.
     num_entities: ``N``.
-    num_relations: ``R2``, relation ids *including* reciprocals.
+    num_relations: ``|R|``; the relation tables get ``2 |R|`` rows, one per relation and one
+      per reciprocal (module docstring).
     dim: ``d``; even for the rotation models.
     init_scale: standard deviation of the Gaussian initialisation of every table (the
       ``rotation`` table only with ``rotation_init="normal"``).
     dtype: of every table (float64 needs ``jax_enable_x64``; the tables are drawn in float32
       and cast, so the float64 start equals the float32 one).
-    entity_bias: add the ``bias_tail`` table and, with ``head_bias``, ``bias_head`` (zeros).
-    head_bias: with ``entity_bias``, also add ``bias_head``; losses that rank a query's tails
-      against each other (HaLE, allneg) never read it (``hale_jax.train.uses_head_bias``).
+    entity_bias: ``"none"``, ``"tail"`` (a ``bias_tail [N]`` table of zeros) or ``"head_tail"``
+      (``bias_head`` too).
     rotation_init: ``"uniform"`` (``U(-1, 1)``) or ``"normal"`` (``init_scale * N(0, 1)``), see
       the module docstring.
 
@@ -179,23 +178,26 @@ def init_params(key: jax.Array, model: str, num_entities: int, num_relations: in
   """
   model = canonical_model(model)
   check_rotation_init(rotation_init)
+  if entity_bias not in ENTITY_BIAS_MODES:
+    raise ValueError(f"unknown entity_bias {entity_bias!r}; choose one of "
+                     f"{', '.join(ENTITY_BIAS_MODES)}")
   if model in ROTATION_MODELS and dim % 2:
     raise ValueError(f"{model} rotates 2-d planes, so the dimension must be even (got {dim})")
   tables = ("entity",) + _RELATION_TABLES[model]
-  keys = jax.random.split(key, len(tables))
+  num_ids = 2 * num_relations
   params: Params = {}
-  for k, name in zip(keys, tables):
-    rows = num_entities if name == "entity" else num_relations
+  for k, name in zip(jax.random.split(key, len(tables)), tables):
+    rows = num_entities if name == "entity" else num_ids
     if name == "rotation" and rotation_init == "uniform":
       params[name] = jax.random.uniform(k, (rows, dim), jnp.float32, -1.0, 1.0)
     else:
       params[name] = init_scale * jax.random.normal(k, (rows, dim), jnp.float32)
-  params["scale"] = jnp.full((num_relations,), _SOFTPLUS_INV_1, jnp.float32)
+  params["scale"] = jnp.full((num_ids,), _SOFTPLUS_INV_1, jnp.float32)
   if model == "rotl":
-    params["alpha"] = jnp.ones((num_relations,), jnp.float32)
-  if entity_bias and head_bias:
+    params["alpha"] = jnp.ones((num_ids,), jnp.float32)
+  if entity_bias == "head_tail":
     params["bias_head"] = jnp.zeros((num_entities,), jnp.float32)
-  if entity_bias:
+  if entity_bias != "none":
     params["bias_tail"] = jnp.zeros((num_entities,), jnp.float32)
   return {name: table.astype(dtype) for name, table in params.items()}
 
@@ -282,17 +284,12 @@ def ranking_distances(params: Params, queries: ArrayLike, relations: ArrayLike,
   increasing ``h`` could not reorder it (only add ties where ``h`` saturates), so they are left
   out.  With entity biases (``bias_tail`` in ``params``): ``h(c_r ||q_b - e_n||^2) - b_t[n]``,
   minus the triple's score up to the query's own constant ``b_h``; ``activation=None`` means
-  the identity (plain SamNeg).  Padding rows of a sharded table beyond ``bias_tail``'s ``N``
-  get bias 0 (ranking masks them anyway).
+  the identity (plain SamNeg).
   """
-  entity = params["entity"]
-  d = squared_distances(queries, entity)
+  d = squared_distances(queries, params["entity"])
   if not has_entity_bias(params):
     return d
   x = relation_scale(params, relations)[:, None] * d
   if activation is not None:
     x = activation(x)
-  bias = params["bias_tail"]
-  if bias.shape[0] < entity.shape[0]:
-    bias = jnp.pad(bias, (0, entity.shape[0] - bias.shape[0]))
-  return x - bias[None, :]
+  return x - params["bias_tail"][None, :]

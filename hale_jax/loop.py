@@ -1,0 +1,203 @@
+"""The training loop: epochs until a budget ends, validations, checkpoints, stop requests.
+
+Library code: it takes a :class:`hale_jax.config.Config` and never reads flags
+(``hale_jax.launch`` does).  :func:`train` composes small pieces: the layout
+(``hale_jax.layout``), the run folder (``hale_jax.rundir``), the :class:`~hale_jax.trainer.Trainer`
+that owns the state, :class:`Budget` (when to stop and validate), :class:`CheckpointPolicy`, a
+``should_stop`` poll (signals) and user callbacks (``hale_jax.callbacks``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import jax
+from jax.experimental import multihost_utils
+
+from hale_jax import rundir
+from hale_jax.callbacks import ProgressPrinter, call_all
+from hale_jax.config import Config
+from hale_jax.data import KGData, summary, write_vocabulary
+from hale_jax.layout import Layout, agree
+from hale_jax.trainer import Progress, Trainer, describe
+
+
+class Interrupted(Exception):
+  """Training stopped early on request (a signal); the state was checkpointed first."""
+
+
+class Budget:
+  """When training stops (``max_epochs``, ``max_seconds``) and when it validates."""
+
+  def __init__(self, config: Config):
+    self.b = config.budget
+
+  def exhausted(self, p: Progress, last_epoch_seconds: float) -> str | None:
+    """Why no further epoch runs, or None.  A time budget stops before an epoch that the last
+    epoch's duration says would overrun it, and always lets one epoch run."""
+    if self.b.max_epochs and p.epoch >= self.b.max_epochs:
+      return f"max_epochs {self.b.max_epochs} reached"
+    if self.b.max_seconds and p.epoch and p.train_seconds + last_epoch_seconds > self.b.max_seconds:
+      return f"training budget {self.b.max_seconds:g}s reached"
+    return None
+
+  def validate_now(self, p: Progress) -> bool:
+    """Every ``eval_every`` epochs; in auto mode about 20 times per budget; at the end."""
+    b = self.b
+    if b.max_epochs and p.epoch >= b.max_epochs:
+      return True
+    if b.eval_every:
+      return p.epoch % b.eval_every == 0
+    if b.max_seconds:
+      return (p.train_seconds - p.last_eval_at >= b.max_seconds / 20
+              or p.train_seconds >= b.max_seconds)
+    return p.epoch % max(1, b.max_epochs // 20) == 0
+
+
+class CheckpointPolicy:
+  """Checkpoints every ``checkpoint_every_epochs`` epochs and ``checkpoint_every_seconds``."""
+
+  def __init__(self, config: Config):
+    self.every_epochs = config.run.checkpoint_every_epochs
+    self.every_seconds = config.run.checkpoint_every_seconds
+    self.last = time.perf_counter()
+
+  def seconds_due(self) -> bool:
+    return bool(self.every_seconds and time.perf_counter() - self.last >= self.every_seconds)
+
+  def due(self, epoch: int, seconds_due: bool) -> bool:
+    return seconds_due or bool(self.every_epochs and epoch % self.every_epochs == 0)
+
+  def saved(self) -> None:
+    self.last = time.perf_counter()
+
+
+def _epoch_decisions(trainer: Trainer, policy: CheckpointPolicy,
+                     should_stop: Callable[[], str | None] | None) -> tuple[str | None, bool]:
+  """Trains one epoch; returns a stop request and whether a checkpoint is due by time.  The
+  decisions (time spent, stop, checkpoint due) are process 0's everywhere
+  (``layout.agree``), so a multi-host run stays in step."""
+  p = trainer.progress
+  loss, seconds = trainer.run_epoch()
+  reason = should_stop() if should_stop else None
+  agreed = agree([seconds, reason is not None, policy.seconds_due()])
+  seconds, due = float(agreed[0, 0]), bool(agreed[0, 2])
+  if reason is None and agreed[:, 1].any():
+    reason = "stop requested on another process"
+  p.epoch, p.train_seconds, p.loss = p.epoch + 1, p.train_seconds + seconds, loss
+  trainer.epoch_seconds = seconds
+  return reason, due
+
+
+def _train_epochs(trainer: Trainer, config: Config, spec: dict, callbacks: list,
+                  should_stop: Callable[[], str | None] | None) -> str:
+  """Runs epochs until the budget, a callback or a non-finite loss stops them; returns why.
+  Raises :class:`Interrupted` after checkpointing when ``should_stop`` asks."""
+  budget, policy, p = Budget(config), CheckpointPolicy(config), trainer.progress
+  stop = None
+  while stop is None:
+    stop = budget.exhausted(p, trainer.epoch_seconds)
+    if stop:
+      break
+    reason, due = _epoch_decisions(trainer, policy, should_stop)
+    if not math.isfinite(p.loss):
+      trainer.log(f"epoch {p.epoch}: loss is {p.loss}; stopping (lower --learning_rate or "
+                  f"check the data)")
+      return "non-finite loss"
+    if budget.validate_now(p):
+      p.last_eval_at = p.train_seconds
+      stop = next(filter(None, call_all(callbacks, "on_validation",
+                                        trainer.validate(trainer.epoch_seconds))), None)
+    if reason or policy.due(p.epoch, due):
+      trainer.save(spec)
+      policy.saved()
+    if reason:
+      trainer.checkpointer.close()
+      raise Interrupted(f"{reason}: checkpoint saved at epoch {p.epoch} in "
+                        f"{trainer.checkpointer.workdir / 'checkpoints'}; rerun the same "
+                        f"command to resume")
+  return stop
+
+
+def train(config: Config, data: KGData, workdir: str | os.PathLike, *,
+          log: Callable[[str], None] = print, overwrite: bool = False,
+          extra: dict[str, Any] | None = None, data_spec: dict[str, Any] | None = None,
+          should_stop: Callable[[], str | None] | None = None,
+          devices: Sequence[jax.Device] | None = None,
+          callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+  """Trains, validates, tests the best-valid parameters, and writes ``workdir/results.json``.
+
+  Resumes from the latest checkpoint in ``workdir`` when it holds the same run, and returns
+  the stored results when that run already finished.  ``data_spec`` says how to reload
+  ``data`` (``datasets.load_data``) and is kept in ``run.json``.  ``should_stop`` is polled
+  after every epoch; when it returns a reason, the state is checkpointed and
+  :class:`Interrupted` is raised.  ``callbacks`` get each validation and the results
+  (``hale_jax.callbacks``); a progress line per validation is always logged.  ``extra`` is
+  stored under ``"run"`` in the results.  ``config.run.mesh`` picks the layout over
+  ``devices`` (default: all); a run may resume on another layout.  In a multi-host run every
+  process calls this; process 0 writes the files.
+  """
+  layout = Layout.for_run(config, data.num_entities, devices)  # before the workdir is touched
+  wall0, commit, lead = time.perf_counter(), rundir.git_commit(), jax.process_index() == 0
+  spec = rundir.run_spec(config, data, data_spec)
+  finished = rundir.start(workdir, spec, overwrite, write=lead)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("hale_jax: run folder ready")
+  workdir = Path(workdir)
+  if finished is not None:
+    log(f"{workdir}: this run already finished; its results are in {workdir / 'results.json'} "
+        f"(pass --overwrite to train again)")
+    return finished
+  if lead:
+    write_vocabulary(data, workdir)
+  log(summary(data))
+  log(describe(config, layout.loss(config)[1]))
+  log(f"device {rundir.device()}  layout {layout.describe()['mesh'] or 'one device'}  "
+      f"workdir {workdir}")
+  trainer = Trainer(config, data, layout, workdir, log)
+  log(f"compiled in {trainer.compile_seconds:.1f}s; {trainer.steps} steps of "
+      f"{config.optim.batch_size} per epoch")
+  resumed = trainer.restore()
+  p = trainer.progress
+  if resumed:
+    log(f"resumed from {workdir / 'checkpoints' / str(p.epoch)}: epoch {p.epoch}, "
+        f"{p.train_seconds:.1f}s of training already spent")
+  callbacks = [ProgressPrinter(log), *callbacks]
+  call_all(callbacks, "on_start", {"config": config, "workdir": workdir, "epoch": p.epoch,
+                                   "steps_per_epoch": trainer.steps})
+  stop = _train_epochs(trainer, config, spec, callbacks, should_stop)
+  if not p.curve or p.curve[-1]["epoch"] != p.epoch:  # the last epochs were not validated
+    call_all(callbacks, "on_validation", trainer.validate(trainer.epoch_seconds))
+  trainer.save(spec)
+  trainer.checkpointer.close()
+  log(f"stopped after {p.epoch} epochs: {stop}")
+  return _finish(trainer, workdir, stop, resumed, wall0, commit, extra, callbacks, lead)
+
+
+def _finish(trainer: Trainer, workdir: Path, stop: str, resumed: bool, wall0: float,
+            commit: str | None, extra: dict | None, callbacks: list, lead: bool) -> dict:
+  """Tests the best-valid parameters and writes ``best_params.npz`` and ``results.json``."""
+  valid, test = trainer.test()
+  best_host = trainer.layout.unpad_params(trainer.best_params)  # every process gathers
+  if lead:
+    rundir.save_params(workdir / "best_params.npz", best_host)
+  log = trainer.log
+  log(f"best valid epoch {trainer.progress.best_epoch}: {_fmt_metrics(valid['realistic'])}")
+  for mode in ("realistic", "pessimistic"):
+    log(f"test ({mode} ties): {_fmt_metrics(test[mode])}")
+  results = trainer.results(valid, test, stop, resumed, time.perf_counter() - wall0, commit,
+                            extra)
+  if lead:
+    rundir.write_json(workdir / rundir.RESULTS_FILE, results)
+    log(f"results written to {workdir / rundir.RESULTS_FILE}")
+  call_all(callbacks, "on_end", results)
+  return results
+
+
+def _fmt_metrics(m: dict[str, float]) -> str:
+  return (f"MRR {m['mrr']:.4f}  MR {m['mr']:.1f}  H@1 {m['hits@1']:.4f}  "
+          f"H@3 {m['hits@3']:.4f}  H@10 {m['hits@10']:.4f}")

@@ -1,0 +1,220 @@
+"""Training objectives: ``loss(params, batch, key) -> scalar`` for each strategy, by name.
+
+:data:`BUILDERS` maps a loss name to a builder; :func:`make_loss` returns the loss of a run.
+Every loss reads a batch ``[B, 3]`` of training queries ``(head, relation id, tail)``
+(reciprocals included: a triple ``(h, r, t)`` and ``(t, r + |R|, h)`` are two queries),
+transforms the heads (``hale_jax.models``) and scores each query against its tail with the
+scaled squared distance ``x = c_r ||Phi(e_h, r) - e_t||^2``.
+
+- ``hale``: paper Eq. 9 (``hale_jax.losses``).  The first ``k`` rows of the (shuffled) batch
+  are the sampled queries of the uniformity term, whose log-sum-exp over all ``N`` entities is
+  a pluggable :data:`Uniformity`: :func:`plain_uniformity` materialises the ``[k, N]`` block,
+  :func:`chunked_uniformity` streams it in chunks (``hale_jax.chunked``: same value, bounded
+  memory).
+- the baselines of §4.1.2 (``hale_jax.baselines``) score with ``-h(x)``, so
+  ``activation="identity"`` gives their plain form and any other activation their "HA +"
+  variant (Table 5).  ``samneg``/``advneg`` draw uniform tail negatives from ``key`` (head
+  corruption is the tail corruption of the reciprocal query, which each epoch also trains).
+
+Entity biases (``bias``): KGEmb's score ``b_h + b_t - h(x)`` for samneg and advneg; HaLE and
+allneg rank a query's candidate tails against each other, where ``b_h`` is a constant, so they
+learn ``b_t`` alone (:func:`bias_tables`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from hale_jax import activations, baselines, chunked, losses, models
+
+Array = jax.Array
+LossFn = Callable[[dict[str, Array], Array, Array], Array]
+# (queries [k, d], scales [k], entities [N, d], tail biases [N] or None) -> LSE [k]
+Uniformity = Callable[[Array, Array, Array, Array | None], Array]
+
+LOSSES = ("hale", "samneg", "advneg", "allneg", "nonneg")
+BIAS_MODES = ("auto", "learn", "none")
+BIASED_LOSSES = ("samneg", "advneg", "allneg", "hale")  # may learn entity biases
+TAIL_BIAS_LOSSES = ("allneg", "hale")  # rank a query's tails against each other: no b_h
+
+
+def bias_tables(loss: str, bias: str) -> str:
+  """Which entity-bias tables a run learns (``models.init_params(entity_bias=...)``):
+  ``"none"``, ``"tail"`` (hale, allneg) or ``"head_tail"`` (samneg, advneg).  ``auto`` learns
+  them for samneg and advneg (KGEmb's SamNeg setting), ``learn`` for any biased loss."""
+  learn = loss in ("samneg", "advneg") if bias == "auto" else bias == "learn"
+  if not learn:
+    return "none"
+  return "tail" if loss in TAIL_BIAS_LOSSES else "head_tail"
+
+
+def default_lse_chunk(backend: str | None = None) -> int:
+  """The uniformity LSE's chunk when ``lse_chunk`` is None: 4096 on CPU, 65536 elsewhere.
+
+  On a 2-core CPU chunks of 4096 halve the WN18RR step against the plain ``[k, N]`` block (the
+  blocks stay in cache).  On a GPU a loop's control runs on the host, so chunking makes small
+  graphs' steps host-bound; 65536 keeps WN18RR, FB15k-237 and CoDEx plain and bounds a
+  1M-entity step's blocks (``benchmarks/RESULTS.md`` has the measurements).
+  """
+  return 4096 if (backend or jax.default_backend()) == "cpu" else 65536
+
+
+def effective_lse_chunk(lse_chunk: int | None) -> int:
+  """``lse_chunk``, or :func:`default_lse_chunk` where it is None."""
+  return default_lse_chunk() if lse_chunk is None else lse_chunk
+
+
+def activation_of(cfg: Any) -> Callable:
+  """The activation ``h`` an objective config names, with its ``beta`` and ``gamma``."""
+  return activations.get_activation(cfg.activation, cfg.beta, cfg.gamma)
+
+
+def plain_uniformity(activation: Callable, matmul: str = "float32") -> Uniformity:
+  """The LSE over the materialised ``[k, N]`` block of scaled distances."""
+  def lse(queries, scale, entities, bias):
+    sampled = scale[:, None] * models.squared_distances(queries, entities, matmul)
+    return losses.uniformity_terms(sampled, activation, bias)
+  return lse
+
+
+def chunked_uniformity(activation: Callable, matmul: str, chunk: int) -> Uniformity:
+  """The LSE computed ``chunk`` entities at a time (``hale_jax.chunked.uniformity_lse``)."""
+  def lse(queries, scale, entities, bias):
+    return chunked.uniformity_lse(queries, scale, entities, activation, chunk, matmul, bias)
+  return lse
+
+
+def choose_uniformity(cfg: Any, num_entities: int, allow_chunks: bool) -> tuple[Uniformity, str]:
+  """The uniformity term of a run and its description: chunked when ``allow_chunks`` (the
+  table is whole on one device) and ``0 < chunk < N``, else plain."""
+  chunk = effective_lse_chunk(cfg.lse_chunk)
+  if allow_chunks and 0 < chunk < num_entities:
+    return chunked_uniformity(activation_of(cfg), cfg.matmul, chunk), f"chunks of {chunk}"
+  return plain_uniformity(activation_of(cfg), cfg.matmul), "plain"
+
+
+class Scored(NamedTuple):
+  """A batch's queries and positive scores."""
+  heads: Array     # [B]
+  tails: Array     # [B]
+  queries: Array   # [B, d], Phi(e_h, r)
+  scale: Array     # [B], c_r (1 without rel_scale)
+  pos: Array       # [B], c_r * ||Phi(e_h, r) - e_t||^2
+  pos_bias: Array | None     # [B], b_t of the positives (runs with tail biases)
+  entity_bias: Array | None  # [N], every b_t
+
+
+def score_batch(params: dict[str, Array], batch: Array, model: str, rel_scale: bool) -> Scored:
+  """Transforms the heads of ``batch [B, 3]`` and scores each query against its tail."""
+  heads, rels, tails = batch[:, 0], batch[:, 1], batch[:, 2]
+  queries = models.transform(model, params, heads, rels)
+  scale = (models.relation_scale(params, rels) if rel_scale
+           else jnp.ones(rels.shape, queries.dtype))
+  pos = scale * models.pair_squared_distances(queries, params["entity"][tails])
+  biased = models.has_entity_bias(params)
+  return Scored(heads, tails, queries, scale, pos,
+                params["bias_tail"][tails] if biased else None,
+                params["bias_tail"] if biased else None)
+
+
+def _hale(cfg: Any, model: str, num_sampled: int, uniformity: Uniformity) -> LossFn:
+  h = activation_of(cfg)
+
+  def loss(params, batch, key=None):
+    del key
+    s = score_batch(params, batch, model, cfg.rel_scale)
+    k = num_sampled
+    return losses.combine(losses.alignment_terms(s.pos, h, cfg.pos_square),
+                          uniformity(s.queries[:k], s.scale[:k], params["entity"],
+                                     s.entity_bias),
+                          cfg.lam, s.pos_bias)
+  return loss
+
+
+def _allneg(cfg: Any, model: str, num_sampled: int, uniformity: Uniformity) -> LossFn:
+  del num_sampled, uniformity
+  h = activation_of(cfg)
+
+  def loss(params, batch, key=None):
+    del key
+    s = score_batch(params, batch, model, cfg.rel_scale)
+    distances = models.squared_distances(s.queries, params["entity"], cfg.matmul)
+    scores = baselines.scores_from_scaled(s.scale[:, None] * distances, h)
+    if s.entity_bias is not None:  # b_h is the same for every candidate: softmax ignores it
+      scores = scores + s.entity_bias[None, :]
+    return baselines.allneg_loss(scores, s.tails)
+  return loss
+
+
+def _positive_scores(params, s: Scored, h: Callable) -> Array:
+  """``-h(x)`` of the positives, plus KGEmb's ``b_h + b_t`` when the run learns them."""
+  score = baselines.scores_from_scaled(s.pos, h)
+  if s.pos_bias is None:
+    return score
+  return score + params["bias_head"][s.heads] + s.pos_bias
+
+
+def _sampled_negatives(cfg: Any, model: str, adversarial: bool) -> LossFn:
+  h = activation_of(cfg)
+
+  def loss(params, batch, key):
+    s = score_batch(params, batch, model, cfg.rel_scale)
+    entity = params["entity"]
+    pos_score = _positive_scores(params, s, h)
+    negs = jax.random.randint(key, (batch.shape[0], cfg.num_negatives), 0, entity.shape[0])
+    neg = models.pair_squared_distances(s.queries[:, None, :], entity[negs])  # [B, m]
+    neg_score = baselines.scores_from_scaled(s.scale[:, None] * neg, h)
+    if s.pos_bias is not None:
+      neg_score = neg_score + params["bias_head"][s.heads][:, None] + params["bias_tail"][negs]
+    if adversarial:
+      return baselines.advneg_loss(pos_score, neg_score, cfg.adv_temperature, cfg.margin)
+    return baselines.samneg_loss(pos_score, neg_score, cfg.margin)
+  return loss
+
+
+def _samneg(cfg: Any, model: str, num_sampled: int, uniformity: Uniformity) -> LossFn:
+  del num_sampled, uniformity
+  return _sampled_negatives(cfg, model, adversarial=False)
+
+
+def _advneg(cfg: Any, model: str, num_sampled: int, uniformity: Uniformity) -> LossFn:
+  del num_sampled, uniformity
+  return _sampled_negatives(cfg, model, adversarial=True)
+
+
+def _nonneg(cfg: Any, model: str, num_sampled: int, uniformity: Uniformity) -> LossFn:
+  del num_sampled, uniformity
+  h = activation_of(cfg)
+
+  def loss(params, batch, key=None):
+    del key
+    s = score_batch(params, batch, model, cfg.rel_scale)
+    return baselines.nonneg_loss(_positive_scores(params, s, h), params["entity"],
+                                 cfg.nonneg_weight)
+  return loss
+
+
+BUILDERS: dict[str, Callable[[Any, str, int, Uniformity], LossFn]] = {
+    "hale": _hale, "samneg": _samneg, "advneg": _advneg, "allneg": _allneg, "nonneg": _nonneg}
+assert tuple(BUILDERS) == LOSSES
+
+
+def make_loss(cfg: Any, model: str, num_sampled: int,
+              uniformity: Uniformity | None = None) -> LossFn:
+  """The loss ``(params, batch [B, 3], key) -> scalar`` that an objective config names.
+
+  Args:
+    cfg: an objective config (``hale_jax.config.ObjectiveConfig``: loss, activation, beta,
+      gamma, lam, pos_square, rel_scale, num_negatives, adv_temperature, margin,
+      nonneg_weight, matmul).
+    model: the model name (``models.MODEL_NAMES``).
+    num_sampled: ``k``, the sampled queries of HaLE's uniformity term.
+    uniformity: HaLE's LSE over all entities; default :func:`plain_uniformity`.
+  """
+  if cfg.loss not in BUILDERS:
+    raise ValueError(f"unknown loss {cfg.loss!r}; choose one of {', '.join(LOSSES)}")
+  uniformity = uniformity or plain_uniformity(activation_of(cfg), cfg.matmul)
+  return BUILDERS[cfg.loss](cfg, models.canonical_model(model), num_sampled, uniformity)

@@ -1,0 +1,101 @@
+"""Command-line options generated from the config: one absl flag per config field.
+
+:func:`define_config_flags` walks the groups of :class:`hale_jax.config.Config` (or a subclass)
+and defines a flag per field, named like the field, with its type, default, help text and
+allowed values; :func:`config_from_flags` builds the config back from parsed flags.  Adding a
+field to a config group therefore adds its flag.  The launcher's own options (where the data
+comes from, the workdir, multi-host) are defined here too (:func:`define_launch_flags`), so any
+program can read a flagfile of ``launch/`` exactly as the launcher does (:func:`parse_flagfile`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, Sequence
+
+from absl import flags
+
+from hale_jax import config as config_lib
+from hale_jax.config import Config
+
+_DEFINE = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float,
+           str: flags.DEFINE_string}
+
+
+def _base_type(hint: Any) -> type:
+  """``float | None`` -> ``float``; a plain type stays."""
+  if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if len(args) == 1:
+      return args[0]
+  if hint in _DEFINE:
+    return hint
+  raise TypeError(f"config fields must be bool, int, float or str (optionally | None), got {hint}")
+
+
+def config_fields(config_cls: type = Config) -> list[tuple[str, dataclasses.Field, type]]:
+  """``(group, field, base type)`` of every config field, in declaration order."""
+  out = []
+  for group, kind in config_lib.group_types(config_cls).items():
+    hints = typing.get_type_hints(kind)
+    for f in dataclasses.fields(kind):
+      out.append((group, f, _base_type(hints[f.name])))
+  return out
+
+
+def define_config_flags(flag_values: flags.FlagValues = flags.FLAGS,
+                        config_cls: type = Config) -> None:
+  """Defines one flag per field of ``config_cls`` (see the module docstring)."""
+  config_lib.field_owners(config_cls)  # names unique across groups
+  for _, f, kind in config_fields(config_cls):
+    choices = f.metadata.get("choices")
+    help_text = f.metadata.get("help", "")
+    if choices is not None and kind is str:
+      flags.DEFINE_enum(f.name, f.default, list(choices), help_text, flag_values=flag_values)
+    else:
+      _DEFINE[kind](f.name, f.default, help_text, flag_values=flag_values)
+
+
+def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS,
+                      config_cls: type = Config) -> Config:
+  """The config the parsed flags describe (raises ValueError on a bad combination)."""
+  return config_cls.make(**{f.name: flag_values[f.name].value
+                            for _, f, _ in config_fields(config_cls)})
+
+
+def define_launch_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """The launcher's options that are not part of a run's config."""
+  fv = flag_values
+  flags.DEFINE_string("dataset", "synthetic",
+                      "Dataset name (WN18RR, FB15k-237, CoDEx-S, CoDEx-M, CoDEx-L), 'synthetic' "
+                      "for the small generated graph, or 'powerlaw:N' for a generated graph of N "
+                      "entities and 10 N triples. Looked up in $HALE_DATA_DIR/<name>, then the "
+                      "user cache, then downloaded.", flag_values=fv)
+  flags.DEFINE_string("data_dir", None, "A folder with train.txt, valid.txt, test.txt; "
+                      "overrides --dataset.", flag_values=fv)
+  flags.DEFINE_string("workdir", None, "Output folder; default "
+                      "runs/<dataset>-<model>-<dim>d-<time>.", flag_values=fv)
+  flags.DEFINE_bool("overwrite", False, "Replace the results of an earlier run in --workdir.",
+                    flag_values=fv)
+  flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0; with "
+                      "--num_processes and --process_id, calls jax.distributed.initialize.",
+                      flag_values=fv)
+  flags.DEFINE_integer("num_processes", None, "Multi-host: the number of processes.",
+                       flag_values=fv)
+  flags.DEFINE_integer("process_id", None, "Multi-host: this process's index, 0 .. n-1.",
+                       flag_values=fv)
+  flags.DEFINE_bool("distributed", False, "Multi-host: call jax.distributed.initialize() with no "
+                    "arguments, so JAX reads the cluster from the environment (SLURM, Open MPI, "
+                    "Kubernetes ...).", flag_values=fv)
+
+
+def parse_flagfile(path: str, extra: Sequence[str] = ()) -> flags.FlagValues:
+  """The launcher's flags as ``--flagfile=path`` and then ``extra`` set them (a fresh
+  ``FlagValues``, so the caller's own flags are untouched)."""
+  fv = flags.FlagValues()
+  define_config_flags(fv)
+  define_launch_flags(fv)
+  fv(["hale_jax", f"--flagfile={path}", *extra])
+  return fv

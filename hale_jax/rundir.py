@@ -1,0 +1,163 @@
+"""Run folders: what a run writes besides its checkpoints, and where it came from.
+
+A run's ``--workdir`` holds
+
+- ``run.json``        the run spec, written at start: the flat config, how to reload the data,
+                      and a hash of the vocabularies; a later run in the same folder must match
+                      it except in the fields a resume may change (``config.resumable_fields``);
+- ``checkpoints/``, ``best/``   orbax checkpoints (``hale_jax.checkpoints``);
+- ``entities.tsv``, ``relations.tsv``   the id -> name vocabularies;
+- ``best_params.npz``, ``results.json``   at the end.
+
+Every JSON file is written strictly (no NaN or Infinity) through a temporary file and a rename,
+so it is never half-written.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import flax
+import jax
+import jaxlib
+import numpy as np
+import optax
+
+from hale_jax import __version__
+from hale_jax.config import Config, resumable_fields
+from hale_jax.data import KGData
+
+RUN_FILE = "run.json"
+RESULTS_FILE = "results.json"
+_OUTPUTS = ("checkpoints", "best", RUN_FILE, RESULTS_FILE, "best_params.npz")
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+  """Writes ``obj`` as indented strict JSON through a temporary file and a rename."""
+  path = Path(path)
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n")
+  os.replace(tmp, path)
+
+
+def read_run(workdir: str | os.PathLike) -> dict[str, Any] | None:
+  """The ``run.json`` of ``workdir``, or None."""
+  path = Path(workdir) / RUN_FILE
+  return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_run(workdir: str | os.PathLike, run: dict[str, Any]) -> None:
+  write_json(Path(workdir) / RUN_FILE, run)
+
+
+def vocabulary_hash(data: KGData) -> str:
+  """sha256 over the entity and relation names, in id order."""
+  h = hashlib.sha256()
+  for names in (data.entities, data.relations):
+    for n in names:
+      h.update(n.encode("utf-8") + b"\n")
+    h.update(b"\0")
+  return h.hexdigest()
+
+
+def run_spec(config: Config, data: KGData, data_spec: dict[str, Any] | None) -> dict[str, Any]:
+  """What ``run.json`` holds: the flat config, the data spec, the dataset, the vocabulary hash."""
+  return {"config": config.flat(), "data": data_spec or {"kind": "unknown"},
+          "dataset": data.name, "vocab_sha256": vocabulary_hash(data)}
+
+
+def mismatch(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+  """What differs between two run specs, ignoring the fields a resume may change."""
+  diffs = []
+  if old.get("vocab_sha256") != new.get("vocab_sha256"):
+    diffs.append(f"dataset vocabulary ({old.get('dataset')} vs {new.get('dataset')})")
+  oc, nc = old.get("config", {}), new.get("config", {})
+  free = resumable_fields()
+  for key in sorted(set(oc) | set(nc)):
+    if key not in free and oc.get(key) != nc.get(key):
+      diffs.append(f"{key} ({oc.get(key)!r} vs {nc.get(key)!r})")
+  return diffs
+
+
+def clear_outputs(workdir: str | os.PathLike) -> None:
+  """Deletes an earlier run's outputs (for ``--overwrite``)."""
+  for name in _OUTPUTS:
+    p = Path(workdir) / name
+    if p.is_dir():
+      shutil.rmtree(p)
+    elif p.exists():
+      p.unlink()
+
+
+def start(workdir: str | os.PathLike, spec: dict[str, Any], overwrite: bool = False,
+          write: bool = True) -> dict[str, Any] | None:
+  """Prepares ``workdir`` for the run ``spec``; returns earlier results if it already finished.
+
+  A workdir holding a different run (model, dimension, dataset vocabulary, any setting a
+  resume may not change) is refused unless ``overwrite``, which deletes the earlier outputs.
+  ``write=False`` (the other processes of a multi-host run) only checks; process 0 writes.
+  """
+  workdir = Path(workdir)
+  if overwrite and not write:
+    return None
+  if overwrite:
+    clear_outputs(workdir)
+  old = read_run(workdir)
+  results = workdir / RESULTS_FILE
+  if old is None and results.exists():
+    raise FileExistsError(f"{workdir}: holds results.json of an earlier run; choose another "
+                          f"--workdir or pass --overwrite to replace it")
+  if old is not None:
+    diffs = mismatch(old, spec)
+    if diffs:
+      raise FileExistsError(f"{workdir}: holds a different run ({'; '.join(diffs)}); choose "
+                            f"another --workdir or pass --overwrite to replace it")
+    if results.exists():
+      return json.loads(results.read_text())
+  if write:
+    workdir.mkdir(parents=True, exist_ok=True)
+    write_run(workdir, spec)
+  return None
+
+
+def save_params(path: str | os.PathLike, params: dict[str, np.ndarray]) -> None:
+  """Writes host parameters as an npz file."""
+  np.savez(path, **params)
+
+
+def versions() -> dict[str, str]:
+  """The library versions a run used."""
+  return {"python": platform.python_version(), "jax": jax.__version__,
+          "jaxlib": jaxlib.__version__, "optax": optax.__version__, "flax": flax.__version__,
+          "numpy": np.__version__, "hale_jax": __version__}
+
+
+def device() -> dict[str, Any]:
+  devs = jax.devices()
+  return {"platform": devs[0].platform, "kind": devs[0].device_kind, "count": len(devs)}
+
+
+@functools.lru_cache(maxsize=None)
+def git_commit() -> str | None:
+  """The source checkout's commit, with ``-dirty`` if it has uncommitted changes.
+
+  Taken once per process, at its first run: Python does not reload modules changed on disk
+  later, so a long-lived process keeps training the code it loaded and each of its runs
+  records that code's commit."""
+  here = Path(__file__).resolve().parent
+  try:
+    head = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], capture_output=True,
+                          text=True, cwd=here, timeout=5).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True, cwd=here, timeout=5).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    return None
+  return (head + ("-dirty" if dirty else "")) if head else None
