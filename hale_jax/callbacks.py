@@ -70,6 +70,29 @@ class ProgressPrinter(Callback):
     return None
 
 
+class StallWarning(Callback):
+  """Warns once when the training loss has not changed over ``patience`` validations in a row:
+  the sign of a saturated activation (every distance past the point where ``h`` is flat, e.g.
+  from a large ``--init_scale``) or of a learning rate that moves nothing."""
+
+  def __init__(self, log: Log = print, patience: int = 3, rtol: float = 1e-6):
+    self._log, self._patience, self._rtol = log, patience, rtol
+    self._losses: list[float] = []
+    self._warned = False
+
+  def on_validation(self, v: Validation) -> str | None:
+    self._losses = (self._losses + [v.loss])[-(self._patience + 1):]
+    first = self._losses[0]
+    flat = all(abs(x - first) <= self._rtol * max(abs(first), 1e-12) for x in self._losses)
+    if flat and len(self._losses) > self._patience and not self._warned:
+      self._warned = True
+      self._log(f"warning: the training loss has stayed at {v.loss:.6g} over the last "
+                f"{self._patience + 1} validations; training has stalled. Likely causes: a "
+                f"saturated activation (distances beyond where h is flat: lower --init_scale, "
+                f"or raise --gamma), or a learning rate that is far too small or too large")
+    return None
+
+
 def call_all(callbacks: list[Any], hook: str, *args: Any) -> list[Any]:
   """Calls ``hook`` on every callback that has it; returns their answers."""
   return [getattr(cb, hook)(*args) for cb in callbacks if hasattr(cb, hook)]

@@ -16,6 +16,8 @@ training goes on.  A step that fails to restore is reported and the previous one
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -39,6 +41,28 @@ def vocabulary_meta(data: KGData, sha256: str) -> dict[str, Any]:
   return {"entities": list(data.entities), "relations": list(data.relations)}
 
 
+UNREADABLE = "unreadable"
+
+
+class UnreadableCheckpoints(Exception):
+  """Checkpoints exist but none restores; ``str(err)`` names the steps and the errors."""
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+  """Keeps a failing restore to one line: orbax logs the error with a traceback, and its
+  event loop prints more when it is torn down mid-restore."""
+  loggers = [logging.getLogger(n) for n in ("absl", "asyncio", "orbax")]
+  levels = [lg.level for lg in loggers]
+  for lg in loggers:
+    lg.setLevel(logging.CRITICAL)
+  try:
+    yield
+  finally:
+    for lg, level in zip(loggers, levels):
+      lg.setLevel(level)
+
+
 def _manager(path: Path, max_to_keep: int) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                          enable_async_checkpointing=False)
@@ -59,6 +83,7 @@ class Checkpointer:
   def __init__(self, workdir: str | os.PathLike, max_to_keep: int = 3,
                log: Callable[[str], None] = print):
     self.workdir = Path(workdir)
+    self._max_to_keep = max_to_keep
     self._latest = _manager(self.workdir / "checkpoints", max_to_keep)
     self._best = _manager(self.workdir / "best", 1)
     self._log = log
@@ -77,21 +102,53 @@ class Checkpointer:
     ``template`` is a pytree of the state's structure (arrays or ShapeDtypeStructs); the state
     comes back in that structure as host numpy arrays of the *stored* shapes, whatever the
     layout that saved them: the caller places them (``hale_jax.layout``).  A step that fails
-    to restore (partial or corrupt) is reported and the previous one is tried.
+    to restore (partial or corrupt) is reported in one line and the previous one is tried;
+    once one restores, the failed newer steps are moved to ``checkpoints/unreadable/`` so that
+    no later cleanup deletes them.
+
+    Raises:
+      UnreadableCheckpoints: steps exist but none restores (nothing is moved or deleted).
     """
     # numpy leaves: orbax reads each whole array to the host, in the stored shape.
     abstract = jax.tree.map(lambda x: np.empty((0,) * len(x.shape), x.dtype), template)
+    failed: list[tuple[int, str]] = []
     for step in sorted(self._latest.all_steps(), reverse=True):
       try:
-        out = self._latest.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+        with _quiet_orbax():
+          out = self._latest.restore(step, args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
       except Exception as err:  # pylint: disable=broad-except
-        reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
-        self._log(f"checkpoint {self.workdir / 'checkpoints' / str(step)} cannot be restored "
-                  f"({reason}); trying the previous one")
+        failed.append((step, str(err).splitlines()[0][:200] if str(err) else type(err).__name__))
+        self._log(f"checkpoint {self._step_dir(step)} cannot be restored ({failed[-1][1]}); "
+                  f"trying the previous one")
         continue
+      self._set_aside([s for s, _ in failed])
       return out["state"], out["meta"], step
+    if failed:
+      raise UnreadableCheckpoints(
+          f"{self.workdir / 'checkpoints'}: no checkpoint restores ("
+          + "; ".join(f"step {s}: {why}" for s, why in failed)
+          + "); nothing was changed. Pass --overwrite to start over, or move the folder away")
     return None
+
+  def _step_dir(self, step: int) -> Path:
+    return self.workdir / "checkpoints" / str(step)
+
+  def _set_aside(self, steps: list[int]) -> None:
+    """Moves unreadable steps to ``checkpoints/unreadable/<step>[-n]`` and reopens the manager,
+    so its cleanup never deletes them and its latest step is a readable one."""
+    if not steps:
+      return
+    aside = self.workdir / "checkpoints" / UNREADABLE
+    aside.mkdir(exist_ok=True)
+    for step in steps:
+      target, n = aside / str(step), 1
+      while target.exists():
+        target, n = aside / f"{step}-{n}", n + 1
+      os.replace(self._step_dir(step), target)
+      self._log(f"moved the unreadable checkpoint {self._step_dir(step)} to {target}")
+    self._latest.close()
+    self._latest = _manager(self.workdir / "checkpoints", self._max_to_keep)
 
   def close(self) -> None:
     self._latest.close()

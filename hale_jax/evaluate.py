@@ -9,13 +9,18 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from absl import app, flags
+from absl import app, flags, logging
+
+from hale_jax import inference, rundir
+from hale_jax.data import one_line
 
 FLAGS = flags.FLAGS
 
 
 def _define_flags() -> None:
   flags.DEFINE_string("workdir", None, "The --workdir of a hale_jax run.", required=True)
+  flags.DEFINE_bool("allow_changed_data", False, "Use the run although its data files changed "
+                    "since training.")
   flags.DEFINE_enum("split", "test", ["test", "valid"], "Split to rank.")
   flags.DEFINE_integer("chunk", 256, "Queries ranked at a time (memory: chunk x entities).")
   flags.DEFINE_string("output", None, "Also write the metrics as JSON to this file.")
@@ -35,14 +40,14 @@ def format_table(metrics: dict[str, dict[str, float]]) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  from hale_jax import inference, rundir  # pylint: disable=import-outside-toplevel
-  from hale_jax.data import one_line  # pylint: disable=import-outside-toplevel
+  logging.set_verbosity(logging.WARNING)  # no INFO lines from JAX's backend search
   try:
     output = Path(FLAGS.output) if FLAGS.output else None
     if output is not None and output.exists() and not FLAGS.overwrite:
       raise FileExistsError(f"{output}: already exists; choose another --output or pass "
                             f"--overwrite to replace it")
-    metrics = inference.evaluate_run(FLAGS.workdir, FLAGS.split, FLAGS.chunk)
+    metrics = inference.evaluate_run(FLAGS.workdir, FLAGS.split, FLAGS.chunk,
+                                     FLAGS.allow_changed_data)
     print(f"{FLAGS.workdir}: filtered ranking of {FLAGS.split}")
     print(format_table(metrics))
     if output is not None:

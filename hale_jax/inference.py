@@ -1,95 +1,49 @@
-"""Using a finished run: reload it, re-evaluate it, export its embeddings, rank answers by name.
+"""Using a finished run: re-evaluate it, export its embeddings, answer queries by name.
 
-Library code (no flags); ``hale_jax.evaluate``, ``hale_jax.export`` and ``hale_jax.predict`` are
-the command lines over it.  A run folder (``--workdir`` of :mod:`hale_jax.launch`) holds
-``run.json`` (config, data spec, vocabulary hash), the best-valid parameters
-(``best_params.npz``, or the ``best/`` checkpoint while a run is unfinished) and
-``results.json``.  :func:`load_run` reloads the data the run was trained on from its data spec
-and refuses it if its vocabulary (the names behind the ids) is not the one trained on.
+Library code (no flags) over :mod:`hale_jax.trained`; ``hale_jax.evaluate``,
+``hale_jax.export`` and ``hale_jax.predict`` are the command lines over it.  Everything works
+from the run folder alone (``hale_jax.trained.load``).
 
 Shapes: ``N`` entities, ``|R|`` relations, ``R2 = 2 |R|`` relation ids (reciprocal ``r + |R|``),
-``d`` dimensions.  Distances are the squared distances used in ranking (smaller is better).
+``d`` dimensions.  Distances are what ranking sorts (smaller is better).
 """
 
 from __future__ import annotations
 
-import difflib
-import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from hale_jax import activations, checkpoints, datasets, models, rundir
-from hale_jax.data import DataError, FilterIndex, KGData, one_line
-from hale_jax.evaluation import Evaluator, candidate_distances
+from hale_jax import activations, trained
+from hale_jax.data import DataError, KGData
+from hale_jax.trained import Prediction, TrainedModel, relation_names  # noqa: F401
 
 Array = jax.Array
-REVERSE_SUFFIX = "_reverse"
 # Keys of an npz export that are not parameter tables.
 EXPORT_META_KEYS = ("entity_names", "relation_names", "model", "dim", "c_r")
 
 
-def load_run(workdir: str | os.PathLike) -> tuple[dict[str, Any], KGData, dict[str, Array]]:
-  """Reloads a run: ``(run, data, params)``.
-
-  ``run`` is ``run.json`` (``config``, ``data`` spec, ``dataset``, ``vocab_sha256``); ``data`` the
-  :class:`KGData` from the spec; ``params`` the best-valid parameters as device arrays
-  (``entity [N, d]``, ``scale [R2]`` and the model's relation tables ``[R2, d]`` / ``[R2]``).
-
-  Raises:
-    FileNotFoundError: no such folder, no ``run.json``, or no saved parameters.
-    DataError: ``run.json`` unreadable or incomplete, the data cannot be loaded, or the data's
-      vocabulary differs from the one the run was trained on.
-  """
-  workdir = Path(workdir)
-  if not workdir.is_dir():
-    raise FileNotFoundError(f"{workdir}: no such folder; pass the --workdir of a hale_jax run")
-  path = workdir / rundir.RUN_FILE
-  if not path.is_file():
-    raise FileNotFoundError(f"{path}: missing; is {workdir} the --workdir of a hale_jax run "
-                            f"(runs write run.json when they start)?")
-  try:
-    run = json.loads(path.read_text(encoding="utf-8"))
-  except (OSError, UnicodeDecodeError, ValueError) as err:
-    raise DataError(f"{path}: cannot be read ({one_line(err)}); it is not a hale_jax run "
-                    f"spec") from None
-  missing = [k for k in ("config", "data", "vocab_sha256") if not isinstance(run, dict)
-             or k not in run]
-  if missing or "model" not in run["config"]:
-    raise DataError(f"{path}: lacks {', '.join(missing) or 'config.model'}; it is not a "
-                    f"complete hale_jax run spec")
-  if not isinstance(run["data"], dict) or run["data"].get("kind") == "unknown":
-    raise DataError(f"{path}: does not say how to reload the run's data (data {run['data']}); "
-                    f"runs started through hale_jax.launch record it")
-  data = datasets.load_data(run["data"])
-  got = rundir.vocabulary_hash(data)
-  if got != run["vocab_sha256"]:
-    raise DataError(f"{workdir}: the data {run['data']} has another vocabulary than the run was "
-                    f"trained on (sha256 {got[:12]}... vs {str(run['vocab_sha256'])[:12]}...); "
-                    f"the dataset files changed since training, so ids would mean other names")
-  params = {k: jnp.asarray(v) for k, v in checkpoints.load_best_params(workdir).items()}
-  return run, data, params
+def load_run(workdir: str | os.PathLike, allow_changed_data: bool = False
+             ) -> tuple[dict[str, Any], KGData, dict[str, Array]]:
+  """``(run, data, params)`` of a run folder: ``run.json``, the run's data, and its best-valid
+  parameters (see :func:`hale_jax.trained.load` for the errors)."""
+  model = trained.load(workdir, allow_changed_data)
+  return model.run, model.data, model.params
 
 
-def evaluate_run(workdir: str | os.PathLike, split: str = "test", chunk: int = 256
-                 ) -> dict[str, dict[str, float]]:
-  """Filtered ranking of ``split`` with the run's best parameters.
-
-  Returns ``{tie_mode: {"mr", "mrr", "hits@1", "hits@3", "hits@10"}}`` for the tie modes
-  realistic, pessimistic and optimistic (as in ``results.json["metrics"][split]``).
-  """
+def evaluate_run(workdir: str | os.PathLike, split: str = "test", chunk: int = 256,
+                 allow_changed_data: bool = False) -> dict[str, dict[str, float]]:
+  """Filtered ranking of ``split`` with the run's best parameters: ``{tie rule: metrics}``
+  for the realistic, pessimistic and optimistic rules (as ``results.json["metrics"]``)."""
   if split not in ("valid", "test"):
     raise ValueError(f"unknown split {split!r}; choose valid or test")
   if chunk <= 0:
     raise ValueError(f"chunk must be positive, got {chunk}")
-  run, data, params = load_run(workdir)
-  return Evaluator(data, split, run["config"]["model"], chunk,
-                   activation=run_activation(run))(params)
+  return trained.load(workdir, allow_changed_data).evaluate(split, chunk)
 
 
 def run_activation(run: dict[str, Any]) -> Callable[[ArrayLike], Array]:
@@ -98,11 +52,6 @@ def run_activation(run: dict[str, Any]) -> Callable[[ArrayLike], Array]:
   cfg = run["config"]
   return activations.get_activation(cfg.get("activation", "hanon"), cfg.get("beta"),
                                     cfg.get("gamma", 10.0))
-
-
-def relation_names(data: KGData) -> list[str]:
-  """The ``R2`` names of the relation ids: ``|R|`` names, then ``<name>_reverse`` for each."""
-  return list(data.relations) + [n + REVERSE_SUFFIX for n in data.relations]
 
 
 def _fmt(values: np.ndarray) -> str:
@@ -116,7 +65,7 @@ def _check_output(output: Path, overwrite: bool) -> None:
 
 
 def export_run(workdir: str | os.PathLike, fmt: str, output: str | os.PathLike,
-               overwrite: bool = False) -> Path:
+               overwrite: bool = False, allow_changed_data: bool = False) -> Path:
   """Writes the run's best parameters with names; returns the path written.
 
   ``fmt="npz"``: one file holding ``entity [N, d]``, ``entity_names [N]`` and
@@ -136,7 +85,7 @@ def export_run(workdir: str | os.PathLike, fmt: str, output: str | os.PathLike,
     raise ValueError(f"unknown export format {fmt!r}; choose npz or tsv")
   output = Path(output)
   _check_output(output, overwrite)
-  run, data, params = load_run(workdir)
+  run, data, params = load_run(workdir, allow_changed_data)
   params = {k: np.asarray(v) for k, v in params.items()}
   c_r = np.asarray(jax.nn.softplus(params["scale"]))
   rel_names = relation_names(data)
@@ -174,59 +123,58 @@ def export_run(workdir: str | os.PathLike, fmt: str, output: str | os.PathLike,
   return output
 
 
-_candidate_distances = jax.jit(candidate_distances, static_argnames=("model", "activation"))
+def parse_queries(path: str | os.PathLike) -> list[tuple[str, str, str]]:
+  """Queries from a file of ``head<TAB>relation<TAB>?`` and ``?<TAB>relation<TAB>tail`` lines
+  (``?`` marks the slot to predict); blank lines and lines starting with ``#`` are skipped.
+
+  Raises:
+    DataError: a malformed line, with its file and line number.
+  """
+  path = Path(path)
+  try:
+    text = path.read_text(encoding="utf-8-sig")
+  except (OSError, UnicodeDecodeError) as err:
+    raise DataError(f"{path}: cannot be read ({err}); give a UTF-8 file of queries") from None
+  queries = []
+  for number, line in enumerate(text.splitlines(), start=1):
+    if not line.strip() or line.startswith("#"):
+      continue
+    fields = line.split("\t")
+    if len(fields) != 3 or (fields[0] == "?") == (fields[2] == "?") or "?" == fields[1]:
+      raise DataError(f"{path}:{number}: expected head<TAB>relation<TAB>? or "
+                      f"?<TAB>relation<TAB>tail (exactly one '?', in the head or tail slot), "
+                      f"got {line!r}")
+    queries.append((fields[0], fields[1], fields[2]))
+  return queries
 
 
-def _lookup(kind: str, name: str, names: Sequence[str]) -> int:
-  ids = {n: i for i, n in enumerate(names)}
-  if name in ids:
-    return ids[name]
-  close = difflib.get_close_matches(name, list(names), n=1, cutoff=0.5)
-  hint = f"; did you mean {close[0]!r}?" if close else ""
-  raise DataError(f"unknown {kind} {name!r} ({len(names)} {kind}s known){hint}")
+def answer_queries(model: TrainedModel, queries: list[tuple[str, str, str]], k: int = 10,
+                   filtered: bool = True) -> list[list[Prediction]]:
+  """The ``k`` best answers of each query of :func:`parse_queries`, in the queries' order."""
+  tails = [i for i, q in enumerate(queries) if q[2] == "?"]
+  heads = [i for i, q in enumerate(queries) if q[0] == "?"]
+  out: list[list[Prediction]] = [[] for _ in queries]
+  for i, answers in zip(tails, model.predict_tails([queries[i][0] for i in tails],
+                                                   [queries[i][1] for i in tails], k, filtered)):
+    out[i] = answers
+  for i, answers in zip(heads, model.predict_heads([queries[i][1] for i in heads],
+                                                   [queries[i][2] for i in heads], k, filtered)):
+    out[i] = answers
+  return out
 
 
 def top_k(params: dict[str, Array], model: str, data: KGData, *, head: str | None = None,
           relation: str, tail: str | None = None, k: int = 10, filtered: bool = True,
-          index: FilterIndex | None = None,
           activation: Callable[[ArrayLike], Array] | None = None) -> list[tuple[str, float]]:
-  """The ``k`` entities closest to a query given by names, closest first.
-
-  Give exactly one of ``head`` (rank tails of ``(head, relation, ?)`` with relation id ``r``)
-  or ``tail`` (rank heads of ``(?, relation, tail)``: the query ``(tail, r + |R|, ?)``).
-  ``relation`` is a relation name, or ``<name>_reverse`` for its reciprocal.  With
-  ``filtered``, entities already known to answer the query in train, valid or test are left
-  out (``index`` may pass a prebuilt :class:`FilterIndex`).
-
-  ``activation`` is the run's ``h`` (:func:`run_activation`); it matters only for runs with
-  entity biases, whose distance is ``h(c_r d^2) - b_t`` (``models.ranking_distances``).
-
-  Returns:
-    Up to ``k`` pairs ``(entity name, squared distance)``, distances ascending.
-
-  Raises:
-    DataError: an unknown name (the message suggests a close one).
-    ValueError: not exactly one of head and tail, or ``k < 1``.
-  """
+  """The ``k`` entities closest to one query given by names, closest first: give exactly one
+  of ``head`` (rank tails of ``(head, relation, ?)``) or ``tail`` (rank heads of
+  ``(?, relation, tail)``).  Returns ``(entity name, distance)`` pairs."""
   if (head is None) == (tail is None):
     raise ValueError("give exactly one of head (to rank tails) and tail (to rank heads)")
-  if k < 1:
-    raise ValueError(f"k must be at least 1, got {k}")
-  nr = data.num_relations
-  r = _lookup("relation", relation, relation_names(data))
-  if head is None:
-    entity = _lookup("entity", tail, data.entities)
-    r = (r + nr) % (2 * nr)
-  else:
-    entity = _lookup("entity", head, data.entities)
-  distances = np.asarray(_candidate_distances(
-      params, models.canonical_model(model), jnp.array([entity], jnp.int32),
-      jnp.array([r], jnp.int32), activation=activation))[0]
-  candidates = np.ones(data.num_entities, bool)
-  if filtered:
-    _, known = (index or FilterIndex(data)).answers(np.array([entity]), np.array([r]))
-    candidates[known] = False
-  ids = np.flatnonzero(candidates)
-  order = ids[np.argsort(distances[ids], kind="stable")[:k]]
-  return [(data.entities[i], float(distances[i])) for i in order]
-
+  run = {"config": {"model": model}}
+  m = TrainedModel(Path("."), run, data, params, {"entity": {}, "relation": {}})
+  if activation is not None:
+    m.activation = activation
+  answers = (m.predict_tails(head, relation, k, filtered) if head is not None
+             else m.predict_heads(relation, tail, k, filtered))[0]
+  return [(a.name, a.distance) for a in answers]

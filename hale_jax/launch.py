@@ -14,9 +14,11 @@ from pathlib import Path
 import jax
 from absl import app, flags, logging
 
-from hale_jax import datasets, options
+from hale_jax import datasets, options, own_data
+from hale_jax.checkpoints import UnreadableCheckpoints
 from hale_jax.data import DataError
-from hale_jax.loop import Interrupted, train
+from hale_jax.loop import Diverged, Interrupted, train
+from hale_jax.rundir import WorkdirError
 from hale_jax.stopping import StopRequest
 
 FLAGS = flags.FLAGS
@@ -24,9 +26,27 @@ options.define_config_flags(FLAGS)
 options.define_launch_flags(FLAGS)
 
 
-def _data_spec() -> dict[str, str]:
+def _reading() -> dict[str, object]:
+  """How the data files are read (own files; ``strip_whitespace`` for every kind)."""
+  return {"columns": FLAGS.columns, "delimiter": FLAGS.delimiter, "header": FLAGS.header,
+          "strip_whitespace": FLAGS.strip_whitespace}
+
+
+def _data_spec() -> dict[str, object]:
+  """Where the data comes from, as ``datasets.load_data`` and ``run.json`` take it."""
+  split_files = [FLAGS.train_file, FLAGS.valid_file, FLAGS.test_file]
+  if any(split_files):
+    if not all(split_files):
+      raise ValueError("give all three of --train_file, --valid_file and --test_file")
+    return {"kind": "files", **{s: str(Path(f).resolve()) for s, f in
+                                zip(("train", "valid", "test"), split_files)}, **_reading()}
+  if FLAGS.data_file:
+    return {"kind": "file", "path": str(Path(FLAGS.data_file).resolve()),
+            "fractions": list(own_data.parse_fractions(FLAGS.split)), "seed": FLAGS.split_seed,
+            **_reading()}
   if FLAGS.data_dir:
-    return {"kind": "folder", "path": str(Path(FLAGS.data_dir).resolve())}
+    return {"kind": "folder", "path": str(Path(FLAGS.data_dir).resolve()),
+            "strip_whitespace": FLAGS.strip_whitespace}
   if FLAGS.dataset.lower() == "synthetic":
     return {"kind": "synthetic"}
   if FLAGS.dataset.lower().startswith("powerlaw:"):
@@ -36,6 +56,22 @@ def _data_spec() -> dict[str, str]:
                        f"e.g. powerlaw:1000000")
     return {"kind": "powerlaw", "entities": int(count)}
   return {"kind": "dataset", "name": FLAGS.dataset}
+
+
+def _default_workdir(data_name: str, config) -> Path:
+  """``runs/<dataset>-<model>-<dim>d-<time>``, created here; a name taken by another run
+  (two jobs started in the same second) gets a ``-2``, ``-3`` ... suffix."""
+  base = Path("runs") / (f"{data_name}-{config.model.model}-{config.model.dim}d-"
+                         f"{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}")
+  base.parent.mkdir(parents=True, exist_ok=True)
+  for n in range(1, 10_000):
+    path = base if n == 1 else base.with_name(f"{base.name}-{n}")
+    try:
+      path.mkdir()
+      return path
+    except FileExistsError:
+      continue
+  raise ValueError(f"no free run folder name next to {base}; pass --workdir")
 
 
 def _init_distributed() -> None:
@@ -77,16 +113,17 @@ def main(argv):
     if jax.process_count() > 1 and not FLAGS.workdir:
       raise ValueError("a multi-host run needs --workdir: a folder that every process sees "
                        "(each would otherwise make up its own time-stamped name)")
-    workdir = FLAGS.workdir or Path("runs") / (
-        f"{data.name}-{config.model.model}-{config.model.dim}d-"
-        f"{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    workdir = FLAGS.workdir or _default_workdir(data.name, config)
     train(config, data, workdir, log=log, overwrite=FLAGS.overwrite, data_spec=spec,
-          should_stop=stop,
+          should_stop=stop, allow_changed_data=FLAGS.allow_changed_data,
           extra={"argv": sys.argv, "flags": FLAGS.flags_into_string()})
   except Interrupted as err:
     print(f"stopped: {err}", file=sys.stderr)
     sys.exit(stop.exit_code())
-  except (DataError, ValueError, FileExistsError) as err:
+  except Diverged as err:
+    print(f"error: {err}", file=sys.stderr)
+    sys.exit(3)
+  except (DataError, ValueError, FileExistsError, WorkdirError, UnreadableCheckpoints) as err:
     print(f"error: {err}", file=sys.stderr)
     sys.exit(2)
 

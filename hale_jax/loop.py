@@ -9,6 +9,7 @@ that owns the state, :class:`Budget` (when to stop and validate), :class:`Checkp
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -19,15 +20,20 @@ import jax
 from jax.experimental import multihost_utils
 
 from hale_jax import rundir
-from hale_jax.callbacks import ProgressPrinter, call_all
+from hale_jax.callbacks import ProgressPrinter, StallWarning, call_all
 from hale_jax.config import Config
-from hale_jax.data import KGData, summary, write_vocabulary
+from hale_jax.data import KGData, data_report, summary, write_vocabulary
 from hale_jax.layout import Layout, agree
+from hale_jax.trained import keep_data
 from hale_jax.trainer import Progress, Trainer, describe
 
 
 class Interrupted(Exception):
   """Training stopped early on request (a signal); the state was checkpointed first."""
+
+
+class Diverged(Exception):
+  """The loss or the parameters became non-finite; nothing non-finite was saved."""
 
 
 class Budget:
@@ -93,33 +99,42 @@ def _epoch_decisions(trainer: Trainer, policy: CheckpointPolicy,
   return reason, due
 
 
-def _train_epochs(trainer: Trainer, config: Config, spec: dict, callbacks: list,
+def _diverged(trainer: Trainer) -> Diverged:
+  """The error of a run whose loss or parameters became non-finite (nothing is saved)."""
+  p, last = trainer.progress, trainer.saved_epoch
+  then = (f"continues from its last finite checkpoint, epoch {last}" if last is not None
+          else "starts over: no checkpoint was saved before")
+  return Diverged(f"the training loss became {p.loss} at epoch {p.epoch}; nothing of this "
+                  f"epoch was saved. Rerun the same command with a lower --learning_rate (it "
+                  f"{then}), or check the data and --init_scale")
+
+
+def _train_epochs(trainer: Trainer, config: Config, callbacks: list,
                   should_stop: Callable[[], str | None] | None) -> str:
-  """Runs epochs until the budget, a callback or a non-finite loss stops them; returns why.
-  Raises :class:`Interrupted` after checkpointing when ``should_stop`` asks."""
+  """Runs epochs until the budget or a callback stops them; returns why.  The epoch that ends
+  the run is validated here and checkpointed once, by :func:`train`.  Raises
+  :class:`Interrupted` after checkpointing when ``should_stop`` asks, and :class:`Diverged`
+  (saving nothing) when the loss becomes non-finite."""
   budget, policy, p = Budget(config), CheckpointPolicy(config), trainer.progress
-  stop = None
+  stop = budget.exhausted(p, trainer.epoch_seconds)
   while stop is None:
-    stop = budget.exhausted(p, trainer.epoch_seconds)
-    if stop:
-      break
     reason, due = _epoch_decisions(trainer, policy, should_stop)
-    if not math.isfinite(p.loss):
-      trainer.log(f"epoch {p.epoch}: loss is {p.loss}; stopping (lower --learning_rate or "
-                  f"check the data)")
-      return "non-finite loss"
-    if budget.validate_now(p):
+    if not (math.isfinite(p.loss) and trainer.params_finite()):
+      raise _diverged(trainer)
+    stop = budget.exhausted(p, trainer.epoch_seconds)
+    if budget.validate_now(p) or stop:
       p.last_eval_at = p.train_seconds
-      stop = next(filter(None, call_all(callbacks, "on_validation",
-                                        trainer.validate(trainer.epoch_seconds))), None)
-    if reason or policy.due(p.epoch, due):
-      trainer.save(spec)
-      policy.saved()
+      answers = call_all(callbacks, "on_validation", trainer.validate(trainer.epoch_seconds))
+      stop = stop or next(filter(None, answers), None)
     if reason:
+      trainer.save()
       trainer.checkpointer.close()
       raise Interrupted(f"{reason}: checkpoint saved at epoch {p.epoch} in "
                         f"{trainer.checkpointer.workdir / 'checkpoints'}; rerun the same "
                         f"command to resume")
+    if stop is None and policy.due(p.epoch, due):
+      trainer.save()
+      policy.saved()
   return stop
 
 
@@ -127,70 +142,100 @@ def train(config: Config, data: KGData, workdir: str | os.PathLike, *,
           log: Callable[[str], None] = print, overwrite: bool = False,
           extra: dict[str, Any] | None = None, data_spec: dict[str, Any] | None = None,
           should_stop: Callable[[], str | None] | None = None,
-          devices: Sequence[jax.Device] | None = None,
-          callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+          devices: Sequence[jax.Device] | None = None, callbacks: Sequence[Any] = (),
+          allow_changed_data: bool = False) -> dict[str, Any]:
   """Trains, validates, tests the best-valid parameters, and writes ``workdir/results.json``.
 
   Resumes from the latest checkpoint in ``workdir`` when it holds the same run, and returns
   the stored results when that run already finished.  ``data_spec`` says how to reload
-  ``data`` (``datasets.load_data``) and is kept in ``run.json``.  ``should_stop`` is polled
+  ``data`` (``datasets.load_data``) and is kept in ``run.json`` with the sha256 of its files;
+  a resume refuses changed files unless ``allow_changed_data``.  ``should_stop`` is polled
   after every epoch; when it returns a reason, the state is checkpointed and
-  :class:`Interrupted` is raised.  ``callbacks`` get each validation and the results
-  (``hale_jax.callbacks``); a progress line per validation is always logged.  ``extra`` is
-  stored under ``"run"`` in the results.  ``config.run.mesh`` picks the layout over
-  ``devices`` (default: all); a run may resume on another layout.  In a multi-host run every
-  process calls this; process 0 writes the files.
+  :class:`Interrupted` is raised.  A non-finite loss raises :class:`Diverged`.  ``callbacks``
+  get each validation and the results (``hale_jax.callbacks``); a progress line per
+  validation is always logged.  ``extra`` is stored under ``"run"`` in the results.
+  ``config.run.mesh`` picks the layout over ``devices`` (default: all); a run may resume on
+  another layout.  While it trains, a run holds an exclusive lock on ``workdir``.  In a
+  multi-host run every process calls this; process 0 writes the files.
   """
-  layout = Layout.for_run(config, data.num_entities, devices)  # before the workdir is touched
-  wall0, commit, lead = time.perf_counter(), rundir.git_commit(), jax.process_index() == 0
-  spec = rundir.run_spec(config, data, data_spec)
-  finished = rundir.start(workdir, spec, overwrite, write=lead)
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices("hale_jax: run folder ready")
-  workdir = Path(workdir)
-  if finished is not None:
-    log(f"{workdir}: this run already finished; its results are in {workdir / 'results.json'} "
-        f"(pass --overwrite to train again)")
-    return finished
+  queries = 2 * len(data.train)  # checked before the workdir is touched, as is the layout
+  if config.optim.batch_size > queries:
+    raise ValueError(f"--batch_size {config.optim.batch_size} exceeds the {queries} training "
+                     f"queries (2 per triple); lower it")
+  layout = Layout.for_run(config, data.num_entities, devices)
+  lead = jax.process_index() == 0
+  workdir = rundir.prepare_workdir(workdir) if lead else Path(workdir)
+  with rundir.WorkdirLock(workdir) if lead else contextlib.nullcontext():
+    spec = rundir.run_spec(config, data, data_spec)
+    earlier = None if overwrite else rundir.read_run(workdir)
+    finished = rundir.start(workdir, spec, overwrite, write=lead,
+                            allow_changed_data=allow_changed_data)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("hale_jax: run folder ready")
+    if finished is not None:
+      log(f"{workdir}: this run already finished; its results are in "
+          f"{workdir / rundir.RESULTS_FILE} (pass --overwrite to train again)")
+      return finished
+    trainer = _prepare(config, data, layout, workdir, spec, log, lead, earlier)
+    callbacks = [ProgressPrinter(log), StallWarning(log), *callbacks]
+    p = trainer.progress
+    call_all(callbacks, "on_start", {"config": config, "workdir": workdir, "epoch": p.epoch,
+                                     "steps_per_epoch": trainer.steps})
+    try:
+      stop = _train_epochs(trainer, config, callbacks, should_stop)
+    except Diverged:
+      trainer.checkpointer.close()
+      if lead:
+        rundir.record_divergence(workdir, spec, p.epoch, p.loss)
+      raise
+    if not p.curve or p.curve[-1]["epoch"] != p.epoch:  # a resume found the budget spent
+      call_all(callbacks, "on_validation", trainer.validate(trainer.epoch_seconds))
+    if trainer.saved_epoch != p.epoch:
+      trainer.save()
+    trainer.checkpointer.close()
+    log(f"stopped after {p.epoch} epochs: {stop}")
+    return _finish(trainer, workdir, stop, extra, callbacks, lead)
+
+
+def _prepare(config: Config, data: KGData, layout: Layout, workdir: Path, spec: dict,
+             log: Callable[[str], None], lead: bool, earlier: dict | None) -> Trainer:
+  """Writes the vocabularies, prints the run's description, compiles, and resumes."""
   if lead:
     write_vocabulary(data, workdir)
+    keep_data(workdir, data, spec["data"])
   log(summary(data))
+  for line in data_report(data):
+    log(line)
   log(describe(config, layout.loss(config)[1]))
   log(f"device {rundir.device()}  layout {layout.describe()['mesh'] or 'one device'}  "
       f"workdir {workdir}")
-  trainer = Trainer(config, data, layout, workdir, log)
+  trainer = Trainer(config, data, layout, workdir, spec, log)
   log(f"compiled in {trainer.compile_seconds:.1f}s; {trainer.steps} steps of "
       f"{config.optim.batch_size} per epoch")
   resumed = trainer.restore()
   p = trainer.progress
-  if resumed:
+  if earlier and earlier.get("diverged"):
+    log(f"the earlier run in {workdir} diverged at epoch {earlier['diverged']['epoch']}; "
+        + (f"continuing from its last finite checkpoint (epoch {p.epoch})" if resumed
+           else "it left no checkpoint, so training starts over"))
+  elif resumed:
     log(f"resumed from {workdir / 'checkpoints' / str(p.epoch)}: epoch {p.epoch}, "
         f"{p.train_seconds:.1f}s of training already spent")
-  callbacks = [ProgressPrinter(log), *callbacks]
-  call_all(callbacks, "on_start", {"config": config, "workdir": workdir, "epoch": p.epoch,
-                                   "steps_per_epoch": trainer.steps})
-  stop = _train_epochs(trainer, config, spec, callbacks, should_stop)
-  if not p.curve or p.curve[-1]["epoch"] != p.epoch:  # the last epochs were not validated
-    call_all(callbacks, "on_validation", trainer.validate(trainer.epoch_seconds))
-  trainer.save(spec)
-  trainer.checkpointer.close()
-  log(f"stopped after {p.epoch} epochs: {stop}")
-  return _finish(trainer, workdir, stop, resumed, wall0, commit, extra, callbacks, lead)
+  return trainer
 
 
-def _finish(trainer: Trainer, workdir: Path, stop: str, resumed: bool, wall0: float,
-            commit: str | None, extra: dict | None, callbacks: list, lead: bool) -> dict:
+def _finish(trainer: Trainer, workdir: Path, stop: str, extra: dict | None, callbacks: list,
+            lead: bool) -> dict:
   """Tests the best-valid parameters and writes ``best_params.npz`` and ``results.json``."""
   valid, test = trainer.test()
   best_host = trainer.layout.unpad_params(trainer.best_params)  # every process gathers
   if lead:
-    rundir.save_params(workdir / "best_params.npz", best_host)
+    rundir.save_params(workdir / rundir.PARAMS_FILE, best_host)
   log = trainer.log
   log(f"best valid epoch {trainer.progress.best_epoch}: {_fmt_metrics(valid['realistic'])}")
   for mode in ("realistic", "pessimistic"):
     log(f"test ({mode} ties): {_fmt_metrics(test[mode])}")
-  results = trainer.results(valid, test, stop, resumed, time.perf_counter() - wall0, commit,
-                            extra)
+  results = trainer.results(valid, test, stop, extra)
   if lead:
     rundir.write_json(workdir / rundir.RESULTS_FILE, results)
     log(f"results written to {workdir / rundir.RESULTS_FILE}")

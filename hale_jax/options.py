@@ -79,6 +79,29 @@ def define_launch_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                       "runs/<dataset>-<model>-<dim>d-<time>.", flag_values=fv)
   flags.DEFINE_bool("overwrite", False, "Replace the results of an earlier run in --workdir.",
                     flag_values=fv)
+  flags.DEFINE_bool("allow_changed_data", False, "Resume although the data files changed "
+                    "since the run started (run.json keeps their sha256).", flag_values=fv)
+  flags.DEFINE_bool("strip_whitespace", False, "Strip spaces around every field of the data "
+                    "files instead of refusing such fields.", flag_values=fv)
+  flags.DEFINE_string("data_file", None, "One file of triples (.tsv/.txt or .csv) to split "
+                      "into train, valid and test (--split, --split_seed); the split is kept "
+                      "in the run folder.", flag_values=fv)
+  flags.DEFINE_string("columns", "head,relation,tail", "--data_file / split files: the role of "
+                      "each column, left to right (head, relation, tail once each; any other "
+                      "name is a column to ignore).", flag_values=fv)
+  flags.DEFINE_string("delimiter", None, "--data_file / split files: the field separator (one "
+                      "character, or tab, comma, semicolon, space, pipe, whitespace); default "
+                      "from the suffix: tab for .tsv/.txt, comma for .csv.", flag_values=fv)
+  flags.DEFINE_bool("header", False, "--data_file / split files: skip the first line.",
+                    flag_values=fv)
+  flags.DEFINE_string("split", "0.8,0.1,0.1", "--data_file: train,valid,test fractions "
+                      "(summing to 1); every valid and test entity and relation is kept in "
+                      "train.", flag_values=fv)
+  flags.DEFINE_integer("split_seed", 0, "--data_file: seed of the split.", flag_values=fv)
+  flags.DEFINE_string("train_file", None, "Explicit split files (with --valid_file and "
+                      "--test_file), in any --columns order.", flag_values=fv)
+  flags.DEFINE_string("valid_file", None, "See --train_file.", flag_values=fv)
+  flags.DEFINE_string("test_file", None, "See --train_file.", flag_values=fv)
   flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0; with "
                       "--num_processes and --process_id, calls jax.distributed.initialize.",
                       flag_values=fv)

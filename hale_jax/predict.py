@@ -1,53 +1,98 @@
-"""Command line: ``python -m hale_jax.predict --workdir=W --relation=R (--head=H | --tail=T)``.
+"""Command line: ``python -m hale_jax.predict --workdir=W --relation=R (--head=H | --tail=T)``
+or ``--queries=FILE`` for a whole file of queries.
 
-Prints the ``--k`` entities closest to ``(H, R, ?)`` or ``(?, R, T)`` under a run's best
-parameters (:func:`hale_jax.inference.top_k`): rank, name and squared distance (smaller is
-better; for runs with entity biases ``h(c_r d^2) - b_t``, what their ranking sorts).  With ``--filtered`` (default) answers already known from train, valid or test are
-left out.
+Prints the ``--k`` best answers of ``(H, R, ?)`` or ``(?, R, T)`` under a run's best
+parameters (:mod:`hale_jax.trained`): rank, name, label (when the run folder has label files)
+and distance (smaller is better; for runs with entity biases ``h(c_r d^2) - b_t``, what their
+ranking sorts).  Names may also be given by an unambiguous label.  With ``--filtered``
+(default) answers already known from train, valid or test are left out.  ``--queries`` takes
+``head<TAB>relation<TAB>?`` and ``?<TAB>relation<TAB>tail`` lines and writes one answer per
+line (``--format=tsv``) or a JSON list (``--format=json``) to stdout or ``--output``.
 """
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 
-from absl import app, flags
+from absl import app, flags, logging
+
+from hale_jax import inference, trained
+from hale_jax.data import one_line
 
 FLAGS = flags.FLAGS
 
 
 def _define_flags() -> None:
   flags.DEFINE_string("workdir", None, "The --workdir of a hale_jax run.", required=True)
-  flags.DEFINE_string("relation", None, "Relation name (or <name>_reverse).", required=True)
-  flags.DEFINE_string("head", None, "Head entity name: rank tails of (head, relation, ?).")
-  flags.DEFINE_string("tail", None, "Tail entity name: rank heads of (?, relation, tail).")
-  flags.DEFINE_integer("k", 10, "How many entities to print.")
+  flags.DEFINE_string("relation", None, "Relation name or label (or its reciprocal's name).")
+  flags.DEFINE_string("head", None, "Head entity name or label: rank tails of (head, relation, ?).")
+  flags.DEFINE_string("tail", None, "Tail entity name or label: rank heads of (?, relation, tail).")
+  flags.DEFINE_string("queries", None, "A file of queries, one per line: head<TAB>relation<TAB>? "
+                      "or ?<TAB>relation<TAB>tail.")
+  flags.DEFINE_enum("format", "tsv", ["tsv", "json"], "--queries: output format.")
+  flags.DEFINE_string("output", None, "--queries: write the answers here instead of stdout.")
+  flags.DEFINE_bool("overwrite", False, "Replace an existing --output file.")
+  flags.DEFINE_integer("k", 10, "How many answers per query.")
   flags.DEFINE_bool("filtered", True, "Leave out answers known from train, valid or test.")
+  flags.DEFINE_bool("allow_changed_data", False, "Use the run although its data files changed "
+                    "since training.")
+
+
+def _print_one(model: trained.TrainedModel) -> None:
+  if FLAGS.relation is None or (FLAGS.head is None) == (FLAGS.tail is None):
+    raise ValueError("give --relation and exactly one of --head (to rank tails) and --tail (to "
+                     "rank heads), or --queries=FILE")
+  answers = (model.predict_tails(FLAGS.head, FLAGS.relation, FLAGS.k, FLAGS.filtered)
+             if FLAGS.head is not None
+             else model.predict_heads(FLAGS.relation, FLAGS.tail, FLAGS.k, FLAGS.filtered))[0]
+  query = (f"({FLAGS.head}, {FLAGS.relation}, ?)" if FLAGS.head is not None
+           else f"(?, {FLAGS.relation}, {FLAGS.tail})")
+  measure = ("h(c_r d^2) - b_t (the run learned entity biases)"
+             if "bias_tail" in model.params else "squared distance")
+  print(f"{query}  {'filtered' if FLAGS.filtered else 'unfiltered'}, {measure}")
+  width = max([len(a.name) for a in answers] + [6])
+  labelled = any(a.label for a in answers)
+  print(f"{'rank':>4}  {'entity':<{width}}  " + ("label  " if labelled else "") + "distance")
+  for rank, a in enumerate(answers, start=1):
+    label = f"{a.label or '':<6} " if labelled else ""
+    print(f"{rank:>4}  {a.name:<{width}}  {label}{a.distance:.6g}")
+
+
+def _answer_file(model: trained.TrainedModel) -> None:
+  queries = inference.parse_queries(FLAGS.queries)
+  answers = inference.answer_queries(model, queries, FLAGS.k, FLAGS.filtered)
+  if FLAGS.format == "json":
+    text = json.dumps([{"query": list(q), "answers": [a._asdict() for a in ans]}
+                       for q, ans in zip(queries, answers)], indent=1, allow_nan=False) + "\n"
+  else:
+    text = "".join(f"{chr(9).join(q)}\t{rank}\t{a.name}\t{a.label or ''}\t{a.distance:.6g}\n"
+                   for q, ans in zip(queries, answers) for rank, a in enumerate(ans, start=1))
+  if FLAGS.output is None:
+    sys.stdout.write(text)
+    return
+  output = Path(FLAGS.output)
+  if output.exists() and not FLAGS.overwrite:
+    raise FileExistsError(f"{output}: already exists; choose another --output or pass "
+                          f"--overwrite to replace it")
+  output.write_text(text, encoding="utf-8")
+  print(f"{len(queries)} queries answered into {output}", file=sys.stderr)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  from hale_jax import inference  # pylint: disable=import-outside-toplevel
-  from hale_jax.data import one_line  # pylint: disable=import-outside-toplevel
+  logging.set_verbosity(logging.WARNING)  # no INFO lines from JAX's backend search
   try:
-    run, data, params = inference.load_run(FLAGS.workdir)
-    answers = inference.top_k(params, run["config"]["model"], data, head=FLAGS.head,
-                              relation=FLAGS.relation, tail=FLAGS.tail, k=FLAGS.k,
-                              filtered=FLAGS.filtered,
-                              activation=inference.run_activation(run))
+    model = trained.load(FLAGS.workdir, FLAGS.allow_changed_data)
+    if FLAGS.queries:
+      _answer_file(model)
+    else:
+      _print_one(model)
   except (ValueError, FileNotFoundError, FileExistsError) as err:  # DataError is a ValueError
     print(f"error: {one_line(err)}", file=sys.stderr)
     sys.exit(2)
-  query = (f"({FLAGS.head}, {FLAGS.relation}, ?)" if FLAGS.head is not None
-           else f"(?, {FLAGS.relation}, {FLAGS.tail})")
-  from hale_jax import models  # pylint: disable=import-outside-toplevel
-  measure = ("h(c_r d^2) - b_t (the run learned entity biases)" if models.has_entity_bias(params)
-             else "squared distance")
-  print(f"{query}  {'filtered' if FLAGS.filtered else 'unfiltered'}, {measure}")
-  width = max([len(n) for n, _ in answers] + [6])
-  print(f"{'rank':>4}  {'entity':<{width}}  distance")
-  for rank, (name, dist) in enumerate(answers, start=1):
-    print(f"{rank:>4}  {name:<{width}}  {dist:.6g}")
 
 
 def run():

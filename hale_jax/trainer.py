@@ -24,6 +24,10 @@ from hale_jax.evaluation import Evaluator
 from hale_jax.layout import Layout, to_host
 
 
+def _all_finite(tree: Any) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
 @dataclasses.dataclass
 class Progress:
   """Everything but arrays that a resume needs; stored as each checkpoint's JSON metadata."""
@@ -64,8 +68,9 @@ class Trainer:
   """The state of one run on its layout, with its compiled epoch and evaluators."""
 
   def __init__(self, config: Config, data: KGData, layout: Layout, workdir: Path,
-               log: Callable[[str], None]):
-    self.config, self.data, self.layout, self.log = config, data, layout, log
+               spec: dict[str, Any], log: Callable[[str], None]):
+    self.wall0, self.commit = time.perf_counter(), rundir.git_commit()
+    self.config, self.data, self.layout, self.spec, self.log = config, data, layout, spec, log
     self.optimizer = step.make_optimizer(config)
     train_host = with_reciprocals(data.train, data.num_relations).astype(np.int32)
     self.train_queries = layout.place_training_set(train_host)
@@ -86,6 +91,9 @@ class Trainer:
     self.host_seconds, self.epochs_here = 0.0, 0  # dispatch time of this process's epochs
     self.last_learning_rate: float | None = None
     self.epoch_seconds = 0.0  # the last epoch's, as every process agrees (hale_jax.loop)
+    self.saved_epoch: int | None = None  # of the newest checkpoint of this run
+    self.resumed = False
+    self._finite = jax.jit(lambda params: _all_finite(layout.real_rows(params)))
 
   def restore(self) -> bool:
     """Continues from the newest checkpoint that restores; False if there is none."""
@@ -93,8 +101,9 @@ class Trainer:
         {"state": self.state, "best_params": self.best_params})
     if restored is None:
       return False
-    arrays, meta, _ = restored  # host arrays, padded for the layout that saved them
+    arrays, meta, self.saved_epoch = restored  # host arrays, padded for the saving layout
     self.progress = Progress.from_meta(meta)
+    self.resumed = True
     state = self.layout.unpad_state(arrays["state"], self.optimizer)
     self.state = self.layout.place_state(state, self.optimizer)
     self.best_params = self.layout.place_params(self.layout.real_rows(arrays["best_params"]))
@@ -139,14 +148,20 @@ class Trainer:
   def steps_done(self) -> int:
     return int(to_host(self.state.step))
 
-  def save(self, spec: dict[str, Any]) -> None:
+  def params_finite(self) -> bool:
+    """Whether every parameter is finite (entity padding rows, NaN by design, aside)."""
+    return bool(to_host(self._finite(self.state.params)))
+
+  def save(self) -> None:
     """Checkpoints the state, the best parameters and the progress (self-contained: the
     config, the data spec and the vocabularies go along)."""
+    spec = self.spec
     meta = {**dataclasses.asdict(self.progress), "config": spec["config"], "data": spec["data"],
             **checkpoints.vocabulary_meta(self.data, spec["vocab_sha256"]),
             "layout": self.layout.describe()}
     self.checkpointer.save(self.progress.epoch,
                            {"state": self.state, "best_params": self.best_params}, meta)
+    self.saved_epoch = self.progress.epoch
 
   def test(self) -> tuple[dict[str, Any], dict[str, Any]]:
     """Valid and test metrics of the best-valid parameters."""
@@ -155,8 +170,7 @@ class Trainer:
     self.progress.eval_seconds += time.perf_counter() - t0
     return valid, test
 
-  def results(self, valid: dict, test: dict, stop: str, resumed: bool,
-              wall_seconds: float, commit: str | None, extra: dict | None) -> dict[str, Any]:
+  def results(self, valid: dict, test: dict, stop: str, extra: dict | None) -> dict[str, Any]:
     """The results document (``results.json``)."""
     p, data = self.progress, self.data
     return {
@@ -175,6 +189,7 @@ class Trainer:
                     # The epoch is one jitted call: the host only dispatches it.
                     "host_seconds_per_step": self.host_seconds / max(self.epochs_here
                                                                      * self.steps, 1),
-                    "total_seconds_this_process": wall_seconds, "resumed": resumed},
+                    "total_seconds_this_process": time.perf_counter() - self.wall0,
+                    "resumed": self.resumed},
         "versions": rundir.versions(), "device": rundir.device(),
-        "layout": self.layout.describe(), "git_commit": commit, "run": extra or {}}
+        "layout": self.layout.describe(), "git_commit": self.commit, "run": extra or {}}

@@ -1,0 +1,312 @@
+"""A trained model that travels on its own: ``model = hale_jax.load(workdir)``.
+
+A run folder holds everything a trained model needs, so no dataset folder, ``HALE_DATA_DIR``
+or network is needed to use it: ``run.json`` (the config), ``entities.tsv`` and
+``relations.tsv`` (the vocabularies), ``triples.npz`` (the train, valid and test triples as
+int32 ids, for filtering and evaluation), the best-valid parameters (``best_params.npz``, or
+the ``best/`` checkpoint while the run is unfinished) and, when the dataset had them,
+``entity_labels.tsv`` / ``relation_labels.tsv`` (``id<TAB>label``).
+
+:class:`TrainedModel` answers in names and in batches: :meth:`~TrainedModel.predict_tails`,
+:meth:`~TrainedModel.predict_heads`, :meth:`~TrainedModel.score`,
+:meth:`~TrainedModel.embedding`, :meth:`~TrainedModel.evaluate`.  Names may also be given by
+their label where the label is unambiguous.  Head prediction ``(?, r, t)`` is the tail
+prediction of the reciprocal query ``(t, r^-1, ?)``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from pathlib import Path
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hale_jax import activations, checkpoints, datasets, models, rundir
+from hale_jax.data import DataError, FilterIndex, KGData, one_line
+from hale_jax.evaluation import Evaluator, candidate_distances
+
+TRIPLES_FILE = "triples.npz"
+LABEL_FILES = {"entity": "entity_labels.tsv", "relation": "relation_labels.tsv"}
+_QUERY_CHUNK = 256
+_distances = jax.jit(candidate_distances, static_argnames=("model", "activation"))
+
+
+class Prediction(NamedTuple):
+  """One ranked answer: the entity's name, its label (or None), and what ranking sorts
+  (the squared distance, smaller is better; ``h(c_r d^2) - b_t`` for runs with biases)."""
+  name: str
+  label: str | None
+  distance: float
+
+
+def reciprocal_names(relations: Sequence[str]) -> list[str]:
+  """Names of the reciprocal relation ids ``r + |R|``: ``<name>_reverse``, or, if a real
+  relation already has such a name, the first of ``_inverse``, ``^-1``, ``_reciprocal``,
+  ``_reciprocal2`` ... that no real name can be confused with."""
+  real = set(relations)
+  suffixes = ["_reverse", "_inverse", "^-1", "_reciprocal"]
+  suffixes += [f"_reciprocal{i}" for i in range(2, len(real) + 3)]
+  for suffix in suffixes:
+    names = [n + suffix for n in relations]
+    if not real & set(names):
+      return names
+  raise DataError("no suffix gives reciprocal relation names distinct from the real ones")
+
+
+def relation_names(data: KGData) -> list[str]:
+  """The ``2 |R|`` names of the relation ids: the relations, then their reciprocals."""
+  return list(data.relations) + reciprocal_names(data.relations)
+
+
+def keep_data(workdir: str | os.PathLike, data: KGData, data_spec: dict[str, Any]) -> None:
+  """Stores what a trained model needs of its data in the run folder: ``triples.npz`` and
+  the dataset's label files, when its folder has them."""
+  workdir = Path(workdir)
+  tmp = workdir / (TRIPLES_FILE + ".tmp")
+  with open(tmp, "wb") as f:
+    np.savez_compressed(f, train=data.train, valid=data.valid, test=data.test)
+  os.replace(tmp, workdir / TRIPLES_FILE)
+  folder = _data_folder(data_spec)
+  for fname in LABEL_FILES.values():
+    if folder is not None and (folder / fname).is_file():
+      (workdir / fname).write_bytes((folder / fname).read_bytes())
+
+
+def _data_folder(spec: dict[str, Any]) -> Path | None:
+  kind = spec.get("kind")
+  if kind == "dataset":
+    return datasets.resolve(spec["name"])
+  if kind == "folder":
+    return Path(spec["path"])
+  if kind in ("file", "files"):
+    return Path(spec["path"] if kind == "file" else spec["train"]).parent
+  return None
+
+
+def _read_names(path: Path) -> tuple[str, ...]:
+  lines = path.read_text(encoding="utf-8").split("\n")
+  return tuple(line.split("\t", 1)[1] for line in lines if line)
+
+
+def _read_labels(path: Path) -> dict[str, str]:
+  if not path.is_file():
+    return {}
+  pairs = (line.split("\t", 1) for line in path.read_text(encoding="utf-8").splitlines())
+  return {p[0]: p[1] for p in pairs if len(p) == 2}
+
+
+def _read_run(workdir: Path) -> dict[str, Any]:
+  if not workdir.is_dir():
+    raise FileNotFoundError(f"{workdir}: no such folder; pass the --workdir of a hale_jax run")
+  path = workdir / rundir.RUN_FILE
+  if not path.is_file():
+    raise FileNotFoundError(f"{path}: missing; is {workdir} the --workdir of a hale_jax run "
+                            f"(runs write run.json when they start)?")
+  try:
+    run = json.loads(path.read_text(encoding="utf-8"))
+  except (OSError, UnicodeDecodeError, ValueError) as err:
+    raise DataError(f"{path}: cannot be read ({one_line(err)}); it is not a hale_jax run "
+                    f"spec") from None
+  if not isinstance(run, dict) or "model" not in run.get("config", {}):
+    raise DataError(f"{path}: lacks config.model; it is not a complete hale_jax run spec")
+  return run
+
+
+def _check_files(run: dict[str, Any], allow_changed_data: bool) -> None:
+  """Refuses a run whose data files are reachable and changed since training."""
+  recorded = run.get("data_sha256") or {}
+  if not recorded or allow_changed_data:
+    return
+  try:
+    now = datasets.spec_hashes(run.get("data", {}))
+  except (DataError, OSError):
+    return  # the files are gone or unreachable: the run folder's own copy is what counts
+  changed = sorted(k for k in recorded if k in now and now[k] != recorded[k])
+  if changed:
+    raise DataError(f"the data files of this run changed since it was trained ({', '.join(changed)}"
+                    f" of {run['data']}); the run folder keeps the triples it was trained on: "
+                    f"pass --allow_changed_data to use them anyway")
+
+
+def _load_data(workdir: Path, run: dict[str, Any]) -> KGData:
+  """The run's data from the run folder itself (older folders: from the data spec)."""
+  entities, relations = workdir / "entities.tsv", workdir / "relations.tsv"
+  triples = workdir / TRIPLES_FILE
+  if triples.is_file() and entities.is_file() and relations.is_file():
+    with np.load(triples) as f:
+      splits = {s: f[s].astype(np.int32) for s in ("train", "valid", "test")}
+    data = KGData(run.get("dataset", workdir.name), _read_names(entities), _read_names(relations),
+                  source=str(workdir), **splits)
+  else:
+    data = datasets.load_data(run["data"])
+  if rundir.vocabulary_hash(data) != run.get("vocab_sha256"):
+    raise DataError(f"{workdir}: the vocabularies do not match the run's (run.json's "
+                    f"vocab_sha256); the run folder or its data was changed after training")
+  return data
+
+
+def load(workdir: str | os.PathLike, allow_changed_data: bool = False) -> "TrainedModel":
+  """The trained model of a run folder (see the module docstring).
+
+  Raises:
+    FileNotFoundError: no such folder, no ``run.json``, or no saved parameters.
+    DataError: an incomplete run folder, vocabularies that do not match, or data files
+      changed since training (unless ``allow_changed_data``).
+  """
+  workdir = Path(workdir)
+  run = _read_run(workdir)
+  _check_files(run, allow_changed_data)
+  data = _load_data(workdir, run)
+  params = {k: jnp.asarray(v) for k, v in checkpoints.load_best_params(workdir).items()}
+  labels = {kind: _read_labels(workdir / fname) for kind, fname in LABEL_FILES.items()}
+  return TrainedModel(workdir, run, data, params, labels)
+
+
+class TrainedModel:
+  """A run's best-valid parameters with its vocabularies, known triples and labels."""
+
+  def __init__(self, workdir: Path, run: dict[str, Any], data: KGData,
+               params: dict[str, jax.Array], labels: dict[str, dict[str, str]]):
+    self.workdir, self.run, self.data, self.params = workdir, run, data, params
+    self.labels = labels
+    cfg = run["config"]
+    self.model = models.canonical_model(cfg["model"])
+    self.activation = activations.get_activation(cfg.get("activation", "hanon"),
+                                                 cfg.get("beta"), cfg.get("gamma", 10.0))
+    self.relation_names = relation_names(data)
+    self._entity_ids = {n: i for i, n in enumerate(data.entities)}
+    self._relation_ids = {n: i for i, n in enumerate(self.relation_names)}
+    self._index: FilterIndex | None = None
+
+  @property
+  def entities(self) -> tuple[str, ...]:
+    return self.data.entities
+
+  @property
+  def relations(self) -> tuple[str, ...]:
+    return self.data.relations
+
+  def arrays(self) -> dict[str, np.ndarray]:
+    """The raw parameter tables as NumPy arrays (``hale_jax.models`` layout)."""
+    return {k: np.asarray(v) for k, v in self.params.items()}
+
+  def entity_id(self, name: str) -> int:
+    """The id of an entity given by name, or by a label that only one entity has."""
+    return self._lookup("entity", name, self._entity_ids, self.data.entities)
+
+  def relation_id(self, name: str) -> int:
+    """The id (``0 .. 2|R|-1``) of a relation or reciprocal name, or an unambiguous label."""
+    return self._lookup("relation", name, self._relation_ids, self.relation_names)
+
+  def _lookup(self, kind: str, name: str, ids: dict[str, int], names: Sequence[str]) -> int:
+    if name in ids:
+      return ids[name]
+    by_label = [n for n, label in self.labels[kind].items() if label == name and n in ids]
+    if len(by_label) == 1:
+      return ids[by_label[0]]
+    listing = "entities.tsv" if kind == "entity" else "relations.tsv"
+    if len(by_label) > 1:
+      raise DataError(f"the {kind} label {name!r} is ambiguous ({', '.join(by_label[:5])}); "
+                      f"give the name instead")
+    close = difflib.get_close_matches(name, list(names) + list(self.labels[kind].values()),
+                                      n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+    raise DataError(f"unknown {kind} {name!r} ({len(names)} known, listed in "
+                    f"{self.workdir / listing}){hint}")
+
+  def label(self, kind: str, name: str) -> str | None:
+    return self.labels[kind].get(name)
+
+  def _reciprocal(self, relation_id: int) -> int:
+    nr = self.data.num_relations
+    return (relation_id + nr) % (2 * nr)
+
+  def _names(self, items: str | Sequence[str]) -> list[str]:
+    return [items] if isinstance(items, str) else list(items)
+
+  def predict_tails(self, heads: str | Sequence[str], relations: str | Sequence[str],
+                    k: int = 10, filtered: bool = True) -> list[list[Prediction]]:
+    """The ``k`` best tails of each query ``(head, relation, ?)``, best first.  With
+    ``filtered`` the answers already known from train, valid or test are left out."""
+    heads, relations = self._names(heads), self._names(relations)
+    if len(heads) != len(relations):
+      raise ValueError(f"{len(heads)} heads for {len(relations)} relations")
+    ids = [(self.entity_id(h), self.relation_id(r)) for h, r in zip(heads, relations)]
+    return self._top_k(ids, k, filtered)
+
+  def predict_heads(self, relations: str | Sequence[str], tails: str | Sequence[str],
+                    k: int = 10, filtered: bool = True) -> list[list[Prediction]]:
+    """The ``k`` best heads of each query ``(?, relation, tail)``, best first."""
+    relations, tails = self._names(relations), self._names(tails)
+    if len(tails) != len(relations):
+      raise ValueError(f"{len(tails)} tails for {len(relations)} relations")
+    ids = [(self.entity_id(t), self._reciprocal(self.relation_id(r)))
+           for r, t in zip(relations, tails)]
+    return self._top_k(ids, k, filtered)
+
+  def query_distances(self, entity_ids: np.ndarray, relation_ids: np.ndarray) -> np.ndarray:
+    """What ranking sorts, ``[Q, N]``, for the queries ``(entity, relation id, ?)``."""
+    out = []
+    for start in range(0, len(entity_ids), _QUERY_CHUNK):
+      e = jnp.asarray(entity_ids[start:start + _QUERY_CHUNK], jnp.int32)
+      r = jnp.asarray(relation_ids[start:start + _QUERY_CHUNK], jnp.int32)
+      out.append(np.asarray(_distances(self.params, self.model, e, r,
+                                       activation=self.activation)))
+    return np.concatenate(out) if out else np.zeros((0, self.data.num_entities), np.float32)
+
+  def _top_k(self, ids: list[tuple[int, int]], k: int, filtered: bool) -> list[list[Prediction]]:
+    if k < 1:
+      raise ValueError(f"k must be at least 1, got {k}")
+    ents = np.array([e for e, _ in ids], np.int64)
+    rels = np.array([r for _, r in ids], np.int64)
+    distances = self.query_distances(ents, rels)
+    if filtered and len(ids):
+      rows, known = self.filter_index().answers(ents, rels)
+      distances[rows, known] = np.inf
+    names = self.data.entities
+    results = []
+    for row in distances:
+      order = np.argsort(row, kind="stable")[:k]
+      if filtered:
+        order = order[np.isfinite(row[order])]
+      results.append([Prediction(names[i], self.label("entity", names[i]), float(row[i]))
+                      for i in order])
+    return results
+
+  def filter_index(self) -> FilterIndex:
+    if self._index is None:
+      self._index = FilterIndex(self.data)
+    return self._index
+
+  def score(self, triples: Sequence[tuple[str, str, str]]) -> np.ndarray:
+    """The model's score of each ``(head, relation, tail)``, higher is more plausible:
+    ``-h(c_r ||Phi(e_h, r) - e_t||^2)`` (plus the learned biases of runs that have them)."""
+    ids = np.array([(self.entity_id(h), self.relation_id(r), self.entity_id(t))
+                    for h, r, t in triples], np.int64).reshape(-1, 3)
+    distances = self.query_distances(ids[:, 0], ids[:, 1])
+    if models.has_entity_bias(self.params):  # distances are h(c_r d^2) - b_t
+      head_bias = np.asarray(self.params.get("bias_head", np.zeros(self.data.num_entities)))
+      return head_bias[ids[:, 0]] - distances[np.arange(len(ids)), ids[:, 2]]
+    scale = np.asarray(models.relation_scale(self.params, ids[:, 1]))
+    d = distances[np.arange(len(ids)), ids[:, 2]]
+    return -np.asarray(self.activation(jnp.asarray(scale * d)))
+
+  def embedding(self, names: str | Sequence[str]) -> np.ndarray:
+    """The entity vectors ``[n, d]`` of the named entities."""
+    ids = [self.entity_id(n) for n in self._names(names)]
+    return np.asarray(self.params["entity"])[ids]
+
+  def evaluate(self, split: str = "test", chunk: int = 256) -> dict[str, dict[str, float]]:
+    """Filtered ranking of ``split``: ``{tie rule: {"mr", "mrr", "hits@1", "hits@3",
+    "hits@10"}}`` for the realistic, pessimistic and optimistic tie rules."""
+    if split not in ("valid", "test"):
+      raise ValueError(f"unknown split {split!r}; choose valid or test")
+    if chunk <= 0:
+      raise ValueError(f"chunk must be positive, got {chunk}")
+    return Evaluator(self.data, split, self.model, chunk, self.filter_index(),
+                     activation=self.activation)(self.params)
