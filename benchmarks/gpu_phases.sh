@@ -1,30 +1,31 @@
 #!/usr/bin/env bash
 # Device-machine phases (each fits the device machine's 10-minute limit):
 #
-#   bash benchmarks/gpu_session.sh all      # the lot below, each phase time-boxed (~8 min)
-#   bash benchmarks/gpu_session.sh smoke    # a tiny step and a tiny launch: does it run at all?
-#   bash benchmarks/gpu_session.sh steps    # issue 3: step-time table, plain and chunked LSE
-#   bash benchmarks/gpu_session.sh scale    # issue 6: 1M (with a full epoch) and 10M graphs
-#   bash benchmarks/gpu_session.sh wn18rr   # issue 3: WN18RR RotL-32 within 30 s of training
-#   bash benchmarks/gpu_session.sh fb15k237 # FB15k-237 RotL-32 within 30 s (epoch time)
-#   bash benchmarks/gpu_session.sh probe    # WN18RR: the flagfile, batch 2048/4096, lambda 3 (~3 min)
-#   bash benchmarks/gpu_session.sh table2 hale [0.05]  # issue 4: Table 2's HaLE rows (~9 min on
+#   bash benchmarks/gpu_phases.sh all      # the lot below, each phase time-boxed (~8 min)
+#   bash benchmarks/gpu_phases.sh smoke    # a tiny step and a tiny launch: does it run at all?
+#   bash benchmarks/gpu_phases.sh steps    # issue 3: step-time table, plain and chunked LSE
+#   bash benchmarks/gpu_phases.sh scale    # issue 6: 1M (with a full epoch) and 10M graphs
+#   bash benchmarks/gpu_phases.sh wn18rr   # issue 3: WN18RR RotL-32 within 30 s of training
+#   bash benchmarks/gpu_phases.sh fb15k237 # FB15k-237 RotL-32 within 30 s (epoch time)
+#   bash benchmarks/gpu_phases.sh probe    # WN18RR: the flagfile, batch 2048/4096, lambda 3 (~3 min)
+#   bash benchmarks/gpu_phases.sh table2 hale [0.05]  # issue 4: Table 2's HaLE rows (~9 min on
 #     an H200: more than one 505 s box, so run DATASETS=FB15k-237 (~6 min) and
 #     DATASETS=WN18RR (~3.5 min) as two calls; a rerun reuses the finished cells)
-#   bash benchmarks/gpu_session.sh table3 hale [0.05]  # issue 4: Table 3's CoDEx-S/M HaLE rows
-#   DATASETS=CoDEx-M bash benchmarks/gpu_session.sh table3 hale [0.05]  # CoDEx-M only
-#   bash benchmarks/gpu_session.sh table5 hale,ha-allneg [0.05]  # issue 4: Table 5 cells
-#   bash benchmarks/gpu_session.sh fbgrid   # FB15k-237's short Table 2 rows: lambda / schedule / batch,
+#   bash benchmarks/gpu_phases.sh table3 hale [0.05]  # issue 4: Table 3's CoDEx-S/M HaLE rows
+#   DATASETS=CoDEx-M bash benchmarks/gpu_phases.sh table3 hale [0.05]  # CoDEx-M only
+#   bash benchmarks/gpu_phases.sh table5 hale,ha-allneg [0.05]  # issue 4: Table 5 cells
+#   bash benchmarks/gpu_phases.sh fbgrid   # FB15k-237's short Table 2 rows: lambda / schedule / batch,
 #     30 s a run (~8 min; GRID_MODELS, GRID_SETTINGS narrow it)
-#   bash benchmarks/gpu_session.sh pack A   # logs, JSON and markdown of $OUT into archive A
+#   bash benchmarks/gpu_phases.sh pack A   # logs, JSON and markdown of $OUT into archive A
 #
 # On the device machine, whose $OUT brings back at most 8 files of 16 MiB:
-#   R=$OUT; OUT=/tmp/g timeout 505 bash benchmarks/gpu_session.sh all; \
-#     OUT=/tmp/g bash benchmarks/gpu_session.sh pack $R/gpu.tgz
+#   R=$OUT; OUT=/tmp/g timeout 505 bash benchmarks/gpu_phases.sh all; \
+#     OUT=/tmp/g bash benchmarks/gpu_phases.sh pack $R/gpu.tgz
 #
 # Output goes under $OUT (default benchmarks/out/gpu): JSON lines, run folders, logs; the
-# markdown tables are printed last. Paste measured rows into benchmarks/RESULTS.md with the
-# device, jax version and commit that the JSON lines carry. The device machine gets no
+# markdown tables are printed last. Add measured rows to benchmarks/records/results/*.json with the
+# device, jax version and commit that the JSON lines carry (benchmarks/records/README.md), and
+# a note in docs/notes/; then python -m benchmarks.make_results. The device machine gets no
 # ../shared: copy the datasets into benchmarks/out/data (ignored) and `carry` that folder;
 # HALE_DATA_DIR defaults to it when it exists.
 #
@@ -32,7 +33,7 @@
 # SECONDS_BUDGET to narrow a phase (e.g. SIZES=tiny MODELS=RotL for a dry run on CPU);
 # BOX sets a tableN phase's time box in seconds (default 560), so that several phases fit one call;
 # DATASETS narrows a tableN phase (e.g. DATASETS=CoDEx-M for table3: CoDEx-S's HaLE rows
-# already meet the paper at its full budget on the CPU, RESULTS.md).
+# already meet the paper at its full budget on the CPU, benchmarks/RESULTS.md).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-benchmarks/out/gpu}"
@@ -133,7 +134,7 @@ case "${1:-}" in
   wn18rr) run_dataset wn18rr launch/wn18rr.flags 150 ;;
   fb15k237) run_dataset fb15k237 launch/fb15k237.flags 150 ;;
   probe)  # WN18RR's flagfile (lambda 2, batch 1024) against the larger batches and lambda 3 that
-    # the 2-core CPU preferred at 600 s (RESULTS.md); 30 s each
+    # the 2-core CPU preferred at 600 s (benchmarks/RESULTS.md); 30 s each
     run_dataset wn18rr launch/wn18rr.flags 70
     run_dataset wn18rr-b2048 launch/wn18rr.flags 70 --batch_size=2048
     run_dataset wn18rr-b4096 launch/wn18rr.flags 70 --batch_size=4096
@@ -155,9 +156,9 @@ case "${1:-}" in
     table scale "$OUT/scale.jsonl"
     cat "$OUT/phases.txt"
     ;;
-  fbgrid)  # FB15k-237's HaLE rows that miss the paper by > 0.01 on an H200 (RESULTS.md) had
-    # levelled off within 30 s, so the budget is not the gap. On CPU (300-epoch probes, RESULTS.md
-    # "FB15k-237: lambda 1 and the cosine schedule") lambda 1.0 with the cosine schedule lifted
+  fbgrid)  # FB15k-237's HaLE rows that miss the paper by > 0.01 on an H200 (docs/notes/2026-11-27-
+    # h200-table2.md) had levelled off within 30 s, so the budget is not the gap. On CPU (300-epoch
+    # probes, docs/notes/2026-11-27-fb15k237-lambda1-cosine.md) lambda 1.0 with the cosine schedule lifted
     # them above the H200's lambda-0.3 plateaus, and the flagfile now has both; this grid takes
     # one step from it on the GPU (constant rate, the old lambda 0.3, lambda 2, batch 2048).
     # One setting per run, 30 s each (~40 s a run on an H200 with compilation and evaluation).
@@ -188,7 +189,7 @@ case "${1:-}" in
     tail -n 30 "$OUT/$1-$2.txt"
     ;;
   *)
-    echo "usage: bash benchmarks/gpu_session.sh all|smoke|steps|scale|wn18rr|fb15k237|probe|fbgrid|table2|table3|table5|pack" >&2
+    echo "usage: bash benchmarks/gpu_phases.sh all|smoke|steps|scale|wn18rr|fb15k237|probe|fbgrid|table2|table3|table5|pack" >&2
     exit 2
     ;;
 esac
