@@ -4,7 +4,8 @@ A callback is any object with some of these methods (:class:`Callback` has them 
 nothing):
 
 - ``on_start(info)``: once, before the first epoch of this process; ``info`` holds the config,
-  the workdir, the epoch the run starts from and the number of steps per epoch.
+  the workdir, the number of steps per epoch and where the run starts from (``epoch``,
+  ``train_seconds``, ``eval_seconds`` and the validation ``curve`` so far: a resumed run's).
 - ``on_validation(v)``: after each validation, with a :class:`Validation`.  Returning a string
   ends training after this epoch, with that string as the stop reason (early stopping); the
   best-valid parameters are then tested as usual.
@@ -56,17 +57,83 @@ class Callback:
     """With the final results."""
 
 
-class ProgressPrinter(Callback):
-  """Prints one line per validation: epoch, loss, speed, valid MRR and Hits@10, times."""
+def _duration(seconds: float) -> str:
+  seconds = max(0, int(round(seconds)))
+  if seconds < 60:
+    return f"{seconds}s"
+  if seconds < 3600:
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+  return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
 
-  def __init__(self, log: Log = print):
+
+def remaining_seconds(v: Validation, epoch_seconds: float) -> float | None:
+  """Training seconds left under the budget (the tighter of the two), or None when neither
+  budget is set."""
+  left = []
+  if v.max_seconds:
+    left.append(max(0.0, v.max_seconds - v.train_seconds))
+  if v.max_epochs:
+    left.append(max(0, v.max_epochs - v.epoch) * epoch_seconds)
+  return min(left) if left else None
+
+
+class ProgressPrinter(Callback):
+  """Prints one line per validation: epoch, loss, speed, valid MRR and Hits@10, times, and
+  the training time left with an estimate of when the run ends (training, then the final
+  ranking of valid and test, estimated from the last validation)."""
+
+  def __init__(self, log: Log = print, test_fraction: float = 1.0):
     self._log = log
+    self._test_fraction = test_fraction  # test queries per valid query
+    self._last = (0.0, 0, 0.0)  # train seconds, epoch and eval seconds at the last line
+
+  def on_start(self, info: dict[str, Any]) -> None:
+    self._last = (info["train_seconds"], info["epoch"], info["eval_seconds"])
 
   def on_validation(self, v: Validation) -> str | None:
     m = v.metrics["realistic"]
-    self._log(f"epoch {v.epoch:4d} | loss {v.loss:.4f} | {v.triples_per_second:,.0f} triples/s "
-              f"| valid MRR {m['mrr']:.4f} H@10 {m['hits@10']:.4f} | train "
-              f"{v.train_seconds:.1f}s eval {v.eval_seconds:.1f}s")
+    seconds, epoch, evals = self._last
+    epoch_seconds = (v.train_seconds - seconds) / max(v.epoch - epoch, 1)
+    last_eval = v.eval_seconds - evals
+    self._last = (v.train_seconds, v.epoch, v.eval_seconds)
+    line = (f"epoch {v.epoch:4d} | loss {v.loss:.4f} | {v.triples_per_second:,.0f} triples/s "
+            f"| valid MRR {m['mrr']:.4f} H@10 {m['hits@10']:.4f} | train "
+            f"{v.train_seconds:.1f}s eval {v.eval_seconds:.1f}s")
+    left = remaining_seconds(v, epoch_seconds)
+    if left is not None:
+      final = last_eval * (1.0 + self._test_fraction)
+      line += f" | left {_duration(left)}, ETA {_duration(left + final)}"
+    self._log(line)
+    return None
+
+
+class EarlyStopping(Callback):
+  """Ends training after ``patience`` validations without a valid-MRR gain of more than
+  ``min_delta`` over the best so far; the best-valid parameters are then tested."""
+
+  def __init__(self, patience: int, min_delta: float = 0.0):
+    self._patience, self._min_delta = patience, min_delta
+    self._best: float | None = None
+    self._waited = 0
+
+  def on_start(self, info: dict[str, Any]) -> None:
+    for point in info["curve"]:  # a resumed run: replay its validations
+      self._update(point["valid_mrr"])
+
+  def _update(self, mrr: float) -> bool:
+    """Counts one validation; True when it is an improvement."""
+    if self._best is None or mrr - self._best > self._min_delta:
+      self._best, self._waited = mrr, 0
+      return True
+    self._waited += 1
+    return False
+
+  def on_validation(self, v: Validation) -> str | None:
+    if self._update(v.metrics["realistic"]["mrr"]):
+      return None
+    if self._waited >= self._patience:
+      return (f"early stopping: no valid MRR gain above {self._min_delta:g} in "
+              f"{self._patience} validations (best {self._best:.4f})")
     return None
 
 

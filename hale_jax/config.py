@@ -148,20 +148,26 @@ class BudgetConfig:
   max_epochs: int = option(0, "Epoch budget (0: none).", resumable=True)
   eval_every: int = option(0, "Validate every this many epochs; 0: about 20 times over the "
                            "budget.", resumable=True)
-  eval_chunk: int = option(256, "Queries ranked at a time (memory: chunk x entities).",
-                           resumable=True)
+  eval_chunk: int = option(256, "Queries ranked at a time (memory: chunk x entities); halved "
+                           "automatically when the device runs out of memory.", resumable=True)
+  patience: int = option(0, "Early stopping: end training after this many validations without "
+                         "a valid-MRR gain of more than --min_delta over the best (0: off).",
+                         resumable=True)
+  min_delta: float = option(0.0, "Early stopping: the smallest valid-MRR gain that counts as "
+                            "an improvement.", resumable=True)
 
   def __post_init__(self):
     if self.max_seconds <= 0 and self.max_epochs <= 0:
       raise ValueError("set a budget: --max_seconds > 0 or --max_epochs > 0")
-    if self.eval_every < 0:
-      raise ValueError(f"eval_every must be >= 0, got {self.eval_every}")
+    for name in ("eval_every", "patience", "min_delta"):
+      if getattr(self, name) < 0:
+        raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
     _check_positive(self, "eval_chunk")
 
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-  """Checkpoints and the device layout."""
+  """Checkpoints, the device layout and metric writers."""
   checkpoint_every_epochs: int = option(0, "Checkpoint every this many epochs (0: by seconds "
                                         "only); also on SIGTERM/SIGINT and at the end.",
                                         resumable=True)
@@ -173,6 +179,10 @@ class RunConfig:
                      "axis and the entity table row-sharded over a model axis once it would "
                      "not fit), 'none' (one device), or 'data:D,model:M'. A run may resume on "
                      "another mesh.", resumable=True)
+  tensorboard_dir: str = option("", "Also write the validation metrics as TensorBoard event "
+                                "files here (needs tensorboardX).", resumable=True)
+  wandb_project: str = option("", "Also log the validation metrics to this Weights & Biases "
+                              "project (needs wandb).", resumable=True)
 
   def __post_init__(self):
     _check_positive(self, "max_to_keep")

@@ -1,6 +1,6 @@
 """Command line: ``python -m hale_jax.evaluate --workdir=W [--split=test] [--output=FILE]``.
 
-Re-ranks a split with a run's best parameters (:func:`hale_jax.inference.evaluate_run`) and
+Re-ranks a split with a run's best parameters (:meth:`hale_jax.trained.TrainedModel.evaluate`) and
 prints MRR, MR and Hits@{1,3,10} for the realistic, pessimistic and optimistic tie conventions.
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
-from hale_jax import inference, rundir
+from hale_jax import rundir, trained
 from hale_jax.data import one_line
 
 FLAGS = flags.FLAGS
@@ -25,6 +25,8 @@ def _define_flags() -> None:
   flags.DEFINE_integer("chunk", 256, "Queries ranked at a time (memory: chunk x entities).")
   flags.DEFINE_string("output", None, "Also write the metrics as JSON to this file.")
   flags.DEFINE_bool("overwrite", False, "Replace an existing --output file.")
+  flags.DEFINE_enum("breakdown", None, ["direction", "relation"], "Also report the metrics "
+                    "per prediction direction (tail, head) or per relation, with counts.")
 
 
 def format_table(metrics: dict[str, dict[str, float]]) -> str:
@@ -37,6 +39,17 @@ def format_table(metrics: dict[str, dict[str, float]]) -> str:
   return "\n".join(lines)
 
 
+def format_breakdown(groups: dict[str, dict], by: str) -> str:
+  """One row per group (realistic ties): count, MRR, MR, H@1, H@3, H@10."""
+  width = max([len(str(g)) for g in groups] + [len(by)])
+  lines = [f"{by:<{width}} {'count':>7} {'MRR':>8} {'MR':>9} {'H@1':>8} {'H@3':>8} {'H@10':>8}"]
+  for group, m in groups.items():
+    r = m["realistic"]
+    lines.append(f"{group:<{width}} {m['count']:7d} {r['mrr']:8.4f} {r['mr']:9.1f} "
+                 f"{r['hits@1']:8.4f} {r['hits@3']:8.4f} {r['hits@10']:8.4f}")
+  return "\n".join(lines)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -46,13 +59,18 @@ def main(argv):
     if output is not None and output.exists() and not FLAGS.overwrite:
       raise FileExistsError(f"{output}: already exists; choose another --output or pass "
                             f"--overwrite to replace it")
-    metrics = inference.evaluate_run(FLAGS.workdir, FLAGS.split, FLAGS.chunk,
-                                     FLAGS.allow_changed_data)
+    model = trained.load(FLAGS.workdir, FLAGS.allow_changed_data)
+    metrics = model.evaluate(FLAGS.split, FLAGS.chunk)
     print(f"{FLAGS.workdir}: filtered ranking of {FLAGS.split}")
     print(format_table(metrics))
+    doc = {"workdir": str(FLAGS.workdir), "split": FLAGS.split, "metrics": metrics}
+    if FLAGS.breakdown:
+      groups = model.evaluate(FLAGS.split, FLAGS.chunk, FLAGS.breakdown)
+      print(f"\nrealistic ties by {FLAGS.breakdown}:")
+      print(format_breakdown(groups, FLAGS.breakdown))
+      doc["breakdown"] = {"by": FLAGS.breakdown, "groups": groups}
     if output is not None:
-      rundir.write_json(output, {"workdir": str(FLAGS.workdir), "split": FLAGS.split,
-                                      "metrics": metrics})
+      rundir.write_json(output, doc)
       print(f"metrics written to {output}")
   except (ValueError, FileNotFoundError, FileExistsError) as err:  # DataError is a ValueError
     print(f"error: {one_line(err)}", file=sys.stderr)

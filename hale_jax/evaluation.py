@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -163,19 +163,29 @@ class Evaluator:
 
   def __init__(self, data: KGData, split: str, model: str, chunk: int = 256,
                index: FilterIndex | None = None, layout: Layout | None = None,
-               activation: Callable[[ArrayLike], Array] | None = None):
+               activation: Callable[[ArrayLike], Array] | None = None,
+               log: Callable[[str], None] = print):
     self.model = models.canonical_model(model)
     self.split = split
-    layout = layout or Layout(single_device_mesh(), data.num_entities)
-    q = _prepare(data, index or FilterIndex(data), split, chunk)
+    self._data, self._index, self._activation, self._log = data, index, activation, log
+    self._layout = layout or Layout(single_device_mesh(), data.num_entities)
+    self._build(chunk)
+
+  def _build(self, chunk: int) -> None:
+    """Prepares the queries in chunks of ``chunk`` and the (not yet compiled) ranking."""
+    self.chunk = chunk
+    self._index = self._index or FilterIndex(self._data)
+    q = _prepare(self._data, self._index, self.split, chunk)
     self._count = q.count
+    self.relations = q.rels.reshape(-1)[:q.count] % self._data.num_relations
+    layout = self._layout
     rep = layout.replicated()
     rows = (NamedSharding(layout.mesh, P(None, "data"))
             if chunk % layout.mesh.shape["data"] == 0 else rep)
     self._arrays = tuple(put_global(a, sh) for a, sh in zip(q[:5], (rows, rows, rows, rep, rep)))
     self._fn = jax.jit(functools.partial(_rank_chunks, model=self.model,
-                                         num_candidates=data.num_entities,
-                                         activation=activation),
+                                         num_candidates=self._data.num_entities,
+                                         activation=self._activation),
                        out_shardings=(rep, rep))
     self._compiled = None
 
@@ -184,19 +194,54 @@ class Evaluator:
     return self._count
 
   def compile(self, params) -> float:
-    """Compiles ahead of time for ``params``' shapes; returns the seconds it took."""
+    """Compiles ahead of time for ``params``' shapes; returns the seconds it took.  Out of
+    device memory, the chunk is halved (once said) until it fits."""
     t0 = time.perf_counter()
-    self._compiled = self._fn.lower(params, *self._arrays).compile()
+    self._retrying(lambda: setattr(self, "_compiled",
+                                   self._fn.lower(params, *self._arrays).compile()))
     return time.perf_counter() - t0
+
+  def _retrying(self, fn: Callable[[], Any]) -> Any:
+    while True:
+      try:
+        return fn()
+      except Exception as err:  # pylint: disable=broad-except  # XLA's errors vary by version
+        if not _out_of_memory(err) or self.chunk == 1:
+          raise
+        self._log(f"ranking {self.split}: out of device memory with chunks of {self.chunk} "
+                  f"queries; retrying with {self.chunk // 2} (--eval_chunk sets it)")
+        self._build(self.chunk // 2)
 
   def ranks(self, params) -> tuple[np.ndarray, np.ndarray]:
     """``(optimistic, pessimistic)`` ranks of every query, tail queries first."""
-    if self._compiled is None:
-      self.compile(params)
-    opt, pess = self._compiled(params, *self._arrays)
+    def run():
+      if self._compiled is None:
+        self.compile(params)
+      return self._compiled(params, *self._arrays)
+    opt, pess = self._retrying(run)
     # Replicated over the mesh, possibly across processes: read the local copy.
     opt, pess = (np.asarray(a.addressable_data(0)) for a in (opt, pess))
     return opt.reshape(-1)[:self._count], pess.reshape(-1)[:self._count]
 
   def __call__(self, params) -> dict[str, dict[str, float]]:
     return metrics_from_ranks(*self.ranks(params))
+
+  def breakdown(self, params, by: str) -> dict[str, dict[str, Any]]:
+    """Metrics per group of queries, with their ``count``: by ``"direction"`` (``tail``
+    prediction ``(h, r, ?)`` and ``head`` prediction ``(?, r, t)``) or by ``"relation"``
+    (index of ``relation_names``: both directions of each relation)."""
+    opt, pess = self.ranks(params)
+    half = self._count // 2
+    if by == "direction":
+      groups = {"tail": np.arange(half), "head": np.arange(half, self._count)}
+    elif by == "relation":
+      groups = {int(r): np.flatnonzero(self.relations == r) for r in np.unique(self.relations)}
+    else:
+      raise ValueError(f"unknown breakdown {by!r}; choose direction or relation")
+    return {key: {"count": int(len(rows)), **metrics_from_ranks(opt[rows], pess[rows])}
+            for key, rows in groups.items()}
+
+
+def _out_of_memory(err: Exception) -> bool:
+  text = str(err)
+  return "RESOURCE_EXHAUSTED" in text or "Out of memory" in text or "out of memory" in text

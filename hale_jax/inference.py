@@ -36,14 +36,16 @@ def load_run(workdir: str | os.PathLike, allow_changed_data: bool = False
 
 
 def evaluate_run(workdir: str | os.PathLike, split: str = "test", chunk: int = 256,
-                 allow_changed_data: bool = False) -> dict[str, dict[str, float]]:
+                 allow_changed_data: bool = False, breakdown: str | None = None
+                 ) -> dict[str, Any]:
   """Filtered ranking of ``split`` with the run's best parameters: ``{tie rule: metrics}``
-  for the realistic, pessimistic and optimistic rules (as ``results.json["metrics"]``)."""
+  for the realistic, pessimistic and optimistic rules (as ``results.json["metrics"]``), or
+  per group with ``breakdown`` (``TrainedModel.evaluate``)."""
   if split not in ("valid", "test"):
     raise ValueError(f"unknown split {split!r}; choose valid or test")
   if chunk <= 0:
     raise ValueError(f"chunk must be positive, got {chunk}")
-  return trained.load(workdir, allow_changed_data).evaluate(split, chunk)
+  return trained.load(workdir, allow_changed_data).evaluate(split, chunk, breakdown)
 
 
 def run_activation(run: dict[str, Any]) -> Callable[[ArrayLike], Array]:

@@ -19,8 +19,8 @@ from typing import Any, Callable, Sequence
 import jax
 from jax.experimental import multihost_utils
 
-from hale_jax import rundir
-from hale_jax.callbacks import ProgressPrinter, StallWarning, call_all
+from hale_jax import rundir, tracking
+from hale_jax.callbacks import EarlyStopping, ProgressPrinter, StallWarning, call_all
 from hale_jax.config import Config
 from hale_jax.data import KGData, data_report, summary, write_vocabulary
 from hale_jax.layout import Layout, agree
@@ -168,18 +168,25 @@ def train(config: Config, data: KGData, workdir: str | os.PathLike, *,
   with rundir.WorkdirLock(workdir) if lead else contextlib.nullcontext():
     spec = rundir.run_spec(config, data, data_spec)
     earlier = None if overwrite else rundir.read_run(workdir)
+    extending = bool(earlier) and (workdir / rundir.RESULTS_FILE).exists()
     finished = rundir.start(workdir, spec, overwrite, write=lead,
                             allow_changed_data=allow_changed_data)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices("hale_jax: run folder ready")
     if finished is not None:
       log(f"{workdir}: this run already finished; its results are in "
-          f"{workdir / rundir.RESULTS_FILE} (pass --overwrite to train again)")
+          f"{workdir / rundir.RESULTS_FILE} (pass a larger --max_epochs or --max_seconds to "
+          f"train on from its last checkpoint, or --overwrite to start over)")
       return finished
+    if extending:
+      log(f"{workdir}: extending the finished run to the larger budget; its earlier results "
+          f"are kept in {workdir / rundir.PREVIOUS_RESULTS_FILE}")
     trainer = _prepare(config, data, layout, workdir, spec, log, lead, earlier)
-    callbacks = [ProgressPrinter(log), StallWarning(log), *callbacks]
+    callbacks = [*standard_callbacks(config, data, workdir, log, lead), *callbacks]
     p = trainer.progress
     call_all(callbacks, "on_start", {"config": config, "workdir": workdir, "epoch": p.epoch,
+                                     "train_seconds": p.train_seconds,
+                                     "eval_seconds": p.eval_seconds, "curve": list(p.curve),
                                      "steps_per_epoch": trainer.steps})
     try:
       stop = _train_epochs(trainer, config, callbacks, should_stop)
@@ -195,6 +202,24 @@ def train(config: Config, data: KGData, workdir: str | os.PathLike, *,
     trainer.checkpointer.close()
     log(f"stopped after {p.epoch} epochs: {stop}")
     return _finish(trainer, workdir, stop, extra, callbacks, lead)
+
+
+def standard_callbacks(config: Config, data: KGData, workdir: Path, log: Callable[[str], None],
+                       lead: bool) -> list[Any]:
+  """The callbacks every run has: the progress line, the stall warning, early stopping with
+  ``--patience``, and on the process that writes files, ``metrics.jsonl`` and the
+  TensorBoard and Weights & Biases writers that the config asks for."""
+  out: list[Any] = [ProgressPrinter(log, len(data.test) / max(len(data.valid), 1)),
+                    StallWarning(log)]
+  if config.budget.patience:
+    out.append(EarlyStopping(config.budget.patience, config.budget.min_delta))
+  if lead:
+    out.append(tracking.MetricsFile(workdir))
+    if config.run.tensorboard_dir:
+      out.append(tracking.TensorBoardWriter(config.run.tensorboard_dir))
+    if config.run.wandb_project:
+      out.append(tracking.WandbWriter(config.run.wandb_project, config.flat(), workdir.name))
+  return out
 
 
 def _prepare(config: Config, data: KGData, layout: Layout, workdir: Path, spec: dict,

@@ -40,9 +40,11 @@ from hale_jax.data import KGData
 
 RUN_FILE = "run.json"
 RESULTS_FILE = "results.json"
+PREVIOUS_RESULTS_FILE = "results.before-extension.json"
 PARAMS_FILE = "best_params.npz"
 LOCK_FILE = ".lock"
-_OUTPUTS = ("checkpoints", "best", RUN_FILE, RESULTS_FILE, PARAMS_FILE, "metrics.jsonl")
+_OUTPUTS = ("checkpoints", "best", RUN_FILE, RESULTS_FILE, PARAMS_FILE, "metrics.jsonl",
+            "triples.npz", PREVIOUS_RESULTS_FILE)
 # Fields a rerun may change after the earlier run diverged (besides the resumable ones).
 AFTER_DIVERGENCE = frozenset({"learning_rate"})
 
@@ -206,11 +208,23 @@ def start(workdir: str | os.PathLike, spec: dict[str, Any], overwrite: bool = Fa
                             f"--allow_changed_data to go on with the new files, or "
                             f"--overwrite to start over")
     if results.exists():
-      return json.loads(results.read_text())
+      if not budget_grew(old["config"], spec["config"]):
+        return json.loads(results.read_text())
+      if write:  # extend the finished run: keep its results beside, train on
+        os.replace(results, workdir / PREVIOUS_RESULTS_FILE)
   if write:
     workdir.mkdir(parents=True, exist_ok=True)
     write_run(workdir, spec)
   return None
+
+
+def budget_grew(old: dict[str, Any], new: dict[str, Any]) -> bool:
+  """Whether ``new`` (a flat config) allows more training than ``old``: a larger
+  ``max_epochs`` or ``max_seconds``, or one of them lifted (0) where it was set."""
+  def more(key: str) -> bool:
+    before, now = old.get(key, 0) or 0, new.get(key, 0) or 0
+    return before > 0 and (now == 0 or now > before)
+  return more("max_epochs") or more("max_seconds")
 
 
 def record_divergence(workdir: str | os.PathLike, spec: dict[str, Any], epoch: int,

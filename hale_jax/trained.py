@@ -182,6 +182,7 @@ class TrainedModel:
     self._entity_ids = {n: i for i, n in enumerate(data.entities)}
     self._relation_ids = {n: i for i, n in enumerate(self.relation_names)}
     self._index: FilterIndex | None = None
+    self._evaluators: dict[tuple[str, int], Evaluator] = {}
 
   @property
   def entities(self) -> tuple[str, ...]:
@@ -301,12 +302,24 @@ class TrainedModel:
     ids = [self.entity_id(n) for n in self._names(names)]
     return np.asarray(self.params["entity"])[ids]
 
-  def evaluate(self, split: str = "test", chunk: int = 256) -> dict[str, dict[str, float]]:
+  def evaluate(self, split: str = "test", chunk: int = 256, breakdown: str | None = None
+               ) -> dict[str, Any]:
     """Filtered ranking of ``split``: ``{tie rule: {"mr", "mrr", "hits@1", "hits@3",
-    "hits@10"}}`` for the realistic, pessimistic and optimistic tie rules."""
+    "hits@10"}}`` for the realistic, pessimistic and optimistic tie rules.  With ``breakdown``
+    (``"direction"`` or ``"relation"``): ``{group: {"count": n, tie rule: metrics}}`` with the
+    groups ``tail``/``head`` or the relation names."""
     if split not in ("valid", "test"):
       raise ValueError(f"unknown split {split!r}; choose valid or test")
     if chunk <= 0:
       raise ValueError(f"chunk must be positive, got {chunk}")
-    return Evaluator(self.data, split, self.model, chunk, self.filter_index(),
-                     activation=self.activation)(self.params)
+    key = (split, chunk)
+    if key not in self._evaluators:  # compiled once per split and chunk
+      self._evaluators[key] = Evaluator(self.data, split, self.model, chunk, self.filter_index(),
+                                        activation=self.activation)
+    evaluator = self._evaluators[key]
+    if breakdown is None:
+      return evaluator(self.params)
+    groups = evaluator.breakdown(self.params, breakdown)
+    if breakdown == "relation":
+      return {self.data.relations[r]: metrics for r, metrics in groups.items()}
+    return groups

@@ -1,0 +1,106 @@
+"""Live metrics: ``metrics.jsonl`` in the run folder, TensorBoard and Weights & Biases.
+
+Each writer is a callback (``hale_jax.callbacks``) that records every validation as it
+happens, so a second terminal, a notebook or a dashboard can follow a run:
+
+- :class:`MetricsFile`: ``<workdir>/metrics.jsonl``, one strict-JSON line per validation,
+  flushed as it is written (always on for the process that writes files);
+- :class:`TensorBoardWriter`: event files through ``tensorboardX`` (no TensorFlow needed),
+  with ``--tensorboard_dir``;
+- :class:`WandbWriter`: ``wandb.log``, with ``--wandb_project``.
+
+``tensorboardX`` and ``wandb`` are optional extras (``pip install hale_jax[tracking]``); a
+missing one is a clear error when the run starts.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+from hale_jax.callbacks import Callback, Validation
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def validation_record(v: Validation) -> dict[str, Any]:
+  """The numbers of one validation, flat: epoch, step, seconds, loss, speed, learning rate,
+  and ``valid_<metric>`` for the realistic tie rule plus ``valid_<rule>_<metric>`` for the
+  pessimistic and optimistic ones."""
+  record = {"epoch": v.epoch, "step": v.step, "train_seconds": round(v.train_seconds, 3),
+            "eval_seconds": round(v.eval_seconds, 3), "loss": v.loss,
+            "triples_per_second": round(v.triples_per_second, 1),
+            "learning_rate": v.learning_rate}
+  for rule, metrics in v.metrics.items():
+    prefix = "valid_" if rule == "realistic" else f"valid_{rule}_"
+    record.update({prefix + k: value for k, value in metrics.items()})
+  return record
+
+
+def _import(module: str, extra: str):
+  try:
+    return importlib.import_module(module)
+  except ImportError:
+    raise ValueError(f"{module} is not installed; pip install {module} (or hale_jax[{extra}])"
+                     ) from None
+
+
+class MetricsFile(Callback):
+  """Appends one JSON line per validation to ``<workdir>/metrics.jsonl``; a resumed run first
+  drops the lines of epochs after its checkpoint (they were trained again)."""
+
+  def __init__(self, workdir: str | Path):
+    self.path = Path(workdir) / METRICS_FILE
+
+  def on_start(self, info: dict[str, Any]) -> None:
+    if not self.path.exists():
+      return
+    kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line)["epoch"] <= info["epoch"]]
+    self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+  def on_validation(self, v: Validation) -> None:
+    with open(self.path, "a", encoding="utf-8") as f:
+      f.write(json.dumps(validation_record(v), allow_nan=False) + "\n")
+      f.flush()
+
+
+class TensorBoardWriter(Callback):
+  """Scalars per validation under ``valid/``, ``train/`` and ``speed/``, step = epoch."""
+
+  def __init__(self, logdir: str | Path):
+    self._writer = _import("tensorboardX", "tracking").SummaryWriter(str(logdir))
+
+  def on_validation(self, v: Validation) -> None:
+    for key, value in validation_record(v).items():
+      if key.startswith("valid_"):
+        self._writer.add_scalar(f"valid/{key[len('valid_'):]}", value, v.epoch)
+    self._writer.add_scalar("train/loss", v.loss, v.epoch)
+    if v.learning_rate is not None:
+      self._writer.add_scalar("train/learning_rate", v.learning_rate, v.epoch)
+    self._writer.add_scalar("speed/triples_per_second", v.triples_per_second, v.epoch)
+    self._writer.flush()
+
+  def on_end(self, results: dict[str, Any]) -> None:
+    for rule in ("realistic", "pessimistic"):
+      for key, value in results["metrics"]["test"][rule].items():
+        self._writer.add_scalar(f"test_{rule}/{key}", value, results["metrics"]["epochs"])
+    self._writer.close()
+
+
+class WandbWriter(Callback):
+  """``wandb.log`` of each validation's record; the config goes to ``wandb.init``."""
+
+  def __init__(self, project: str, config: dict[str, Any], name: str):
+    self._wandb = _import("wandb", "tracking")
+    self._run = self._wandb.init(project=project, config=config, name=name)
+
+  def on_validation(self, v: Validation) -> None:
+    self._run.log(validation_record(v), step=v.epoch)
+
+  def on_end(self, results: dict[str, Any]) -> None:
+    self._run.summary.update({f"test_{k}": value
+                              for k, value in results["metrics"]["test"]["realistic"].items()})
+    self._run.finish()
