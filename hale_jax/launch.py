@@ -14,7 +14,7 @@ from pathlib import Path
 import jax
 from absl import app, flags, logging
 
-from hale_jax import datasets, options, own_data
+from hale_jax import datasets, options
 from hale_jax.checkpoints import UnreadableCheckpoints
 from hale_jax.data import DataError
 from hale_jax.loop import Diverged, Interrupted, train
@@ -24,38 +24,6 @@ from hale_jax.stopping import StopRequest
 FLAGS = flags.FLAGS
 options.define_config_flags(FLAGS)
 options.define_launch_flags(FLAGS)
-
-
-def _reading() -> dict[str, object]:
-  """How the data files are read (own files; ``strip_whitespace`` for every kind)."""
-  return {"columns": FLAGS.columns, "delimiter": FLAGS.delimiter, "header": FLAGS.header,
-          "strip_whitespace": FLAGS.strip_whitespace}
-
-
-def _data_spec() -> dict[str, object]:
-  """Where the data comes from, as ``datasets.load_data`` and ``run.json`` take it."""
-  split_files = [FLAGS.train_file, FLAGS.valid_file, FLAGS.test_file]
-  if any(split_files):
-    if not all(split_files):
-      raise ValueError("give all three of --train_file, --valid_file and --test_file")
-    return {"kind": "files", **{s: str(Path(f).resolve()) for s, f in
-                                zip(("train", "valid", "test"), split_files)}, **_reading()}
-  if FLAGS.data_file:
-    return {"kind": "file", "path": str(Path(FLAGS.data_file).resolve()),
-            "fractions": list(own_data.parse_fractions(FLAGS.split)), "seed": FLAGS.split_seed,
-            **_reading()}
-  if FLAGS.data_dir:
-    return {"kind": "folder", "path": str(Path(FLAGS.data_dir).resolve()),
-            "strip_whitespace": FLAGS.strip_whitespace}
-  if FLAGS.dataset.lower() == "synthetic":
-    return {"kind": "synthetic"}
-  if FLAGS.dataset.lower().startswith("powerlaw:"):
-    count = FLAGS.dataset.partition(":")[2].replace("_", "")
-    if not count.isdigit() or int(count) < 2:
-      raise ValueError(f"--dataset={FLAGS.dataset}: expected powerlaw:N with N >= 2 entities, "
-                       f"e.g. powerlaw:1000000")
-    return {"kind": "powerlaw", "entities": int(count)}
-  return {"kind": "dataset", "name": FLAGS.dataset}
 
 
 def _default_workdir(data_name: str, config) -> Path:
@@ -108,7 +76,7 @@ def main(argv):
   stop = StopRequest()
   try:
     config = options.config_from_flags(FLAGS)
-    spec = _data_spec()
+    spec = options.data_spec_from_flags(FLAGS)
     data = datasets.load_data(spec)
     if jax.process_count() > 1 and not FLAGS.workdir:
       raise ValueError("a multi-host run needs --workdir: a folder that every process sees "
