@@ -23,8 +23,9 @@ gradient ``-freq_B(i) + mean_j softmax_j(i)`` vanishes when the sampled queries'
 each entity its share of the batch's targets, so ``b`` learns a tail-popularity prior.  It
 leaves the distance terms (and so ``lam``) as in Eq. 9.
 
-The loss is negative in normal training: the uniformity term is about ``-gamma + log N`` once
-most candidates are far (``h`` saturates at ``gamma``), and the alignment term goes to 0.
+The loss is not bounded below by 0: once most candidates are far (Hanon saturates at
+``gamma``) each query's LSE tends to ``log(exp(-h(x^+)) + (N - 1) exp(-gamma))``, which is
+negative where ``N < exp(gamma)``; compare losses between runs on the same graph only.
 
 Per example, as optax exposes its losses: :func:`alignment_terms` gives ``h(x_b^+)^2`` for each
 positive ``[B]`` and :func:`uniformity_terms` the LSE of each sampled query ``[k]``;

@@ -98,13 +98,13 @@ def choose_uniformity(cfg: Any, num_entities: int, allow_chunks: bool) -> tuple[
 
 class Scored(NamedTuple):
   """A batch's queries and positive scores."""
-  heads: Array     # [B]
-  tails: Array     # [B]
-  queries: Array   # [B, d], Phi(e_h, r)
-  scale: Array     # [B], c_r (1 without rel_scale)
-  pos: Array       # [B], c_r * ||Phi(e_h, r) - e_t||^2
-  pos_bias: Array | None     # [B], b_t of the positives (runs with tail biases)
-  entity_bias: Array | None  # [N], every b_t
+  heads: jax.Array     # [B]
+  tails: jax.Array     # [B]
+  queries: jax.Array   # [B, d], Phi(e_h, r)
+  scale: jax.Array     # [B], c_r (1 without rel_scale)
+  pos: jax.Array       # [B], c_r * ||Phi(e_h, r) - e_t||^2
+  pos_bias: jax.Array | None     # [B], b_t of the positives (runs with tail biases)
+  entity_bias: jax.Array | None  # [N], every b_t
 
 
 def score_batch(params: dict[str, Array], batch: Array, model: str, rel_scale: bool) -> Scored:

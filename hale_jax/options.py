@@ -157,3 +157,38 @@ def parse_flagfile(path: str, extra: Sequence[str] = ()) -> flags.FlagValues:
   define_launch_flags(fv)
   fv(["hale_jax", f"--flagfile={path}", *extra])
   return fv
+
+
+def flags_markdown() -> str:
+  """``docs/flags.md``: every launcher flag with its default and help, by config group."""
+  lines = ["# Flags of `python -m hale_jax.launch`", "",
+           "Generated from the flag definitions by `python -m hale_jax.options > docs/flags.md`;",
+           "a test fails when this file and the definitions differ. Each config field is one",
+           "flag (`hale_jax/config.py`); a *resumable* flag may change when a run resumes.", ""]
+  fields = config_fields()
+  for group in config_lib.GROUPS:
+    doc = (config_lib.group_types()[group].__doc__ or "").strip()
+    lines += [f"## {group}: {doc}", "", "| flag | default | help |", "|---|---|---|"]
+    for g, f, _ in fields:
+      if g == group:
+        lines.append(_flag_row(f.name, f.default, f.metadata.get("help", ""),
+                               f.metadata.get("choices"), f.metadata.get("resumable")))
+    lines.append("")
+  fv = flags.FlagValues()
+  define_launch_flags(fv)
+  lines += ["## The data and the run folder", "", "| flag | default | help |", "|---|---|---|"]
+  for name in fv:
+    lines.append(_flag_row(name, fv[name].default, fv[name].help, None, False))
+  return "\n".join(lines) + "\n"
+
+
+def _flag_row(name: str, default: Any, help_text: str, choices: Sequence[str] | None,
+              resumable: bool) -> str:
+  extra = f" One of: {', '.join(choices)}." if choices else ""
+  extra += " *Resumable.*" if resumable else ""
+  value = "" if default is None else f"`{default}`"
+  return f"| `--{name}` | {value} | {help_text.replace('|', '/')}{extra} |"
+
+
+if __name__ == "__main__":
+  print(flags_markdown(), end="")
