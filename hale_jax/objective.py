@@ -28,7 +28,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from hale_jax import activations, baselines, chunked, losses, models
+from hale_jax import activations, baselines, chunked, losses, lse_kernel, models
 
 Array = jax.Array
 LossFn = Callable[[dict[str, Array], Array, Array], Array]
@@ -87,9 +87,20 @@ def chunked_uniformity(activation: Callable, matmul: str, chunk: int) -> Uniform
   return lse
 
 
+def fused_uniformity(activation: Callable, matmul: str) -> Uniformity:
+  """The LSE in one Pallas kernel per pass (``hale_jax.lse_kernel``): no ``[k, N]`` block in
+  device memory."""
+  def lse(queries, scale, entities, bias):
+    return lse_kernel.uniformity_lse_fused(queries, scale, entities, activation, matmul, bias)
+  return lse
+
+
 def choose_uniformity(cfg: Any, num_entities: int, allow_chunks: bool) -> tuple[Uniformity, str]:
-  """The uniformity term of a run and its description: chunked when ``allow_chunks`` (the
-  table is whole on one device) and ``0 < chunk < N``, else plain."""
+  """The uniformity term of a run and its description.  With the table whole on one device
+  (``allow_chunks``): the fused kernel when ``cfg.lse`` is ``fused`` and a GPU runs it,
+  otherwise chunks when ``0 < chunk < N``; plain everywhere else."""
+  if allow_chunks and getattr(cfg, "lse", "auto") == "fused" and jax.default_backend() == "gpu":
+    return fused_uniformity(activation_of(cfg), cfg.matmul), "fused kernel"
   chunk = effective_lse_chunk(cfg.lse_chunk)
   if allow_chunks and 0 < chunk < num_entities:
     return chunked_uniformity(activation_of(cfg), cfg.matmul, chunk), f"chunks of {chunk}"
