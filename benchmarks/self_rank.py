@@ -1,7 +1,7 @@
 """Where the top-1 answer goes: per relation, filtered Hits@1 and how often the query's own
 entity is the top-1 candidate ("self-ranking").
 
-    python benchmarks/self_rank.py --workdirs=runs/a,runs/b [--split=test]
+    python -m benchmarks.self_rank --workdirs=runs/a,runs/b [--split=test]
 
 A query ``(h, r, ?)`` ranks every entity, ``h`` included; ``(h, r, h)`` is almost never a
 true triple, yet a transform close to the identity puts ``Phi(h, r)`` next to ``h``.  The
@@ -39,10 +39,12 @@ def _define_flags() -> None:
 def top1_breakdown(workdir: str, split: str = "test", chunk: int = 512,
                    min_queries: int = 50) -> dict:
   """``{"queries", "hits@1", "self@1", "relations": {name: (n, hits@1, self@1)}}``."""
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from hale_jax import inference, models  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  from hale_jax import evaluation, inference, models  # pylint: disable=import-outside-toplevel
   from hale_jax.data import FilterIndex  # pylint: disable=import-outside-toplevel
   run, data, params = inference.load_run(workdir)
+  # one compiled function for every chunk: the last chunk is padded to the same shape
+  distances = jax.jit(evaluation.candidate_distances, static_argnums=(1, 4))
   model = models.canonical_model(run["config"]["model"])
   activation = inference.run_activation(run)
   triples = data.split(split)
@@ -54,9 +56,9 @@ def top1_breakdown(workdir: str, split: str = "test", chunk: int = 512,
   top = np.empty(len(heads), np.int64)
   for start in range(0, len(heads), chunk):
     stop = min(start + chunk, len(heads))
-    d = np.array(inference.query_distances(params, jnp.asarray(heads[start:stop]),
-                                           jnp.asarray(rels[start:stop]), model=model,
-                                           activation=activation))
+    pad = (0, chunk - (stop - start))
+    d = np.array(distances(params, model, np.pad(heads[start:stop], pad),
+                           np.pad(rels[start:stop], pad), activation))[:stop - start]
     mine = (rows >= start) & (rows < stop)
     r, c = rows[mine] - start, cols[mine]
     other = c != targets[start:stop][r]  # filter the other known answers, never the target
@@ -85,10 +87,12 @@ def relation_geometry(workdir: str, min_triples: int = 50) -> dict:
   "own_median", "target_median"}}`` over the training triples of relation ids with at least
   ``min_triples`` of them; ``identity_planes`` and ``translation_norm`` are None for models
   without those tables."""
+  import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from hale_jax import inference, models  # pylint: disable=import-outside-toplevel
   run, data, params = inference.load_run(workdir)
   model = models.canonical_model(run["config"]["model"])
+  transform = jax.jit(models.transform, static_argnums=0)
   entity = np.asarray(params["entity"], np.float64)
   nr = data.num_relations
   names = list(data.relations)
@@ -98,8 +102,7 @@ def relation_geometry(workdir: str, min_triples: int = 50) -> dict:
     if len(rows) < min_triples:
       continue
     heads, tails = (rows[:, 0], rows[:, 2]) if rid < nr else (rows[:, 2], rows[:, 0])
-    q = np.asarray(models.transform(model, params, jnp.asarray(heads),
-                                    jnp.full(len(heads), rid)), np.float64)
+    q = np.asarray(transform(model, params, heads, np.full(len(heads), rid)), np.float64)
     c = float(models.relation_scale(params, jnp.array([rid]))[0])
     geo = {"triples": len(rows), "identity_planes": None, "translation_norm": None,
            "own_median": float(np.median(c * np.sum((q - entity[heads]) ** 2, axis=1))),

@@ -1,62 +1,84 @@
-"""Times one HaLE training step (loss, gradient, Adam update) per model and problem size.
+"""Times HaLE's training step per model and problem size, against two floors.
 
-    python benchmarks/step_time.py --sizes=wn18rr,fb15k237 --models=RotL --lse=plain
-    python benchmarks/step_time.py --sizes=synth1m --lse=chunked --chunk=8192 --output=steps.jsonl
-    python benchmarks/step_time.py --sizes=tiny --models=RotL,TransE --repeats=3 --warmup=1
+    python -m benchmarks.step_time --sizes=wn18rr,fb15k237 --models=RotL --lse=plain
+    python -m benchmarks.step_time --sizes=synth1m --lse=chunked --chunk=8192 --output=steps.jsonl
+    python -m benchmarks.step_time --sizes=tiny --models=RotL,TransE --steps=4 --repeats=3
 
-For every model in ``--models`` and size in ``--sizes`` it builds random parameters
-(``models.init_params``) and a jitted step with the training state donated, exactly the body of
-``train.make_epoch_fn``'s scan: ``value_and_grad`` of ``train.batch_loss`` (``--lse=plain``,
-which materialises the ``[k, N]`` distance matrix) or of it with ``lse_chunk``
-(``--lse=chunked``, ``O(k * chunk)`` memory), ``optimizer.update``, ``optax.apply_updates``.
+What is timed is the epoch function training runs: for every model in ``--models`` and size in
+``--sizes`` the config (``hale_jax.config.Config``, defaults as in training) goes through
+``Layout.for_run`` and ``layout.epoch(config, steps * batch_size)``, the state comes from
+``layout.init_state`` and the training set, ``steps * batch_size`` random queries of the
+size's ``N`` entities and ``2 |R|`` relation ids, from ``layout.place_training_set``.  Each
+epoch shuffles it on the device and scans ``--steps`` optax steps (loss, gradient, Adam).
+``--lse`` picks the uniformity LSE: ``auto`` (training's default chunk for the backend),
+``plain`` (the ``[k, N]`` block at once) or ``chunked`` (``--chunk`` entities at a time).
 
 Reported per case (one JSON line on stdout, also appended to ``--output``):
 
-- ``lower_s`` and ``compile_s``: tracing/lowering and XLA compilation, timed apart;
-- ``step_median_s``, ``step_iqr_s`` (and the quartiles, min): ``--repeats`` steps after
-  ``--warmup`` steps, each on a fresh random batch of int32 triples put on the device in
-  advance, each timed to ``block_until_ready``;
-- ``flops`` and ``bytes_accessed`` from ``compiled.cost_analysis()`` (XLA's static estimate;
-  ``None`` where the backend gives none); from ``compiled.memory_analysis()``: ``temp_bytes``,
-  ``peak_bytes`` (the backend's own peak, ``None`` where absent; on CPU it leaves the
-  temporaries out) and ``footprint_bytes`` = argument + output + temp - alias (what the step
-  holds at most, the state being donated);
-- ``device_peak_flops`` (best of a few ``n x n`` float32 matmuls, ``n`` = 4096 on GPU, 1024 on
-  CPU) and ``device_bandwidth`` (best of a few ``x + 1`` over 256 MiB on GPU / 64 MiB on CPU,
-  counting a read and a write), measured once per run;
-- ``floor_s = max(flops / device_peak_flops, bytes_accessed / device_bandwidth)``, ``bound``
-  (``compute`` or ``memory``, whichever term is larger) and ``ratio = step_median_s /
-  floor_s``.
+- ``lower_s`` and ``compile_s``: tracing/lowering and XLA compilation of the epoch;
+- ``step_median_s``, ``step_iqr_s`` (and the quartiles, min): ``--repeats`` epochs after
+  ``--warmup`` untimed ones, each timed to ``block_until_ready`` and divided by its steps (so
+  a step's share of the epoch's shuffle is included);
+- ``flops`` and ``bytes_accessed`` of one step from ``compiled.cost_analysis()`` (XLA's static
+  estimate; ``None`` where the backend gives none), taken from the same epoch compiled for one
+  step: XLA counts a loop body once, not once per iteration, so a many-step epoch would be
+  counted as one step on some backends and not on others, and a chunked LSE (a loop over
+  chunks) as one chunk.  With a chunked LSE the one-step compile uses the plain LSE
+  (``cost_source`` says which); from the timed epoch's ``compiled.memory_analysis()``:
+  ``temp_bytes``, ``peak_bytes`` (``None`` where absent) and ``footprint_bytes`` = argument +
+  output + temp - alias (``benchmarks.xla_analysis``);
+- the device, measured once per run (:func:`measure_device`): ``device_peak_flops`` (best of a
+  few ``n x n`` float32 matmuls at JAX's default precision, ``n`` = 4096 on GPU, 1024 on CPU),
+  ``matmul_rate`` (the same for ``models.squared_distances`` at the ``--matmul`` precision
+  training uses: float32 exact, tf32 or bf16 inputs) and ``device_bandwidth`` (best of a few
+  ``x + 1`` over 256 MiB on GPU / 64 MiB on CPU, counting a read and a write);
+- the XLA floor ``floor_s = max(flops / device_peak_flops, bytes_accessed / device_bandwidth)``,
+  ``bound`` (``compute`` or ``memory``, the larger term) and ``ratio = step_median_s /
+  floor_s``;
+- the strict floor ``strict_floor_s`` (:func:`strict_cost`) and ``strict_ratio =
+  step_median_s / strict_floor_s``.
 
-XLA's cost analysis counts the body of a loop once, not once per iteration, so for
-``--lse=chunked`` (a ``lax.scan`` over ``ceil(N / chunk)`` chunks) ``flops`` and
-``bytes_accessed`` come from a second compile of the same step with ``chunk = N`` (one
-iteration, the same operations in total; ``cost_source`` says which compile was used).
-``analytic_uniformity_flops`` is the expected count of the ``[k, N]`` distance matmuls alone.
+The strict floor is what a step cannot avoid, whatever the compiler does.  With ``N``
+entities, ``d`` dimensions, batch ``B``, ``k`` sampled queries, ``s`` bytes per parameter::
+
+    strict_flops = 6 d (k N + B)
+    strict_bytes = s (10 E + 8 R)
+    strict_floor_s = strict_flops / matmul_rate + strict_bytes / device_bandwidth
+
+- FLOPs: the distance computations.  The uniformity term's ``[k, d] x [d, N]`` product is
+  ``2 k N d`` forward and two products of the same size backward (the queries' and the
+  entities' gradients), ``6 k N d``; each of the batch's ``B`` own (positive) distances is a
+  ``d``-long product, ``6 B d`` likewise.  The models' transforms and the elementwise work
+  are left out.
+- Bytes: ``E`` counts the elements of the tables the LSE sweeps (``entity [N, d]``, and
+  ``bias_tail [N]`` when a run learns it), ``R`` those of every other parameter table (the
+  relation tables: negligible, but counted).  A swept table is read by the LSE forward and
+  read again by its backward (2), its dense gradient is written (1), and Adam reads table,
+  gradient and two moments and writes table and two moments (7): 10 passes.  Any other table
+  has its gradient written and Adam's 7: 8 passes.  (Adagrad keeps one moment: 8 and 6.)
+- The two terms add up rather than overlap: Adam's update, the memory-bound part, cannot start
+  before the gradient, the compute-bound part, is complete.
 
 A markdown table of all cases is printed at the end.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
-import os
 import sys
 import time
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make `import hale_jax` work without install
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-from absl import app, flags  # noqa: E402
-
-from hale_jax import activations, chunked, losses, models, train  # noqa: E402
-from xla_analysis import cost_numbers, memory_numbers  # noqa: E402  (beside this script)
+from benchmarks.xla_analysis import cost_numbers, memory_numbers
+from hale_jax import models, step
+from hale_jax.config import Config
+from hale_jax.layout import Layout, to_host
 
 # name -> (entities N, relations |R|); relation ids incl. reciprocals are 2 |R|.
 SIZES: dict[str, tuple[int, int]] = {
@@ -67,30 +89,20 @@ SIZES: dict[str, tuple[int, int]] = {
     "synth100k": (100_000, 50),
     "synth1m": (1_000_000, 50),
 }
+LSE_MODES = ("auto", "plain", "chunked")
+MOMENTS = {"adam": 2, "adagrad": 1}  # optimiser state tables per parameter table
+SWEPT_TABLES = ("entity", "bias_tail")  # read whole by the uniformity LSE
 
-FLAGS = flags.FLAGS
-flags.DEFINE_list("models", list(models.MODEL_NAMES), "Models to time.")
-flags.DEFINE_list("sizes", ["wn18rr", "fb15k237", "codex_m", "synth100k", "synth1m"],
-                  f"Problem sizes, from: {', '.join(SIZES)}.")
-flags.DEFINE_integer("dim", 32, "Embedding dimension d.")
-flags.DEFINE_integer("batch_size", 1024, "Training queries per step B.")
-flags.DEFINE_float("alpha", 0.1, "Query-sampling proportion; k = ceil(alpha * B).")
-flags.DEFINE_float("lam", 0.3, "Alignment weight lambda.")
-flags.DEFINE_string("activation", "hanon", "Hardness-aware activation.")
-flags.DEFINE_float("learning_rate", 5e-3, "Adam learning rate.")
-flags.DEFINE_enum("lse", "plain", ["plain", "chunked"],
-                  "Uniformity term: plain [k, N] matrix, or chunked.uniformity_lse.")
-flags.DEFINE_integer("chunk", 4096, "Entities per chunk with --lse=chunked.")
-flags.DEFINE_enum("matmul", "float32", ["float32", "tf32", "bf16"],
-                  "Precision of the distance matmuls (train.Config.matmul); the floor still "
-                  "uses the float32 peak rate.")
-flags.DEFINE_integer("repeats", 20, "Timed steps per case.")
-flags.DEFINE_integer("warmup", 3, "Untimed steps per case before timing.")
-flags.DEFINE_integer("seed", 0, "Seed for parameters and batches.")
-flags.DEFINE_string("output", None, "Append one JSON line per case to this file.")
-flags.DEFINE_integer("matmul_n", 0, "Size of the peak-rate matmul; 0: 4096 on GPU, 1024 else.")
-flags.DEFINE_integer("copy_mib", 0, "MiB copied for the bandwidth; 0: 256 on GPU, 64 else.")
 
+@dataclasses.dataclass(frozen=True)
+class Timing:
+  """How a case is timed: ``repeats`` epochs of ``steps`` steps after ``warmup`` epochs."""
+  steps: int = 10
+  repeats: int = 20
+  warmup: int = 2
+
+
+# ------------------------------------------------------------------ the device
 
 def _best_seconds(fn, *args, repeats: int = 5) -> float:
   jax.block_until_ready(fn(*args))  # compile and warm up
@@ -102,21 +114,12 @@ def _best_seconds(fn, *args, repeats: int = 5) -> float:
   return best
 
 
-def measure_device(matmul_n: int = 0, copy_mib: int = 0) -> dict[str, Any]:
-  """Measured float32 matmul rate (FLOP/s) and device-to-device copy bandwidth (bytes/s)."""
-  dev = jax.devices()[0]
-  gpu = dev.platform in ("gpu", "cuda", "rocm")
-  n = matmul_n or (4096 if gpu else 1024)
-  mib = copy_mib or (256 if gpu else 64)
-  ka, kb = jax.random.split(jax.random.PRNGKey(0))
-  a = jax.random.normal(ka, (n, n), jnp.float32)
-  b = jax.random.normal(kb, (n, n), jnp.float32)
-  peak = 2.0 * n ** 3 / _best_seconds(jax.jit(jnp.matmul), a, b)
-  del a, b
+def _copy_bandwidth(mib: int) -> float:
+  """Bytes per second of a donated ``x + 1`` (a read and a write)."""
   # ``+ 1`` rather than ``+ 0``, which XLA's simplifier could turn into a no-op; the input is
-  # donated so the result reuses its buffer (as the donated training step does): a fresh output
-  # buffer each call would also time the allocator and first-touch page faults (8x slower on
-  # CPU).
+  # donated so the result reuses its buffer (as the donated training epoch does): a fresh
+  # output buffer each call would also time the allocator and first-touch page faults (8x
+  # slower on CPU).
   inc = jax.jit(lambda v: v + 1.0, donate_argnums=0)
   x = jax.block_until_ready(inc(jnp.ones((mib * 2 ** 20 // 4,), jnp.float32)))
   nbytes, best = x.nbytes, math.inf
@@ -124,155 +127,259 @@ def measure_device(matmul_n: int = 0, copy_mib: int = 0) -> dict[str, Any]:
     t0 = time.perf_counter()
     x = jax.block_until_ready(inc(x))
     best = min(best, time.perf_counter() - t0)
-  del x
-  bandwidth = 2.0 * nbytes / best
+  return 2.0 * nbytes / best
+
+
+def measure_device(matmul_n: int = 0, copy_mib: int = 0,
+                   modes: tuple[str, ...] = ("float32",)) -> dict[str, Any]:
+  """Measured matmul rates (FLOP/s) and device-to-device copy bandwidth (bytes/s).
+
+  ``device_peak_flops`` is ``jnp.matmul`` of float32 at JAX's default precision;
+  ``matmul_rates[mode]`` is ``models.squared_distances`` at each training precision of
+  ``modes`` (its ``2 n^3`` FLOPs; the norms and the sum add ``O(n^2)``).
+  """
+  dev = jax.devices()[0]
+  gpu = dev.platform in ("gpu", "cuda", "rocm")
+  n = matmul_n or (4096 if gpu else 1024)
+  mib = copy_mib or (256 if gpu else 64)
+  ka, kb = jax.random.split(jax.random.PRNGKey(0))
+  a = jax.random.normal(ka, (n, n), jnp.float32)
+  b = jax.random.normal(kb, (n, n), jnp.float32)
+  flops = 2.0 * n ** 3
+  peak = flops / _best_seconds(jax.jit(jnp.matmul), a, b)
+  rates = {m: flops / _best_seconds(jax.jit(lambda x, y, m=m: models.squared_distances(x, y, m)),
+                                    a, b) for m in modes}
+  del a, b
   return {"platform": dev.platform, "device_kind": dev.device_kind, "device_peak_flops": peak,
-          "device_bandwidth": bandwidth, "matmul_n": n, "copy_mib": mib}
+          "matmul_rates": rates, "device_bandwidth": _copy_bandwidth(mib), "matmul_n": n,
+          "copy_mib": mib}
 
 
-def make_step(model: str, num_sampled: int, lse: str, chunk: int):
-  optimizer = optax.adam(FLAGS.learning_rate)
-  kw = dict(model=models.canonical_model(model),
-            activation=activations.get_activation(FLAGS.activation), lam=FLAGS.lam,
-            num_sampled=num_sampled, matmul=FLAGS.matmul)
-  if lse == "chunked":
-    grad_fn = jax.value_and_grad(lambda p, b: train.batch_loss(p, b, lse_chunk=chunk, **kw))
-  else:
-    grad_fn = jax.value_and_grad(lambda p, b: train.batch_loss(p, b, **kw))
+# ------------------------------------------------------------------ the floors
 
-  def step(state, batch):
-    params, opt_state = state
-    loss, grads = grad_fn(params, batch)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), opt_state), loss
-
-  return optimizer, jax.jit(step, donate_argnums=0)
+def strict_cost(config: Config, num_entities: int, num_relations: int) -> dict[str, float]:
+  """``{"strict_flops", "strict_bytes"}`` of one HaLE step (the module docstring's formula),
+  with the parameter tables of ``config``'s model at their real sizes."""
+  d, n, b = config.model.dim, num_entities, config.optim.batch_size
+  params = jax.eval_shape(step.init_fn(config, n, num_relations)).params
+  swept = sum(math.prod(v.shape) for k, v in params.items() if k in SWEPT_TABLES)
+  other = sum(math.prod(v.shape) for k, v in params.items() if k not in SWEPT_TABLES)
+  update = 3 + 2 * MOMENTS[config.optim.optimizer]  # read table, gradient, moments; write back
+  itemsize = np.dtype(config.model.dtype).itemsize
+  return {"strict_flops": float(6 * d * (config.num_sampled * n + b)),
+          "strict_bytes": float(itemsize * ((2 + 1 + update) * swept + (1 + update) * other))}
 
 
-def random_batches(rng: np.random.Generator, count: int, batch: int, n: int, r2: int):
-  out = []
-  for _ in range(count):
-    triples = np.stack([rng.integers(0, n, batch), rng.integers(0, r2, batch),
-                        rng.integers(0, n, batch)], axis=1).astype(np.int32)
-    out.append(jax.device_put(triples))
-  return jax.block_until_ready(out)
+def strict_floor(strict_flops: float, strict_bytes: float, matmul_rate: float,
+                 bandwidth: float) -> dict[str, float]:
+  """The strict floor's two terms and their sum (seconds)."""
+  compute, memory = strict_flops / matmul_rate, strict_bytes / bandwidth
+  return {"strict_compute_s": compute, "strict_memory_s": memory,
+          "strict_floor_s": compute + memory}
 
 
-def run_case(model: str, size: str, device: dict[str, Any], seed: int) -> dict[str, Any]:
-  n, num_rel = SIZES[size]
-  r2, d, b = 2 * num_rel, FLAGS.dim, FLAGS.batch_size
-  k = losses.num_sampled_queries(b, FLAGS.alpha)
-  optimizer, step = make_step(model, k, FLAGS.lse, FLAGS.chunk)
-  params = models.init_params(jax.random.PRNGKey(seed), model, n, r2, d)
-  state = jax.block_until_ready((params, optimizer.init(params)))
-  rng = np.random.default_rng(seed)
-  batches = random_batches(rng, FLAGS.warmup + FLAGS.repeats, b, n, r2)
-
-  t0 = time.perf_counter()
-  lowered = step.lower(state, batches[0])
-  t1 = time.perf_counter()
-  compiled = lowered.compile()
-  t2 = time.perf_counter()
-
-  loss = None
-  for batch in batches[:FLAGS.warmup]:
-    state, loss = compiled(state, batch)
-  jax.block_until_ready((state, loss))
-  times = []
-  for batch in batches[FLAGS.warmup:]:
-    start = time.perf_counter()
-    state, loss = compiled(state, batch)
-    jax.block_until_ready((state, loss))
-    times.append(time.perf_counter() - start)
-
-  p25, median, p75 = (float(v) for v in np.percentile(times, [25, 50, 75]))
-  if FLAGS.lse == "chunked" and FLAGS.chunk < n:
-    # XLA counts a loop body once: take the costs from the same step done in a single chunk.
-    _, one_chunk = make_step(model, k, "chunked", n)
-    flops, nbytes = cost_numbers(one_chunk.lower(state, batches[0]).compile())
-    cost_source = "one-chunk compile"
-  else:
-    flops, nbytes = cost_numbers(compiled)
-    cost_source = "compiled step"
+def xla_floor(flops: float | None, nbytes: float | None,
+              device: dict[str, Any]) -> dict[str, Any]:
+  """XLA's cost at the device's peak rate and bandwidth: the larger term is the floor."""
   compute_s = flops / device["device_peak_flops"] if flops else None
   memory_s = nbytes / device["device_bandwidth"] if nbytes else None
   terms = {name: v for name, v in (("compute", compute_s), ("memory", memory_s)) if v}
   bound = max(terms, key=terms.get) if terms else None
-  floor = terms[bound] if bound else None
-  return {
-      "model": model, "size": size, "num_entities": n, "num_relations": num_rel, "dim": d,
-      "batch_size": b, "alpha": FLAGS.alpha, "num_sampled": k, "activation": FLAGS.activation,
-      "lse": FLAGS.lse, "chunk": FLAGS.chunk if FLAGS.lse == "chunked" else None,
-      "matmul": FLAGS.matmul, "platform": device["platform"], "device_kind": device["device_kind"],
-      "jax_version": jax.__version__,
-      "lower_s": t1 - t0, "compile_s": t2 - t1,
-      "warmup": FLAGS.warmup, "repeats": FLAGS.repeats,
-      "step_median_s": median, "step_iqr_s": p75 - p25, "step_p25_s": p25, "step_p75_s": p75,
-      "step_min_s": float(min(times)), "triples_per_s": b / median,
-      "flops": flops, "bytes_accessed": nbytes, "cost_source": cost_source,
-      # the [k, N] distance matmul: 2 k N d forward, 4 k N d backward (dq and de), plus one
-      # forward recomputation in the chunked backward pass.
-      "analytic_uniformity_flops": float((8 if FLAGS.lse == "chunked" else 6) * k * n * d),
-      **memory_numbers(compiled),
-      "device_peak_flops": device["device_peak_flops"],
-      "device_bandwidth": device["device_bandwidth"],
-      "compute_floor_s": compute_s, "memory_floor_s": memory_s,
-      "floor_s": floor, "bound": bound, "ratio": median / floor if floor else None,
-      "loss": float(loss),
-  }
+  return {"compute_floor_s": compute_s, "memory_floor_s": memory_s,
+          "floor_s": terms[bound] if bound else None, "bound": bound}
 
+
+# ------------------------------------------------------------------ one case
+
+def make_config(model: str, lse: str = "auto", chunk: int = 4096, **fields: Any) -> Config:
+  """The training config of a case: ``fields`` (flat config fields) over the defaults, and
+  the LSE as ``lse`` says (``auto`` keeps ``fields``' ``lse_chunk``)."""
+  if lse == "plain":
+    fields["lse_chunk"] = 0
+  elif lse == "chunked":
+    fields["lse_chunk"] = chunk
+  elif lse != "auto":
+    raise ValueError(f"unknown lse {lse!r}; choose one of {', '.join(LSE_MODES)}")
+  return Config.make(model=model, **fields)
+
+
+def random_queries(rng: np.random.Generator, count: int, num_entities: int,
+                   num_relation_ids: int) -> np.ndarray:
+  """``[count, 3]`` int32 queries ``(head, relation id, tail)`` drawn uniformly."""
+  return np.stack([rng.integers(0, num_entities, count), rng.integers(0, num_relation_ids, count),
+                   rng.integers(0, num_entities, count)], axis=1).astype(np.int32)
+
+
+def _time_epochs(compiled, state, train, timing: Timing, steps: int):
+  """Runs ``warmup`` then ``repeats`` epochs; returns the last state and loss and the timed
+  epochs' seconds per step."""
+  loss = None
+  for _ in range(timing.warmup):
+    state, loss = compiled(state, train)
+  jax.block_until_ready((state, loss))
+  per_step = []
+  for _ in range(timing.repeats):
+    t0 = time.perf_counter()
+    state, loss = compiled(state, train)
+    jax.block_until_ready((state, loss))
+    per_step.append((time.perf_counter() - t0) / steps)
+  return state, loss, per_step
+
+
+def _step_cost(layout: Layout, config: Config, state, queries: np.ndarray):
+  """``(flops, bytes, source)`` of one step: the epoch compiled for one step (plain LSE)."""
+  one = config.replace(lse_chunk=0)
+  source = "one-step epoch" if layout.loss(config)[1] == "plain" else (
+      "one-step epoch, plain LSE")
+  epoch, _ = layout.epoch(one, config.optim.batch_size)
+  train = layout.place_training_set(queries[:config.optim.batch_size])
+  flops, nbytes = cost_numbers(epoch.lower(state, train).compile())
+  return flops, nbytes, source
+
+
+def run_case(config: Config, size: str, device: dict[str, Any], timing: Timing,
+             seed: int = 0) -> dict[str, Any]:
+  """Compiles and times ``config``'s epoch on a random graph of ``size``; one result row."""
+  n, num_rel = SIZES[size]
+  b = config.optim.batch_size
+  layout = Layout.for_run(config, n)
+  epoch, steps = layout.epoch(config, timing.steps * b)
+  queries = random_queries(np.random.default_rng(seed), steps * b, n, 2 * num_rel)
+  state = layout.init_state(config, num_rel)
+  train = layout.place_training_set(queries)
+  t0 = time.perf_counter()
+  lowered = epoch.lower(state, train)
+  t1 = time.perf_counter()
+  compiled = lowered.compile()
+  t2 = time.perf_counter()
+  state, loss, per_step = _time_epochs(compiled, state, train, timing, steps)
+  p25, median, p75 = (float(v) for v in np.percentile(per_step, [25, 50, 75]))
+  flops, nbytes, cost_source = _step_cost(layout, config, state, queries)
+  strict = strict_cost(config, n, num_rel)
+  matmul = config.objective.matmul
+  row = {
+      "model": config.model.model, "size": size, "num_entities": n, "num_relations": num_rel,
+      "dim": config.model.dim, "batch_size": b, "alpha": config.objective.alpha,
+      "num_sampled": config.num_sampled, "activation": config.objective.activation,
+      "lse_chunk": config.objective.lse_chunk, "lse_form": layout.loss(config)[1],
+      "matmul": matmul, **layout.describe(), "platform": device["platform"],
+      "device_kind": device["device_kind"], "jax_version": jax.__version__,
+      "lower_s": t1 - t0, "compile_s": t2 - t1, **dataclasses.asdict(timing),
+      "step_median_s": median, "step_iqr_s": p75 - p25, "step_p25_s": p25, "step_p75_s": p75,
+      "step_min_s": float(min(per_step)), "triples_per_s": b / median,
+      "flops": flops, "bytes_accessed": nbytes, "cost_source": cost_source,
+      **memory_numbers(compiled), "device_peak_flops": device["device_peak_flops"],
+      "matmul_rate": device["matmul_rates"][matmul],
+      "device_bandwidth": device["device_bandwidth"], **xla_floor(flops, nbytes, device),
+      **strict, **strict_floor(strict["strict_flops"], strict["strict_bytes"],
+                               device["matmul_rates"][matmul], device["device_bandwidth"]),
+      "loss": float(to_host(loss)),
+  }
+  row["ratio"] = median / row["floor_s"] if row["floor_s"] else None
+  row["strict_ratio"] = median / row["strict_floor_s"]
+  return row
+
+
+# ------------------------------------------------------------------ output
 
 def _fmt(value, scale=1.0, digits=2) -> str:
   return "n/a" if value is None else f"{value * scale:.{digits}f}"
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
+  """One line per case: times in ms, XLA's costs and floor, the strict floor."""
   lines = ["| model | size | N | lse | compile s | median ms | IQR ms | GFLOP | GB accessed | "
-           "temp MB | footprint MB | floor ms | bound | median / floor |",
-           "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
+           "temp MB | footprint MB | floor ms | bound | median / floor | strict floor ms | "
+           "median / strict |",
+           "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
   for r in rows:
-    lse = r["lse"] + (f" ({r['chunk']})" if r["chunk"] else "")
-    if r.get("matmul", "float32") != "float32":
-      lse += f", {r['matmul']}"
+    lse = r["lse_form"] + (f", {r['matmul']}" if r["matmul"] != "float32" else "")
     lines.append(
         f"| {r['model']} | {r['size']} | {r['num_entities']} | {lse} | "
         f"{_fmt(r['lower_s'] + r['compile_s'])} | {_fmt(r['step_median_s'], 1e3)} | "
         f"{_fmt(r['step_iqr_s'], 1e3)} | {_fmt(r['flops'], 1e-9, 3)} | "
         f"{_fmt(r['bytes_accessed'], 1e-9, 3)} | {_fmt(r['temp_bytes'], 1e-6, 1)} | "
         f"{_fmt(r['footprint_bytes'], 1e-6, 1)} | {_fmt(r['floor_s'], 1e3, 3)} | "
-        f"{r['bound'] or 'n/a'} | {_fmt(r['ratio'], 1.0, 1)} |")
+        f"{r['bound'] or 'n/a'} | {_fmt(r['ratio'], 1.0, 1)} | "
+        f"{_fmt(r['strict_floor_s'], 1e3, 3)} | {_fmt(r['strict_ratio'], 1.0, 1)} |")
   return "\n".join(lines)
 
 
-def main(argv: list[str]) -> None:
+# ------------------------------------------------------------------ command line
+
+def _define_flags(fv=None):
+  """The command's flags on ``fv`` (default: absl's FLAGS, only when run as a command, so
+  importing this module leaves them alone); training settings default to the config's."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  fv = flags.FLAGS if fv is None else fv
+
+  def define(kind: str, *args) -> None:
+    getattr(flags, f"DEFINE_{kind}")(*args, flag_values=fv)
+
+  d = Config()
+  define("list", "models", list(models.MODEL_NAMES), "Models to time.")
+  define("list", "sizes", ["wn18rr", "fb15k237", "codex_m", "synth100k", "synth1m"],
+         f"Problem sizes, from: {', '.join(SIZES)}.")
+  define("integer", "dim", d.model.dim, "Embedding dimension d.")
+  define("integer", "batch_size", d.optim.batch_size, "Training queries per step B.")
+  define("float", "alpha", d.objective.alpha, "Query-sampling proportion; k = ceil(alpha B).")
+  define("float", "lam", d.objective.lam, "Alignment weight lambda.")
+  define("string", "activation", d.objective.activation, "Hardness-aware activation.")
+  define("float", "learning_rate", d.optim.learning_rate, "Adam learning rate.")
+  define("enum", "lse", "auto", list(LSE_MODES), "Uniformity LSE: training's default for the "
+         "backend, the plain [k, N] block, or chunks of --chunk entities.")
+  define("integer", "chunk", 4096, "Entities per chunk with --lse=chunked.")
+  define("enum", "matmul", d.objective.matmul, list(models.MATMUL_MODES),
+         "Precision of the distance matmuls (the strict floor uses its rate).")
+  define("string", "mesh", d.run.mesh, "Device layout, as training's --mesh.")
+  define("integer", "steps", Timing.steps, "Steps per timed epoch.")
+  define("integer", "repeats", Timing.repeats, "Timed epochs per case.")
+  define("integer", "warmup", Timing.warmup, "Untimed epochs per case before timing.")
+  define("integer", "seed", d.optim.seed, "Seed for parameters and training sets.")
+  define("string", "output", None, "Append one JSON line per case to this file.")
+  define("integer", "matmul_n", 0, "Size of the peak-rate matmul; 0: 4096 on GPU, 1024 else.")
+  define("integer", "copy_mib", 0, "MiB copied for the bandwidth; 0: 256 on GPU, 64 else.")
+  return fv
+
+
+def main(argv: list[str], FLAGS) -> None:  # pylint: disable=invalid-name
+  from absl import app, logging  # pylint: disable=import-outside-toplevel
+  logging.set_verbosity(logging.WARNING)  # keep jax's INFO lines out of the output
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   unknown = [s for s in FLAGS.sizes if s not in SIZES]
   if unknown:
     raise app.UsageError(f"unknown sizes {unknown}; choose from {', '.join(SIZES)}")
-  for m in FLAGS.models:
-    models.canonical_model(m)
-  if FLAGS.repeats < 1 or FLAGS.warmup < 0 or FLAGS.chunk < 1:
-    raise app.UsageError("need --repeats >= 1, --warmup >= 0, --chunk >= 1")
-
-  device = measure_device(FLAGS.matmul_n, FLAGS.copy_mib)
+  if FLAGS.steps < 1 or FLAGS.repeats < 1 or FLAGS.warmup < 0 or FLAGS.chunk < 1:
+    raise app.UsageError("need --steps >= 1, --repeats >= 1, --warmup >= 0, --chunk >= 1")
+  fields = {k: FLAGS[k].value for k in ("dim", "batch_size", "alpha", "lam", "activation",
+                                        "learning_rate", "matmul", "mesh", "seed")}
+  try:
+    configs = [make_config(m, FLAGS.lse, FLAGS.chunk, **fields) for m in FLAGS.models]
+  except ValueError as err:
+    raise app.UsageError(str(err))
+  timing = Timing(FLAGS.steps, FLAGS.repeats, FLAGS.warmup)
+  device = measure_device(FLAGS.matmul_n, FLAGS.copy_mib, (FLAGS.matmul,))
   print(f"# device {device['device_kind']} ({device['platform']}): "
-        f"{device['device_peak_flops'] / 1e9:.1f} GFLOP/s f32 matmul ({device['matmul_n']}^3), "
-        f"{device['device_bandwidth'] / 1e9:.1f} GB/s copy ({device['copy_mib']} MiB)",
-        file=sys.stderr)
+        f"{device['device_peak_flops'] / 1e9:.1f} GFLOP/s f32 matmul, "
+        f"{device['matmul_rates'][FLAGS.matmul] / 1e9:.1f} GFLOP/s {FLAGS.matmul} distances "
+        f"({device['matmul_n']}^3), {device['device_bandwidth'] / 1e9:.1f} GB/s copy "
+        f"({device['copy_mib']} MiB)", file=sys.stderr)
   rows = []
   for i, size in enumerate(FLAGS.sizes):
-    for j, model in enumerate(FLAGS.models):
-      row = run_case(model, size, device, FLAGS.seed + 1000 * i + j)
+    for config in configs:
+      row = run_case(config, size, device, timing, FLAGS.seed + 1000 * i)
       rows.append(row)
       line = json.dumps(row)
       print(line, flush=True)
       if FLAGS.output:
-        with open(FLAGS.output, "a") as f:
+        with open(FLAGS.output, "a", encoding="utf-8") as f:
           f.write(line + "\n")
   print()
   print(markdown_table(rows))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from absl import app as _app
+  _FLAGS = _define_flags()
+  _app.run(lambda argv: main(argv, _FLAGS))

@@ -1,5 +1,5 @@
 """What XLA says of a compiled function: its cost and memory analyses, in one shape whatever
-the jax version and backend.  Shared by ``step_time.py`` and ``scale.py`` (no flags here)."""
+the jax version and backend.  Shared by ``benchmarks.step_time`` and ``benchmarks.scale``."""
 
 from __future__ import annotations
 
@@ -26,6 +26,9 @@ def cost_numbers(compiled) -> tuple[float | None, float | None]:
 
 
 def memory_numbers(compiled) -> dict[str, int | None]:
+  """Bytes from ``compiled.memory_analysis()``: temporaries, the backend's own peak (None where
+  it gives none), arguments, outputs, donated aliases, and the footprint argument + output +
+  temp - alias (what the call holds at most); all None where there is no analysis."""
   try:
     ma = compiled.memory_analysis()
   except Exception:  # noqa: BLE001
