@@ -11,7 +11,8 @@ What is timed is the epoch function training runs: for every model in ``--models
 size's ``N`` entities and ``2 |R|`` relation ids, from ``layout.place_training_set``.  Each
 epoch shuffles it on the device and scans ``--steps`` optax steps (loss, gradient, Adam).
 ``--lse`` picks the uniformity LSE: ``auto`` (training's default chunk for the backend),
-``plain`` (the ``[k, N]`` block at once) or ``chunked`` (``--chunk`` entities at a time).
+``plain`` (the ``[k, N]`` block at once), ``chunked`` (``--chunk`` entities at a time) or
+``fused`` (training's ``--lse=fused``: the Pallas kernel on a GPU, chunks elsewhere).
 
 Reported per case (one JSON line on stdout, also appended to ``--output``):
 
@@ -23,8 +24,8 @@ Reported per case (one JSON line on stdout, also appended to ``--output``):
   estimate; ``None`` where the backend gives none), taken from the same epoch compiled for one
   step: XLA counts a loop body once, not once per iteration, so a many-step epoch would be
   counted as one step on some backends and not on others, and a chunked LSE (a loop over
-  chunks) as one chunk.  With a chunked LSE the one-step compile uses the plain LSE
-  (``cost_source`` says which); from the timed epoch's ``compiled.memory_analysis()``:
+  chunks) as one chunk, and a Pallas kernel not at all.  With a chunked or fused LSE the
+  one-step compile uses the plain LSE (``cost_source`` says which); from the timed epoch's ``compiled.memory_analysis()``:
   ``temp_bytes``, ``peak_bytes`` (``None`` where absent) and ``footprint_bytes`` = argument +
   output + temp - alias (``benchmarks.xla_analysis``);
 - the device, measured once per run (:func:`measure_device`): ``device_peak_flops`` (best of a
@@ -89,7 +90,7 @@ SIZES: dict[str, tuple[int, int]] = {
     "synth100k": (100_000, 50),
     "synth1m": (1_000_000, 50),
 }
-LSE_MODES = ("auto", "plain", "chunked")
+LSE_MODES = ("auto", "plain", "chunked", "fused")
 MOMENTS = {"adam": 2, "adagrad": 1}  # optimiser state tables per parameter table
 SWEPT_TABLES = ("entity", "bias_tail")  # read whole by the uniformity LSE
 
@@ -193,11 +194,14 @@ def xla_floor(flops: float | None, nbytes: float | None,
 
 def make_config(model: str, lse: str = "auto", chunk: int = 4096, **fields: Any) -> Config:
   """The training config of a case: ``fields`` (flat config fields) over the defaults, and
-  the LSE as ``lse`` says (``auto`` keeps ``fields``' ``lse_chunk``)."""
+  the LSE as ``lse`` says (``auto`` keeps ``fields``' ``lse_chunk``; ``fused`` sets the
+  config's ``lse``)."""
   if lse == "plain":
     fields["lse_chunk"] = 0
   elif lse == "chunked":
     fields["lse_chunk"] = chunk
+  elif lse == "fused":
+    fields["lse"] = "fused"
   elif lse != "auto":
     raise ValueError(f"unknown lse {lse!r}; choose one of {', '.join(LSE_MODES)}")
   return Config.make(model=model, **fields)
@@ -228,7 +232,7 @@ def _time_epochs(compiled, state, train, timing: Timing, steps: int):
 
 def _step_cost(layout: Layout, config: Config, state, queries: np.ndarray):
   """``(flops, bytes, source)`` of one step: the epoch compiled for one step (plain LSE)."""
-  one = config.replace(lse_chunk=0)
+  one = config.replace(lse_chunk=0, lse="auto")
   source = "one-step epoch" if layout.loss(config)[1] == "plain" else (
       "one-step epoch, plain LSE")
   epoch, _ = layout.epoch(one, config.optim.batch_size)
@@ -327,7 +331,7 @@ def _define_flags(fv=None):
   define("string", "activation", d.objective.activation, "Hardness-aware activation.")
   define("float", "learning_rate", d.optim.learning_rate, "Adam learning rate.")
   define("enum", "lse", "auto", list(LSE_MODES), "Uniformity LSE: training's default for the "
-         "backend, the plain [k, N] block, or chunks of --chunk entities.")
+         "backend, the plain [k, N] block, chunks of --chunk entities, or the fused kernel.")
   define("integer", "chunk", 4096, "Entities per chunk with --lse=chunked.")
   define("enum", "matmul", d.objective.matmul, list(models.MATMUL_MODES),
          "Precision of the distance matmuls (the strict floor uses its rate).")

@@ -53,6 +53,7 @@ def test_lse_modes_and_xla_floor():
   assert step_time.make_config("RotL", "plain").objective.lse_chunk == 0
   assert step_time.make_config("RotL", "chunked", 128).objective.lse_chunk == 128
   assert step_time.make_config("RotL", "auto", lse_chunk=77).objective.lse_chunk == 77
+  assert step_time.make_config("RotL", "fused").objective.lse == "fused"
   with pytest.raises(ValueError, match="plain"):
     step_time.make_config("RotL", "sometimes")
   device = {"device_peak_flops": 100.0, "device_bandwidth": 10.0}
