@@ -16,6 +16,9 @@
 #   bash benchmarks/gpu_phases.sh table5 hale,ha-allneg [0.05]  # issue 4: Table 5 cells
 #   bash benchmarks/gpu_phases.sh fbgrid   # FB15k-237's short Table 2 rows: lambda / schedule / batch,
 #     30 s a run (~8 min; GRID_MODELS, GRID_SETTINGS narrow it)
+#   bash benchmarks/gpu_phases.sh fused    # issue 36: the Pallas kernel against chunked/plain LSE
+#     (agreement at 100k entities, then timings at ENTITIES; ~3 min), then FB15k-237 RotL-32 with
+#     --lse=fused against the default for 30 s each (accuracy within 0.002?)
 #   bash benchmarks/gpu_phases.sh pack A   # logs, JSON and markdown of $OUT into archive A
 #
 # On the device machine, whose $OUT brings back at most 8 files of 16 MiB:
@@ -133,6 +136,13 @@ case "${1:-}" in
     ;;
   wn18rr) run_dataset wn18rr launch/wn18rr.flags 150 ;;
   fb15k237) run_dataset fb15k237 launch/fb15k237.flags 150 ;;
+  fused)
+    box 300 fused_lse "$PY" -m benchmarks.fused_lse --entities="${ENTITIES:-1000000,10000000}" \
+      > "$OUT/fused_lse.jsonl"
+    run_dataset fb15k237-fused launch/fb15k237.flags 100 --lse=fused
+    run_dataset fb15k237-auto launch/fb15k237.flags 100
+    cat "$OUT/phases.txt"
+    ;;
   probe)  # WN18RR's flagfile (lambda 2, batch 1024) against the larger batches and lambda 3 that
     # the 2-core CPU preferred at 600 s (benchmarks/RESULTS.md); 30 s each
     run_dataset wn18rr launch/wn18rr.flags 70
