@@ -57,7 +57,7 @@ def ranks_from_distances(distances: ArrayLike, targets: ArrayLike, filter_rows: 
     filter_rows, filter_cols: ``[P]`` pairs ``(query, entity)`` of known answers to remove;
       pairs with ``filter_cols >= N`` are padding and ignored.  The target may be listed.
     num_candidates: only columns ``< num_candidates`` compete (default: all ``N``).  The
-      columns beyond are padding rows of a sharded table (``hale_jax.sharding``); they are
+      columns beyond are padding rows of a sharded table (``hale_jax.layout``); they are
       masked out whatever their values.
 
   Returns:

@@ -9,8 +9,8 @@ import sys
 class StopRequest:
   """Installs handlers for SIGTERM and SIGINT; calling the object returns the signal's name.
 
-  Pass it as ``should_stop`` to :func:`hale_jax.train.train`: the run checkpoints after its
-  current epoch and raises :class:`hale_jax.train.Interrupted`.  A second signal raises
+  Pass it as ``should_stop`` to :func:`hale_jax.loop.train`: the run checkpoints after its
+  current epoch and raises :class:`hale_jax.loop.Interrupted`.  A second signal raises
   ``KeyboardInterrupt`` at once.
   """
 
