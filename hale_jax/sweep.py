@@ -41,7 +41,7 @@ from hale_jax.data import DataError
 
 FLAGS = flags.FLAGS
 STUDY_NAME = "hale_jax"
-STALE_AFTER_SECONDS = 60
+STALE_AFTER_SECONDS = 10  # a live trial locks its run folder within a second of starting
 _TYPES = {"float": ("low", "high"), "int": ("low", "high"), "categorical": ("choices",)}
 
 
