@@ -6,13 +6,10 @@ prints MRR, MR and Hits@{1,3,10} for the realistic, pessimistic and optimistic t
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
-from absl import app, flags, logging
+from absl import flags
 
-from hale_jax import rundir, trained
-from hale_jax.data import one_line
+from hale_jax import cli, rundir, trained
 
 FLAGS = flags.FLAGS
 
@@ -50,36 +47,28 @@ def format_breakdown(groups: dict[str, dict], by: str) -> str:
   return "\n".join(lines)
 
 
+@cli.user_errors
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  logging.set_verbosity(logging.WARNING)  # no INFO lines from JAX's backend search
-  try:
-    output = Path(FLAGS.output) if FLAGS.output else None
-    if output is not None and output.exists() and not FLAGS.overwrite:
-      raise FileExistsError(f"{output}: already exists; choose another --output or pass "
-                            f"--overwrite to replace it")
-    model = trained.load(FLAGS.workdir, FLAGS.allow_changed_data)
-    metrics = model.evaluate(FLAGS.split, FLAGS.chunk)
-    print(f"{FLAGS.workdir}: filtered ranking of {FLAGS.split}")
-    print(format_table(metrics))
-    doc = {"workdir": str(FLAGS.workdir), "split": FLAGS.split, "metrics": metrics}
-    if FLAGS.breakdown:
-      groups = model.evaluate(FLAGS.split, FLAGS.chunk, FLAGS.breakdown)
-      print(f"\nrealistic ties by {FLAGS.breakdown}:")
-      print(format_breakdown(groups, FLAGS.breakdown))
-      doc["breakdown"] = {"by": FLAGS.breakdown, "groups": groups}
-    if output is not None:
-      rundir.write_json(output, doc)
-      print(f"metrics written to {output}")
-  except (ValueError, FileNotFoundError, FileExistsError) as err:  # DataError is a ValueError
-    print(f"error: {one_line(err)}", file=sys.stderr)
-    sys.exit(2)
+  cli.no_arguments(argv)
+  if FLAGS.output:
+    cli.check_output(FLAGS.output, FLAGS.overwrite)
+  model = trained.load(FLAGS.workdir, FLAGS.allow_changed_data)
+  metrics = model.evaluate(FLAGS.split, FLAGS.chunk)
+  print(f"{FLAGS.workdir}: filtered ranking of {FLAGS.split}")
+  print(format_table(metrics))
+  doc = {"workdir": str(FLAGS.workdir), "split": FLAGS.split, "metrics": metrics}
+  if FLAGS.breakdown:
+    groups = model.evaluate(FLAGS.split, FLAGS.chunk, FLAGS.breakdown)
+    print(f"\nrealistic ties by {FLAGS.breakdown}:")
+    print(format_breakdown(groups, FLAGS.breakdown))
+    doc["breakdown"] = {"by": FLAGS.breakdown, "groups": groups}
+  if FLAGS.output:
+    rundir.write_json(FLAGS.output, doc)
+    print(f"metrics written to {FLAGS.output}")
 
 
 def run():
-  _define_flags()
-  app.run(main)
+  cli.run(main, _define_flags)
 
 
 if __name__ == "__main__":

@@ -6,13 +6,11 @@ Writes a run's best parameters with entity and relation names
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-from absl import app, flags, logging
+from absl import flags
 
-from hale_jax import inference
-from hale_jax.data import one_line
+from hale_jax import cli, inference
 
 FLAGS = flags.FLAGS
 
@@ -27,24 +25,18 @@ def _define_flags() -> None:
   flags.DEFINE_bool("overwrite", False, "Replace an existing output.")
 
 
+@cli.user_errors
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  logging.set_verbosity(logging.WARNING)  # no INFO lines from JAX's backend search
+  cli.no_arguments(argv)
   default = "export.npz" if FLAGS.format == "npz" else "export_tsv"
   output = FLAGS.output or Path(FLAGS.workdir) / default
-  try:
-    path = inference.export_run(FLAGS.workdir, FLAGS.format, output, overwrite=FLAGS.overwrite,
-                                allow_changed_data=FLAGS.allow_changed_data)
-  except (ValueError, FileNotFoundError, FileExistsError) as err:  # DataError is a ValueError
-    print(f"error: {one_line(err)}", file=sys.stderr)
-    sys.exit(2)
+  path = inference.export_run(FLAGS.workdir, FLAGS.format, output, overwrite=FLAGS.overwrite,
+                              allow_changed_data=FLAGS.allow_changed_data)
   print(f"exported {FLAGS.format} to {path}")
 
 
 def run():
-  _define_flags()
-  app.run(main)
+  cli.run(main, _define_flags)
 
 
 if __name__ == "__main__":

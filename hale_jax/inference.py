@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from jax.typing import ArrayLike
 
-from hale_jax import activations, trained
+from hale_jax import activations, cli, trained
 from hale_jax.data import DataError, KGData
 from hale_jax.trained import Prediction, TrainedModel, relation_names  # noqa: F401
 
@@ -60,12 +60,6 @@ def _fmt(values: np.ndarray) -> str:
   return "\t".join(f"{float(v):.9g}" for v in np.ravel(values))  # round-trips float32
 
 
-def _check_output(output: Path, overwrite: bool) -> None:
-  if output.exists() and not overwrite:
-    raise FileExistsError(f"{output}: already exists; choose another --output or pass "
-                          f"--overwrite to replace it")
-
-
 def export_run(workdir: str | os.PathLike, fmt: str, output: str | os.PathLike,
                overwrite: bool = False, allow_changed_data: bool = False) -> Path:
   """Writes the run's best parameters with names; returns the path written.
@@ -86,7 +80,7 @@ def export_run(workdir: str | os.PathLike, fmt: str, output: str | os.PathLike,
   if fmt not in ("npz", "tsv"):
     raise ValueError(f"unknown export format {fmt!r}; choose npz or tsv")
   output = Path(output)
-  _check_output(output, overwrite)
+  cli.check_output(output, overwrite)
   run, data, params = load_run(workdir, allow_changed_data)
   params = {k: np.asarray(v) for k, v in params.items()}
   c_r = np.asarray(jax.nn.softplus(params["scale"]))

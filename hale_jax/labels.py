@@ -10,10 +10,11 @@ when ``--output`` holds ``train.txt``.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
+
+from hale_jax import cli
 
 FLAGS = flags.FLAGS
 
@@ -66,24 +67,20 @@ def write_labels(labels: dict[str, str], folder: Path, overwrite: bool = False) 
   return target
 
 
+@cli.user_errors
 def main(argv):
-  del argv
-  try:
-    folder = Path(FLAGS.output)
-    labels = codex_labels(FLAGS.codex_entities)
-    wanted = used_ids(folder)
-    if wanted is not None:
-      labels = {k: v for k, v in labels.items() if k in wanted}
-    target = write_labels(labels, folder, FLAGS.overwrite)
-    print(f"{len(labels)} entity labels written to {target}")
-  except (ValueError, FileExistsError) as err:
-    print(f"error: {err}", file=sys.stderr)
-    sys.exit(2)
+  cli.no_arguments(argv)
+  folder = Path(FLAGS.output)
+  labels = codex_labels(FLAGS.codex_entities)
+  wanted = used_ids(folder)
+  if wanted is not None:
+    labels = {k: v for k, v in labels.items() if k in wanted}
+  target = write_labels(labels, folder, FLAGS.overwrite)
+  print(f"{len(labels)} entity labels written to {target}")
 
 
 def run():
-  _define_flags()
-  app.run(main)
+  cli.run(main, _define_flags)
 
 
 if __name__ == "__main__":

@@ -8,13 +8,12 @@ the settings in which the runs differ.  Needs matplotlib (``pip install hale_jax
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-from absl import app, flags
+from absl import flags
 
-from hale_jax import rundir, tracking
+from hale_jax import cli, rundir, tracking
 
 FLAGS = flags.FLAGS
 
@@ -81,24 +80,17 @@ def plot(workdirs: list[str], output: str | Path) -> Path:
   return Path(output)
 
 
+@cli.user_errors
 def main(argv):
   workdirs = list(FLAGS.workdir) + list(argv[1:])
-  try:
-    if not workdirs:
-      raise ValueError("give at least one --workdir")
-    output = Path(FLAGS.output)
-    if output.exists() and not FLAGS.overwrite:
-      raise FileExistsError(f"{output}: already exists; choose another --output or pass "
-                            f"--overwrite to replace it")
-    print(f"wrote {plot(workdirs, output)}")
-  except (ValueError, FileNotFoundError, FileExistsError) as err:
-    print(f"error: {err}", file=sys.stderr)
-    sys.exit(2)
+  if not workdirs:
+    raise ValueError("give at least one --workdir")
+  cli.check_output(FLAGS.output, FLAGS.overwrite)
+  print(f"wrote {plot(workdirs, FLAGS.output)}")
 
 
 def run():
-  _define_flags()
-  app.run(main)
+  cli.run(main, _define_flags)
 
 
 if __name__ == "__main__":

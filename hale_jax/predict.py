@@ -16,10 +16,9 @@ import json
 import sys
 from pathlib import Path
 
-from absl import app, flags, logging
+from absl import flags
 
-from hale_jax import inference, trained
-from hale_jax.data import one_line
+from hale_jax import cli, inference, trained
 
 FLAGS = flags.FLAGS
 
@@ -72,32 +71,24 @@ def _answer_file(model: trained.TrainedModel) -> None:
   if FLAGS.output is None:
     sys.stdout.write(text)
     return
+  cli.check_output(FLAGS.output, FLAGS.overwrite)
   output = Path(FLAGS.output)
-  if output.exists() and not FLAGS.overwrite:
-    raise FileExistsError(f"{output}: already exists; choose another --output or pass "
-                          f"--overwrite to replace it")
   output.write_text(text, encoding="utf-8")
   print(f"{len(queries)} queries answered into {output}", file=sys.stderr)
 
 
+@cli.user_errors
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  logging.set_verbosity(logging.WARNING)  # no INFO lines from JAX's backend search
-  try:
-    model = trained.load(FLAGS.workdir, FLAGS.allow_changed_data)
-    if FLAGS.queries:
-      _answer_file(model)
-    else:
-      _print_one(model)
-  except (ValueError, FileNotFoundError, FileExistsError) as err:  # DataError is a ValueError
-    print(f"error: {one_line(err)}", file=sys.stderr)
-    sys.exit(2)
+  cli.no_arguments(argv)
+  model = trained.load(FLAGS.workdir, FLAGS.allow_changed_data)
+  if FLAGS.queries:
+    _answer_file(model)
+  else:
+    _print_one(model)
 
 
 def run():
-  _define_flags()
-  app.run(main)
+  cli.run(main, _define_flags)
 
 
 if __name__ == "__main__":

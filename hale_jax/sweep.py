@@ -31,13 +31,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from absl import app, flags, logging
+from absl import flags
 
 from hale_jax import config as config_lib
-from hale_jax import datasets, loop, options, rundir
+from hale_jax import cli, datasets, loop, options, rundir
 from hale_jax.callbacks import Callback, Validation
 from hale_jax.config import Config
-from hale_jax.data import DataError
 
 FLAGS = flags.FLAGS
 STUDY_NAME = "hale_jax"
@@ -285,19 +284,14 @@ def report(study, study_dir: Path) -> None:
     print(f"plot: {png}")
 
 
+@cli.user_errors
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  logging.set_verbosity(logging.WARNING)
-  try:
-    study_dir = Path(FLAGS.study_dir)
-    study = open_study(study_dir, FLAGS.pruner)
-    if not FLAGS.report:
-      _search(study, study_dir)
-    report(study, study_dir)
-  except (ValueError, DataError, FileExistsError) as err:
-    print(f"error: {err}", file=sys.stderr)
-    sys.exit(2)
+  cli.no_arguments(argv)
+  study_dir = Path(FLAGS.study_dir)
+  study = open_study(study_dir, FLAGS.pruner)
+  if not FLAGS.report:
+    _search(study, study_dir)
+  report(study, study_dir)
 
 
 def _search(study, study_dir: Path) -> None:
@@ -317,8 +311,7 @@ def _search(study, study_dir: Path) -> None:
 
 
 def run():
-  _define_flags()
-  app.run(main)
+  cli.run(main, _define_flags)
 
 
 if __name__ == "__main__":
