@@ -143,10 +143,15 @@ def retry_stale_trials(study, study_dir: Path) -> int:
   stale = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
            if (now - t.datetime_start).total_seconds() > STALE_AFTER_SECONDS
            and not _is_locked(_trial_dir(study_dir, t.number))]
+  retried = 0
   for t in stale:
-    study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-    study.enqueue_trial(t.params, skip_if_exists=True)
-  return len(stale)
+    try:
+      study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+    except (RuntimeError, ValueError):  # another worker marked it first
+      continue
+    study.enqueue_trial(t.params)
+    retried += 1
+  return retried
 
 
 def finished_trials(study) -> int:
