@@ -18,21 +18,49 @@ import jax
 import numpy as np
 import pytest
 
-from hale_jax import synthetic, train
+from hale_jax import mesh as meshes
+from hale_jax import synthetic
+from hale_jax.config import Config
+from hale_jax.data import load_folder
+from hale_jax.layout import Layout
+from hale_jax.loop import Interrupted, train
 
 REPO = Path(__file__).resolve().parents[1]
 RTOL = 1e-5
+
+
+def _quiet(line):
+  del line
 
 
 def _graph():
   return synthetic.generate(seed=1, num_trees=2, branching=3, depth=4)
 
 
-def _config(**kw) -> train.Config:
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  """The graph as a dataset folder, for the launcher."""
+  folder = tmp_path_factory.mktemp("graph")
+  g = _graph()
+  for s in ("train", "valid", "test"):
+    (folder / f"{s}.txt").write_text("".join(
+        f"{g.entities[h]}\t{g.relations[r]}\t{g.entities[t]}\n" for h, r, t in g.split(s)))
+  return folder
+
+
+@pytest.fixture(scope="module")
+def graph(data_dir):
+  """The graph as the launcher reads it (its ids follow the files), so that in-process runs
+  and launched ones train the same problem."""
+  return load_folder(data_dir)
+
+
+def _config(**kw) -> Config:
   base = dict(model="RotL", dim=16, batch_size=64, lse_chunk=0, max_epochs=3, max_seconds=0,
               eval_every=1, learning_rate=0.01, dtype="float64", mesh="none")
   base.update(kw)
-  return train.Config(**base)
+  with jax.enable_x64(base["dtype"] == "float64"):
+    return Config.make(**base)
 
 
 def _assert_rel_close(actual, expected, what=""):
@@ -66,76 +94,90 @@ def _same_metrics(ra, rb):
 
 
 @pytest.fixture(scope="module")
-def single_run(tmp_path_factory):
+def single_run(graph, tmp_path_factory):
   """The reference: 3 epochs on one device."""
   workdir = tmp_path_factory.mktemp("single") / "run"
   with jax.enable_x64(True):
-    train.train(_config(), _graph(), workdir, log=lambda s: None)
+    train(_config(), graph, workdir, log=_quiet)
   return workdir
 
 
-@pytest.mark.parametrize("mesh", ["data:4,model:2", "data:1,model:8"])
-def test_train_on_mesh_matches_one_device(single_run, tmp_path, mesh):
+@pytest.mark.slow
+def test_train_on_mesh_matches_one_device(graph, single_run, tmp_path):
+  """data:4,model:2 end to end (tests/test_sharding.py checks the epochs of every mesh,
+  data:1,model:8 included, against one device)."""
+  mesh = "data:4,model:2"
   lines = []
   with jax.enable_x64(True):
-    res = train.train(_config(mesh=mesh), _graph(), tmp_path / "run", log=lines.append)
+    res = train(_config(mesh=mesh), graph, tmp_path / "run", log=lines.append)
   assert res["layout"] == {"mesh": mesh, "processes": 1}
   assert any(f"layout {mesh}" in line for line in lines)
   _same_metrics(res, _results(single_run))
   _same_params(tmp_path / "run", single_run)
 
 
-def test_resume_on_another_mesh(single_run, tmp_path):
-  """Two epochs on 8 devices (data:1,model:8: 248 table rows), stopped; the third on 4 devices
-  (data:2,model:2: 248 rows too, but data:1,model:3 on 3 devices pads to 249)."""
+def _stop_after(n):
+  calls = []
+
+  def should_stop():
+    calls.append(None)
+    return "test stop" if len(calls) == n else None
+  return should_stop
+
+
+@pytest.mark.slow
+def test_resume_on_other_meshes_and_on_one_device(graph, single_run, tmp_path):
+  """One epoch on data:2,model:4 (8 devices, 248 table rows), stopped; the second on
+  data:1,model:3 (3 devices, 249 rows), stopped; the third on one device (247 rows).  Each
+  resume places the last layout's state on a new one, and the run ends where the one-device
+  run does."""
   workdir = tmp_path / "run"
-  epochs = []
-
-  def stop_after_two():
-    epochs.append(None)
-    return "test stop" if len(epochs) == 2 else None
-
   with jax.enable_x64(True):
-    with pytest.raises(train.Interrupted):
-      train.train(_config(mesh="data:1,model:8"), _graph(), workdir, log=lambda s: None,
-                  should_stop=stop_after_two)
+    with pytest.raises(Interrupted, match="checkpoint saved at epoch 1"):
+      train(_config(mesh="data:2,model:4"), graph, workdir, log=_quiet,
+            should_stop=_stop_after(1))
+    assert json.loads((workdir / "run.json").read_text())["config"]["mesh"] == "data:2,model:4"
     lines = []
-    res = train.train(_config(mesh="data:1,model:3"), _graph(), workdir, log=lines.append,
-                      devices=jax.devices()[:3])
+    with pytest.raises(Interrupted, match="checkpoint saved at epoch 2"):
+      train(_config(mesh="data:1,model:3"), graph, workdir, log=lines.append,
+            devices=jax.devices()[:3], should_stop=_stop_after(1))
+    assert any("resumed from" in line and "epoch 1" in line for line in lines), lines
+    assert any("layout data:1,model:3" in line for line in lines), lines
+    lines = []
+    res = train(_config(mesh="none"), graph, workdir, log=lines.append)
   assert any("resumed from" in line and "epoch 2" in line for line in lines), lines
-  assert res["timings"]["resumed"] and res["layout"]["mesh"] == "data:1,model:3"
+  assert res["timings"]["resumed"] and res["layout"]["mesh"] is None
   assert res["metrics"]["epochs"] == 3
   _same_metrics(res, _results(single_run))
   _same_params(workdir, single_run)
 
 
-def test_resume_from_mesh_on_one_device(single_run, tmp_path):
-  workdir = tmp_path / "run"
-  calls = []
-  with jax.enable_x64(True):
-    with pytest.raises(train.Interrupted):
-      train.train(_config(mesh="data:2,model:4"), _graph(), workdir, log=lambda s: None,
-                  should_stop=lambda: calls.append(0) or ("stop" if len(calls) == 1 else None))
-    res = train.train(_config(mesh="none"), _graph(), workdir, log=lambda s: None)
-  assert res["timings"]["resumed"] and res["layout"]["mesh"] is None
-  _same_params(workdir, single_run)
-
-
 def test_auto_mesh_is_one_device_on_cpu():
-  from hale_jax import sharding
   assert len(jax.devices()) == 8
-  assert sharding.resolve_mesh(_config(mesh="auto"), 100) is None
-  assert sharding.resolve_mesh(_config(mesh="none"), 100) is None
-  mesh = sharding.resolve_mesh(_config(mesh="model:2"), 100)
+  big = 10 ** 12  # bytes: would not fit any device, yet CPU devices of one process stay one
+  assert meshes.auto_mesh_spec(big, jax.devices()) is None
+  assert meshes.auto_mesh_spec(100, jax.devices()[:1]) is None
+  for spec in ("auto", "none", " none "):
+    mesh = meshes.resolve_mesh(spec, 100)
+    assert dict(mesh.shape) == {"data": 1, "model": 1} and mesh.devices.flat[0] == jax.devices()[0]
+  mesh = meshes.resolve_mesh("model:2", 100)
   assert dict(mesh.shape) == {"data": 4, "model": 2}
+  mesh = meshes.resolve_mesh("none", 100, jax.devices()[3:5])
+  assert mesh.devices.flat[0] == jax.devices()[3]
+  layout = Layout.for_run(_config(mesh="auto", dtype="float32"), 247)
+  assert layout.single_device and layout.rows == 247
+  layout = Layout.for_run(_config(mesh="data:2,model:4", dtype="float32"), 247)
+  assert layout.describe()["mesh"] == "data:2,model:4" and layout.rows == 248
+  assert meshes.table_bytes(10, 4, "float32", "adam") == 10 * 4 * 4 * 3
+  assert meshes.table_bytes(10, 4, "float64", "adagrad") == 10 * 4 * 8 * 2
 
 
 def test_bad_mesh_is_one_clear_error(tmp_path):
   with pytest.raises(ValueError, match="unknown axis 'rows'"):
-    _config(mesh="rows:2", dtype="float32").validate()
+    _config(mesh="rows:2", dtype="float32")
   workdir = tmp_path / "never-written"
   with jax.enable_x64(True), pytest.raises(ValueError, match="needs data\\*model = 6"):
-    train.train(_config(mesh="data:3,model:2"), _graph(), workdir, log=lambda s: None)
+    train(_config(mesh="data:3,model:2"), _graph(), workdir, log=_quiet)
   assert not workdir.exists()  # refused before anything was written
 
 
@@ -145,16 +187,6 @@ def _free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  folder = tmp_path_factory.mktemp("graph")
-  g = _graph()
-  for s in ("train", "valid", "test"):
-    (folder / f"{s}.txt").write_text("".join(
-        f"{g.entities[h]}\t{g.relations[r]}\t{g.entities[t]}\n" for h, r, t in g.split(s)))
-  return folder
 
 
 def _launch_args(data_dir, workdir, *extra):
@@ -171,9 +203,11 @@ def _env(devices: int):
   return env
 
 
-def test_two_processes_match_one(data_dir, tmp_path):
+@pytest.mark.slow
+def test_two_processes_match_one(data_dir, single_run, tmp_path):
   """2 processes x 4 CPU devices (gloo over 127.0.0.1) on a data:4,model:2 mesh that spans
-  both: the same results as one process on one device."""
+  both: the same results as one process on one device (the in-process reference trained the
+  same files with the same config)."""
   port = _free_port()
   multi = tmp_path / "multi"
   procs = [subprocess.Popen(
@@ -186,18 +220,15 @@ def test_two_processes_match_one(data_dir, tmp_path):
   for p, (out, err) in zip(procs, outs):
     assert p.returncode == 0, f"exit {p.returncode}\n{out}\n{err[-3000:]}"
   assert "epoch    3" in outs[0][0] and "epoch" not in outs[1][0]  # progress from process 0
-  one = tmp_path / "one"
-  out = subprocess.run(_launch_args(data_dir, one, "--mesh=none"), cwd=tmp_path, env=_env(1),
-                       capture_output=True, text=True, timeout=600)
-  assert out.returncode == 0, out.stderr[-3000:]
-  rm, r1 = _results(multi), _results(one)
+  rm = _results(multi)
   assert rm["layout"] == {"mesh": "data:4,model:2", "processes": 2}
   assert rm["device"]["count"] == 8
-  _same_metrics(rm, r1)
-  _same_params(multi, one)
+  _same_metrics(rm, _results(single_run))
+  _same_params(multi, single_run)
   assert sorted(p.name for p in (multi / "checkpoints").iterdir() if p.name.isdigit())
 
 
+@pytest.mark.slow
 def test_multi_host_flags_must_come_together(data_dir, tmp_path):
   out = subprocess.run(_launch_args(data_dir, tmp_path / "w", "--num_processes=2"),
                        cwd=tmp_path, env=_env(1), capture_output=True, text=True, timeout=300)

@@ -3,12 +3,14 @@
 The sharded loss, gradients, epochs and rankings must equal the single-device ones (up to
 floating-point summation order: 1e-5 relative, measured as max|a - b| / max|b| per array), the
 entity table and its Adam moments must really be row-sharded over "model", and the compiled
-step must not all-gather the entity table.
+step must not all-gather the entity table.  One device is the 1 x 1 mesh of the same
+:class:`hale_jax.layout.Layout`.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -17,20 +19,62 @@ import optax
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from hale_jax import losses, sharding, synthetic, train
+from hale_jax import losses, models, step, synthetic
+from hale_jax.config import Config
 from hale_jax.data import with_reciprocals
 from hale_jax.evaluation import Evaluator
+from hale_jax.layout import Layout, pad_entities, to_host
+from hale_jax.mesh import make_mesh, single_device_mesh
 
 MESHES = ["data:8,model:1", "data:4,model:2", "data:1,model:8"]
 EPOCHS = 2
 RTOL = 1e-5
 
 
-def _config(**kw) -> train.Config:
+# ----------------------------------------------------------------------------- HLO parsing
+
+_COLLECTIVE = re.compile(
+    r"=\s*(?P<shape>\(?[a-z0-9]+\[[^=]*?)\s+(?P<op>all-reduce|all-gather|reduce-scatter|"
+    r"all-to-all|collective-permute)(?:-start)?\(")
+_COMMENT = re.compile(r"/\*.*?\*/")
+_ARRAY = re.compile(r"([a-z]+[0-9]*)\[([0-9,]*)\]")
+
+
+def hlo_collectives(hlo_text: str) -> list[tuple[str, tuple[tuple[int, ...], ...]]]:
+  """``(op, shapes)`` of every collective in compiled HLO text (``compiled.as_text()``);
+  ``shapes`` are the per-device result shapes (several for a combined tuple collective)."""
+  found = []
+  for line in hlo_text.splitlines():
+    m = _COLLECTIVE.search(_COMMENT.sub("", line))
+    if m:
+      shapes = tuple(tuple(int(x) for x in dims.split(",") if x)
+                     for _, dims in _ARRAY.findall(m.group("shape")))
+      found.append((m.group("op"), shapes))
+  return found
+
+
+def test_hlo_collectives_parses_plain_tuple_and_async_forms():
+  text = "\n".join([
+      "  %all-reduce.1 = f32[7]{0} all-reduce(f32[7]{0} %x), replica_groups={{0,1}}",
+      "  %ar = (f32[124,16]{1,0}, f64[10,16]{1,0}, /*index=2*/f32[]) all-reduce(%a, %b, %c), "
+      "replica_groups=[4,2]<=[8]",
+      "  %ag = f32[8,3]{1,0} all-gather-start(f32[2,3]{1,0} %y), dimensions={0}",
+      "  %cp = s32[2]{0} collective-permute(s32[2]{0} %z), source_target_pairs={{0,1}}",
+      "  %add = f32[7]{0} add(f32[7]{0} %p, f32[7]{0} %q)",
+      "  %fusion = f32[64,16]{1,0} fusion(%all-reduce.1), kind=kLoop",
+  ])
+  assert hlo_collectives(text) == [
+      ("all-reduce", ((7,),)), ("all-reduce", ((124, 16), (10, 16), ())),
+      ("all-gather", ((8, 3),)), ("collective-permute", ((2,),))]
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+def _config(**kw) -> Config:
   base = dict(model="RotL", dim=16, batch_size=64, lse_chunk=0, max_epochs=EPOCHS,
               max_seconds=0, learning_rate=0.01, seed=0)
   base.update(kw)
-  return train.Config(**base)
+  return Config.make(**base)
 
 
 @functools.lru_cache(maxsize=None)
@@ -41,6 +85,14 @@ def _graph():
 def _queries() -> np.ndarray:
   data = _graph()
   return with_reciprocals(data.train, data.num_relations).astype(np.int32)
+
+
+def _one_device() -> Layout:
+  return Layout(single_device_mesh(), _graph().num_entities)
+
+
+def _layout(spec: str) -> Layout:
+  return Layout(make_mesh(spec), _graph().num_entities)
 
 
 def _assert_rel_close(actual, expected, tol=RTOL, what=""):
@@ -56,46 +108,48 @@ def _adam(opt_state) -> optax.ScaleByAdamState:
   return opt_state[0]
 
 
-def _to_f64(state: train.TrainState, optimizer) -> train.TrainState:
-  params = {k: jnp.asarray(v, jnp.float64) for k, v in state.params.items()}
-  return train.TrainState(params, optimizer.init(params), state.key, state.step)
+def _f64_config() -> Config:
+  with jax.enable_x64(True):
+    return _config(dtype="float64")
 
 
 @functools.lru_cache(maxsize=None)
 def _single_run():
-  """``EPOCHS`` epochs of the plain single-device epoch in float64 (see the epochs test):
-  host params, Adam state, losses, step."""
-  data, cfg = _graph(), _config()
+  """``EPOCHS`` epochs on one device in float64 (see the epochs test): host params, Adam state,
+  losses, step, and the host initial state."""
+  data, cfg = _graph(), _f64_config()
+  layout = _one_device()
   with jax.enable_x64(True):
-    queries = jnp.asarray(_queries())
-    epoch, _ = train.make_epoch_fn(cfg, queries.shape[0])
-    state = _to_f64(train.init_state(cfg, data), train.make_optimizer(cfg))
+    queries = layout.place_training_set(_queries())
+    epoch, _ = layout.epoch(cfg, _queries().shape[0])
+    state = layout.init_state(cfg, data.num_relations)
+    initial = to_host(state)
     epoch_losses = []
     for _ in range(EPOCHS):
       state, loss = epoch(state, queries)
       epoch_losses.append(float(loss))
-    return (jax.device_get(state.params), jax.device_get(_adam(state.opt_state)), epoch_losses,
-            int(state.step))
+    return (to_host(state.params), to_host(_adam(state.opt_state)), epoch_losses,
+            int(state.step), initial)
 
 
 @functools.lru_cache(maxsize=None)
 def _sharded_run(spec: str):
-  """The same in float64 with the sharded epoch, from the same initial state placed on ``spec``.
-  Returns the mesh, the epoch function, the placed queries, the state and the losses."""
-  data, cfg = _graph(), _config()
-  mesh = sharding.make_mesh(spec)
+  """The same with the sharded epoch, from the same initial state placed on ``spec``
+  (``Layout.place_state`` of the host state).  Compiled once: returns the layout, the compiled
+  epoch's HLO text, the placed queries, the final state and the losses."""
+  cfg = _f64_config()
+  layout = _layout(spec)
+  optimizer = step.make_optimizer(cfg)
   with jax.enable_x64(True):
-    queries = sharding.place_training_set(mesh, _queries())
-    epoch, _ = sharding.make_sharded_epoch_fn(cfg, _queries().shape[0], mesh,
-                                              num_entities=data.num_entities)
-    optimizer = train.make_optimizer(cfg)
-    state = sharding.shard_state(mesh, optimizer,
-                                 _to_f64(train.init_state(cfg, data), optimizer))
+    queries = layout.place_training_set(_queries())
+    epoch, _ = layout.epoch(cfg, _queries().shape[0])
+    state = layout.place_state(_single_run()[4], optimizer)
+    compiled = epoch.lower(state, queries).compile()
     epoch_losses = []
     for _ in range(EPOCHS):
-      state, loss = epoch(state, queries)
+      state, loss = compiled(state, queries)
       epoch_losses.append(float(loss))
-  return mesh, epoch, queries, state, epoch_losses
+  return layout, compiled.as_text(), queries, state, epoch_losses
 
 
 # ----------------------------------------------------------------------------- the mesh
@@ -105,12 +159,14 @@ def test_make_mesh_parses_specs():
   for spec, shape in [(None, (8, 1)), ("", (8, 1)), ("data:4,model:2", (4, 2)),
                       ("model:2,data:4", (4, 2)), ("data:1, model:8", (1, 8)),
                       ("model:2", (4, 2)), ("data:8", (8, 1))]:
-    mesh = sharding.make_mesh(spec)
+    mesh = make_mesh(spec)
     assert mesh.axis_names == ("data", "model")
     assert (mesh.shape["data"], mesh.shape["model"]) == shape, spec
     assert mesh.devices.size == 8
-  mesh = sharding.make_mesh("data:2,model:2", devices=jax.devices()[:4])
+  mesh = make_mesh("data:2,model:2", devices=jax.devices()[:4])
   assert mesh.devices.size == 4 and set(mesh.devices.flat) == set(jax.devices()[:4])
+  one = single_device_mesh()
+  assert dict(one.shape) == {"data": 1, "model": 1} and one.devices.flat[0] == jax.devices()[0]
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -125,67 +181,99 @@ def test_make_mesh_parses_specs():
 ])
 def test_make_mesh_rejects_bad_specs(spec, message):
   with pytest.raises(ValueError, match=message):
-    sharding.make_mesh(spec)
+    make_mesh(spec)
 
 
 def test_padding_and_param_shardings():
   data = _graph()
   n = data.num_entities
   assert n % 2  # the test graph needs padding on a model axis of 2 or 8
-  assert sharding.pad_entities(n, sharding.make_mesh("data:8,model:1")) == n
-  assert sharding.pad_entities(n, sharding.make_mesh("data:1,model:8")) == -(-n // 8) * 8
-  assert sharding.pad_entities(8, 8) == 8 and sharding.pad_entities(9, 8) == 16
-  mesh = sharding.make_mesh("data:4,model:2")
-  params = train.init_state(_config(), data).params
-  with pytest.raises(ValueError, match="pad_params"):
-    sharding.param_shardings(mesh, params)
-  padded = sharding.pad_params(params, sharding.pad_entities(n, mesh))
-  assert np.isnan(np.asarray(padded["entity"][n:])).all()
-  shard = sharding.param_shardings(mesh, padded)
+  assert _layout("data:8,model:1").rows == pad_entities(n, 1) == n
+  assert _layout("data:1,model:8").rows == pad_entities(n, 8) == -(-n // 8) * 8
+  assert pad_entities(8, 8) == 8 and pad_entities(9, 8) == 16
+  with pytest.raises(ValueError, match="num_entities must be positive"):
+    pad_entities(0, 2)
+  layout = _layout("data:4,model:2")
+  params = to_host(_fresh_state(None, "samneg").params)
+  assert {"bias_head", "bias_tail"} <= set(params)  # every entity table gets padded
+  padded = layout.pad_params(params)
+  for name in ("entity", "bias_head", "bias_tail"):
+    assert padded[name].shape[0] == layout.rows
+    assert np.isnan(np.asarray(padded[name][n:])).all(), name
+  assert padded["rotation"].shape == params["rotation"].shape
+  shard = layout.param_shardings(padded)
   assert shard["entity"].spec == P("model", None)
   assert all(shard[k].spec == P() for k in padded if k != "entity")
-  np.testing.assert_array_equal(sharding.unpad_params(padded, n)["entity"], params["entity"])
+  host = layout.unpad_params(padded)
+  for name, table in params.items():
+    np.testing.assert_array_equal(host[name], table)
+  assert layout.describe() == {"mesh": "data:4,model:2", "processes": 1}
+  assert _one_device().describe() == {"mesh": None, "processes": 1}
+  assert _one_device().single_device and not layout.single_device
 
 
 # ----------------------------------------------------------------------------- loss and grads
 
-@pytest.mark.parametrize("spec", MESHES)
-@pytest.mark.parametrize("loss", ["hale", "samneg"])
-def test_loss_and_grads_match_single_device(spec, loss):
-  if loss != "hale" and spec != "data:4,model:2":
-    pytest.skip("the baselines are checked on one mesh")
+@functools.lru_cache(maxsize=None)
+def _fresh_state(spec: str | None, loss: str = "hale"):
+  """The initial float32 state of ``_config(loss=loss)`` on ``spec`` (None: one device)."""
+  layout = _one_device() if spec is None else _layout(spec)
+  return layout.init_state(_config(loss=loss), _graph().num_relations)
+
+
+def _batch(cfg) -> np.ndarray:
+  rng = np.random.default_rng(0)
+  return _queries()[rng.permutation(len(_queries()))[:cfg.optim.batch_size]]
+
+
+@functools.lru_cache(maxsize=None)
+def _single_loss_and_grads(loss: str):
+  """The plain one-device loss and gradients of ``_batch`` (host arrays)."""
+  cfg = _config(loss=loss)
+  ref_fn, form = step.make_loss(cfg, _graph().num_entities, allow_chunks=False)
+  assert form == "plain"
+  value, grads = jax.jit(jax.value_and_grad(ref_fn))(_fresh_state(None, loss).params,
+                                                     jnp.asarray(_batch(cfg)),
+                                                     jax.random.PRNGKey(3))
+  return float(value), to_host(grads)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss, spec", [("hale", spec) for spec in MESHES]
+                         + [("samneg", "data:4,model:2")])  # the baselines on one mesh
+def test_loss_and_grads_match_single_device(loss, spec):
   data, cfg = _graph(), _config(loss=loss)
-  mesh = sharding.make_mesh(spec)
+  layout = _layout(spec)
   n = data.num_entities
-  state = sharding.init_sharded_state(cfg, data, mesh)
-  single = train.init_state(cfg, data)
-  # The sharded init creates the real rows of train.init_state (to 1 ulp: under jit XLA fuses
-  # init_scale * normal differently from the eager ops).
-  host = sharding.unpad_params(state.params, n)
-  for k, v in jax.device_get(single.params).items():
+  state = _fresh_state(spec, loss)
+  single = _fresh_state(None, loss)
+  # The sharded init creates the real rows of the single-device init (to 1 ulp: XLA may fuse
+  # init_scale * normal differently in the two programs).
+  host = layout.unpad_params(state.params)
+  for k, v in to_host(single.params).items():
     np.testing.assert_allclose(host[k], v, rtol=3e-7, atol=0, err_msg=k)
 
-  rng = np.random.default_rng(0)
-  batch = _queries()[rng.permutation(len(_queries()))[:cfg.batch_size]]
-  key = jax.random.PRNGKey(3)
-  grad_sharded = jax.jit(jax.value_and_grad(sharding.make_loss_fn(cfg, n)))
-  loss_s, grads_s = grad_sharded(state.params, jax.device_put(batch, sharding.batch_sharding(mesh)),
-                                 key)
-  ref_fn = functools.partial(train.batch_loss, **{**train.loss_kwargs(cfg), "lse_chunk": 0})
-  loss_1, grads_1 = jax.value_and_grad(ref_fn)(single.params, jnp.asarray(batch), key)
+  grad_sharded = jax.jit(jax.value_and_grad(layout.loss(cfg)[0]))
+  loss_s, grads_s = grad_sharded(state.params,
+                                 jax.device_put(_batch(cfg), layout.batch_sharding()),
+                                 jax.random.PRNGKey(3))
+  loss_1, grads_1 = _single_loss_and_grads(loss)
 
   _assert_rel_close(loss_s, loss_1, what="loss")
-  grads_s = jax.device_get(grads_s)
+  grads_s = to_host(grads_s)
   assert set(grads_s) == set(grads_1)
   for k in grads_1:
-    _assert_rel_close(np.asarray(grads_s[k])[:n] if k == "entity" else grads_s[k], grads_1[k],
-                      what=f"grad {k}")
-  # The NaN padding rows get exactly zero gradient.
-  np.testing.assert_array_equal(np.asarray(grads_s["entity"])[n:], 0.0)
+    _assert_rel_close(layout.real_rows(grads_s)[k], grads_1[k], what=f"grad {k}")
+  # The NaN padding rows of every entity table get exactly zero gradient.
+  for k in models.ENTITY_TABLES:
+    if k in grads_s:
+      assert grads_s[k].shape[0] == layout.rows
+      np.testing.assert_array_equal(np.asarray(grads_s[k])[n:], 0.0)
 
 
 # ----------------------------------------------------------------------------- epochs
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", MESHES)
 def test_epochs_match_single_device(spec):
   """Two epochs (80 Adam steps) on the mesh equal two on one device, from the same state.
@@ -197,34 +285,39 @@ def test_epochs_match_single_device(spec):
   """
   data = _graph()
   n = data.num_entities
-  mesh, _, _, state, epoch_losses = _sharded_run(spec)
-  params_1, adam_1, losses_1, step_1 = _single_run()
+  layout, _, _, state, epoch_losses = _sharded_run(spec)
+  params_1, adam_1, losses_1, step_1, _ = _single_run()
   assert len(epoch_losses) == EPOCHS
   for i, (a, b) in enumerate(zip(epoch_losses, losses_1)):
     _assert_rel_close(a, b, what=f"loss of epoch {i + 1}")
   assert int(state.step) == step_1
-  host = sharding.unpad_params(state.params, n)
+  host = layout.unpad_params(state.params)
   for k in params_1:
     _assert_rel_close(host[k], params_1[k], what=f"param {k}")
   adam = _adam(state.opt_state)
   for moment in ("mu", "nu"):
     for k in params_1:
-      got = np.asarray(jax.device_get(getattr(adam, moment)[k]))
+      got = to_host(getattr(adam, moment)[k])
       _assert_rel_close(got[:n] if k == "entity" else got, getattr(adam_1, moment)[k],
                         what=f"adam {moment} {k}")
   # Padding rows: still NaN parameters, exactly zero moments.
   np.testing.assert_array_equal(np.isnan(np.asarray(state.params["entity"])[n:]), True)
   np.testing.assert_array_equal(np.asarray(adam.mu["entity"])[n:], 0.0)
   np.testing.assert_array_equal(np.asarray(adam.nu["entity"])[n:], 0.0)
+  # Back on the host and cut to the real rows, the state loads on any other layout.
+  cut = layout.unpad_state(to_host(state), step.make_optimizer(_f64_config()))
+  assert cut.params["entity"].shape == (n, 16) and _adam(cut.opt_state).mu["entity"].shape[0] == n
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", MESHES)
 def test_entity_table_and_moments_are_row_sharded(spec):
   data = _graph()
-  mesh = sharding.make_mesh(spec)
+  layout = _layout(spec)
+  mesh = layout.mesh
   m = mesh.shape["model"]
-  rows = sharding.pad_entities(data.num_entities, mesh)
-  fresh = sharding.init_sharded_state(_config(), data, mesh)
+  rows = layout.rows
+  fresh = _fresh_state(spec)
   *_, trained, _ = _sharded_run(spec)
   for state in (fresh, trained):
     adam = _adam(state.opt_state)
@@ -244,13 +337,15 @@ def test_entity_table_and_moments_are_row_sharded(spec):
       assert state.params[name].sharding.spec == P()
       assert adam.mu[name].sharding.spec == P()
     assert adam.count.sharding.spec == P()
+    assert state.key.sharding.spec == P() and state.step.sharding.spec == P()
 
 
 # ----------------------------------------------------------------------------- HLO
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", MESHES)
 def test_hlo_has_no_table_all_gather(spec):
-  """What XLA's SPMD partitioner made of the sharded epoch (see the sharding module docstring).
+  """What XLA's SPMD partitioner made of the sharded epoch (see the layout module docstring).
 
   Found (RotL, N = 247 -> 248 rows, d = 16, B = 64, k = 7, float32 and float64 alike):
   data:1,model:8 has exactly four all-reduces over "model": the LSE's max and sum of ``[k]``
@@ -263,17 +358,15 @@ def test_hlo_has_no_table_all_gather(spec):
   training set (each step moves only its ``[B]`` indices and ``[B, 3]`` ids).
   """
   data, cfg = _graph(), _config()
-  mesh, epoch, queries, state, _ = _sharded_run(spec)
-  with jax.enable_x64(True):
-    text = epoch.lower(state, queries).compile().as_text()
-  colls = sharding.hlo_collectives(text)
+  layout, text, queries, state, _ = _sharded_run(spec)
+  colls = hlo_collectives(text)
   assert len(colls) == text.count("replica_groups=") + text.count("source_target_pairs=")
   rows, dim = state.params["entity"].shape
-  n_data, m = mesh.shape["data"], mesh.shape["model"]
+  n_data, m = layout.mesh.shape["data"], layout.mesh.shape["model"]
   table_rows = {rows, data.num_entities, rows // m}
   set_rows = {queries.shape[0], queries.shape[0] // n_data}  # the training set never moves
   assert not [c for c in colls if any(shp and shp[0] in set_rows for shp in c[1])], colls
-  k_local = -(-losses.num_sampled_queries(cfg.batch_size, cfg.alpha) // n_data)
+  k_local = -(-losses.num_sampled_queries(cfg.optim.batch_size, cfg.objective.alpha) // n_data)
   for op, shapes in colls:
     for shp in shapes:
       if op != "all-reduce":  # no all-gather/permute ever moves entity rows
@@ -294,33 +387,39 @@ def test_hlo_has_no_table_all_gather(spec):
 
 # ----------------------------------------------------------------------------- ranking
 
+@functools.lru_cache(maxsize=None)
+def _single_ranks(split: str):
+  params = {k: v.astype(np.float32) for k, v in _single_run()[0].items()}
+  return Evaluator(_graph(), split, "RotL", chunk=64).ranks(params)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", MESHES)
 def test_evaluator_ranks_on_sharded_params(spec):
-  """The same (trained) parameters, padded and row-sharded, rank exactly as on one device."""
+  """The same (trained) parameters, padded and row-sharded, rank exactly as on one device
+  (the test split; the valid split takes the same path)."""
   data = _graph()
-  mesh = sharding.make_mesh(spec)
-  params_1, *_ = _single_run()
-  params_1 = {k: v.astype(np.float32) for k, v in params_1.items()}
-  padded = sharding.pad_params({k: jnp.asarray(v) for k, v in params_1.items()},
-                               sharding.pad_entities(data.num_entities, mesh))
-  params_s = jax.device_put(padded, sharding.param_shardings(mesh, padded))
+  layout = _layout(spec)
+  params_1 = {k: v.astype(np.float32) for k, v in _single_run()[0].items()}
+  params_s = layout.place_params(params_1)
   assert params_s["entity"].sharding.spec == P("model", None)
-  for split in ("valid", "test"):
-    opt_s, pess_s = Evaluator(data, split, "RotL", chunk=64).ranks(params_s)
-    opt_1, pess_1 = Evaluator(data, split, "RotL", chunk=64).ranks(params_1)
-    # Padding rows never win nor tie (NaN distances compare False): ranks stay within [1, N].
-    assert opt_s.max() <= data.num_entities and pess_s.max() <= data.num_entities
-    np.testing.assert_array_equal(opt_s, opt_1)
-    np.testing.assert_array_equal(pess_s, pess_1)
+  assert params_s["entity"].shape[0] == layout.rows
+  opt_s, pess_s = Evaluator(data, "test", "RotL", chunk=64, layout=layout).ranks(params_s)
+  opt_1, pess_1 = _single_ranks("test")
+  # Padding rows never win nor tie (their columns are masked): ranks stay within [1, N].
+  assert opt_s.max() <= data.num_entities and pess_s.max() <= data.num_entities
+  np.testing.assert_array_equal(opt_s, opt_1)
+  np.testing.assert_array_equal(pess_s, pess_1)
 
 
-def test_shard_state_pads_and_places():
+def test_place_state_pads_and_places():
+  """``Layout.place_state`` of a host state (what resuming on another layout does)."""
   data, cfg = _graph(), _config()
-  mesh = sharding.make_mesh("data:2,model:4")
-  optimizer = train.make_optimizer(cfg)
-  single = train.init_state(cfg, data)
-  state = sharding.shard_state(mesh, optimizer, single)
-  n, rows = data.num_entities, sharding.pad_entities(data.num_entities, mesh)
+  layout = _layout("data:2,model:4")
+  optimizer = step.make_optimizer(cfg)
+  single = to_host(_fresh_state(None))
+  state = layout.place_state(single, optimizer)
+  n, rows = data.num_entities, layout.rows
   adam = _adam(state.opt_state)
   for arr in (state.params["entity"], adam.mu["entity"], adam.nu["entity"]):
     assert arr.shape == (rows, 16) and arr.sharding.spec == P("model", None)
@@ -328,3 +427,7 @@ def test_shard_state_pads_and_places():
   assert np.isnan(np.asarray(state.params["entity"])[n:]).all()
   np.testing.assert_array_equal(np.asarray(adam.nu["entity"]), 0.0)
   assert state.key.sharding.spec == P() and int(state.step) == 0
+  np.testing.assert_array_equal(to_host(state.key), single.key)
+  back = layout.unpad_state(to_host(state), optimizer)
+  for name, table in single.params.items():
+    np.testing.assert_array_equal(back.params[name], table)

@@ -1,18 +1,33 @@
-"""End-to-end training, reproducibility, results file, workdir safety and the launcher."""
+"""End-to-end training, callbacks, reproducibility, the results file, workdir safety and the
+launcher.
+
+Compilation dominates every run here (a few seconds against well under a second of epochs),
+so runs are shared between tests through module-scoped fixtures.
+"""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hale_jax import synthetic, train
+from hale_jax import models, objective, synthetic
+from hale_jax.callbacks import Callback, Validation
+from hale_jax.config import Config
+from hale_jax.loop import train
+from reference import np_allneg, np_samneg, np_softplus, np_transform, to_f64
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _quiet(line):
+  del line
 
 
 @pytest.fixture(scope="module")
@@ -20,77 +35,244 @@ def small_graph():
   return synthetic.generate(seed=1, num_trees=2, branching=3, depth=4)
 
 
-def _config(**kw):
+def _config(**kw) -> Config:
   base = dict(model="RotL", dim=16, batch_size=256, max_epochs=40, max_seconds=0,
               eval_every=20, learning_rate=0.01)
   base.update(kw)
-  return train.Config(**base)
+  return Config.make(**base)
 
 
-def test_training_learns_far_above_chance(small_graph, tmp_path):
-  res = train.train(_config(), small_graph, tmp_path / "run", log=lambda s: None)
-  chance_mrr = np.mean(1.0 / np.arange(1, small_graph.num_entities + 1))
+def _chance_mrr(data) -> float:
+  return float(np.mean(1.0 / np.arange(1, data.num_entities + 1)))
+
+
+class Recorder(Callback):
+  """Keeps what every hook receives."""
+
+  def __init__(self):
+    self.starts, self.validations, self.ends, self.params = [], [], [], []
+
+  def on_start(self, info):
+    self.starts.append(info)
+
+  def on_validation(self, v):
+    self.validations.append(v)
+    # v.params are the live state's: the next epoch donates their buffers, so copy them.
+    self.params.append({k: np.array(a) for k, a in v.params.items()})
+
+  def on_end(self, results):
+    self.ends.append(results)
+
+
+@pytest.fixture(scope="module")
+def learned(small_graph, tmp_path_factory):
+  """40 epochs of RotL with a recording callback: (workdir, results, recorder, log lines)."""
+  workdir = tmp_path_factory.mktemp("learned") / "run"
+  recorder, lines = Recorder(), []
+  results = train(_config(), small_graph, workdir, log=lines.append, callbacks=[recorder])
+  return workdir, results, recorder, lines
+
+
+def test_training_learns_far_above_chance(small_graph, learned):
+  workdir, res, _, _ = learned
   test = res["metrics"]["test"]
-  assert test["realistic"]["mrr"] > 10 * chance_mrr
+  assert test["realistic"]["mrr"] > 10 * _chance_mrr(small_graph)
   assert test["pessimistic"]["mrr"] <= test["realistic"]["mrr"] <= test["optimistic"]["mrr"]
-  on_disk = json.loads((tmp_path / "run" / "results.json").read_text())
-  assert on_disk["metrics"]["test"] == test
-  assert on_disk["config"]["model"] == "RotL"
+  on_disk = json.loads((workdir / "results.json").read_text())
+  assert on_disk == json.loads(json.dumps(res))
+  assert on_disk["config"] == _config().flat()
   assert on_disk["metrics"]["epochs"] == 40
+  assert on_disk["metrics"]["stop_reason"] == "max_epochs 40 reached"
   assert [c["epoch"] for c in on_disk["curve"]] == [20, 40]
   assert {"compile_seconds", "train_seconds", "eval_seconds"} <= set(on_disk["timings"])
-  host, per_epoch = on_disk["timings"]["host_seconds_per_step"], on_disk["timings"]["seconds_per_epoch"]
+  host = on_disk["timings"]["host_seconds_per_step"]
+  per_epoch = on_disk["timings"]["seconds_per_epoch"]
   assert 0 < host * on_disk["metrics"]["steps"] / 40 <= per_epoch  # a share of the epoch's time
   assert on_disk["versions"]["jax"] == jax.__version__
-  names = (tmp_path / "run" / "entities.tsv").read_text().splitlines()
+  assert on_disk["layout"] == {"mesh": None, "processes": 1}
+  names = (workdir / "entities.tsv").read_text().splitlines()
   assert names[0] == f"0\t{small_graph.entities[0]}" and len(names) == small_graph.num_entities
+  run = json.loads((workdir / "run.json").read_text())
+  assert run["config"] == on_disk["config"] and run["dataset"] == small_graph.name
 
 
-@pytest.mark.parametrize("model", ["TransE", "DistMult", "RotatE", "RotE"])
-def test_every_model_trains(small_graph, tmp_path, model):
-  res = train.train(_config(model=model, max_epochs=10, eval_every=10), small_graph,
-                    tmp_path / model, log=lambda s: None)
-  assert np.isfinite(res["curve"][-1]["loss"])
-  assert res["metrics"]["test"]["realistic"]["mrr"] > 0.0
+def test_callbacks_see_the_start_every_validation_and_the_results(small_graph, learned):
+  workdir, res, recorder, lines = learned
+  assert len(recorder.starts) == 1
+  start = recorder.starts[0]
+  assert start["config"] == _config() and Path(start["workdir"]) == workdir
+  assert start["epoch"] == 0 and start["steps_per_epoch"] == res["metrics"]["steps"] // 40
+  assert [v.epoch for v in recorder.validations] == [20, 40]
+  for v, point in zip(recorder.validations, res["curve"]):
+    assert isinstance(v, Validation)
+    assert set(v.metrics) == {"realistic", "pessimistic", "optimistic"}
+    assert v.metrics["realistic"]["mrr"] == point["valid_mrr"]
+    assert v.loss == point["loss"] and v.learning_rate == point["learning_rate"] == 0.01
+    assert v.step == v.epoch * start["steps_per_epoch"]
+    assert v.max_epochs == 40 and v.max_seconds == 0
+    assert set(v.params) == set(recorder.params[0])
+    assert v.params["entity"].shape == (small_graph.num_entities, 16)
+    assert v.triples_per_second > 0 and v.train_seconds > 0
+  best = max(recorder.validations, key=lambda v: v.metrics["realistic"]["mrr"])
+  last = recorder.validations[-1]
+  assert last.best == best.metrics["realistic"] and last.best_epoch == best.epoch
+  assert res["metrics"]["best_epoch"] == best.epoch
+  assert recorder.validations[0].improved
+  assert res["metrics"]["valid"]["realistic"] == best.metrics["realistic"]
+  assert recorder.ends == [res]
+  # The progress printer is always there: one line per validation.
+  assert sum(line.startswith("epoch ") for line in lines) == 2, lines
 
 
-def test_same_seed_same_result(small_graph, tmp_path):
-  cfg = _config(max_epochs=3, eval_every=3)
-  a = train.train(cfg, small_graph, tmp_path / "a", log=lambda s: None)
-  b = train.train(cfg, small_graph, tmp_path / "b", log=lambda s: None)
-  assert a["metrics"]["test"] == b["metrics"]["test"]
-  pa, pb = np.load(tmp_path / "a" / "best_params.npz"), np.load(tmp_path / "b" / "best_params.npz")
-  for k in pa.files:
-    np.testing.assert_array_equal(pa[k], pb[k])
-  c = train.train(_config(max_epochs=3, eval_every=3, seed=7), small_graph, tmp_path / "c",
-                  log=lambda s: None)
-  assert not np.array_equal(np.load(tmp_path / "c" / "best_params.npz")["entity"], pa["entity"])
+class StopAtFirstValidation:
+  """A callback with one hook only (a plain object: hooks are looked up by name)."""
+
+  def __init__(self):
+    self.seen = []
+
+  def on_validation(self, v):
+    self.seen.append(v.epoch)
+    return f"valid MRR {v.metrics['realistic']['mrr']:.3f} is enough"
 
 
-def test_finished_run_is_kept_and_a_different_one_refused(small_graph, tmp_path):
-  cfg = _config(max_epochs=1, eval_every=1)
-  first = train.train(cfg, small_graph, tmp_path / "w", log=lambda s: None)
-  before = (tmp_path / "w" / "results.json").read_text()
-  again = train.train(cfg, small_graph, tmp_path / "w", log=lambda s: None)  # already finished
-  assert again == first and (tmp_path / "w" / "results.json").read_text() == before
-  with pytest.raises(FileExistsError, match="dim"):
-    train.train(_config(max_epochs=1, eval_every=1, dim=8), small_graph, tmp_path / "w",
-                log=lambda s: None)
-  assert (tmp_path / "w" / "results.json").read_text() == before
+@pytest.fixture(scope="module")
+def stopped(small_graph, tmp_path_factory):
+  """The ``learned`` config again, ended by a callback at its first validation (epoch 20)."""
+  workdir = tmp_path_factory.mktemp("stopped") / "run"
+  stopper, ends = StopAtFirstValidation(), Recorder()
+  res = train(_config(), small_graph, workdir, log=_quiet, callbacks=[stopper, ends])
+  return workdir, res, stopper, ends
+
+
+def _params(workdir):
+  with np.load(Path(workdir) / "best_params.npz") as f:
+    return {k: f[k] for k in f.files}
+
+
+def test_a_callback_stops_training_early(stopped):
+  workdir, res, stopper, ends = stopped
+  assert stopper.seen == [20]
+  reason = res["metrics"]["stop_reason"]
+  assert reason.startswith("valid MRR ") and reason.endswith(" is enough")
+  assert res["metrics"]["epochs"] == 20 and [c["epoch"] for c in res["curve"]] == [20]
+  on_disk = json.loads((workdir / "results.json").read_text())
+  assert on_disk["metrics"]["stop_reason"] == reason
+  assert ends.ends == [res] and [v.epoch for v in ends.validations] == [20]
+  # The best-valid parameters were tested as usual and the final state checkpointed.
+  assert res["metrics"]["best_epoch"] == 20 and (workdir / "best_params.npz").exists()
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == ["20"]
+
+
+def test_same_seed_same_result(learned, stopped):
+  """The ``stopped`` run is the ``learned`` config again: its first 20 epochs are the same
+  bits (losses, validation, parameters)."""
+  _, a, recorder, _ = learned
+  b_dir, b, *_ = stopped
+  for key in ("epoch", "loss", "valid_mrr", "valid_hits@10", "learning_rate"):
+    assert b["curve"][0][key] == a["curve"][0][key], key
+  assert b["metrics"]["valid"]["realistic"] == recorder.validations[0].metrics["realistic"]
+  pb = _params(b_dir)
+  assert sorted(pb) == sorted(recorder.params[0])
+  for k, v in recorder.params[0].items():
+    np.testing.assert_array_equal(pb[k], v)
+
+
+@pytest.mark.slow
+def test_finished_run_is_kept_and_a_different_one_refused(small_graph, learned, tmp_path):
+  src, first, *_ = learned
+  workdir = tmp_path / "w"
+  shutil.copytree(src, workdir)
+  before = (workdir / "results.json").read_text()
+  cfg = _config()
+  lines = []
+  again = train(cfg, small_graph, workdir, log=lines.append)  # already finished: not retrained
+  assert again == json.loads(before) and (workdir / "results.json").read_text() == before
+  assert any("already finished" in line for line in lines), lines
+  # A setting a resume may change does not make it another run.
+  assert train(cfg.replace(eval_chunk=64), small_graph, workdir, log=_quiet) == again
+  for changed in ("dim", "seed"):
+    with pytest.raises(FileExistsError, match=changed):
+      train(cfg.replace(**{changed: 8}), small_graph, workdir, log=_quiet)
+  assert (workdir / "results.json").read_text() == before
   other = synthetic.generate(seed=1, num_trees=3, branching=3, depth=4)  # other entities
   with pytest.raises(FileExistsError, match="vocabulary"):
-    train.train(cfg, other, tmp_path / "w", log=lambda s: None)
-  train.train(_config(max_epochs=1, eval_every=1, dim=8), small_graph, tmp_path / "w",
-              log=lambda s: None, overwrite=True)
-  assert json.loads((tmp_path / "w" / "results.json").read_text())["config"]["dim"] == 8
+    train(cfg, other, workdir, log=_quiet)
+  # results.json without run.json: some other program's output, refused too.
+  stray = tmp_path / "stray"
+  stray.mkdir()
+  (stray / "results.json").write_text("{}")
+  with pytest.raises(FileExistsError, match="--overwrite"):
+    train(cfg, small_graph, stray, log=_quiet)
+  # --overwrite trains the other run; another seed gives other parameters.
+  res = train(cfg.replace(seed=8), small_graph, workdir, log=_quiet, overwrite=True)
+  assert json.loads((workdir / "results.json").read_text())["config"]["seed"] == 8
+  assert json.loads((workdir / "run.json").read_text())["config"]["seed"] == 8
+  assert res["curve"][0]["loss"] != first["curve"][0]["loss"]
+  assert not np.array_equal(_params(workdir)["entity"], _params(src)["entity"])
 
 
-def test_bad_config_is_refused():
-  for bad in (dict(alpha=0.0), dict(model="ComplEx"), dict(optimizer="sgd"),
-              dict(max_seconds=0, max_epochs=0), dict(dim=0), dict(activation="relu")):
-    with pytest.raises(ValueError):
-      _config(**bad).validate()
+# Each model with one of the baseline losses: a train() call costs a compilation, so the
+# models and the losses share their runs (RotL with HaLE is the ``learned`` run).
+MODEL_LOSS = [("TransE", "samneg"), ("DistMult", "allneg"), ("RotatE", "advneg"),
+              ("RotE", "nonneg")]
 
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model, loss", MODEL_LOSS)
+def test_every_model_and_baseline_loss_trains(small_graph, tmp_path, model, loss):
+  epochs = 60 if loss in ("samneg", "advneg") else 15
+  cfg = _config(model=model, loss=loss, activation="identity", max_epochs=epochs,
+                eval_every=epochs, num_negatives=32)
+  res = train(cfg, small_graph, tmp_path / loss, log=_quiet)
+  assert all(np.isfinite(c["loss"]) for c in res["curve"])
+  assert res["config"]["model"] == model and res["config"]["loss"] == loss
+  with np.load(tmp_path / loss / "best_params.npz") as p:
+    tables = set(p.files)
+  # KGEmb's b_h + b_t for samneg and advneg (bias auto); none for the others.
+  assert ({"bias_head", "bias_tail"} <= tables) == (loss in ("samneg", "advneg"))
+  mrr = res["metrics"]["test"]["realistic"]["mrr"]
+  # SamNeg learns slowly (as in the paper's Fig. 2); NonNeg has no negatives: it only must run.
+  if loss == "samneg":
+    assert mrr > 1.3 * _chance_mrr(small_graph)
+  elif loss != "nonneg":
+    assert mrr > 5 * _chance_mrr(small_graph)
+  else:
+    assert mrr > 0.0
+
+
+def test_baseline_losses_match_numpy(small_graph):
+  # Jitted: one compilation each instead of one per eager op.
+  params = jax.jit(models.init_params, static_argnums=(0, 2, 3, 4, 5))(
+      "RotE", jax.random.PRNGKey(0), small_graph.num_entities, small_graph.num_relations, 8,
+      0.3)
+  batch = jnp.asarray(small_graph.train[:16])
+  key = jax.random.PRNGKey(5)
+  e = to_f64(params)["entity"]
+  q = np_transform("RotE", params, batch[:, 0], batch[:, 1])
+  c = np_softplus(to_f64(params)["scale"])[np.asarray(batch[:, 1])]
+  t = np.asarray(batch[:, 2])
+  pos = -c * ((q - e[t]) ** 2).sum(-1)  # identity activation: score = -c_r d^2
+
+  def loss_fn(**kw):
+    cfg = Config.make(model="RotE", dim=8, activation="identity", bias="none", **kw)
+    return jax.jit(objective.make_loss(cfg.objective, "RotE", num_sampled=2))
+
+  negs = np.asarray(jax.random.randint(key, (16, 8), 0, small_graph.num_entities))
+  neg = -c[:, None] * ((q[:, None, :] - e[negs]) ** 2).sum(-1)
+  want, _ = np_samneg(pos, neg, margin=6.0)
+  got = loss_fn(loss="samneg", num_negatives=8, margin=6.0)(params, batch, key)
+  np.testing.assert_allclose(float(got), want, rtol=1e-5)
+
+  scores = -c[:, None] * ((q[:, None, :] - e[None]) ** 2).sum(-1)
+  want_all, _ = np_allneg(scores, t)
+  got_all = loss_fn(loss="allneg")(params, batch, key)
+  np.testing.assert_allclose(float(got_all), want_all, rtol=1e-5)
+  # Without c_r the scale parameters get no gradient.
+  grads = jax.grad(loss_fn(rel_scale=False))(params, batch, key)
+  assert not np.any(np.asarray(grads["scale"]))
+
+
+# ----------------------------------------------------------------------------- the launcher
 
 def _write_tiny(folder: Path):
   folder.mkdir()
@@ -107,6 +289,7 @@ def _launch(*args, cwd=REPO):
                         capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_launch_runs_and_refuses_bad_input(tmp_path):
   data = tmp_path / "tiny"
   _write_tiny(data)
@@ -114,7 +297,13 @@ def test_launch_runs_and_refuses_bad_input(tmp_path):
                 "--max_seconds=0", f"--workdir={tmp_path / 'run'}")
   assert out.returncode == 0, out.stderr
   assert "test (realistic ties)" in out.stdout and "test (pessimistic ties)" in out.stdout
-  assert json.loads((tmp_path / "run" / "results.json").read_text())["metrics"]["epochs"] == 2
+  results = json.loads((tmp_path / "run" / "results.json").read_text())
+  assert results["metrics"]["epochs"] == 2
+  assert results["run"]["argv"][1:] == [f"--data_dir={data}", "--dim=8", "--batch_size=32",
+                                        "--max_epochs=2", "--max_seconds=0",
+                                        f"--workdir={tmp_path / 'run'}"]
+  run = json.loads((tmp_path / "run" / "run.json").read_text())
+  assert run["data"]["kind"] == "folder" and run["data"]["path"] == str(data.resolve())
 
   # An earlier run's results are never overwritten silently.
   again = _launch(f"--data_dir={data}", "--dim=4", "--batch_size=32", "--max_epochs=1",
@@ -130,65 +319,3 @@ def test_launch_runs_and_refuses_bad_input(tmp_path):
   line = bad.stderr.strip()
   assert line.count("\n") == 0 and "valid.txt:" in line and "Traceback" not in line
   assert not (tmp_path / "bad").exists()
-
-
-@pytest.mark.parametrize("flagfile", sorted(p.name for p in (REPO / "launch").glob("*.flags")))
-def test_flagfiles_parse(flagfile):
-  from absl import flags
-  import hale_jax.launch  # noqa: F401  (defines the flags)
-  fl = flags.FLAGS
-  try:
-    fl(["launch", f"--flagfile={REPO / 'launch' / flagfile}"])  # raises on unknown/bad values
-    assert fl["dataset"].present and fl["max_seconds"].value > 0
-    assert fl["model"].value == "RotL"
-  finally:
-    fl.unparse_flags()
-
-
-@pytest.mark.parametrize("loss", ["samneg", "advneg", "allneg", "nonneg"])
-def test_baseline_losses_train(small_graph, tmp_path, loss):
-  epochs = 60 if loss in ("samneg", "advneg") else 15
-  cfg = _config(loss=loss, activation="identity", max_epochs=epochs, eval_every=epochs,
-                num_negatives=32)
-  res = train.train(cfg, small_graph, tmp_path / loss, log=lambda s: None)
-  assert all(np.isfinite(c["loss"]) for c in res["curve"])
-  chance_mrr = np.mean(1.0 / np.arange(1, small_graph.num_entities + 1))
-  mrr = res["metrics"]["test"]["realistic"]["mrr"]
-  # SamNeg learns slowly (as in the paper's Fig. 2); NonNeg has no negatives: it only must run.
-  if loss == "samneg":
-    assert mrr > 1.3 * chance_mrr
-  elif loss != "nonneg":
-    assert mrr > 5 * chance_mrr
-
-
-def test_batch_loss_baselines_match_numpy(small_graph):
-  from hale_jax import baselines, models
-  import jax.numpy as jnp
-  params = models.init_params(jax.random.PRNGKey(0), "RotE", small_graph.num_entities,
-                              2 * small_graph.num_relations, 8, init_scale=0.3)
-  batch = jnp.asarray(small_graph.train[:16])
-  key = jax.random.PRNGKey(5)
-  act = lambda x: x  # identity
-  e = np.asarray(params["entity"], np.float64)
-  q = np.asarray(models.transform("RotE", params, batch[:, 0], batch[:, 1]), np.float64)
-  c = np.log1p(np.exp(np.asarray(params["scale"], np.float64)))[np.asarray(batch[:, 1])]
-  t = np.asarray(batch[:, 2])
-  pos = -c * ((q - e[t]) ** 2).sum(-1)
-  negs = np.asarray(jax.random.randint(key, (16, 8), 0, small_graph.num_entities))
-  neg = -c[:, None] * ((q[:, None, :] - e[negs]) ** 2).sum(-1)
-  softplus = lambda z: np.logaddexp(0.0, z)
-  want = np.mean(np.concatenate([softplus(-(pos + 6.0)), softplus(neg + 6.0).ravel()]))
-  got = train.batch_loss(params, batch, key, model="rote", activation=act, lam=0.3,
-                         num_sampled=2, loss="samneg", num_negatives=8, margin=6.0)
-  np.testing.assert_allclose(float(got), want, rtol=1e-5)
-  d_all = -c[:, None] * ((q[:, None, :] - e[None]) ** 2).sum(-1)
-  lse = np.log(np.exp(d_all - d_all.max(1, keepdims=True)).sum(1)) + d_all.max(1)
-  want_all = np.mean(lse - d_all[np.arange(16), t])
-  got_all = train.batch_loss(params, batch, key, model="rote", activation=act, lam=0.3,
-                             num_sampled=2, loss="allneg")
-  np.testing.assert_allclose(float(got_all), want_all, rtol=1e-5)
-  # Without c_r the scale parameters get no gradient.
-  grads = jax.grad(train.batch_loss)(params, batch, key, model="rote", activation=act, lam=0.3,
-                                     num_sampled=2, rel_scale=False)
-  assert not np.any(np.asarray(grads["scale"]))
-  del baselines
