@@ -197,6 +197,6 @@ def test_no_tracked_file_mentions_the_words():
 
 def test_the_word_check_matches_words_only():
   assert STRAY_WORDS.search("in the last " + _STRAY[0][:-2] + ",")
-  for text in ("equiva" + "lent", "si" + "lent", "gpu_" + "ses" + "sion.sh", "re" + "lease"):
+  for text in ("equival" + "ent", "sil" + "ent", "gpu_" + "ses" + "sion.sh", "rel" + "ease"):
     assert not STRAY_WORDS.search(text), text
   assert STRAY_WORDS.search("one " + "LEA" + "SE")
