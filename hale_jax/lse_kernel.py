@@ -14,31 +14,9 @@ leaves the kernel** (neither in the forward nor in the backward pass).  The XLA 
 chunk]`` blocks through device memory and runs ``ceil(N / chunk)`` sequential steps; the kernel
 keeps each ``[block_k, block_n]`` tile in registers and spreads the entity axis over the GPU.
 
-Kernels (``bk = block_k`` queries by ``bn = block_n`` entities per tile; the entity table is
-read in place, never copied, when ``d`` is a power of two >= 16 and ``N >= 16``):
-
-- forward, grid ``(k / bk, S)``: program ``(i, s)`` holds query block ``i`` and loops over its
-  share (``1 / S``) of the entity blocks, keeping a running max ``m`` and sum ``s`` of the LSE
-  on chip; it writes one partial LSE ``[bk]``.  The ``S`` partials ``[S, k]`` are combined by a
-  tiny XLA log-sum-exp.  ``S`` ("splits", as in flash-decoding) gives the GPU enough programs
-  although ``k`` (~100) fills one or two query blocks.
-- backward ``d queries, d scale``, same grid: recomputes each tile's scores, forms the softmax
-  weights ``p = exp(score - lse) * g``, pulls them back through the activation (``jax.vjp`` of
-  ``h`` on the tile, so clamps and kinks are treated exactly as autodiff treats them) and the
-  clamp, and accumulates ``dq [bk, d]`` and ``dc [bk]``; partials ``[S, k, d]``, ``[S, k]`` are
-  summed in XLA.
-- backward ``d entities, d bias``, grid ``(ceil(N / bn),)``: program ``t`` holds entity block
-  ``t`` and loops over all query blocks, accumulating ``de [bn, d]`` and ``db [bn]``; each row
-  is written by the program that owns it, so no atomics are needed.
-
-Ragged sizes.  Queries are padded to a multiple of ``bk`` (rows of zeros, scale 0; their
-outputs are dropped and their weights masked to 0).  The entity axis is not padded: as in
-``chunked``, the last entity block is read as the final ``bn`` rows and the rows the previous
-block already covered are masked (score ``-inf``, weight 0) in the forward and ``dq`` kernels;
-the ``de`` kernel computes every row of that overlapping block in full, so the overlapped rows
-are written twice with the same values.  Tables with fewer than 16 rows are padded with masked
-zero rows, and ``d`` is zero-padded to a power of two >= 16 (Triton's ``tl.dot`` needs block
-dimensions >= 16 and every block a power of two; zero columns change no distance).
+The kernels themselves, their grids and how ragged sizes are masked are described in
+:mod:`hale_jax.lse_kernel_blocks`; this module chooses the layout of a call (block sizes,
+padding, splits), checks the arguments and wires the kernels into a ``jax.custom_vjp``.
 
 Cost per call (``K`` = ``k`` padded, ``D`` = ``d`` padded): forward ``2 K N D`` matmul FLOPs,
 about ``K N (10 + cost of h)`` elementwise FLOPs and ``K N`` exponentials (plus those inside
@@ -68,333 +46,84 @@ rounding), the kernel does not, so in ``tf32`` / ``bf16`` the gradients agree wi
 from __future__ import annotations
 
 import functools
-from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from jax import lax
-from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as plgpu
 from jax.typing import ArrayLike
 
 from hale_jax import models
-
-Array = jax.Array
-Activation = Callable[[ArrayLike], Array]
+from hale_jax.lse_kernel_blocks import (MIN_BLOCK, Activation, Array, Plan, forward,
+                                        grad_entities, grad_queries)
 
 # Programs to aim for in the forward and dq kernels (an H100 has 132 SMs, several programs each).
 _TARGET_PROGRAMS = 1024
-_MIN_BLOCK = 16  # Triton's tl.dot needs every dimension >= 16
-
-
-class _Plan(NamedTuple):
-  """Static layout of one call (hashable: a ``custom_vjp`` non-differentiable argument)."""
-  k: int          # queries
-  n: int          # entities
-  kp: int         # queries padded to a multiple of bk
-  np_: int        # entity rows after padding (max(n, 16))
-  dp: int         # feature dimension padded to a power of two >= 16
-  bk: int         # queries per tile
-  bn: int         # entities per tile
-  blocks: int     # entity blocks, ceil(n / bn)
-  per_split: int  # entity blocks per program of the forward and dq kernels
-  splits: int     # S, programs along the entity axis in those kernels
-  matmul: str
-  has_bias: bool
-  interpret: bool
-  num_warps: int
-  num_stages: int
 
 
 def _next_pow2(x: int) -> int:
+  """The smallest power of two >= ``x`` (1 for ``x <= 1``)."""
   return 1 << max(0, int(x) - 1).bit_length()
 
 
 def _prev_pow2(x: int) -> int:
+  """The largest power of two <= ``x`` (``x >= 1``)."""
   return 1 << (int(x).bit_length() - 1)
 
 
 def _check_block(name: str, value: int | None) -> None:
+  """Raises unless ``value`` is None or a power of two >= 16 (what Triton's tiles need)."""
   if value is None:
     return
-  if (isinstance(value, bool) or not isinstance(value, int) or value < _MIN_BLOCK
+  if (isinstance(value, bool) or not isinstance(value, int) or value < MIN_BLOCK
       or value & (value - 1)):
-    raise ValueError(f"{name} must be a power of two >= {_MIN_BLOCK}, got {value!r}")
+    raise ValueError(f"{name} must be a power of two >= {MIN_BLOCK}, got {value!r}")
 
 
 def _make_plan(k: int, n: int, d: int, matmul: str, has_bias: bool, block_k: int | None,
-               block_n: int | None, num_splits: int | None, interpret: bool | None) -> _Plan:
+               block_n: int | None, num_splits: int | None, interpret: bool | None) -> Plan:
   """Block sizes, padding and splits for ``k`` queries, ``n`` entities, ``d`` features."""
   _check_block("block_k", block_k)
   _check_block("block_n", block_n)
   if num_splits is not None and (isinstance(num_splits, bool) or not isinstance(num_splits, int)
                                  or num_splits <= 0):
     raise ValueError(f"num_splits must be a positive int, got {num_splits!r}")
-  dp = _next_pow2(max(d, _MIN_BLOCK))
+  dp = _next_pow2(max(d, MIN_BLOCK))
   # Defaults (untuned guesses): tiles of ~8K float32 values, smaller for wide d.
   block_k = block_k or (64 if dp <= 128 else 32)
-  block_n = block_n or max(_MIN_BLOCK, min(128, 8192 // dp))
-  bk = min(block_k, _next_pow2(max(k, _MIN_BLOCK)))
+  block_n = block_n or max(MIN_BLOCK, min(128, 8192 // dp))
+  bk = min(block_k, _next_pow2(max(k, MIN_BLOCK)))
   kp = -(-k // bk) * bk
-  np_ = max(n, _MIN_BLOCK)
+  np_ = max(n, MIN_BLOCK)
   bn = min(block_n, _prev_pow2(np_))
   blocks = -(-n // bn)
   splits = num_splits or max(1, -(-_TARGET_PROGRAMS // (kp // bk)))
   per_split = -(-blocks // min(splits, blocks))
   if interpret is None:
     interpret = jax.default_backend() == "cpu"
-  return _Plan(k, n, kp, np_, dp, bk, bn, blocks, per_split, -(-blocks // per_split), matmul,
-               has_bias, bool(interpret), 4, 2)
+  return Plan(k, n, kp, np_, dp, bk, bn, blocks, per_split, -(-blocks // per_split), matmul,
+              has_bias, bool(interpret), 4, 2)
 
 
-# ----------------------------------------------------------------------------- tile algebra
-
-
-def round_tf32(x: Array) -> Array:
-  """``lax.reduce_precision(x, exponent_bits=8, mantissa_bits=10)`` (TF32, round half to even).
-
-  float32 goes through bit arithmetic, which Triton lowers (``reduce_precision`` it does not);
-  other dtypes (float64, interpret mode only) through ``reduce_precision``.  Any shape.
-  """
-  if x.dtype != jnp.float32:
-    return lax.reduce_precision(x, exponent_bits=8, mantissa_bits=10)
-  bits = lax.bitcast_convert_type(x, jnp.uint32)
-  bits = (bits + (np.uint32(0xFFF) + ((bits >> 13) & 1))) & np.uint32(0xFFFFE000)
-  return jnp.where(x != x, x, lax.bitcast_convert_type(bits, jnp.float32))
-
-
-def _operand(x: Array, matmul: str) -> Array:
-  """``x`` rounded as the ``matmul`` mode rounds a matmul input (``models._inner_products``)."""
-  if matmul == "tf32":
-    return round_tf32(x)
-  if matmul == "bf16":
-    return x.astype(jnp.bfloat16)
-  return x
-
-
-def _dot(a: Array, b: Array, contract: tuple[int, int], matmul: str, out_dtype) -> Array:
-  """2-d matmul of already-rounded operands contracting ``a``'s and ``b``'s ``contract`` axes."""
-  precision = lax.Precision.HIGHEST if matmul == "float32" else lax.Precision.DEFAULT
-  dims = (((contract[0],), (contract[1],)), ((), ()))
-  return lax.dot_general(a, b, dims, precision=precision, preferred_element_type=out_dtype)
-
-
-def _rows(x: Array, matmul: str) -> tuple[Array, Array]:
-  """``(|x_r|^2 [b], matmul operand [b, D])`` of a block of rows ``x [b, D]``."""
-  return jnp.sum(x * x, axis=1), _operand(x, matmul)
-
-
-def _raw_distances(q2: Array, rq: Array, e2: Array, re: Array, matmul: str) -> Array:
-  """``|q|^2 + |e|^2 - 2 q.e`` before the clamp: ``[bk], [bk, D], [bn], [bn, D] -> [bk, bn]``."""
-  return q2[:, None] + e2[None, :] - 2.0 * _dot(rq, re, (1, 1), matmul, q2.dtype)
-
-
-def _scores(raw: Array, c: Array, b: Array | None, activation: Activation) -> Array:
-  """``b - h(c * max(raw, 0))`` of a tile: ``[bk, bn], [bk], [bn] | None -> [bk, bn]``."""
-  x = c[:, None] * jnp.where(raw < 0, 0.0, raw)
-  scores = -activation(x)
-  return scores if b is None else scores + b[None, :]
-
-
-def _pullback(raw: Array, c: Array, b: Array | None, lse: Array, g: Array, mask: Array,
-              activation: Activation) -> tuple[Array, Array, Array]:
-  """Cotangents of one tile given ``d loss / d lse = g``.
-
-  ``raw [bk, bn]`` (unclamped distances), ``c, lse, g [bk]``, ``b [bn] | None``, ``mask [bk,
-  bn]`` (pairs that count).  Returns ``(d raw [bk, bn], d c per pair [bk, bn], p [bk, bn])``
-  with ``p = exp(score - lse) * g`` the cotangent of the scores (and of ``b``).
-  """
-  dist = jnp.where(raw < 0, 0.0, raw)
-  x = c[:, None] * dist
-  hx, h_vjp = jax.vjp(activation, x)
-  scores = -hx if b is None else b[None, :] - hx
-  p = jnp.where(mask, jnp.exp(scores - lse[:, None]) * g[:, None], 0.0)
-  (dx,) = h_vjp(-p)
-  draw = jnp.where(raw < 0, 0.0, dx * c[:, None])
-  return draw, dx * dist, p
-
-
-def _iota(size: int) -> Array:
-  return lax.broadcasted_iota(jnp.int32, (size,), 0)
-
-
-def _window(t: Array, plan: _Plan) -> tuple[Array, Array, Array]:
-  """Entity block ``t``: ``(start, rows [bn], owned [bn])``.  The last block is read as the
-  final ``bn`` rows; ``owned`` drops the rows an earlier block covered and padding rows."""
-  nominal = t * plan.bn
-  start = jnp.minimum(nominal, plan.np_ - plan.bn)
-  rows = start + _iota(plan.bn)
-  return start, rows, (rows >= nominal) & (rows < plan.n)
-
-
-def _split_refs(refs, has_bias: bool):
-  return (refs[0], refs[1:]) if has_bias else (None, refs)
-
-
-# ----------------------------------------------------------------------------- kernels
-
-
-def _lse_kernel(q_ref, c_ref, e_ref, *refs, plan: _Plan, activation: Activation):
-  """Program ``(i, s)``: partial LSE ``[bk]`` of query block ``i`` over split ``s``."""
-  b_ref, (out_ref,) = _split_refs(refs, plan.has_bias)
-  q, c = q_ref[...], c_ref[...]
-  q2, rq = _rows(q, plan.matmul)
-  lo = pl.program_id(1) * plan.per_split
-  hi = jnp.minimum(lo + plan.per_split, plan.blocks)
-
-  def body(t, carry):
-    m, s = carry
-    start, _, owned = _window(t, plan)
-    e2, re = _rows(e_ref[pl.ds(start, plan.bn), :], plan.matmul)
-    b = None if b_ref is None else b_ref[pl.ds(start, plan.bn)]
-    scores = _scores(_raw_distances(q2, rq, e2, re, plan.matmul), c, b, activation)
-    scores = jnp.where(owned[None, :], scores, -jnp.inf)
-    m_new = jnp.maximum(m, jnp.max(scores, axis=1))
-    # Shift by 0 while nothing finite has been seen, so (-inf) - (-inf) never appears.
-    shift = jnp.where(m_new == -jnp.inf, 0.0, m_new)
-    s = s * jnp.exp(m - shift) + jnp.sum(jnp.exp(scores - shift[:, None]), axis=1)
-    return m_new, s
-
-  init = (jnp.full((plan.bk,), -jnp.inf, q.dtype), jnp.zeros((plan.bk,), q.dtype))
-  m, s = lax.fori_loop(lo, hi, body, init)
-  out_ref[...] = jnp.where(m == -jnp.inf, 0.0, m) + jnp.log(s)
-
-
-def _dq_kernel(q_ref, c_ref, e_ref, lse_ref, g_ref, *refs, plan: _Plan,
-               activation: Activation):
-  """Program ``(i, s)``: partial ``dq [bk, D]`` and ``dc [bk]`` of query block ``i`` over
-  split ``s``."""
-  b_ref, (dq_ref, dc_ref) = _split_refs(refs, plan.has_bias)
-  q, c, lse, g = q_ref[...], c_ref[...], lse_ref[...], g_ref[...]
-  q2, rq = _rows(q, plan.matmul)
-  lo = pl.program_id(1) * plan.per_split
-  hi = jnp.minimum(lo + plan.per_split, plan.blocks)
-
-  def body(t, carry):
-    dq, dc = carry
-    start, _, owned = _window(t, plan)
-    e = e_ref[pl.ds(start, plan.bn), :]
-    e2, re = _rows(e, plan.matmul)
-    b = None if b_ref is None else b_ref[pl.ds(start, plan.bn)]
-    raw = _raw_distances(q2, rq, e2, re, plan.matmul)
-    mask = jnp.broadcast_to(owned[None, :], raw.shape)
-    draw, dc_pairs, _ = _pullback(raw, c, b, lse, g, mask, activation)
-    # raw = |q|^2 + |e|^2 - 2 q.e:  d q = 2 q sum_i draw - 2 draw @ e.
-    dq_dot = _dot(_operand(draw, plan.matmul), re, (1, 0), plan.matmul, q.dtype)
-    dq = dq + 2.0 * q * jnp.sum(draw, axis=1)[:, None] - 2.0 * dq_dot
-    return dq, dc + jnp.sum(dc_pairs, axis=1)
-
-  init = (jnp.zeros((plan.bk, plan.dp), q.dtype), jnp.zeros((plan.bk,), q.dtype))
-  dq, dc = lax.fori_loop(lo, hi, body, init)
-  dq_ref[...] = dq
-  dc_ref[...] = dc
-
-
-def _de_kernel(q_ref, c_ref, e_ref, lse_ref, g_ref, *refs, plan: _Plan,
-               activation: Activation):
-  """Program ``t``: ``de [bn, D]`` (and ``db [bn]``) of entity block ``t``, over all queries."""
-  b_ref, outs = _split_refs(refs, plan.has_bias)
-  start, rows, _ = _window(pl.program_id(0), plan)
-  e = e_ref[pl.ds(start, plan.bn), :]
-  e2, re = _rows(e, plan.matmul)
-  b = None if b_ref is None else b_ref[pl.ds(start, plan.bn)]
-  real_rows = rows < plan.n  # every row of the block, also those an earlier block owns
-
-  def body(i, carry):
-    de, db = carry
-    block = pl.ds(i * plan.bk, plan.bk)
-    q, c, lse, g = q_ref[block, :], c_ref[block], lse_ref[block], g_ref[block]
-    q2, rq = _rows(q, plan.matmul)
-    raw = _raw_distances(q2, rq, e2, re, plan.matmul)
-    mask = ((i * plan.bk + _iota(plan.bk)) < plan.k)[:, None] & real_rows[None, :]
-    draw, _, p = _pullback(raw, c, b, lse, g, mask, activation)
-    de_dot = _dot(_operand(draw, plan.matmul), rq, (0, 0), plan.matmul, e.dtype)
-    de = de + 2.0 * e * jnp.sum(draw, axis=0)[:, None] - 2.0 * de_dot
-    return de, db + jnp.sum(p, axis=0)
-
-  init = (jnp.zeros((plan.bn, plan.dp), e.dtype), jnp.zeros((plan.bn,), e.dtype))
-  de, db = lax.fori_loop(0, plan.kp // plan.bk, body, init)
-  outs[0][pl.ds(start, plan.bn), :] = de
-  if plan.has_bias:
-    outs[1][pl.ds(start, plan.bn)] = db
-
-
-# ----------------------------------------------------------------------------- pallas calls
-
-
-def _whole(shape: tuple[int, ...]) -> pl.BlockSpec:
-  """The whole array as one block for every program (the kernel slices it itself)."""
-  return pl.BlockSpec(shape, lambda *_: (0,) * len(shape))
-
-
-def _pallas(kernel, plan: _Plan, activation: Activation, grid, in_specs, out_specs, out_shape,
-            name: str):
-  return pl.pallas_call(
-      functools.partial(kernel, plan=plan, activation=activation), grid=grid,
-      in_specs=in_specs, out_specs=out_specs, out_shape=out_shape, interpret=plan.interpret,
-      compiler_params=plgpu.CompilerParams(num_warps=plan.num_warps,
-                                           num_stages=plan.num_stages),
-      name=name)
-
-
-def _query_specs(plan: _Plan, e: Array, b: Array | None, extra: int) -> list[pl.BlockSpec]:
-  """In-specs of the (query block, split) grid: q, c, the table, ``extra`` [kp] vectors, b."""
-  specs = [pl.BlockSpec((plan.bk, plan.dp), lambda i, s: (i, 0)),
-           pl.BlockSpec((plan.bk,), lambda i, s: (i,)), _whole(e.shape)]
-  specs += [pl.BlockSpec((plan.bk,), lambda i, s: (i,))] * extra
-  return specs + ([] if b is None else [_whole(b.shape)])
-
-
-def _forward(q: Array, c: Array, e: Array, b: Array | None, activation: Activation,
-             plan: _Plan) -> Array:
-  """Padded ``q [kp, D], c [kp], e [Np, D], b [Np] | None -> lse [kp]``."""
-  out_shape = jax.ShapeDtypeStruct((plan.splits, plan.kp), q.dtype)
-  parts = _pallas(_lse_kernel, plan, activation, (plan.kp // plan.bk, plan.splits),
-                  _query_specs(plan, e, b, 0), pl.BlockSpec((None, plan.bk), lambda i, s: (s, i)),
-                  out_shape, "hale_uniformity_lse")(q, c, e, *([] if b is None else [b]))
-  m = jnp.max(parts, axis=0)
-  shift = jnp.where(jnp.isneginf(m), jnp.zeros_like(m), m)
-  return shift + jnp.log(jnp.sum(jnp.exp(parts - shift), axis=0))
-
-
-def _grad_queries(q, c, e, b, lse, g, activation, plan: _Plan) -> tuple[Array, Array]:
-  """``(dq [kp, D], dc [kp])``: the dq kernel's ``S`` partials, summed."""
-  out_shape = (jax.ShapeDtypeStruct((plan.splits, plan.kp, plan.dp), q.dtype),
-               jax.ShapeDtypeStruct((plan.splits, plan.kp), q.dtype))
-  out_specs = (pl.BlockSpec((None, plan.bk, plan.dp), lambda i, s: (s, i, 0)),
-               pl.BlockSpec((None, plan.bk), lambda i, s: (s, i)))
-  dq, dc = _pallas(_dq_kernel, plan, activation, (plan.kp // plan.bk, plan.splits),
-                   _query_specs(plan, e, b, 2), out_specs, out_shape,
-                   "hale_uniformity_lse_dq")(q, c, e, lse, g, *([] if b is None else [b]))
-  return jnp.sum(dq, axis=0), jnp.sum(dc, axis=0)
-
-
-def _grad_entities(q, c, e, b, lse, g, activation, plan: _Plan):
-  """``(de [Np, D], db [Np] | None)`` from the entity-block kernel."""
-  in_specs = [_whole(x.shape) for x in (q, c, e, lse, g)] + ([] if b is None else [_whole(b.shape)])
-  out_shape = [jax.ShapeDtypeStruct(e.shape, e.dtype)]
-  out_shape += [] if b is None else [jax.ShapeDtypeStruct(b.shape, b.dtype)]
-  outs = _pallas(_de_kernel, plan, activation, (plan.blocks,), in_specs,
-                 [_whole(s.shape) for s in out_shape], out_shape,
-                 "hale_uniformity_lse_de")(q, c, e, lse, g, *([] if b is None else [b]))
-  return outs[0], (outs[1] if b is not None else None)
+# ----------------------------------------------------------------------------- custom VJP
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
 def _fused(q, c, e, b, activation, plan):
-  return _forward(q, c, e, b, activation, plan)
+  """Padded ``lse [kp]``; a custom VJP so that the backward pass runs the two gradient kernels
+  instead of differentiating through ``pallas_call`` (which would build ``[k, N]`` arrays)."""
+  return forward(q, c, e, b, activation, plan)
 
 
 def _fused_fwd(q, c, e, b, activation, plan):
-  lse = _forward(q, c, e, b, activation, plan)
+  """The forward kernel, keeping its inputs and ``lse`` for the backward kernels."""
+  lse = forward(q, c, e, b, activation, plan)
   return lse, (q, c, e, b, lse)
 
 
 def _fused_bwd(activation, plan, residuals, g):
+  """``(dq, dc, de, db)`` from the dq and de kernels, given ``g = d loss / d lse``."""
   q, c, e, b, lse = residuals
-  dq, dc = _grad_queries(q, c, e, b, lse, g, activation, plan)
-  de, db = _grad_entities(q, c, e, b, lse, g, activation, plan)
+  dq, dc = grad_queries(q, c, e, b, lse, g, activation, plan)
+  de, db = grad_entities(q, c, e, b, lse, g, activation, plan)
   return dq, dc, de, db
 
 
@@ -412,6 +141,7 @@ def _pad_to(x: Array, shape: tuple[int, ...]) -> Array:
 
 
 def _check_shapes(queries: Array, scale: Array, entities: Array, bias: Array | None) -> None:
+  """Raises a ``ValueError`` naming the expected shapes, before any kernel is traced."""
   if queries.ndim != 2 or entities.ndim != 2 or queries.shape[1] != entities.shape[1]:
     raise ValueError(f"expected queries [k, d] and entities [N, d], got {queries.shape} and "
                      f"{entities.shape}")
@@ -431,8 +161,8 @@ def uniformity_lse_fused(queries: ArrayLike, scale: ArrayLike, entities: ArrayLi
   """``lse_j = LSE_i(b_i - h(scale_j * ||q_j - e_i||^2))`` over all entities, in Pallas kernels.
 
   The same function as ``chunked.uniformity_lse(queries, scale, entities, activation, chunk,
-  matmul, bias)`` (see the module docstring for the kernels, their cost and the ``matmul``
-  modes), without any ``[k, N]`` array in device memory.
+  matmul, bias)`` (see the module docstring for the cost and the ``matmul`` modes, and
+  :mod:`hale_jax.lse_kernel_blocks` for the kernels), without any ``[k, N]`` array in device memory.
 
   Args:
     queries: ``[k, d]``, the sampled queries ``Phi(e_h, r)``.

@@ -1,4 +1,5 @@
-"""Tests of hale_jax.datasets against a loopback HTTP server (no internet)."""
+"""Tests of hale_jax.datasets and hale_jax.download against a loopback HTTP server and a fake
+opener (no internet)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,10 @@ import socket
 import tarfile
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
-from hale_jax import datasets
+from hale_jax import datasets, download
 from hale_jax.data import DataError, load_folder
 
 SPLIT_LINES = {
@@ -74,13 +74,13 @@ def cache(tmp_path, monkeypatch):
 
 
 def tarball_sources(srv) -> dict:
-  return {"WN18RR": datasets.Tarball(f"{srv.base}/data.tar.gz",
+  return {"WN18RR": download.Tarball(f"{srv.base}/data.tar.gz",
                                      hashlib.sha256(srv.archive).hexdigest(),
                                      {f: sha256(data) for f, data in LF.items()})}
 
 
 def files_sources(base: str, checksum=gitblob, data=LF) -> dict:
-  return {"CoDEx-S": datasets.Files({f: (f"{base}/files/{f}", checksum(data[f]))
+  return {"CoDEx-S": download.Files({f: (f"{base}/files/{f}", checksum(data[f]))
                                      for f in SPLIT_LINES})}
 
 
@@ -108,7 +108,7 @@ def test_second_resolve_uses_cache_without_network(server, cache):
   first = datasets.resolve("WN18RR", cache_dir=cache, sources=sources, timeout=5)
   server.shutdown()
   server.server_close()
-  dead = {"WN18RR": datasets.Tarball(f"{closed_port_url()}/x.tar.gz", "0" * 64, {})}
+  dead = {"WN18RR": download.Tarball(f"{closed_port_url()}/x.tar.gz", "0" * 64, {})}
   assert datasets.resolve("wn18rr", cache_dir=cache, sources=dead, timeout=5) == first
 
 
@@ -147,7 +147,7 @@ def test_file_checksum_mismatch(server, cache):
 
 def test_tarball_checksum_mismatch(server, cache):
   source = tarball_sources(server)["WN18RR"]
-  bad = {"WN18RR": datasets.Tarball(source.url, "0" * 64, source.files)}
+  bad = {"WN18RR": download.Tarball(source.url, "0" * 64, source.files)}
   with pytest.raises(DataError, match="data.tar.gz") as err:
     datasets.resolve("WN18RR", cache_dir=cache, sources=bad)
   assert "\n" not in str(err.value)
@@ -169,7 +169,7 @@ def test_unreachable_server(cache):
 
 
 def test_http_error(server, cache):
-  sources = {"CoDEx-S": datasets.Files({f: (f"{server.base}/missing/{f}", sha256(LF[f]))
+  sources = {"CoDEx-S": download.Files({f: (f"{server.base}/missing/{f}", sha256(LF[f]))
                                         for f in SPLIT_LINES})}
   with pytest.raises(DataError, match="404") as err:
     datasets.resolve("CoDEx-S", cache_dir=cache, sources=sources)
@@ -219,7 +219,7 @@ def test_name_normalisation_in_resolve(server, cache):
 
 def test_gitblob_digest_matches_git():
   empty_blob = "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"  # git hash-object /dev/null
-  assert datasets._digest("gitblob", b"") == empty_blob
+  assert download._digest("gitblob", b"") == empty_blob
 
 
 # ----------------------------------------------------------------------------------------------
@@ -262,7 +262,7 @@ def opener(monkeypatch):
       self.responses.append(response)
       return response
   fake = Opener()
-  monkeypatch.setattr(datasets, "_open", fake)
+  monkeypatch.setattr(download, "_open", fake)
   return fake
 
 
@@ -290,7 +290,7 @@ def test_download_beyond_the_size_cap_stops(opener, cache):
   endless = FakeResponse(endless=b"a" * 65536)
   opener.bodies = {f"{base}/files/train.txt": endless}
   sizes = {"train.txt": 10_000, "valid.txt": 100, "test.txt": 100}
-  source = datasets.Files(files_sources(base)["CoDEx-S"].files, sizes)
+  source = download.Files(files_sources(base)["CoDEx-S"].files, sizes)
   with pytest.raises(DataError) as err:
     datasets.resolve("CoDEx-S", cache_dir=cache, sources={"CoDEx-S": source})
   message = str(err.value)
@@ -331,7 +331,7 @@ def test_archive_member_beyond_the_cap_is_refused(opener, cache):
   archive = _tar([(_member("train.txt"), bomb)])
   url = "http://fake/data.tar.gz"
   opener.bodies = {url: archive}
-  source = datasets.Tarball(url, hashlib.sha256(archive).hexdigest(),
+  source = download.Tarball(url, hashlib.sha256(archive).hexdigest(),
                             {"train.txt": sha256(bomb)}, size=len(archive))
   with pytest.raises(DataError, match="train.txt in the downloaded archive has 120,000 bytes"):
     datasets.resolve("WN18RR", cache_dir=cache, sources={"WN18RR": source})
@@ -350,7 +350,7 @@ def test_hostile_archive_members_are_skipped(opener, cache, tmp_path):
   ])
   url = "http://fake/data.tar.gz"
   opener.bodies = {url: archive}
-  source = datasets.Tarball(url, hashlib.sha256(archive).hexdigest(),
+  source = download.Tarball(url, hashlib.sha256(archive).hexdigest(),
                             {f: sha256(data) for f, data in LF.items()})
   path = datasets.resolve("WN18RR", cache_dir=cache, sources={"WN18RR": source})
   assert sorted(p.name for p in path.iterdir()) == ["test.txt", "train.txt", "valid.txt"]
@@ -372,7 +372,7 @@ def test_stale_staging_folders_are_removed(opener, cache, capsys):
   (fresh / "train.txt").write_bytes(b"being written")
   other = cache / ".CoDEx-M.partial-dead"
   other.mkdir()
-  long_ago = time.time() - datasets.STALE_SECONDS - 60
+  long_ago = time.time() - download.STALE_SECONDS - 60
   for p in (old, old / "train.txt", other):
     os.utime(p, (long_ago, long_ago))
   os.utime(fresh, (long_ago, long_ago))  # an old folder with a file written just now is live
@@ -388,15 +388,26 @@ def test_remove_stale_partials_ignores_files_and_links(tmp_path):
   elsewhere = tmp_path / "keep"
   elsewhere.mkdir()
   (tmp_path / ".WN18RR.partial-link").symlink_to(elsewhere)
-  long_ago = time.time() - 10 * datasets.STALE_SECONDS
+  long_ago = time.time() - 10 * download.STALE_SECONDS
   os.utime(elsewhere, (long_ago, long_ago))
-  assert datasets.remove_stale_partials(target) == []
+  assert download.remove_stale_partials(target) == []
   assert elsewhere.is_dir() and (tmp_path / ".WN18RR.partial-file").exists()
 
 
 def test_sources_know_their_sizes():
   for name, source in datasets.SOURCES.items():
-    if isinstance(source, datasets.Tarball):
+    if isinstance(source, download.Tarball):
       assert source.size, name
     else:
       assert set(source.sizes) == set(source.files), name
+
+
+def test_fetch_dataset_installs_into_the_target(opener, tmp_path):
+  """The download entry on its own: the folder appears complete, with nothing staged beside."""
+  base = "http://fake"
+  opener.bodies = {f"{base}/files/{f}": data for f, data in CRLF.items()}
+  target = tmp_path / "somewhere" / "CoDEx-S"
+  download.fetch_dataset("CoDEx-S", files_sources(base)["CoDEx-S"], target, timeout=5)
+  assert download.complete(target)
+  assert sorted(p.name for p in target.parent.iterdir()) == ["CoDEx-S"]
+  assert datasets.Tarball is download.Tarball and datasets.Files is download.Files

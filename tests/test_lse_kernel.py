@@ -1,4 +1,4 @@
-"""hale_jax.lse_kernel (Pallas, interpreted on the CPU) against float64 references.
+"""hale_jax.lse_kernel and its kernels (Pallas, interpreted on the CPU) against float64 references.
 
 Every case differentiates ``sum_j w_j lse_j`` (random weights, so the incoming cotangent is not
 uniform) with respect to queries, scales, entities and biases.  Sizes are odd on purpose: ``d``
@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hale_jax import activations, chunked, lse_kernel, models
+from hale_jax import activations, chunked, lse_kernel, lse_kernel_blocks, models
 
 ACTS = sorted(activations.ACTIVATIONS)
 
@@ -155,7 +155,7 @@ def test_round_tf32_is_reduce_precision(rng):
                        1 + 2 ** -11, 1 + 3 * 2 ** -11]]).astype(np.float32)
   x = np.concatenate([x, rng.integers(0, 2 ** 32, 4096, dtype=np.uint64).astype(np.uint32)
                       .view(np.float32)])
-  got = np.asarray(jax.jit(lse_kernel.round_tf32)(x))
+  got = np.asarray(jax.jit(lse_kernel_blocks.round_tf32)(x))
   want = np.asarray(jax.lax.reduce_precision(x, exponent_bits=8, mantissa_bits=10))
   same = (got.view(np.uint32) == want.view(np.uint32)) | (np.isnan(got) & np.isnan(want))
   assert same.all(), x[~same][:5]
