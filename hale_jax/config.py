@@ -110,7 +110,7 @@ class ObjectiveConfig:
                                  "Default: 4096 on CPU, 65536 on GPU.", resumable=True)
   lse: str = option("auto", "How HaLE's uniformity log-sum-exp over all entities is computed: "
                     "auto (the [k, N] block, or --lse_chunk chunks), or fused (one Pallas "
-                    "kernel on a GPU; elsewhere chunks).", choices=("auto", "fused"),
+                    "kernel on a GPU; elsewhere chunks).", choices=objective.LSE_FORMS,
                     resumable=True)
   matmul: str = option("float32", "Precision of training's distance matmuls: float32, or "
                        "inputs rounded to tf32 / bf16 with float32 sums. Ranking always uses "

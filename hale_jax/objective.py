@@ -36,6 +36,7 @@ LossFn = Callable[[dict[str, Array], Array, Array], Array]
 Uniformity = Callable[[Array, Array, Array, Array | None], Array]
 
 LOSSES = ("hale", "samneg", "advneg", "allneg", "nonneg")
+LSE_FORMS = ("auto", "fused")  # how HaLE's uniformity LSE is computed (choose_uniformity)
 BIAS_MODES = ("auto", "learn", "none")
 BIASED_LOSSES = ("samneg", "advneg", "allneg", "hale")  # may learn entity biases
 TAIL_BIAS_LOSSES = ("allneg", "hale")  # rank a query's tails against each other: no b_h

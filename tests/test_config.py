@@ -56,7 +56,7 @@ REGISTRIES = {
     "matmul": models.MATMUL_MODES,
     "optimizer": tuple(optim.OPTIMIZERS),
     "lr_schedule": optim.LR_SCHEDULES,
-    "lse": ("auto", "fused"),  # no registry: config.py's own literal
+    "lse": objective.LSE_FORMS,
 }
 
 # Settings a resumed run may change (how long, how often, where, how the same value is
