@@ -1,65 +1,23 @@
-"""hale_jax.activations against float64 NumPy references written from the paper (Eqs. 6-7)."""
+"""hale_jax.activations against float64 NumPy references written from the paper (Eqs. 6-7).
+
+Values run under ``chex.variants`` (with and without ``jit``) in float32 and float64;
+gradients go through ``jax.test_util.check_grads`` and the analytic derivatives.
+"""
 
 from __future__ import annotations
 
+import functools
+
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 from jax.test_util import check_grads
 
 from hale_jax import activations
-
-# float64 central differences: small steps keep the truncation error well below check_grads'
-# tolerance (round-off stays around 1e-10).
-FD_EPS = 1e-6
-
-# ----------------------------------------------------------------------------------------------
-# Float64 references, straight from the formulas (not from the library's rewritten forms).
-
-
-def np_hanon(x, beta=3.0, gamma=10.0):
-  return 1.0 / (1.0 / gamma + np.exp(-beta * (x - 0.5)))
-
-
-def np_halin(x, beta=10.0, gamma=10.0):
-  return np.where(x < 1.0, 2.0 * x, np.minimum(beta * (x - 1.0) + 2.0, gamma))
-
-
-def np_xexp(x, beta=None, gamma=None):
-  return x * np.exp(x)
-
-
-def np_linear2x(x, beta=None, gamma=None):
-  return 2.0 * x
-
-
-def np_arctanh(x, beta=None, gamma=None):
-  return 2.0 * np.arctanh(x)
-
-
-def np_identity(x, beta=None, gamma=None):
-  return np.array(x, dtype=np.float64)
-
-
-# Analytic derivatives (away from Halin's kinks).
-def np_dhanon(x, beta=3.0, gamma=10.0):
-  e = np.exp(-beta * (x - 0.5))
-  return beta * e / (1.0 / gamma + e) ** 2
-
-
-def np_dhalin(x, beta=10.0, gamma=10.0):
-  return np.where(x < 1.0, 2.0, np.where(beta * (x - 1.0) + 2.0 < gamma, beta, 0.0))
-
-
-REFERENCE = {
-    "hanon": (np_hanon, np_dhanon),
-    "halin": (np_halin, np_dhalin),
-    "xexp": (np_xexp, lambda x, b=None, g=None: (1.0 + x) * np.exp(x)),
-    "linear2x": (np_linear2x, lambda x, b=None, g=None: np.full_like(x, 2.0)),
-    "arctanh": (np_arctanh, lambda x, b=None, g=None: 2.0 / (1.0 - x * x)),
-    "identity": (np_identity, lambda x, b=None, g=None: np.ones_like(x)),
-}
+from reference import DEFAULTS, FD_EPS, REFERENCE, np_halin, np_hanon, seeded_rng
 
 # A sensible domain for each function (scaled squared distances are >= 0; arctanh needs |x| < 1).
 DOMAIN = {
@@ -71,26 +29,29 @@ DOMAIN = {
     "identity": (-5.0, 5.0),
 }
 
-# (beta, gamma) pairs: the paper's defaults and non-default values.  Only hanon/halin use them.
+# (beta, gamma) pairs of the two parametrised functions: the paper's defaults (None: taken by
+# the function itself) and non-default values.  The other four ignore them (checked in
+# test_get_activation_binds_beta_and_gamma), so they run once, with their defaults.
 PARAMS = {
-    "hanon": [(3.0, 10.0), (1.5, 5.0), (7.0, 20.0)],
-    "halin": [(10.0, 10.0), (4.0, 5.0), (2.5, 20.0)],
+    "hanon": [(None, None), (1.5, 5.0), (7.0, 20.0)],
+    "halin": [(None, None), (4.0, 5.0), (2.5, 20.0)],
 }
-DEFAULTS = {"hanon": (3.0, 10.0), "halin": (10.0, 10.0)}
 
 NAMES = sorted(activations.ACTIVATIONS)
 EXTREME = np.array([-1e30, -1e4, -100, -1, 0, 1, 100, 1e4, 1e30], np.float32)
-
-
-def test_registry_holds_the_six_functions():
-  assert set(activations.ACTIVATIONS) == {"hanon", "halin", "xexp", "linear2x", "arctanh",
-                                          "identity"}
+# Every input a scaled squared distance can take before overflow matters, both signs.
+REALISTIC = np.concatenate([-np.logspace(-6, 3, 40), [0.0], np.logspace(-6, 3, 40)])
 
 
 def _cases():
   for name in NAMES:
-    for beta, gamma in PARAMS.get(name, [(None, None), (2.0, 7.0)]):
-      yield pytest.param(name, beta, gamma, id=f"{name}-b{beta}-g{gamma}")
+    for beta, gamma in PARAMS.get(name, [(None, None)]):
+      yield f"{name}_b{beta}_g{gamma}", name, beta, gamma
+
+
+CASES = list(_cases())
+DEFAULT_CASES = [c for c in CASES if c[2] is None]  # each function once, with its defaults
+OTHER_CASES = [c for c in CASES if c[2] is not None]  # hanon and halin, other (beta, gamma)
 
 
 def _kinks(beta, gamma):
@@ -108,7 +69,7 @@ def _sample(rng, name, n, beta=None, gamma=None, margin=0.02):
   return x
 
 
-def _call(name, x, beta, gamma):
+def _call(name, x, beta=None, gamma=None):
   fn = activations.ACTIVATIONS[name]
   if beta is None:
     return fn(x)
@@ -121,27 +82,82 @@ def _ref_args(name, beta, gamma):
   return beta, gamma
 
 
-@pytest.mark.parametrize("name,beta,gamma", list(_cases()))
-def test_matches_reference_float32(rng, name, beta, gamma):
-  x = _sample(rng, name, 257, beta, gamma).astype(np.float32)
-  got = np.asarray(_call(name, jnp.asarray(x), beta, gamma))
-  assert got.dtype == np.float32 and got.shape == x.shape
+def test_registry_holds_the_six_functions():
+  assert set(activations.ACTIVATIONS) == {"hanon", "halin", "xexp", "linear2x", "arctanh",
+                                          "identity"}
+
+
+def _check_reference(test, name, beta, gamma):
+  """``name``'s values through ``test.variant`` against the reference, float32 and float64."""
+  rng = seeded_rng(test.id())
+  fn = test.variant(functools.partial(_call, name, beta=beta, gamma=gamma))
   b, g = _ref_args(name, beta, gamma)
-  want = REFERENCE[name][0](x.astype(np.float64), b, g)
-  np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
+  ref = functools.partial(REFERENCE[name][0], beta=b, gamma=g)
+  # float32: a [4, 64] block (any shape in, the same shape out)
+  x = _sample(rng, name, 256, beta, gamma).astype(np.float32).reshape(4, 64)
+  got = fn(jnp.asarray(x))
+  chex.assert_shape(got, (4, 64))
+  chex.assert_type(got, jnp.float32)
+  chex.assert_trees_all_close(got, ref(x.astype(np.float64)), rtol=2e-5, atol=2e-6)
+  # float64: exact to round-off
+  with jax.enable_x64(True):
+    x = _sample(rng, name, 256, beta, gamma).reshape(4, 64)
+    got = fn(jnp.asarray(x))
+    chex.assert_type(got, jnp.float64)
+    chex.assert_trees_all_close(got, ref(x), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("name,beta,gamma", list(_cases()))
-def test_matches_reference_float64(rng, x64, name, beta, gamma):
-  x = _sample(rng, name, 257, beta, gamma)
-  got = np.asarray(_call(name, jnp.asarray(x), beta, gamma))
-  assert got.dtype == np.float64
-  b, g = _ref_args(name, beta, gamma)
-  np.testing.assert_allclose(got, REFERENCE[name][0](x, b, g), rtol=1e-12, atol=1e-12)
+class ValuesTest(chex.TestCase):
+  """Values against the references, jitted and not, in float32 and float64; finite values and
+  gradients everywhere."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.named_parameters(*DEFAULT_CASES)
+  def test_matches_reference(self, name, beta, gamma):
+    _check_reference(self, name, beta, gamma)
+
+  @chex.variants(with_jit=True)
+  def test_value_and_gradient_finite(self):
+    """No NaN or inf in value or gradient, at extreme float32 inputs and over the whole range a
+    scaled squared distance can take; scalars in, scalars out."""
+    _check_finite(self)
 
 
-@pytest.mark.parametrize("name,beta,gamma", list(_cases()))
-def test_gradients(rng, x64, name, beta, gamma):
+@pytest.mark.slow
+class EagerFiniteTest(chex.TestCase):
+
+  @chex.variants(without_jit=True)
+  def test_value_and_gradient_finite(self):
+    _check_finite(self)
+
+
+def _check_finite(test):
+  x = jnp.asarray(np.concatenate([EXTREME, REALISTIC.astype(np.float32)]))
+  for name in NAMES:
+    fn = activations.get_activation(name)
+    value = test.variant(fn)(x)
+    grad = test.variant(jax.grad(lambda v, fn=fn: jnp.sum(fn(v))))(x)
+    chex.assert_type([value, grad], jnp.float32)
+    chex.assert_tree_all_finite((value, grad))
+    chex.assert_shape(test.variant(fn)(jnp.float32(0.25)), ())
+
+
+@pytest.mark.slow
+class OtherParametersTest(chex.TestCase):
+  """Hanon and Halin with other (beta, gamma) than the paper's."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.named_parameters(*OTHER_CASES)
+  def test_matches_reference(self, name, beta, gamma):
+    _check_reference(self, name, beta, gamma)
+
+
+# The quick tier checks the two hardness-aware functions with their defaults.
+@pytest.mark.parametrize("ident,name,beta,gamma", [
+    c if c[1] in ("hanon", "halin") and c[2] is None else pytest.param(*c, marks=pytest.mark.slow)
+    for c in CASES])
+def test_gradients(rng, x64, ident, name, beta, gamma):
+  del ident
   x = jnp.asarray(_sample(rng, name, 16, beta, gamma))
   f = lambda v: _call(name, v, beta, gamma)  # noqa: E731
   check_grads(f, (x,), order=1, modes=("rev", "fwd"), eps=FD_EPS)
@@ -151,40 +167,13 @@ def test_gradients(rng, x64, name, beta, gamma):
   np.testing.assert_allclose(grad, REFERENCE[name][1](np.asarray(x), b, g), rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_value_and_gradient_finite_at_extreme_inputs(name):
-  fn = activations.get_activation(name)
-  x = jnp.asarray(EXTREME)
-  value = np.asarray(fn(x))
-  grad = np.asarray(jax.grad(lambda v: jnp.sum(fn(v)))(x))
-  assert value.dtype == np.float32 and grad.dtype == np.float32
-  assert not np.isnan(value).any(), value
-  assert not np.isnan(grad).any(), grad
-  assert np.isfinite(value).all(), value
-  assert np.isfinite(grad).all(), grad
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_no_nan_in_realistic_range(name):
-  """No NaN for every input a scaled squared distance can take before overflow matters."""
-  fn = activations.get_activation(name)
-  x = jnp.asarray(np.concatenate([-np.logspace(-6, 3, 40), [0.0], np.logspace(-6, 3, 40)]),
-                  jnp.float32)
-  value = np.asarray(fn(x))
-  grad = np.asarray(jax.grad(lambda v: jnp.sum(fn(v)))(x))
-  assert np.isfinite(value).all() and np.isfinite(grad).all()
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_jit_and_vmap(rng, name):
-  fn = activations.get_activation(name)
-  x = jnp.asarray(_sample(rng, name, 24).reshape(4, 6).astype(np.float32))
-  eager = np.asarray(fn(x))
-  np.testing.assert_allclose(np.asarray(jax.jit(fn)(x)), eager, rtol=1e-6, atol=1e-7)
-  np.testing.assert_allclose(np.asarray(jax.vmap(fn)(x)), eager, rtol=1e-6, atol=1e-7)
-  # the elementwise contract: any shape in, the same shape out (scalars included)
-  assert fn(x).shape == x.shape
-  assert fn(jnp.float32(0.25)).shape == ()
+@pytest.mark.slow
+def test_vmap_matches_elementwise(rng):
+  x = jnp.asarray(rng.uniform(-0.9, 0.9, (4, 6)).astype(np.float32))
+  for name in NAMES:
+    fn = activations.get_activation(name)
+    np.testing.assert_allclose(np.asarray(jax.vmap(fn)(x)), np.asarray(fn(x)), rtol=1e-6,
+                               atol=1e-7, err_msg=name)
 
 
 def test_get_activation_defaults(rng):
@@ -196,6 +185,9 @@ def test_get_activation_defaults(rng):
                              np_halin(x.astype(np.float64), 10.0, 10.0), rtol=2e-5, atol=2e-6)
   assert activations.DEFAULT_BETA["hanon"] == 3.0
   assert activations.DEFAULT_BETA["halin"] == 10.0
+  # the same arguments give the same function object (jit's static arguments compile once)
+  assert activations.get_activation("hanon") is activations.get_activation("hanon")
+  assert activations.get_activation("hanon", 2.0) is not activations.get_activation("hanon")
 
 
 def test_get_activation_binds_beta_and_gamma(rng):
@@ -207,9 +199,13 @@ def test_get_activation_binds_beta_and_gamma(rng):
   # gamma alone, beta from the defaults
   np.testing.assert_allclose(np.asarray(activations.get_activation("hanon", gamma=5.0)(x)),
                              np_hanon(x.astype(np.float64), 3.0, 5.0), rtol=2e-5, atol=2e-6)
+  # the other functions ignore beta and gamma
   for name in ("xexp", "linear2x", "identity"):
     np.testing.assert_allclose(np.asarray(activations.get_activation(name, 5.0, 1.0)(x)),
                                REFERENCE[name][0](x.astype(np.float64)), rtol=2e-5, atol=2e-6)
+  y = rng.uniform(-0.9, 0.9, 33).astype(np.float32)
+  np.testing.assert_allclose(np.asarray(activations.get_activation("arctanh", 5.0, 1.0)(y)),
+                             REFERENCE["arctanh"][0](y.astype(np.float64)), rtol=2e-5, atol=2e-6)
 
 
 @pytest.mark.parametrize("bad", ["Hanon", "tanh", "", "relu"])
@@ -229,7 +225,8 @@ def test_hanon_bounded_by_gamma_and_increasing(beta, gamma):
   assert y[np.searchsorted(x[:2001], 0.5)] == pytest.approx(1.0 / (1.0 / gamma + 1.0), rel=1e-5)
 
 
-@pytest.mark.parametrize("beta,gamma", [(10.0, 10.0), (4.0, 5.0), (2.0, 20.0)])
+@pytest.mark.parametrize("beta,gamma", [(10.0, 10.0)] + [
+    pytest.param(b, g, marks=pytest.mark.slow) for b, g in [(4.0, 5.0), (2.0, 20.0)]])
 def test_halin_saturates_at_gamma(beta, gamma):
   start = 1.0 + (gamma - 2.0) / beta
   x = np.array([start + 1e-3, start + 0.5, 2 * start + 3, 1e4, 1e30], np.float32)

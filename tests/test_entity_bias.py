@@ -1,108 +1,123 @@
 """KGEmb's learned entity biases (``--bias``): the baselines' loss, ranking and inference.
 
-References are float64 NumPy; the negatives are drawn with the same key the loss uses (that
-is the sampling, not the arithmetic under test).
+References are float64 NumPy (``reference.np_biased_scores``); the negatives are drawn with the
+same key the loss uses (that is the sampling, not the arithmetic under test).  HaLE's tail
+biases are tested in test_tail_bias.py.
 """
 
 from __future__ import annotations
 
-import functools
-
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 from jax.test_util import check_grads
 
-from hale_jax import activations, checkpoints, evaluation, inference, models, train
+from hale_jax import activations, config, evaluation, inference, models, objective
 from hale_jax.data import from_named_triples
-from test_baselines import np_advneg, np_allneg, np_samneg
-from test_evaluation import SPLITS, np_ranks
-from test_losses import np_activation
-from test_models import np_softplus, np_transform, random_params
+from reference import (SPLITS, known_answers, np_activation, np_advneg, np_allneg,
+                       np_biased_scores, np_ranks, np_samneg, np_softplus, np_transform,
+                       random_batch, random_params, seeded_rng, split_queries)
 
-N, R2, D, B, M = 15, 6, 8, 10, 7
-
-
-def _biased_params(rng, model):
-  params = dict(random_params(rng, model, N, R2, D, init_scale=0.3))
-  params["bias_head"] = jnp.asarray(rng.normal(0, 1.0, N), jnp.float32)
-  params["bias_tail"] = jnp.asarray(rng.normal(0, 1.0, N), jnp.float32)
-  return params
+N, NR, D, B, M = 15, 3, 8, 10, 7
+R2 = 2 * NR
 
 
-def _batch(rng):
-  return np.stack([rng.integers(0, N, B), rng.integers(0, R2, B), rng.integers(0, N, B)], axis=1)
+def _biased_params(rng, model, dtype=None):
+  """Random parameters with KGEmb's head and tail biases ``N(0, 1)``."""
+  return random_params(rng, model, N, NR, D, init_scale=0.3, dtype=dtype,
+                       entity_bias="head_tail")
 
 
-def np_biased_scores(model, params, batch, candidates, h):
-  """``[B]`` positive and ``[B, C]`` candidate scores ``b_h + b_t - h(c_r ||q - e||^2)``."""
-  p = {k: np.asarray(v, np.float64) for k, v in params.items()}
-  heads, rels, tails = batch[:, 0], batch[:, 1], batch[:, 2]
-  q = np_transform(model, p, heads, rels)
-  c = np_softplus(p["scale"][rels])
-  ent = p["entity"]
-  pos = p["bias_head"][heads] + p["bias_tail"][tails] - h(c * np.sum((q - ent[tails]) ** 2, -1))
-  d = np.sum((q[:, None, :] - ent[candidates]) ** 2, axis=-1)
-  cand = p["bias_head"][heads][:, None] + p["bias_tail"][candidates] - h(c[:, None] * d)
-  return pos, cand
+def _loss(loss, model, act, **kw):
+  cfg = config.Config.make(model=model, loss=loss, activation=act, num_negatives=M,
+                           batch_size=B, alpha=0.3, **kw)
+  return objective.make_loss(cfg.objective, model, cfg.num_sampled)
 
 
-@pytest.mark.parametrize("loss,model,act", [
-    ("samneg", "RotE", "identity"), ("samneg", "RotL", "hanon"), ("advneg", "TransE", "identity"),
-    ("allneg", "DistMult", "hanon")])
-def test_biased_baseline_loss_matches_numpy(rng, loss, model, act):
+def _check_biased_baseline(test, loss, model, act):
+  rng = seeded_rng(test.id())
   params = _biased_params(rng, model)
-  batch = _batch(rng)
+  batch = random_batch(rng, N, NR, B)
   key = jax.random.PRNGKey(int(rng.integers(2**31)))
   margin = 0.5
-  got = train.batch_loss(params, jnp.asarray(batch, jnp.int32), key,
-                         model=models.canonical_model(model),
-                         activation=activations.get_activation(act), lam=0.3, num_sampled=3,
-                         loss=loss, num_negatives=M, margin=margin, adv_temperature=0.7)
+  fn = test.variant(_loss(loss, model, act, margin=margin, adv_temperature=0.7))
+  got = fn(params, jnp.asarray(batch), key)
+  chex.assert_shape(got, ())
   h = np_activation(act)
-  if loss == "allneg":
-    pos, cand = np_biased_scores(model, params, batch, np.arange(N)[None, :], h)
+  if loss == "allneg":  # b_h is the same for every candidate: the softmax ignores it
+    _, cand = np_biased_scores(model, params, batch, np.arange(N)[None, :], h)
     want = np_allneg(cand, batch[:, 2])[0]
   else:
     negs = np.asarray(jax.random.randint(key, (B, M), 0, N))
     pos, cand = np_biased_scores(model, params, batch, negs, h)
     want = (np_samneg(pos, cand, margin) if loss == "samneg"
             else np_advneg(pos, cand, 0.7, margin))[0]
-  np.testing.assert_allclose(float(got), want, rtol=2e-5)
+  chex.assert_trees_all_close(got, want, rtol=2e-5)
 
 
+class BiasedBaselineTest(chex.TestCase):
+  """KGEmb's SamNeg with entity biases through ``objective.make_loss``, jitted and not (the
+  eager variant in the slow tier)."""
+
+  @chex.variants(with_jit=True)
+  def test_biased_samneg_matches_numpy(self):
+    _check_biased_baseline(self, "samneg", "RotE", "identity")
+
+
+@pytest.mark.slow
+class EagerBiasedBaselineTest(chex.TestCase):
+
+  @chex.variants(without_jit=True)
+  def test_biased_samneg_matches_numpy(self):
+    _check_biased_baseline(self, "samneg", "RotE", "identity")
+
+
+@pytest.mark.slow
+class MoreBiasedBaselinesTest(chex.TestCase):
+  """HA + SamNeg on RotL, AdvNeg and AllNeg (tail biases only), with entity biases."""
+
+  @chex.variants(with_jit=True)
+  @parameterized.named_parameters(
+      ("samneg_RotL_hanon", "samneg", "RotL", "hanon"),
+      ("allneg_DistMult_hanon", "allneg", "DistMult", "hanon"),
+      ("advneg_TransE_identity", "advneg", "TransE", "identity"))
+  def test_biased_baseline_loss_matches_numpy(self, loss, model, act):
+    _check_biased_baseline(self, loss, model, act)
+
+
+@pytest.mark.slow
 def test_biases_get_gradients_and_check_grads(rng, x64):
-  params = {k: jnp.asarray(v, jnp.float64) for k, v in _biased_params(rng, "RotE").items()}
-  batch = jnp.asarray(_batch(rng), jnp.int32)
-  loss = functools.partial(train.batch_loss, batch=batch, key=jax.random.PRNGKey(3),
-                           model="rote", activation=activations.get_activation("hanon"), lam=0.3,
-                           num_sampled=3, loss="samneg", num_negatives=M)
-  grads = jax.grad(loss)(params)
+  params = _biased_params(rng, "RotE", jnp.float64)
+  batch = jnp.asarray(random_batch(rng, N, NR, B))
+  samneg = _loss("samneg", "RotE", "hanon")
+  loss = jax.jit(lambda p: samneg(p, batch, jax.random.PRNGKey(3)))
+  check_grads(loss, (params,), order=1, modes=("rev",), eps=1e-6)
+  grads = jax.grad(loss)(params)  # reuses check_grads' compilations
   heads, tails = np.asarray(batch[:, 0]), np.asarray(batch[:, 2])
   # a head bias moves only with the heads of the batch: the others get exactly 0
   untouched = np.setdiff1d(np.arange(N), heads)
   np.testing.assert_array_equal(np.asarray(grads["bias_head"])[untouched], 0.0)
   assert np.all(np.asarray(grads["bias_head"])[heads] != 0.0)
   assert np.any(np.asarray(grads["bias_tail"])[tails] != 0.0)
-  bias_only = lambda bh, bt: loss({**params, "bias_head": bh, "bias_tail": bt})  # noqa: E731
-  check_grads(bias_only, (params["bias_head"], params["bias_tail"]), order=1, modes=("rev",),
-              eps=1e-6)
 
 
 def test_ranking_distances_with_and_without_bias(rng):
   params = _biased_params(rng, "RotL")
   heads, rels = rng.integers(0, N, B), rng.integers(0, R2, B)
-  q = models.transform("RotL", params, heads, rels)
+  q = jax.jit(models.transform, static_argnums=0)("RotL", params, heads, rels)
   h = np_activation("hanon")
-  got = np.asarray(models.ranking_distances(params, q, rels, activations.get_activation("hanon")))
+  ranking = jax.jit(models.ranking_distances, static_argnums=3)
+  got = np.asarray(ranking(params, q, rels, activations.get_activation("hanon")))
   _, cand = np_biased_scores("RotL", params, np.stack([heads, rels, heads], 1),
                              np.arange(N)[None, :], h)
   head_bias = np.asarray(params["bias_head"], np.float64)[heads][:, None]
   np.testing.assert_allclose(got, head_bias - cand, rtol=1e-5, atol=1e-5)
   plain = {k: v for k, v in params.items() if not k.startswith("bias_")}
-  np.testing.assert_allclose(np.asarray(models.ranking_distances(plain, q, rels)),
-                             np.asarray(models.squared_distances(q, params["entity"])))
+  np.testing.assert_allclose(np.asarray(ranking(plain, q, rels, None)),
+                             np.asarray(models.squared_distances(q, params["entity"])), rtol=1e-6)
 
 
 def test_tail_bias_decides_a_hand_made_ranking():
@@ -112,11 +127,13 @@ def test_tail_bias_decides_a_hand_made_ranking():
   data = from_named_triples("line", {"train": [("a", "r", "b"), ("a", "r", "c")],
                                      "valid": [("a", "r", "d")], "test": [("a", "r", "d")]})
   e = {n: i for i, n in enumerate(data.entities)}
-  params = dict(models.init_params(jax.random.PRNGKey(0), "TransE", 4, 2, 1, 1.0,
-                                   entity_bias=True))
+  params = random_params(np.random.default_rng(0), "TransE", 4, data.num_relations, 1,
+                         entity_bias="tail")
   pos = {"a": 0.0, "b": 1.0, "c": 2.0, "d": 3.0}
   params["entity"] = jnp.asarray([[pos[n]] for n in data.entities], jnp.float32)
   params["translation"] = jnp.zeros((2, 1), jnp.float32)
+  params["scale"] = jnp.full((2,), np.log(np.expm1(1.0)), jnp.float32)  # c_r = 1
+  params["bias_tail"] = jnp.zeros((4,), jnp.float32)
   identity = activations.get_activation("identity")
   ev = evaluation.Evaluator(data, "test", "TransE", chunk=2, activation=identity)
   # (a, r, d): unfiltered competitors are a (distance 0) only; b, c are known answers
@@ -133,76 +150,70 @@ def test_tail_bias_decides_a_hand_made_ranking():
 
 def test_evaluator_with_bias_matches_brute_force(rng):
   data = from_named_triples("tiny", SPLITS)
-  params = dict(models.init_params(jax.random.PRNGKey(int(rng.integers(2**31))), "RotE",
-                                   data.num_entities, 2 * data.num_relations, 4, 1.0,
-                                   entity_bias=True))
+  params = random_params(rng, "RotE", data.num_entities, data.num_relations, 4, 1.0,
+                         entity_bias="tail")
   params["bias_tail"] = jnp.asarray(rng.normal(0, 2.0, data.num_entities), jnp.float32)
-  params["scale"] = jnp.asarray(rng.normal(0, 0.5, 2 * data.num_relations), jnp.float32)
   act = "halin"
   ev = evaluation.Evaluator(data, "test", "RotE", chunk=4,
                             activation=activations.get_activation(act))
   opt, pess = ev.ranks(params)
   p = {k: np.asarray(v, np.float64) for k, v in params.items()}
-  nr = data.num_relations
-  known = {}
-  for h_, r_, t_ in np.concatenate([data.train, data.valid, data.test]):
-    known.setdefault((h_, r_), set()).add(t_)
-    known.setdefault((t_, r_ + nr), set()).add(h_)
-  queries = [(h_, r_, t_) for h_, r_, t_ in data.test] + [(t_, r_ + nr, h_)
-                                                          for h_, r_, t_ in data.test]
-  heads, rels, targets = (np.array([q[i] for q in queries]) for i in range(3))
+  heads, rels, targets = split_queries(data, "test")
   q = np_transform("RotE", p, heads, rels)
   d = np.sum((q[:, None, :] - p["entity"][None]) ** 2, axis=-1)
   score = np_activation(act)(np_softplus(p["scale"][rels])[:, None] * d) - p["bias_tail"][None]
-  want_opt, want_pess = np_ranks(score, targets, [known[(h_, r_)] - {t_} for h_, r_, t_ in queries])
+  known = known_answers(data)
+  filt = [known[(h, r)] - {t} for h, r, t in zip(heads, rels, targets)]
+  want_opt, want_pess = np_ranks(score, targets, filt)
   np.testing.assert_array_equal(opt, want_opt)
   np.testing.assert_array_equal(pess, want_pess)
 
 
 def test_config_bias_modes():
-  assert train.uses_entity_bias(train.Config(loss="samneg"))
-  assert train.uses_entity_bias(train.Config(loss="advneg"))
-  assert not train.uses_entity_bias(train.Config(loss="hale"))
-  assert not train.uses_entity_bias(train.Config(loss="allneg"))
-  assert train.uses_entity_bias(train.Config(loss="allneg", bias="learn"))
-  assert not train.uses_entity_bias(train.Config(loss="samneg", bias="none"))
+  """Which tables a run learns (``objective.bias_tables``): KGEmb's b_h and b_t for samneg and
+  advneg by default; b_t alone for the losses that rank a query's tails against each other."""
+  want = {("samneg", "auto"): "head_tail", ("advneg", "auto"): "head_tail",
+          ("samneg", "learn"): "head_tail", ("advneg", "learn"): "head_tail",
+          ("samneg", "none"): "none", ("advneg", "none"): "none",
+          ("hale", "auto"): "none", ("allneg", "auto"): "none", ("nonneg", "auto"): "none",
+          ("hale", "learn"): "tail", ("allneg", "learn"): "tail",
+          ("hale", "none"): "none", ("allneg", "none"): "none", ("nonneg", "none"): "none"}
+  for (loss, bias), tables in want.items():
+    cfg = config.Config.make(loss=loss, bias=bias)
+    assert objective.bias_tables(cfg.objective.loss, cfg.objective.bias) == tables, (loss, bias)
+  assert objective.BIAS_MODES == ("auto", "learn", "none")
   with pytest.raises(ValueError, match="bias=learn applies"):
-    train.Config(loss="nonneg", bias="learn").validate()
+    config.Config.make(loss="nonneg", bias="learn")
   with pytest.raises(ValueError, match="unknown bias"):
-    train.Config(bias="constant").validate()
+    config.Config.make(bias="constant")
 
 
-def test_older_runs_without_the_bias_field_still_resume():
-  old = {"config": {"loss": "hale", "model": "RotL"}, "vocab_sha256": "x"}
-  new = {"config": {"loss": "hale", "model": "RotL", "bias": "auto"}, "vocab_sha256": "x"}
-  assert checkpoints.mismatch(old, new) == []
-  old_samneg = {"config": {"loss": "samneg", "model": "RotL"}, "vocab_sha256": "x"}
-  new_samneg = {"config": {"loss": "samneg", "model": "RotL", "bias": "auto"}, "vocab_sha256": "x"}
-  assert checkpoints.mismatch(old_samneg, new_samneg) != []  # it would now learn biases
-
-
+@pytest.mark.slow
 def test_samneg_run_learns_biases_and_ranks_with_them(tmp_path):
   """A short SamNeg run end to end: the biases are trained, saved, and used by evaluate_run
   and top_k exactly as by the training-time evaluator."""
   from hale_jax import synthetic  # pylint: disable=import-outside-toplevel
+  from hale_jax.loop import train  # pylint: disable=import-outside-toplevel
   data = synthetic.generate()
-  cfg = train.Config(model="RotE", dim=8, loss="samneg", activation="identity", batch_size=64,
-                     num_negatives=8, max_epochs=3, max_seconds=0, eval_every=3,
-                     learning_rate=0.01, checkpoint_every_seconds=0)
+  cfg = config.Config.make(model="RotE", dim=8, loss="samneg", activation="identity",
+                           batch_size=64, num_negatives=8, max_epochs=3, max_seconds=0,
+                           eval_every=3, learning_rate=0.01, checkpoint_every_seconds=0)
   spec = {"kind": "synthetic"}
-  results = train.train(cfg, data, tmp_path / "run", log=lambda s: None, data_spec=spec)
+  results = train(cfg, data, tmp_path / "run", log=lambda s: None, data_spec=spec)
   run, data2, params = inference.load_run(tmp_path / "run")
+  assert sorted(k for k in params if k.startswith("bias")) == ["bias_head", "bias_tail"]
   assert np.any(np.asarray(params["bias_tail"]) != 0.0)
+  assert np.any(np.asarray(params["bias_head"]) != 0.0)
   again = inference.evaluate_run(tmp_path / "run", "test")
   assert again["realistic"]["mrr"] == pytest.approx(results["metrics"]["test"]["realistic"]["mrr"],
                                                     rel=1e-6)
   name = data2.entities[int(data2.test[0, 0])]
   rel = data2.relations[int(data2.test[0, 1])]
+  h = inference.run_activation(run)
   top = inference.top_k(params, "RotE", data2, head=name, relation=rel, k=5, filtered=False,
-                        activation=inference.run_activation(run))
-  d = np.asarray(inference.query_distances(params, jnp.array([int(data2.test[0, 0])]),
-                                           jnp.array([int(data2.test[0, 1])]), model="rote",
-                                           activation=inference.run_activation(run)))[0]
+                        activation=h)
+  d = np.asarray(evaluation.candidate_distances(params, "rote", jnp.array([int(data2.test[0, 0])]),
+                                                jnp.array([int(data2.test[0, 1])]), h))[0]
   assert [n for n, _ in top] == [data2.entities[i] for i in np.argsort(d, kind="stable")[:5]]
 
   # export: the biases go out per entity, never cut to the relation count

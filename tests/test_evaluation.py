@@ -6,9 +6,10 @@ import jax
 import numpy as np
 import pytest
 
-from hale_jax import evaluation, models
+from hale_jax import evaluation
 from hale_jax.data import from_named_triples
-from test_models import np_transform
+from reference import (SPLITS, known_answers, np_ranks, np_transform, random_params,
+                       split_queries)
 
 INF = np.inf
 NAN = np.nan
@@ -98,24 +99,6 @@ def test_columns_beyond_num_candidates_never_compete():
   assert np.asarray(full[0]).tolist() == [2, 5]  # without the mask the padding competes
 
 
-def np_ranks(d, targets, filt):
-  """Brute force: filt[c] is the set of entities filtered for query c."""
-  d = np.asarray(d, np.float64)
-  opt, pess = [], []
-  for c, t in enumerate(targets):
-    dt = d[c, t]
-    others = [j for j in range(d.shape[1]) if j != t and j not in filt[c]]
-    if np.isnan(dt):
-      opt.append(d.shape[1])
-      pess.append(d.shape[1])
-      continue
-    closer = sum(d[c, j] < dt for j in others)
-    tied = sum(d[c, j] == dt for j in others)
-    opt.append(1 + closer)
-    pess.append(1 + closer + tied)
-  return opt, pess
-
-
 def test_random_against_brute_force(rng):
   c, n, p = 30, 9, 60
   d = rng.integers(0, 5, (c, n)).astype(np.float32)  # many ties
@@ -161,46 +144,24 @@ def test_metrics_realistic_half_ranks():
 # ----------------------------------------------------------------------------------------------
 # End to end: Evaluator vs brute-force filtered ranking.
 
-SPLITS = {
-    "train": [("a", "likes", "b"), ("a", "likes", "c"), ("b", "likes", "c"), ("c", "knows", "d"),
-              ("d", "knows", "e"), ("e", "likes", "a"), ("f", "knows", "a"), ("b", "knows", "f"),
-              ("g", "likes", "b")],
-    "valid": [("a", "likes", "d"), ("e", "knows", "c"), ("g", "likes", "c")],
-    # 7 test triples -> 14 queries, not a multiple of chunk=4.  (a likes ?) has answers b, c, d,
-    # e across splits; (a likes c) is also in train (a duplicate across splits); (? likes c)
-    # has answers a, b, g.
-    "test": [("a", "likes", "e"), ("a", "likes", "c"), ("b", "likes", "c"), ("g", "likes", "c"),
-             ("d", "knows", "e"), ("f", "knows", "d"), ("h", "knows", "a")],
-}
-
-
 def _brute_force_ranks(data, model, params):
   p = {k: np.asarray(v, np.float64) for k, v in params.items()}
-  nr, n = data.num_relations, data.num_entities
-  everything = np.concatenate([data.train, data.valid, data.test])
-  known = {}
-  for h, r, t in everything:
-    known.setdefault((h, r), set()).add(t)
-    known.setdefault((t, r + nr), set()).add(h)
-  test = data.test
-  queries = [(h, r, t) for h, r, t in test] + [(t, r + nr, h) for h, r, t in test]
-  heads = np.array([q[0] for q in queries])
-  rels = np.array([q[1] for q in queries])
-  targets = np.array([q[2] for q in queries])
+  heads, rels, targets = split_queries(data, "test")
   q = np_transform(model, p, heads, rels)
   d = np.sum((q[:, None, :] - p["entity"][None, :, :]) ** 2, axis=-1)
-  assert d.shape == (len(queries), n)
-  filt = [known[(h, r)] - {t} for h, r, t in queries]
+  assert d.shape == (len(heads), data.num_entities)
+  known = known_answers(data)
+  filt = [known[(h, r)] - {t} for h, r, t in zip(heads, rels, targets)]
   return (*np_ranks(d, targets, filt), d, filt)
 
 
 # The evaluator is model-agnostic beyond models.transform (checked per model in test_models.py).
-@pytest.mark.parametrize("model", ["TransE", "DistMult", "RotL"])
+@pytest.mark.parametrize("model", ["TransE"] + [pytest.param(m, marks=pytest.mark.slow)
+                                                for m in ("DistMult", "RotL")])
 def test_evaluator_matches_brute_force(rng, model):
   data = from_named_triples("tiny", SPLITS)
   assert data.num_entities == 8 and data.num_relations == 2
-  key = jax.random.PRNGKey(int(rng.integers(2**31)))
-  params = models.init_params(key, model, data.num_entities, 2 * data.num_relations, 4, 1.0)
+  params = random_params(rng, model, data.num_entities, data.num_relations, 4, 1.0)
   ev = evaluation.Evaluator(data, "test", model, chunk=4)
   assert ev.num_queries == 2 * len(SPLITS["test"]) == 14
   opt, pess = ev.ranks(params)
@@ -225,7 +186,8 @@ def test_evaluator_filtering_changes_ranks():
   data = from_named_triples("tiny", SPLITS)
   e = {name: i for i, name in enumerate(data.entities)}
   n, r2, dim = data.num_entities, 2 * data.num_relations, 2
-  params = models.init_params(jax.random.PRNGKey(0), "TransE", n, r2, dim, 1.0)
+  params = random_params(np.random.default_rng(0), "TransE", n, data.num_relations, dim)
+  assert params["translation"].shape == (r2, dim)
   ent = np.zeros((n, dim), np.float32)
   # entities on a line; query (a, likes, ?) = position of a + 0 lands on a = 0.
   for name, x in zip("abcdefgh", [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]):
@@ -241,3 +203,17 @@ def test_evaluator_filtering_changes_ranks():
   assert (opt[0], pess[0]) == (2, 2)
   # (a, likes, c): b, d, e are known answers and filtered; a is closer: rank 2.
   assert (opt[1], pess[1]) == (2, 2)
+
+
+def test_candidate_distances_are_what_ranking_sorts(rng):
+  """``candidate_distances``: the squared distance of each query to every entity without
+  entity biases (the activation plays no part)."""
+  data = from_named_triples("tiny", SPLITS)
+  params = random_params(rng, "RotE", data.num_entities, data.num_relations, 4, 1.0)
+  heads, rels, _ = split_queries(data, "test")
+  fn = jax.jit(evaluation.candidate_distances, static_argnames=("model", "activation"))
+  got = np.asarray(fn(params, "RotE", heads, rels, jax.nn.sigmoid))
+  assert got.shape == (len(heads), data.num_entities)
+  q = np_transform("RotE", params, heads, rels)
+  want = np.sum((q[:, None, :] - np.asarray(params["entity"], np.float64)[None]) ** 2, axis=-1)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -11,26 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hale_jax import activations, chunked, models, train
+from hale_jax import activations, chunked, config, models, objective
+from reference import np_round_mantissa, np_squared_distances, random_batch, random_params
 
 K, N, D = 9, 70, 16
-
-
-def np_round_mantissa(x, bits):
-  """float32 ``x`` rounded to ``bits`` explicit mantissa bits (round half to even)."""
-  u = np.asarray(x, np.float32).view(np.uint32).astype(np.uint64)
-  drop = 23 - bits
-  half = (1 << (drop - 1)) - 1
-  u = (u + half + ((u >> drop) & 1)) >> drop << drop
-  return u.astype(np.uint32).view(np.float32)
-
-
-def np_squared_distances(q, e, bits=None):
-  q64, e64 = np.asarray(q, np.float64), np.asarray(e, np.float64)
-  qr, er = (q64, e64) if bits is None else (np_round_mantissa(q, bits).astype(np.float64),
-                                            np_round_mantissa(e, bits).astype(np.float64))
-  d = np.sum(q64 ** 2, -1)[:, None] + np.sum(e64 ** 2, -1)[None, :] - 2.0 * qr @ er.T
-  return np.maximum(d, 0.0)
 
 
 def test_np_round_mantissa_reference():
@@ -60,7 +44,7 @@ def test_default_asks_for_highest_precision():
   q, e = jnp.ones((3, 4)), jnp.ones((5, 4))
   jaxpr = str(jax.make_jaxpr(models.squared_distances)(q, e))
   assert "HIGHEST" in jaxpr
-  params = models.init_params(jax.random.PRNGKey(0), "TransE", 5, 2, 4)
+  params = random_params(np.random.default_rng(0), "TransE", 5, 1, 4)
   ranking = str(jax.make_jaxpr(models.ranking_distances)(params, q, jnp.zeros(3, jnp.int32)))
   assert "HIGHEST" in ranking
   bf16 = str(jax.make_jaxpr(functools.partial(models.squared_distances, matmul="bf16"))(q, e))
@@ -71,9 +55,13 @@ def test_unknown_mode_is_refused():
   with pytest.raises(ValueError, match="unknown matmul mode"):
     models.squared_distances(jnp.ones((2, 2)), jnp.ones((3, 2)), "fp8")
   with pytest.raises(ValueError, match="unknown matmul"):
-    train.Config(matmul="half").validate()
+    config.Config.make(matmul="half")
+  with pytest.raises(ValueError, match="unknown matmul mode"):
+    chunked.uniformity_lse(jnp.ones((2, 2)), jnp.ones(2), jnp.ones((3, 2)),
+                           activations.get_activation("hanon"), 2, "fp8")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("matmul", ["tf32", "bf16"])
 def test_chunked_lse_matches_plain_in_each_mode(rng, matmul):
   """The chunked uniformity term computes the plain one's numbers in every mode: the value to
@@ -91,25 +79,48 @@ def test_chunked_lse_matches_plain_in_each_mode(rng, matmul):
   def fused(q, c, e):
     return jnp.sum(chunked.uniformity_lse(q, c, e, h, chunk=16, matmul=matmul))
 
-  v_plain, g_plain = jax.value_and_grad(plain, argnums=(0, 1, 2))(q, c, e)
-  v_fused, g_fused = jax.value_and_grad(fused, argnums=(0, 1, 2))(q, c, e)
+  v_plain, g_plain = jax.jit(jax.value_and_grad(plain, argnums=(0, 1, 2)))(q, c, e)
+  v_fused, g_fused = jax.jit(jax.value_and_grad(fused, argnums=(0, 1, 2)))(q, c, e)
   np.testing.assert_allclose(float(v_fused), float(v_plain), rtol=1e-5)
   unit = {"tf32": 2.0 ** -10, "bf16": 2.0 ** -7}[matmul]
   for a, b in zip(g_fused, g_plain):
     a, b = np.asarray(a), np.asarray(b)
     assert np.max(np.abs(a - b)) <= 4 * unit * np.max(np.abs(b))
-  exact = float(plain(q, c, e, "float32"))
+  exact = float(jax.jit(functools.partial(plain, mode="float32"))(q, c, e))
   tol = 2e-2 if matmul == "bf16" else 5e-3
   assert abs(float(v_plain) - exact) <= tol * abs(exact)
 
 
-def test_batch_loss_takes_the_mode(rng):
-  params = models.init_params(jax.random.PRNGKey(1), "RotL", 40, 6, 8, 0.5)
-  batch = jnp.asarray(np.stack([rng.integers(0, 40, 16), rng.integers(0, 6, 16),
-                                rng.integers(0, 40, 16)], 1), jnp.int32)
-  kw = dict(model="rotl", activation=activations.get_activation("hanon"), lam=0.3, num_sampled=4)
-  values = {m: float(train.batch_loss(params, batch, matmul=m, **kw)) for m in models.MATMUL_MODES}
-  assert values["tf32"] != values["float32"] != values["bf16"]
+def _objective_loss(rng, loss_name="hale"):
+  """``(matmul, lse_chunk) -> loss value`` of one batch (``objective.make_loss``; the model
+  does not matter here, so the cheapest)."""
+  params = random_params(rng, "TransE", 40, 3, 8, 0.5)
+  batch = jnp.asarray(random_batch(rng, 40, 3, 16))
+
+  def loss(matmul, lse_chunk=0):
+    cfg = config.Config.make(model="TransE", loss=loss_name, matmul=matmul,
+                             lse_chunk=lse_chunk, batch_size=16, alpha=0.25)
+    fn, form = objective.choose_uniformity(cfg.objective, 40, allow_chunks=True)
+    assert form == ("plain" if lse_chunk == 0 else f"chunks of {lse_chunk}")
+    return float(jax.jit(objective.make_loss(cfg.objective, "TransE", cfg.num_sampled, fn))(
+        params, batch, None))
+  return loss
+
+
+def test_objective_takes_the_mode(rng):
+  """HaLE's loss computes its distances in the configured mode, plain or chunked."""
+  loss = _objective_loss(rng)
+  values = {m: loss(m) for m in ("float32", "bf16")}
+  assert values["bf16"] != values["float32"]
   assert abs(values["bf16"] - values["float32"]) < 1e-2 * abs(values["float32"])
-  chunked_bf16 = float(train.batch_loss(params, batch, matmul="bf16", lse_chunk=8, **kw))
-  np.testing.assert_allclose(chunked_bf16, values["bf16"], rtol=1e-5)
+  np.testing.assert_allclose(loss("bf16", lse_chunk=8), values["bf16"], rtol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss_name", ["hale", "allneg"])
+def test_objective_takes_every_mode(rng, loss_name):
+  loss = _objective_loss(rng, loss_name)
+  values = {m: loss(m) for m in models.MATMUL_MODES}
+  assert values["tf32"] != values["float32"] != values["bf16"]
+  for m in ("tf32", "bf16"):
+    assert abs(values[m] - values["float32"]) < 1e-2 * abs(values["float32"])

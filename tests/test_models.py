@@ -1,8 +1,5 @@
-"""hale_jax.models against float64 NumPy references of the transforms in its docstring.
-
-The reference functions here (``np_transform``, ``np_softplus``) are also used by
-test_losses.py and test_evaluation.py.
-"""
+"""hale_jax.models against float64 NumPy references of the transforms in its docstring
+(``reference.np_transform``)."""
 
 from __future__ import annotations
 
@@ -12,83 +9,18 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from hale_jax import models
-
-# float64 central differences: small steps keep the truncation error well below check_grads'
-# tolerance (round-off stays around 1e-10).
-FD_EPS = 1e-6
+from hale_jax import config, models, rundir
+from reference import FD_EPS, np_givens, np_softplus, np_transform, random_params, to_f64
 
 MODELS = ("TransE", "DistMult", "RotatE", "RotE", "RotL")
 ROTATION_MODELS = ("RotatE", "RotE", "RotL")
-# One set of sizes for every test, so that compiled computations are shared between tests.
-N, R2, D, B = 12, 6, 8, 16
+# One set of sizes for every test, so that compiled computations are shared between tests:
+# N entities, NR = |R| relations (R2 = 2 |R| relation ids), D dimensions, B queries.
+N, NR, D, B = 12, 3, 8, 16
+R2 = 2 * NR
 
 # models.transform compiled once per (model, shapes, dtype).
 jit_transform = jax.jit(models.transform, static_argnums=0)
-
-# ----------------------------------------------------------------------------------------------
-# Float64 NumPy references.
-
-
-def np_softplus(x):
-  x = np.asarray(x, np.float64)
-  return np.log1p(np.exp(-np.abs(x))) + np.maximum(x, 0.0)
-
-
-def np_givens(rotation, x):
-  """Rotates each plane (2i, 2i+1) of x by the unit vector rotation[2i:2i+2] / its norm."""
-  rotation = np.asarray(rotation, np.float64)
-  x = np.asarray(x, np.float64)
-  out = np.empty_like(x)
-  for i in range(x.shape[-1] // 2):
-    a, b = rotation[..., 2 * i], rotation[..., 2 * i + 1]
-    norm = np.maximum(np.sqrt(a * a + b * b), 1e-15)
-    cos, sin = a / norm, b / norm
-    x0, x1 = x[..., 2 * i], x[..., 2 * i + 1]
-    out[..., 2 * i] = cos * x0 - sin * x1
-    out[..., 2 * i + 1] = sin * x0 + cos * x1
-  return out
-
-
-def np_transform(model, params, heads, relations):
-  """Phi(e_h, r) in float64 for any parameter dict (jax or numpy arrays)."""
-  p = {k: np.asarray(v, np.float64) for k, v in params.items()}
-  heads = np.asarray(heads)
-  relations = np.asarray(relations)
-  e = p["entity"][heads]
-  model = model.lower()
-  if model == "transe":
-    return e + p["translation"][relations]
-  if model == "distmult":
-    return e * p["diagonal"][relations]
-  rotated = np_givens(p["rotation"][relations], e)
-  if model == "rotate":
-    return rotated
-  if model == "rote":
-    return rotated + p["translation"][relations]
-  if model == "rotl":
-    y = p["translation"][relations]
-    denom = np.maximum(1.0 + np.sum(rotated * y, axis=-1, keepdims=True), 0.05)
-    return p["alpha"][relations][:, None] * (rotated + y) / denom
-  raise AssertionError(model)
-
-
-def random_params(rng, model, num_entities, num_relations, dim, init_scale=0.5):
-  """``models.init_params`` with a seed from ``rng``; scale and RotL's alpha made non-trivial."""
-  key = jax.random.PRNGKey(int(rng.integers(2**31)))
-  params = models.init_params(key, model, num_entities, num_relations, dim, init_scale)
-  params = dict(params)
-  params["scale"] = params["scale"] + jnp.asarray(rng.normal(0, 0.5, num_relations), jnp.float32)
-  if "alpha" in params:
-    params["alpha"] = jnp.asarray(rng.uniform(0.5, 2.0, num_relations), jnp.float32)
-  return params
-
-
-def to_f64(params):
-  return {k: np.asarray(v, np.float64) for k, v in params.items()}
-
-
-# ----------------------------------------------------------------------------------------------
 
 EXPECTED_KEYS = {
     "TransE": {"entity", "scale", "translation"},
@@ -99,12 +31,13 @@ EXPECTED_KEYS = {
 }
 
 
-@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("model", [m if m == "TransE" else pytest.param(m, marks=pytest.mark.slow)
+                                   for m in MODELS])
 def test_init_params_shapes_and_values(rng, model):
   n, r2, d = N, R2, D
   scale = 0.5
   key = jax.random.PRNGKey(int(rng.integers(2**31)))
-  p = models.init_params(key, model, n, r2, d, scale)
+  p = models.init_params(model, key, n, NR, d, scale)  # |R| relations: 2 |R| rows
   assert set(p) == EXPECTED_KEYS[model]
   for k, v in p.items():
     assert v.dtype == jnp.float32
@@ -123,7 +56,7 @@ def test_init_params_shapes_and_values(rng, model):
     assert rot.min() >= -1.0 and rot.max() <= 1.0
     assert 0.4 < float(np.std(rot)) < 0.75
   # the same key gives the same parameters; the tables are drawn independently
-  q = models.init_params(key, model.upper(), n, r2, d, scale)
+  q = models.init_params(model.upper(), key, n, NR, d, scale)
   for k in p:
     np.testing.assert_array_equal(np.asarray(p[k]), np.asarray(q[k]))
   tables = sorted(EXPECTED_KEYS[model] - {"scale", "alpha"})
@@ -136,7 +69,7 @@ def test_init_params_shapes_and_values(rng, model):
 @pytest.mark.parametrize("model", MODELS)
 def test_transform_matches_reference(rng, model):
   n, r2, d, b = N, R2, D, B
-  params = random_params(rng, model, n, r2, d)
+  params = random_params(rng, model, n, NR, d)
   heads = rng.integers(0, n, b)
   rels = rng.integers(0, r2, b)
   got = np.asarray(jit_transform(model, params, jnp.asarray(heads), jnp.asarray(rels)))
@@ -149,7 +82,7 @@ def test_transform_matches_reference(rng, model):
 @pytest.mark.parametrize("model", MODELS)
 def test_transform_float64_matches_reference_tightly(rng, x64, model):
   n, r2, d, b = N, R2, D, B
-  params = {k: jnp.asarray(v) for k, v in to_f64(random_params(rng, model, n, r2, d)).items()}
+  params = random_params(rng, model, n, NR, d, dtype=jnp.float64)
   heads = rng.integers(0, n, b)
   rels = rng.integers(0, r2, b)
   got = np.asarray(jit_transform(model, params, heads, rels))
@@ -174,7 +107,7 @@ def test_rotl_flexible_addition_clamps_denominator(x64):
       "alpha": jnp.array([1.5, 0.7]),
       "scale": jnp.zeros(2),
   }
-  got = np.asarray(models.transform("RotL", params, jnp.array([0, 1]), jnp.array([0, 1])))
+  got = np.asarray(jit_transform("RotL", params, jnp.array([0, 1]), jnp.array([0, 1])))
   # clamped row: alpha (x + y) / 0.05
   np.testing.assert_allclose(got[0], 1.5 * np.array([-1.0, 0.0, 0.5, 0.0]) / 0.05, rtol=1e-12)
   # second row: rotation planes (0, 1) by 90 degrees, (3, 4)/5; formula exactly
@@ -196,7 +129,7 @@ def test_givens_zero_rotation_row_is_finite(x64):
 def test_rotation_preserves_norms(rng):
   model = "RotatE"
   n, r2, d, b = N, R2, D, B
-  params = random_params(rng, model, n, r2, d, init_scale=1.0)
+  params = random_params(rng, model, n, NR, d, init_scale=1.0)
   heads = rng.integers(0, n, b)
   rels = rng.integers(0, r2, b)
   q = np.asarray(jit_transform(model, params, heads, rels), np.float64)
@@ -267,10 +200,12 @@ def _kink_free_rows(model, params, heads, rels, margin=1e-2):
   return np.abs(raw - 0.05) > margin
 
 
-@pytest.mark.parametrize("model", MODELS)
+# RotL (rotation, translation, flexible addition, scale) in the quick tier.
+@pytest.mark.parametrize("model", [m if m == "RotL" else pytest.param(m, marks=pytest.mark.slow)
+                                   for m in MODELS])
 def test_transform_gradients(rng, x64, model):
   n, r2, d, b = N, R2, D, B
-  params = {k: jnp.asarray(v) for k, v in to_f64(random_params(rng, model, n, r2, d, 0.4)).items()}
+  params = random_params(rng, model, n, NR, d, 0.4, dtype=jnp.float64)
   heads = rng.integers(0, n, 8 * b)
   rels = rng.integers(0, r2, 8 * b)
   keep = _kink_free_rows(model, params, heads, rels)
@@ -278,6 +213,7 @@ def test_transform_gradients(rng, x64, model):
   heads, rels = jnp.asarray(heads[keep][:b]), jnp.asarray(rels[keep][:b])
   weights = jnp.asarray(rng.normal(size=(b, d)))
 
+  @jax.jit  # one compilation instead of eager ops at every finite-difference probe
   def f(p):
     q = models.transform(model, p, heads, rels)
     c = models.relation_scale(p, rels)
@@ -285,11 +221,12 @@ def test_transform_gradients(rng, x64, model):
 
   check_grads(f, (params,), order=1, modes=("rev",), eps=FD_EPS)
   # the gradient reaches every table the model uses (for the rows in the batch)
-  grads = jax.grad(f)(params)
+  grads = jax.grad(f)(params)  # reuses check_grads' compilations
   for k in EXPECTED_KEYS[model]:
     assert float(jnp.max(jnp.abs(grads[k]))) > 0, k
 
 
+@pytest.mark.slow
 def test_distance_gradients(rng, x64):
   q = jnp.asarray(rng.normal(size=(3, 4)))
   e = jnp.asarray(rng.normal(size=(5, 4)))
@@ -303,12 +240,12 @@ def test_distance_gradients(rng, x64):
 @pytest.mark.parametrize("dim", [1, 7, 33])
 def test_odd_dimension_rejected_by_rotation_models(model, dim):
   with pytest.raises(ValueError, match="even"):
-    models.init_params(jax.random.PRNGKey(0), model, 5, 2, dim)
+    models.init_params(model, jax.random.PRNGKey(0), 5, 1, dim)
 
 
 @pytest.mark.parametrize("model", ("TransE", "DistMult"))
 def test_odd_dimension_fine_for_other_models(rng, model):
-  p = models.init_params(jax.random.PRNGKey(1), model, N, R2, 7, 0.5)
+  p = random_params(rng, model, N, NR, 7)
   heads, rels = rng.integers(0, N, B), rng.integers(0, R2, B)
   got = np.asarray(jit_transform(model, p, heads, rels))
   np.testing.assert_allclose(got, np_transform(model, to_f64(p), heads, rels), rtol=1e-5,
@@ -320,18 +257,19 @@ def test_unknown_model_raises(bad):
   with pytest.raises(ValueError, match="unknown model"):
     models.canonical_model(bad)
   with pytest.raises(ValueError, match="unknown model"):
-    models.init_params(jax.random.PRNGKey(0), bad, 5, 2, 4)
-  p = models.init_params(jax.random.PRNGKey(0), "TransE", 5, 2, 4)
+    models.init_params(bad, jax.random.PRNGKey(0), 5, 1, 4)
+  p = random_params(np.random.default_rng(0), "TransE", 5, 1, 4)
   with pytest.raises(ValueError, match="unknown model"):
     models.transform(bad, p, jnp.array([0]), jnp.array([0]))
 
 
-@pytest.mark.parametrize("model", ["RotatE", "RotE", "RotL"])
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["RotL"])  # one init for the three rotation models
 def test_rotation_init_modes(rng, model):
   key = jax.random.PRNGKey(int(rng.integers(2**31)))
   scale = 1e-3
-  uniform = models.init_params(key, model, 200, 40, 16, scale)
-  normal = models.init_params(key, model, 200, 40, 16, scale, rotation_init="normal")
+  uniform = models.init_params(model, key, 200, 20, 16, scale)  # 40 relation ids
+  normal = models.init_params(model, key, 200, 20, 16, scale, rotation_init="normal")
   # only the rotation table differs; normal draws it like the other tables
   for k in uniform:
     if k != "rotation":
@@ -350,22 +288,56 @@ def test_rotation_init_modes(rng, model):
 def test_rotation_init_unknown_raises():
   with pytest.raises(ValueError, match="unknown rotation_init 'zeros'; choose one of uniform, "
                      "normal"):
-    models.init_params(jax.random.PRNGKey(0), "RotE", 5, 2, 4, rotation_init="zeros")
+    models.init_params("RotE", jax.random.PRNGKey(0), 5, 1, 4, rotation_init="zeros")
 
 
-def test_rotation_init_in_config_and_older_runs():
-  from hale_jax import checkpoints, train  # pylint: disable=import-outside-toplevel
+def test_rotation_init_in_config_and_resume():
   with pytest.raises(ValueError, match="unknown rotation_init"):
-    train.Config(rotation_init="zeros").validate()
-  train.Config(rotation_init="normal").validate()
-  # runs recorded before the field existed drew rotations from init_scale * N(0, 1): they
-  # resume with rotation_init=normal, or with any value for a model without rotations
-  old = {"config": {"loss": "hale", "model": "RotL"}, "vocab_sha256": "x"}
-  for value, same in (("normal", True), ("uniform", False)):
-    new = {"config": {"loss": "hale", "model": "RotL", "rotation_init": value},
+    config.Config.make(rotation_init="zeros")
+  assert config.Config.make(rotation_init="normal").model.rotation_init == "normal"
+  assert config.Config().model.rotation_init == "uniform"
+  # it decides the starting point, so a run may not resume under another value; and a spec
+  # without the field (no resume shims any more) counts as different
+  spec = {"config": config.Config.make(model="RotL").flat(), "vocab_sha256": "x"}
+  other = {"config": config.Config.make(model="RotL", rotation_init="normal").flat(),
            "vocab_sha256": "x"}
-    assert (checkpoints.mismatch(old, new) == []) == same, value
-  old_transe = {"config": {"loss": "hale", "model": "TransE"}, "vocab_sha256": "x"}
-  new_transe = {"config": {"loss": "hale", "model": "TransE", "rotation_init": "uniform"},
-                "vocab_sha256": "x"}
-  assert checkpoints.mismatch(old_transe, new_transe) == []
+  assert rundir.mismatch(spec, spec) == []
+  assert rundir.mismatch(spec, other) == ["rotation_init ('uniform' vs 'normal')"]
+  older = {"config": {k: v for k, v in spec["config"].items() if k != "rotation_init"},
+           "vocab_sha256": "x"}
+  assert rundir.mismatch(older, spec) == ["rotation_init (None vs 'uniform')"]
+
+
+@pytest.mark.parametrize("mode,tables", [("none", []), ("tail", ["bias_tail"]),
+                                         ("head_tail", ["bias_head", "bias_tail"])])
+def test_init_params_entity_bias_tables(mode, tables):
+  p = models.init_params("TransE", jax.random.PRNGKey(0), N, NR, D, 0.5, entity_bias=mode)
+  assert sorted(k for k in p if k.startswith("bias")) == tables
+  for k in tables:
+    assert p[k].shape == (N,) and p[k].dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(p[k]), 0.0)  # KGEmb starts them at 0
+  assert models.has_entity_bias(p) == bool(tables)
+  # the tables with one row per entity (the ones a mesh pads and shards by rows)
+  assert {k for k in p if p[k].shape[0] == N and k != "scale"} <= set(models.ENTITY_TABLES)
+  assert set(models.ENTITY_TABLES) == {"entity", "bias_head", "bias_tail"}
+  # biases change nothing else: the same key draws the same tables
+  plain = models.init_params("TransE", jax.random.PRNGKey(0), N, NR, D, 0.5)
+  for k in plain:
+    np.testing.assert_array_equal(np.asarray(p[k]), np.asarray(plain[k]))
+
+
+@pytest.mark.parametrize("bad", [True, "head", "learn"])
+def test_init_params_rejects_unknown_entity_bias(bad):
+  with pytest.raises(ValueError, match="unknown entity_bias"):
+    models.init_params("TransE", jax.random.PRNGKey(0), 5, 1, 4, entity_bias=bad)
+
+
+@pytest.mark.slow
+def test_init_params_float64_is_the_float32_start(x64):
+  key = jax.random.PRNGKey(3)
+  p32 = models.init_params("RotL", key, N, NR, D, 0.5, entity_bias="head_tail")
+  p64 = models.init_params("RotL", key, N, NR, D, 0.5, dtype=jnp.float64, entity_bias="head_tail")
+  assert p64.keys() == p32.keys()
+  for k in p32:
+    assert p64[k].dtype == jnp.float64
+    np.testing.assert_array_equal(np.asarray(p64[k]), np.asarray(p32[k], np.float64))
