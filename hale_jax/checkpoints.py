@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -155,13 +156,18 @@ class Checkpointer:
     self._best.close()
 
 
-def load_best_params(workdir: str | os.PathLike) -> dict[str, np.ndarray]:
-  """The best-valid parameters of a run: ``best_params.npz`` if the run ended, else ``best/``."""
+def load_best_params(workdir: str | os.PathLike,
+                     log: Callable[[str], None] = print) -> dict[str, np.ndarray]:
+  """The best-valid parameters of a run: ``best_params.npz`` if the run ended, else (or when
+  that file cannot be read) the ``best/`` checkpoint."""
   workdir = Path(workdir)
   npz = workdir / "best_params.npz"
   if npz.exists():
-    with np.load(npz) as f:
-      return {k: f[k] for k in f.files}
+    try:
+      with np.load(npz) as f:
+        return {k: f[k] for k in f.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+      log(f"warning: {npz} cannot be read ({type(err).__name__}); using the best/ checkpoint")
   best = workdir / "best"
   if best.is_dir():
     mngr = _manager(best, 1)

@@ -61,10 +61,11 @@ def define_config_flags(flag_values: flags.FlagValues = flags.FLAGS,
 
 
 def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS,
-                      config_cls: type = Config) -> Config:
-  """The config the parsed flags describe (raises ValueError on a bad combination)."""
-  return config_cls.make(**{f.name: flag_values[f.name].value
-                            for _, f, _ in config_fields(config_cls)})
+                      config_cls: type = Config, **overrides: Any) -> Config:
+  """The config the parsed flags describe, with ``overrides`` (flat field names) on top;
+  raises ValueError on a bad combination."""
+  return config_cls.make(**{**{f.name: flag_values[f.name].value
+                               for _, f, _ in config_fields(config_cls)}, **overrides})
 
 
 def define_launch_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:

@@ -305,7 +305,7 @@ def _search(study, study_dir: Path) -> None:
   space = parse_space(FLAGS.space)
   overrides = {k: v for k, v in (("max_seconds", FLAGS.max_seconds_per_trial),
                                  ("max_epochs", FLAGS.max_epochs_per_trial)) if v is not None}
-  base = options.config_from_flags(FLAGS).replace(**overrides)
+  base = options.config_from_flags(FLAGS, **overrides)
   spec = options.data_spec_from_flags(FLAGS)
   data = datasets.load_data(spec)
   retried = retry_stale_trials(study, study_dir)

@@ -79,7 +79,7 @@ class Trainer:
     index = FilterIndex(data)
     h = objective.activation_of(config.objective)
     self.evaluators = {split: Evaluator(data, split, config.model.model,
-                                        config.budget.eval_chunk, index, layout, h)
+                                        config.budget.eval_chunk, index, layout, h, log)
                        for split in ("valid", "test")}
     t0 = time.perf_counter()
     self._epoch = epoch_fn.lower(self.state, self.train_queries).compile()

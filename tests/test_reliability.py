@@ -540,9 +540,6 @@ def test_outputs_are_complete_and_no_temporary_file_is_left(wave):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="checkpoints.load_best_params opens best_params.npz "
-                   "whenever it exists; a truncated file raises zipfile.BadZipFile (no fallback "
-                   "to best/, and the commands print a traceback: BadZipFile is not caught)")
 def test_truncated_params_file_falls_back_to_the_best_checkpoint(wave, tmp_path):
   copy = tmp_path / "run"
   shutil.copytree(wave.dirs["ckpt"], copy)

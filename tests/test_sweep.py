@@ -140,10 +140,6 @@ def test_study_finishes_with_report_flagfile_and_plot(study):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="sweep._search builds the flagfile's config before it "
-                   "applies --max_epochs_per_trial/--max_seconds_per_trial, so a flagfile with "
-                   "--max_seconds=0 and no --max_epochs is refused ('set a budget') although "
-                   "every trial would have an epoch budget")
 def test_trial_budget_alone_is_a_budget(study, tmp_path_factory):
   study_dir, data_dir, _ = study
   flagfile = study_dir.parent / "no-budget.flags"

@@ -790,9 +790,6 @@ def test_out_of_memory_during_training_retries_once_per_split(tracked, portable)
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="Trainer builds its Evaluators without log=, so the "
-                   "out-of-memory retry line goes to print() (stdout), not to train()'s log "
-                   "(a sweep trial's log.txt never shows it)")
 def test_out_of_memory_retry_is_in_the_runs_log(tracked):
   assert any("out of device memory" in l for l in tracked.lines), tracked.lines
 
