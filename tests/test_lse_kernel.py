@@ -67,7 +67,8 @@ def _assert_close(got, want, rtol):
                                 atol=rtol * float(np.max(np.abs(w))))
 
 
-@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("act", [a if a == "hanon" else pytest.param(a, marks=pytest.mark.slow)
+                                 for a in ACTS])
 def test_float32_matches_float64_reference(x64, rng, act):
   """float32 kernel, with biases, d = 8 (padded to 16), N = 37 over blocks of 16 (the last one
   overlaps), k = 5, two splits of the entity axis."""
@@ -94,7 +95,9 @@ FLOAT64_CASES = [
 ]
 
 
-@pytest.mark.parametrize("act,k,n,d,bias,block_k,block_n", FLOAT64_CASES)
+@pytest.mark.parametrize("act,k,n,d,bias,block_k,block_n",
+                         [c if i == 0 else pytest.param(*c, marks=pytest.mark.slow)
+                          for i, c in enumerate(FLOAT64_CASES)])
 def test_float64_matches_reference(x64, rng, act, k, n, d, bias, block_k, block_n):
   args = _inputs(rng, act, k, n, d, jnp.float64, bias)
   h = activations.get_activation(act)
@@ -127,7 +130,8 @@ def _np_lse(q, c, e, b, h_np, bits):
   return m + np.log(np.sum(np.exp(s - m[:, None]), axis=-1))
 
 
-@pytest.mark.parametrize("matmul,bits", [("tf32", 10), ("bf16", 7)])
+@pytest.mark.parametrize("matmul,bits", [("tf32", 10), pytest.param("bf16", 7,
+                                                                    marks=pytest.mark.slow)])
 def test_reduced_precision_modes(rng, matmul, bits):
   """Value: a float64 reference whose matmul inputs are rounded the same way.  Gradients:
   ``chunked`` in the same mode, to the mode's rounding (both round the backward matmul's
@@ -167,7 +171,8 @@ def _export_for_cuda(fn, *shapes):
   return jax.export.export(jax.jit(fn), platforms=["cuda"], disabled_checks=checks)(*shapes)
 
 
-@pytest.mark.parametrize("matmul", models.MATMUL_MODES)
+@pytest.mark.parametrize("matmul", [m if m == "float32" else pytest.param(m, marks=pytest.mark.slow)
+                                    for m in models.MATMUL_MODES])
 def test_lowers_to_triton_without_k_by_n_arrays(matmul):
   """Forward and backward of every activation lower to three Triton kernels, and no array of
   ``k x N`` elements (in any layout) exists outside them."""

@@ -40,6 +40,7 @@ def test_loss_is_the_library_objective(rng):
   assert float(module.loss(batch, settings)) == pytest.approx(float(want), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_nnx_optimizer_lowers_the_loss():
   data = synthetic.generate(seed=0, num_trees=2, branching=3, depth=3)
   queries = jnp.asarray(with_reciprocals(data.train, data.num_relations))
