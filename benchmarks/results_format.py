@@ -73,7 +73,7 @@ class Doc:
     it compares."""
     def keys(r):
       """The keys of one record: its own, or those of the runs a comparison compares."""
-      if r["kind"] == "comparison":
+      if r["kind"] in ("comparison", "target"):
         return [k for i in r["runs"] for k in keys(self.by_id[i])]
       key = self.keys.setdefault((r["device"], r["date"], r["commit"], r["command"]),
                                  f"s{len(self.keys) + 1}")

@@ -336,3 +336,23 @@ def test_default_config_is_what_the_launcher_runs_with_no_flags():
   fv(["prog"])
   assert options.config_from_flags(fv) == Config()
   assert fv["dataset"].value == "synthetic" and fv["workdir"].value is None
+
+
+PLUS_FLAGFILES = sorted(p.name for p in (REPO / "launch" / "plus").glob("*.flags"))
+
+
+@pytest.mark.parametrize("flagfile", PLUS_FLAGFILES)
+def test_plus_flagfiles_change_only_what_they_say(flagfile, monkeypatch):
+  """A HaLE+ flagfile is the paper's flagfile of its dataset and then the flags it lists below
+  its comments; each change is explained in a comment naming the flag."""
+  monkeypatch.chdir(REPO)  # the nested --flagfile line is relative to the repository root
+  path = REPO / "launch" / "plus" / flagfile
+  text = path.read_text()
+  changes = {k: v for k, v in _read_flagfile(path).items() if k != "flagfile"}
+  assert _read_flagfile(path)["flagfile"] == f"launch/{flagfile}"
+  paper = options.config_from_flags(options.parse_flagfile(f"launch/{flagfile}"))
+  plus = options.config_from_flags(options.parse_flagfile(str(path)))
+  assert changes and plus == paper.replace(**{k: _typed(k, v) for k, v in changes.items()})
+  comments = "\n".join(line for line in text.splitlines() if line.startswith("#"))
+  for name in changes:
+    assert f"--{name}" in comments, (flagfile, name)
