@@ -101,22 +101,23 @@ REFERENCE = {
 DEFAULTS = {"hanon": (3.0, 10.0), "halin": (10.0, 10.0)}
 
 
-def np_activation(name, beta=None, gamma=10.0):
-  """``x -> h(x)`` in float64, with ``activations.get_activation``'s defaults."""
-  ref = REFERENCE[name][0]
+def _np_function(name, which, beta, gamma):
+  """Element ``which`` of ``REFERENCE[name]`` (0: h, 1: h') as float64 ``x -> y``."""
+  ref = REFERENCE[name][which]
   if name in DEFAULTS:
     b = DEFAULTS[name][0] if beta is None else beta
     return lambda x: ref(np.asarray(x, np.float64), b, gamma)
   return lambda x: ref(np.asarray(x, np.float64))
+
+
+def np_activation(name, beta=None, gamma=10.0):
+  """``x -> h(x)`` in float64, with ``activations.get_activation``'s defaults."""
+  return _np_function(name, 0, beta, gamma)
 
 
 def np_dactivation(name, beta=None, gamma=10.0):
   """``x -> h'(x)`` in float64 (see :func:`np_activation`)."""
-  ref = REFERENCE[name][1]
-  if name in DEFAULTS:
-    b = DEFAULTS[name][0] if beta is None else beta
-    return lambda x: ref(np.asarray(x, np.float64), b, gamma)
-  return lambda x: ref(np.asarray(x, np.float64))
+  return _np_function(name, 1, beta, gamma)
 
 
 # ----------------------------------------------------------------------------------------------
