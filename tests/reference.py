@@ -283,14 +283,21 @@ def np_uniformity_lse(q, s, e, h, bias=None):
   return np_uniformity_terms(x, h, bias)
 
 
-def np_scaled_distances(model, params, batch, rel_scale=True):
-  """``(pos [B], all [B, N])``: ``c_r ||Phi(e_h, r) - e||^2`` of each query of ``batch [B, 3]``
-  against its tail and against every entity (``c_r = 1`` without ``rel_scale``)."""
+def _np_queries(model, params, batch, rel_scale):
+  """float64 params, the ``[B]`` heads, relations and tails of ``batch [B, 3]``, the queries
+  ``Phi(e_h, r) [B, D]`` and ``c_r [B]`` (ones without ``rel_scale``)."""
   p = to_f64(params)
   batch = np.asarray(batch)
   heads, rels, tails = batch[:, 0], batch[:, 1], batch[:, 2]
   q = np_transform(model, p, heads, rels)
   c = np_softplus(p["scale"][rels]) if rel_scale else np.ones(len(rels))
+  return p, heads, rels, tails, q, c
+
+
+def np_scaled_distances(model, params, batch, rel_scale=True):
+  """``(pos [B], all [B, N])``: ``c_r ||Phi(e_h, r) - e||^2`` of each query of ``batch [B, 3]``
+  against its tail and against every entity (``c_r = 1`` without ``rel_scale``)."""
+  p, heads, rels, tails, q, c = _np_queries(model, params, batch, rel_scale)
   ent = p["entity"]
   pos = c * np.sum((q - ent[tails]) ** 2, axis=-1)
   every = c[:, None] * np_difference_distances(q, ent)
@@ -361,11 +368,7 @@ def np_biased_scores(model, params, batch, candidates, h, rel_scale=True):
   """``[B]`` positive and ``[B, C]`` candidate scores ``b_h + b_t - h(c_r ||q - e||^2)``
   (``b_h = 0`` without a ``bias_head`` table, ``b = 0`` without ``bias_tail``);
   ``candidates`` is ``[B, C]`` or ``[1, C]`` entity ids."""
-  p = to_f64(params)
-  batch = np.asarray(batch)
-  heads, rels, tails = batch[:, 0], batch[:, 1], batch[:, 2]
-  q = np_transform(model, p, heads, rels)
-  c = np_softplus(p["scale"][rels]) if rel_scale else np.ones(len(rels))
+  p, heads, rels, tails, q, c = _np_queries(model, params, batch, rel_scale)
   ent = p["entity"]
   bh = p["bias_head"][heads] if "bias_head" in p else np.zeros(len(heads))
   bt = p["bias_tail"] if "bias_tail" in p else np.zeros(len(ent))
