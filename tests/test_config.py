@@ -348,8 +348,8 @@ def test_plus_flagfiles_change_only_what_they_say(flagfile, monkeypatch):
   monkeypatch.chdir(REPO)  # the nested --flagfile line is relative to the repository root
   path = REPO / "launch" / "plus" / flagfile
   text = path.read_text()
-  changes = {k: v for k, v in _read_flagfile(path).items() if k != "flagfile"}
-  assert _read_flagfile(path)["flagfile"] == f"launch/{flagfile}"
+  changes = _read_flagfile(path)  # every flag the file sets below its comments
+  assert changes.pop("flagfile") == f"launch/{flagfile}"
   paper = options.config_from_flags(options.parse_flagfile(f"launch/{flagfile}"))
   plus = options.config_from_flags(options.parse_flagfile(str(path)))
   assert changes and plus == paper.replace(**{k: _typed(k, v) for k, v in changes.items()})
