@@ -66,7 +66,7 @@ REPO = Path(__file__).resolve().parents[1]
 PHASES = ("compile", "epoch", "checkpoint", "validation", "final checkpoint", "final evaluation")
 MID_PHASES = PHASES[:4]
 OUTPUTS = ("run.json", "results.json", "best_params.npz", "metrics.jsonl", "entities.tsv",
-           "relations.tsv", "triples.npz")
+           "relations.tsv", "triples/train.npy", "triples/valid.npy", "triples/test.npy")
 TMP_MARKERS = (".tmp", "orbax-checkpoint-tmp")
 TIMEOUT = 300
 
@@ -363,6 +363,8 @@ def incomplete_outputs(workdir: Path, reference: Path) -> list[str]:
       elif name.endswith(".jsonl"):
         for line in path.read_text(encoding="utf-8").splitlines():
           strict_json(line)
+      elif name.endswith(".npy"):
+        np.testing.assert_array_equal(np.load(path), np.load(reference / name))
       elif name.endswith(".npz"):
         with np.load(path) as f, np.load(reference / name) as g:
           if sorted(f.files) != sorted(g.files):

@@ -72,7 +72,7 @@ from benchmarks.paper_tables import EXPERIMENTS, all_variants
 from benchmarks.reproduce_cells import (ROOT, Cell, canonical_dataset, canonical_models,
                                         data_spec, make_config, plan)
 from benchmarks.reproduce_report import make_row, plot, write_outputs
-from hale_jax import datasets, models, rundir
+from hale_jax import dataspec, models, rundir, runfiles
 from hale_jax.config import Config
 
 BUDGET_FIELDS = ("max_seconds", "max_epochs")
@@ -83,7 +83,7 @@ BUDGET_FIELDS = ("max_seconds", "max_epochs")
 def stored_results(workdir: Path, config: Config, spec: dict) -> tuple[dict | None, str | None]:
   """``(results, note)`` when ``workdir`` holds a finished run; ``(None, error)`` when it holds
   a different one; ``(None, None)`` when there is nothing finished to reuse."""
-  path = workdir / rundir.RESULTS_FILE
+  path = workdir / runfiles.RESULTS
   if not path.exists():
     return None, None
   results = json.loads(path.read_text())
@@ -131,7 +131,7 @@ def kept_rows(order: list[Cell], cells: list[Cell], outdir: Path, budget_scale: 
   rows = []
   for cell in order:
     workdir = outdir / "cells" / cell.cell_id
-    if cell.cell_id in chosen or not (workdir / rundir.RESULTS_FILE).is_file():
+    if cell.cell_id in chosen or not (workdir / runfiles.RESULTS).is_file():
       continue
     config = make_config(cell, budget_scale, max_epochs)
     results, note = stored_results(workdir, config, data_spec(cell.dataset, data_dir_override))
@@ -164,7 +164,7 @@ def _load(loaded: dict[str, Any], dataset: str, spec: dict) -> Any:
     for other in [d for d, v in loaded.items() if not isinstance(v, str)]:
       del loaded[other]
     try:
-      loaded[dataset] = datasets.load_data(spec)
+      loaded[dataset] = dataspec.from_json(spec).load()
     except DataError as err:
       loaded[dataset] = one_line(err)
   return loaded[dataset]

@@ -125,7 +125,7 @@ def make_config(cell: Cell, budget_scale: float, max_epochs: int) -> Config:
 
 
 def data_spec(dataset: str, data_dir_override: str | None) -> dict[str, str]:
-  """How ``hale_jax.datasets.load_data`` finds the dataset (kept in the cell's ``run.json``)."""
+  """How ``hale_jax.dataspec`` finds the dataset (kept in the cell's ``run.json``)."""
   if data_dir_override:
     root = Path(data_dir_override).resolve()
     folder = root / dataset if (root / dataset / "train.txt").is_file() else root

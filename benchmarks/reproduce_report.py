@@ -159,7 +159,7 @@ def write_outputs(outdir: Path, experiment: str, rows: list[dict], budget_scale:
                   argv: list[str]) -> str:
   """Writes ``results.csv``, ``results.json`` and ``table.md`` into ``outdir``; returns the
   table."""
-  from hale_jax import rundir  # pylint: disable=import-outside-toplevel
+  from hale_jax import runfiles  # pylint: disable=import-outside-toplevel
   outdir.mkdir(parents=True, exist_ok=True)
   with open(outdir / "results.csv.tmp", "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=ROW_FIELDS)
@@ -168,7 +168,7 @@ def write_outputs(outdir: Path, experiment: str, rows: list[dict], budget_scale:
   os.replace(outdir / "results.csv.tmp", outdir / "results.csv")
   doc = {"experiment": experiment, "budget_scale": budget_scale, "command": argv,
          "written": datetime.datetime.now().isoformat(timespec="seconds"), "rows": rows}
-  rundir.write_json(outdir / "results.json", doc)
+  runfiles.write_json(outdir / "results.json", doc)
   table = markdown(experiment, rows, budget_scale)
   (outdir / "table.md").write_text(table)
   return table

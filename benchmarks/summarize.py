@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from hale_jax import rundir
+from hale_jax import runfiles
 
 HEADER = ("| dataset | model | λ | α | batch | lr | valid MRR | test MRR | test H@1 | "
           "test H@10 | test MRR (pess.) | epochs | train s | compile s | eval s | device | mesh | "
@@ -45,7 +45,7 @@ def curve(res: dict) -> str:
 
 def read_results(workdir: str) -> dict:
   """A run folder's ``results.json``; exits with a one-line message when there is none."""
-  path = Path(workdir) / rundir.RESULTS_FILE
+  path = Path(workdir) / runfiles.RESULTS
   if not path.is_file():
     sys.exit(f"error: {path}: missing; is {workdir} a finished run's --workdir?")
   return json.loads(path.read_text())

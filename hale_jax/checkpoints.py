@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,6 +26,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from hale_jax import runfiles
 from hale_jax.data import KGData
 
 VOCABULARY_IN_CHECKPOINT_MAX = 1_000_000  # names; beyond, only the hash (entities.tsv has them)
@@ -85,8 +85,8 @@ class Checkpointer:
                log: Callable[[str], None] = print):
     self.workdir = Path(workdir)
     self._max_to_keep = max_to_keep
-    self._latest = _manager(self.workdir / "checkpoints", max_to_keep)
-    self._best = _manager(self.workdir / "best", 1)
+    self._latest = _manager(self.workdir / runfiles.CHECKPOINTS, max_to_keep)
+    self._best = _manager(self.workdir / runfiles.BEST, 1)
     self._log = log
 
   def save(self, epoch: int, state: Any, meta: dict[str, Any]) -> None:
@@ -97,7 +97,8 @@ class Checkpointer:
     """Saves the best-valid parameters as step ``epoch`` of ``best/``."""
     _save(self._best, epoch, params=ocp.args.StandardSave(params))
 
-  def restore_latest(self, template: Any) -> tuple[Any, dict[str, Any], int] | None:
+  def restore_latest(self, template: Any, check: Callable[[Any, dict[str, Any]], None] | None = None
+                     ) -> tuple[Any, dict[str, Any], int] | None:
     """``(state, meta, epoch)`` of the newest step that restores, or None if there is none.
 
     ``template`` is a pytree of the state's structure (arrays or ShapeDtypeStructs); the state
@@ -106,6 +107,9 @@ class Checkpointer:
     to restore (partial or corrupt) is reported in one line and the previous one is tried;
     once one restores, the failed newer steps are moved to ``checkpoints/unreadable/`` so that
     no later cleanup deletes them.
+
+    ``check(state, meta)`` may raise (any exception) to reject a step that restored but does
+    not fit the run (shapes, metadata); it then counts as unreadable.
 
     Raises:
       UnreadableCheckpoints: steps exist but none restores (nothing is moved or deleted).
@@ -118,6 +122,8 @@ class Checkpointer:
         with _quiet_orbax():
           out = self._latest.restore(step, args=ocp.args.Composite(
               state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+        if check is not None:
+          check(out["state"], out["meta"])
       except Exception as err:  # pylint: disable=broad-except
         failed.append((step, str(err).splitlines()[0][:200] if str(err) else type(err).__name__))
         self._log(f"checkpoint {self._step_dir(step)} cannot be restored ({failed[-1][1]}); "
@@ -127,20 +133,20 @@ class Checkpointer:
       return out["state"], out["meta"], step
     if failed:
       raise UnreadableCheckpoints(
-          f"{self.workdir / 'checkpoints'}: no checkpoint restores ("
+          f"{self.workdir / runfiles.CHECKPOINTS}: no checkpoint restores ("
           + "; ".join(f"step {s}: {why}" for s, why in failed)
           + "); nothing was changed. Pass --overwrite to start over, or move the folder away")
     return None
 
   def _step_dir(self, step: int) -> Path:
-    return self.workdir / "checkpoints" / str(step)
+    return self.workdir / runfiles.CHECKPOINTS / str(step)
 
   def _set_aside(self, steps: list[int]) -> None:
     """Moves unreadable steps to ``checkpoints/unreadable/<step>[-n]`` and reopens the manager,
     so its cleanup never deletes them and its latest step is a readable one."""
     if not steps:
       return
-    aside = self.workdir / "checkpoints" / UNREADABLE
+    aside = self.workdir / runfiles.CHECKPOINTS / UNREADABLE
     aside.mkdir(exist_ok=True)
     for step in steps:
       target, n = aside / str(step), 1
@@ -149,31 +155,29 @@ class Checkpointer:
       os.replace(self._step_dir(step), target)
       self._log(f"moved the unreadable checkpoint {self._step_dir(step)} to {target}")
     self._latest.close()
-    self._latest = _manager(self.workdir / "checkpoints", self._max_to_keep)
+    self._latest = _manager(self.workdir / runfiles.CHECKPOINTS, self._max_to_keep)
 
   def close(self) -> None:
     self._latest.close()
     self._best.close()
 
 
-def load_best_params(workdir: str | os.PathLike,
-                     log: Callable[[str], None] = print) -> dict[str, np.ndarray]:
-  """The best-valid parameters of a run: ``best_params.npz`` if the run ended, else (or when
-  that file cannot be read) the ``best/`` checkpoint."""
-  workdir = Path(workdir)
-  npz = workdir / "best_params.npz"
-  if npz.exists():
-    try:
-      with np.load(npz) as f:
-        return {k: f[k] for k in f.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-      log(f"warning: {npz} cannot be read ({type(err).__name__}); using the best/ checkpoint")
-  best = workdir / "best"
-  if best.is_dir():
+def restore_best(best: Path) -> dict[str, np.ndarray] | None:
+  """The parameters of the newest step of a ``best/`` folder, or None when it has none.
+
+  Raises:
+    UnreadableCheckpoints: the step does not restore; ``str(err)`` says why in a few words.
+  """
+  with _quiet_orbax():
     mngr = _manager(best, 1)
-    step = mngr.latest_step()
-    if step is not None:
+    try:
+      step = mngr.latest_step()
+      if step is None:
+        return None
       out = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore()))
       return {k: np.asarray(v) for k, v in out["params"].items()}
-  raise FileNotFoundError(f"{workdir}: no best_params.npz and no best/ checkpoint; is this the "
-                          f"--workdir of a hale_jax run?")
+    except Exception as err:  # pylint: disable=broad-except  # orbax raises many kinds
+      why = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+      raise UnreadableCheckpoints(f"the checkpoint cannot be restored ({why})") from None
+    finally:
+      mngr.close()

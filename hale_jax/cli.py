@@ -14,17 +14,23 @@ from typing import Callable
 
 from absl import app, logging
 
+from hale_jax import runfiles
 from hale_jax.data import one_line
 
 # What a user can cause: bad flags or files (DataError is a ValueError), missing or existing
-# paths.  Anything else is a bug and keeps its traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
+# paths, outputs that cannot be written.  Anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, runfiles.OutputError)
 
 
 def fail(err: BaseException, status: int = 2) -> None:
   """Prints ``error: <one line>`` to stderr and exits with ``status``."""
   print(f"error: {one_line(err)}", file=sys.stderr)
   sys.exit(status)
+
+
+def warn(line: str) -> None:
+  """Prints a warning (or any message that is not the command's output) to stderr."""
+  print(line, file=sys.stderr, flush=True)
 
 
 def user_errors(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
@@ -53,7 +59,9 @@ def no_arguments(argv: list[str]) -> None:
 
 
 def check_output(path, overwrite: bool) -> None:
-  """Refuses to replace an existing output file without ``--overwrite``."""
+  """Refuses an output path that is a run's own file (``runfiles.refuse_run_file``), and an
+  existing one without ``--overwrite``."""
+  runfiles.refuse_run_file(path)
   if Path(path).exists() and not overwrite:
     raise FileExistsError(f"{path}: already exists; choose another --output or pass "
                           f"--overwrite to replace it")

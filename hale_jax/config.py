@@ -23,6 +23,7 @@ groups, so a config also has a flat view (:meth:`Config.flat`, :meth:`Config.mak
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from typing import Any
 
@@ -59,6 +60,20 @@ def _check_choices(group: Any) -> None:
     _check_choice(group, f.name)
 
 
+def _check_finite(group: Any) -> None:
+  """Every float field is a finite number (NaN passes every comparison check unnoticed)."""
+  for f in dataclasses.fields(group):
+    value = getattr(group, f.name)
+    if isinstance(value, float) and not math.isfinite(value):
+      raise ValueError(f"--{f.name} must be a finite number, got {value}")
+
+
+def _check_not_negative(group: Any, *names: str) -> None:
+  for name in names:
+    if getattr(group, name) < 0:
+      raise ValueError(f"--{name} must be >= 0, got {getattr(group, name)}")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """The embedding model and its initialisation."""
@@ -72,6 +87,7 @@ class ModelConfig:
                       choices=("float32", "float64"))
 
   def __post_init__(self):
+    _check_finite(self)
     models.canonical_model(self.model)  # any case, so not a plain choice
     for name in ("rotation_init", "dtype"):
       _check_choice(self, name)
@@ -117,6 +133,7 @@ class ObjectiveConfig:
                        "float32.", choices=models.MATMUL_MODES)
 
   def __post_init__(self):
+    _check_finite(self)
     _check_choices(self)
     _check_positive(self, "num_negatives")
     if not 0.0 < self.alpha <= 1.0:
@@ -140,6 +157,7 @@ class OptimConfig:
   seed: int = option(0, "Random seed (initialisation and shuffling).")
 
   def __post_init__(self):
+    _check_finite(self)
     _check_choices(self)
     _check_positive(self, "batch_size", "learning_rate")
 
@@ -161,6 +179,8 @@ class BudgetConfig:
                             "an improvement.", resumable=True)
 
   def __post_init__(self):
+    _check_finite(self)
+    _check_not_negative(self, "max_seconds", "max_epochs")
     if self.max_seconds <= 0 and self.max_epochs <= 0:
       raise ValueError("set a budget: --max_seconds > 0 or --max_epochs > 0")
     for name in ("eval_every", "patience", "min_delta"):
@@ -189,7 +209,9 @@ class RunConfig:
                               "project (needs wandb).", resumable=True)
 
   def __post_init__(self):
+    _check_finite(self)
     _check_positive(self, "max_to_keep")
+    _check_not_negative(self, "checkpoint_every_epochs", "checkpoint_every_seconds")
     if self.mesh.strip() not in ("auto", "none"):
       mesh.mesh_axis_sizes(self.mesh)  # the syntax; the device count is checked at start
 

@@ -380,12 +380,3 @@ def split_hashes(folder: str | os.PathLike) -> dict[str, str]:
   """``{"train": sha256, "valid": ..., "test": ...}`` of the raw files in ``folder``, to tell
   on resume whether the data changed since a run started."""
   return {s: file_sha256(Path(folder) / f"{s}.txt") for s in SPLITS}
-
-
-def write_vocabulary(data: KGData, folder: str | os.PathLike) -> None:
-  """Writes ``entities.tsv`` and ``relations.tsv`` (``id<TAB>name``) into ``folder``."""
-  folder = Path(folder)
-  for fname, names in (("entities.tsv", data.entities), ("relations.tsv", data.relations)):
-    with open(folder / fname, "w", encoding="utf-8") as f:
-      for i, n in enumerate(names):
-        f.write(f"{i}\t{n}\n")

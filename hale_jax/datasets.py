@@ -21,9 +21,8 @@ Sources, pinned to a commit (checksums as in ``shared/datasets/README.md``):
 * CoDEx-S, CoDEx-M, CoDEx-L: ``data/triples/codex-{s,m,l}/*.txt`` of github.com/tsafavi/codex,
   one URL per split, checked by sha256 (S, M) or git blob id (L).
 
-:func:`load_data`, :func:`spec_hashes` and :func:`check_hashes` turn a run's data spec (kept in
-its ``run.json``) back into the data, and tell whether its files changed since.  Any failure
-raises :class:`~hale_jax.data.DataError` with a one-line message.
+Any failure raises :class:`~hale_jax.data.DataError` with a one-line message.
+(:mod:`hale_jax.dataspec` turns a run's data spec back into its data.)
 """
 
 from __future__ import annotations
@@ -110,7 +109,12 @@ def resolve(name: str, *, cache_dir: str | os.PathLike | None = None,
   sources = SOURCES if sources is None else sources
   name = canonical_name(name, sources)
   if os.environ.get("HALE_DATA_DIR"):
-    local = Path(os.environ["HALE_DATA_DIR"]) / name
+    root = Path(os.environ["HALE_DATA_DIR"])
+    if not root.is_dir():
+      raise DataError(f"HALE_DATA_DIR={root} is not a folder; point it at the folder that holds "
+                      f"{name}/ (with train.txt, valid.txt, test.txt), or unset it to look in "
+                      f"the cache {cache_root(cache_dir)} and download there")
+    local = root / name
     if (local / "train.txt").is_file():
       return local
   target = cache_root(cache_dir) / name
@@ -121,75 +125,3 @@ def resolve(name: str, *, cache_dir: str | os.PathLike | None = None,
                     f"or delete it so that {name} is downloaded again")
   download.fetch_dataset(name, sources[name], target, timeout)
   return target
-
-
-def load_data(spec: Mapping[str, Any]):
-  """Loads the :class:`~hale_jax.data.KGData` a run was trained on, from its data spec.
-
-  ``spec`` (as stored in a run's ``run.json``) is one of
-
-  * ``{"kind": "synthetic"}``; ``{"kind": "powerlaw", "entities": N}``
-    (:func:`hale_jax.synthetic.power_law`);
-  * ``{"kind": "dataset", "name": NAME}``;
-  * ``{"kind": "folder", "path": PATH}``, optionally with ``"strip_whitespace": true``;
-  * ``{"kind": "file", "path": PATH}`` with optional ``columns``, ``delimiter``, ``header``,
-    ``strip_whitespace``, ``fractions`` (``[0.8, 0.1, 0.1]``), ``seed`` and ``name``: one file
-    split by :func:`hale_jax.own_data.load_triples_file` (the same file and settings give the
-    same splits);
-  * ``{"kind": "files", "train": PATH, "valid": PATH, "test": PATH}`` with optional
-    ``columns``, ``delimiter``, ``header``, ``strip_whitespace`` and ``name``
-    (:func:`hale_jax.own_data.load_split_files`).
-
-  Other keys (such as ``sha256``, see :func:`spec_hashes`) are ignored here.
-  """
-  kind = spec.get("kind")
-  strip = bool(spec.get("strip_whitespace", False))
-  reading = {"columns": spec.get("columns") or own_data.DEFAULT_COLUMNS,
-             "delimiter": spec.get("delimiter"), "header": bool(spec.get("header", False)),
-             "strip_whitespace": strip}
-  if kind == "synthetic":
-    return synthetic.generate()
-  if kind == "powerlaw":
-    return synthetic.power_law(int(spec["entities"]))
-  if kind == "dataset":
-    return load_folder(resolve(spec["name"]), name=spec["name"])
-  if kind == "folder":
-    return load_folder(spec["path"], strip_whitespace=strip)
-  if kind == "file":
-    data, _ = own_data.load_triples_file(
-        spec["path"], fractions=spec.get("fractions") or own_data.DEFAULT_FRACTIONS,
-        seed=int(spec.get("seed", 0)), name=spec.get("name"), **reading)
-    return data
-  if kind == "files":
-    return own_data.load_split_files(spec["train"], spec["valid"], spec["test"],
-                                     name=spec.get("name"), **reading)
-  raise DataError(f"unknown data spec {dict(spec)!r}; expected kind synthetic, powerlaw, "
-                  f"dataset, folder, file or files")
-
-
-def spec_hashes(spec: Mapping[str, Any]) -> dict[str, str]:
-  """sha256 of the raw files behind a data spec: ``{"train": .., "valid": .., "test": ..}``
-  for a dataset, folder or files; ``{"file": ..}`` for one file; ``{}`` for generated graphs
-  (their spec says it all).  Store it with the spec; :func:`check_hashes` compares later."""
-  kind = spec.get("kind")
-  if kind == "dataset":
-    return split_hashes(resolve(spec["name"]))
-  if kind == "folder":
-    return split_hashes(spec["path"])
-  if kind == "file":
-    return {"file": file_sha256(spec["path"])}
-  if kind == "files":
-    return {s: file_sha256(spec[s]) for s in SPLITS}
-  return {}
-
-
-def check_hashes(spec: Mapping[str, Any], recorded: Mapping[str, str]) -> None:
-  """Raises a one-line :class:`DataError` when the files behind ``spec`` changed since
-  ``recorded`` (:func:`spec_hashes` at the start of the run), e.g. before resuming."""
-  now = spec_hashes(spec)
-  changed = sorted(k for k in set(now) | set(recorded) if now.get(k) != recorded.get(k))
-  if changed:
-    where = spec.get("path") or spec.get("name") or spec.get("train") or spec.get("kind")
-    raise DataError(f"the data of this run changed since it started ({', '.join(changed)} of "
-                    f"{where} now has another sha256); restore the files, or start a new run "
-                    f"in another --workdir")

@@ -97,6 +97,7 @@ def fetch_dataset(name: str, source: Source, target: Path, timeout: float) -> No
   """Downloads dataset ``name`` from ``source`` into the folder ``target`` (which must not
   exist), staged next to it and renamed into place only once every file checked out; the
   staging folder is removed whatever happens.  ``timeout``: seconds per network read."""
+  created = [p for p in (target.parent, *target.parent.parents) if not p.exists()]
   staging = _staging(name, target)
   try:
     _download(name, source, staging, timeout)
@@ -108,6 +109,17 @@ def fetch_dataset(name: str, source: Source, target: Path, timeout: float) -> No
     _install(name, staging, target)
   finally:
     shutil.rmtree(staging, ignore_errors=True)
+    _remove_if_empty(created)
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+  """Removes the cache folders this download created, innermost first, where they stayed
+  empty (a failed first download leaves no empty cache behind)."""
+  for folder in folders:
+    try:
+      folder.rmdir()
+    except OSError:  # not empty (the dataset landed, or another download), or gone
+      return
 
 
 def _staging(name: str, target: Path) -> Path:

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 from absl import flags
 
-from hale_jax import cli, rundir, trained
+from hale_jax import cli, runfiles, trained
 
 FLAGS = flags.FLAGS
 
 
 def _define_flags() -> None:
   flags.DEFINE_string("workdir", None, "The --workdir of a hale_jax run.", required=True)
-  flags.DEFINE_bool("allow_changed_data", False, "Use the run although its data files changed "
-                    "since training.")
   flags.DEFINE_enum("split", "test", ["test", "valid"], "Split to rank.")
   flags.DEFINE_integer("chunk", 256, "Queries ranked at a time (memory: chunk x entities).")
   flags.DEFINE_string("output", None, "Also write the metrics as JSON to this file.")
@@ -52,7 +50,7 @@ def main(argv):
   cli.no_arguments(argv)
   if FLAGS.output:
     cli.check_output(FLAGS.output, FLAGS.overwrite)
-  model = trained.load(FLAGS.workdir, FLAGS.allow_changed_data)
+  model = trained.load(FLAGS.workdir, log=cli.warn)
   metrics = model.evaluate(FLAGS.split, FLAGS.chunk)
   print(f"{FLAGS.workdir}: filtered ranking of {FLAGS.split}")
   print(format_table(metrics))
@@ -63,7 +61,7 @@ def main(argv):
     print(format_breakdown(groups, FLAGS.breakdown))
     doc["breakdown"] = {"by": FLAGS.breakdown, "groups": groups}
   if FLAGS.output:
-    rundir.write_json(FLAGS.output, doc)
+    runfiles.write_json(FLAGS.output, doc)
     print(f"metrics written to {FLAGS.output}")
 
 

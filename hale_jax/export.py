@@ -17,8 +17,6 @@ FLAGS = flags.FLAGS
 
 def _define_flags() -> None:
   flags.DEFINE_string("workdir", None, "The --workdir of a hale_jax run.", required=True)
-  flags.DEFINE_bool("allow_changed_data", False, "Use the run although its data files changed "
-                    "since training.")
   flags.DEFINE_enum("format", "npz", ["npz", "tsv"],
                     "npz: one NumPy file; tsv: a folder of name<TAB>values files.")
   flags.DEFINE_string("output", None, "Where to write; default W/export.npz or W/export_tsv.")
@@ -30,8 +28,7 @@ def main(argv):
   cli.no_arguments(argv)
   default = "export.npz" if FLAGS.format == "npz" else "export_tsv"
   output = FLAGS.output or Path(FLAGS.workdir) / default
-  path = inference.export_run(FLAGS.workdir, FLAGS.format, output, overwrite=FLAGS.overwrite,
-                              allow_changed_data=FLAGS.allow_changed_data)
+  path = inference.export_run(FLAGS.workdir, FLAGS.format, output, overwrite=FLAGS.overwrite)
   print(f"exported {FLAGS.format} to {path}")
 
 

@@ -18,26 +18,26 @@ import jax
 import numpy as np
 from jax.typing import ArrayLike
 
-from hale_jax import activations, cli, trained
+from hale_jax import activations, cli, export_tsv, runfiles, trained
 from hale_jax.data import DataError, KGData
 from hale_jax.trained import Prediction, TrainedModel, relation_names  # noqa: F401
 
 Array = jax.Array
+QUERY_BATCH = 1024  # queries answered at a time by a queries file
 # Keys of an npz export that are not parameter tables.
 EXPORT_META_KEYS = ("entity_names", "relation_names", "model", "dim", "c_r")
 
 
-def load_run(workdir: str | os.PathLike, allow_changed_data: bool = False
+def load_run(workdir: str | os.PathLike, log: Callable[[str], None] = print
              ) -> tuple[dict[str, Any], KGData, dict[str, Array]]:
   """``(run, data, params)`` of a run folder: ``run.json``, the run's data, and its best-valid
   parameters (see :func:`hale_jax.trained.load` for the errors)."""
-  model = trained.load(workdir, allow_changed_data)
+  model = trained.load(workdir, log)
   return model.run, model.data, model.params
 
 
 def evaluate_run(workdir: str | os.PathLike, split: str = "test", chunk: int = 256,
-                 allow_changed_data: bool = False, breakdown: str | None = None
-                 ) -> dict[str, Any]:
+                 breakdown: str | None = None) -> dict[str, Any]:
   """Filtered ranking of ``split`` with the run's best parameters: ``{tie rule: metrics}``
   for the realistic, pessimistic and optimistic rules (as ``results.json["metrics"]``), or
   per group with ``breakdown`` (``TrainedModel.evaluate``)."""
@@ -45,7 +45,7 @@ def evaluate_run(workdir: str | os.PathLike, split: str = "test", chunk: int = 2
     raise ValueError(f"unknown split {split!r}; choose valid or test")
   if chunk <= 0:
     raise ValueError(f"chunk must be positive, got {chunk}")
-  return trained.load(workdir, allow_changed_data).evaluate(split, chunk, breakdown)
+  return trained.load(workdir).evaluate(split, chunk, breakdown)
 
 
 def run_activation(run: dict[str, Any]) -> Callable[[ArrayLike], Array]:
@@ -56,12 +56,8 @@ def run_activation(run: dict[str, Any]) -> Callable[[ArrayLike], Array]:
                                     cfg.get("gamma", 10.0))
 
 
-def _fmt(values: np.ndarray) -> str:
-  return "\t".join(f"{float(v):.9g}" for v in np.ravel(values))  # round-trips float32
-
-
 def export_run(workdir: str | os.PathLike, fmt: str, output: str | os.PathLike,
-               overwrite: bool = False, allow_changed_data: bool = False) -> Path:
+               overwrite: bool = False) -> Path:
   """Writes the run's best parameters with names; returns the path written.
 
   ``fmt="npz"``: one file holding ``entity [N, d]``, ``entity_names [N]`` and
@@ -71,61 +67,38 @@ def export_run(workdir: str | os.PathLike, fmt: str, output: str | os.PathLike,
 
   ``fmt="tsv"``: a folder holding ``entities.tsv`` (``name<TAB>v1<TAB>...<TAB>vd``),
   ``relations_<table>.tsv`` for each relation table (``name<TAB>values``, ``R2`` lines),
-  ``relation_scale.tsv`` (``name<TAB>c_r``) and, for runs with KGEmb's entity biases,
+  ``relation_scale.tsv`` (``name<TAB>c_r``), for runs with KGEmb's entity biases
   ``entities_bias_tail.tsv`` and (samneg, advneg) ``entities_bias_head.tsv`` (``name<TAB>b``,
-  ``N`` lines).
+  ``N`` lines), and ``export.json`` naming the run and the files.
 
-  An existing ``output`` is refused (FileExistsError) unless ``overwrite``.
+  Both are written whole before they replace anything.  An existing ``output`` is refused
+  (FileExistsError) unless ``overwrite``; so is, always, a run's own file or folder, and a
+  folder that is not an earlier TSV export (it may hold someone else's files).
   """
   if fmt not in ("npz", "tsv"):
     raise ValueError(f"unknown export format {fmt!r}; choose npz or tsv")
   output = Path(output)
   cli.check_output(output, overwrite)
-  run, data, params = load_run(workdir, allow_changed_data)
+  if fmt == "tsv":
+    export_tsv.check_target(output)
+  run, data, params = load_run(workdir, cli.warn)
   params = {k: np.asarray(v) for k, v in params.items()}
   c_r = np.asarray(jax.nn.softplus(params["scale"]))
   rel_names = relation_names(data)
-  if fmt == "npz":
-    arrays = dict(params)
-    arrays.update(entity_names=np.array(data.entities, dtype=str),
-                  relation_names=np.array(rel_names, dtype=str), c_r=c_r,
-                  model=np.array(run["config"]["model"]),
-                  dim=np.array(params["entity"].shape[1]))
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".tmp")
-    with open(tmp, "wb") as f:  # a file object: numpy appends no ".npz" to the name
-      np.savez(f, **arrays)
-    os.replace(tmp, output)
+  output.parent.mkdir(parents=True, exist_ok=True)
+  if fmt == "tsv":
+    export_tsv.write(output, workdir, data, rel_names, params, c_r)
     return output
-
-  if output.exists() and not output.is_dir():
-    raise FileExistsError(f"{output}: exists and is not a folder; choose another --output")
-  output.mkdir(parents=True, exist_ok=True)
-  for old in [*output.glob("relations_*.tsv"), *output.glob("entities_*.tsv")]:
-    old.unlink()  # stale tables of an overwritten export
-  rows = {"entities.tsv": (data.entities, params["entity"]),
-          "relation_scale.tsv": (rel_names, c_r)}
-  for name, table in params.items():
-    if name in ("bias_head", "bias_tail"):  # one value per entity
-      rows[f"entities_{name}.tsv"] = (data.entities, table)
-    elif name not in ("entity", "scale"):
-      rows[f"relations_{name}.tsv"] = (rel_names, table)
-  for fname, (names, table) in rows.items():
-    if len(names) != len(table):
-      raise ValueError(f"{fname}: {len(table)} rows for {len(names)} names")
-    with open(output / fname, "w", encoding="utf-8") as f:
-      for n, values in zip(names, table):
-        f.write(f"{n}\t{_fmt(values)}\n")
+  arrays = dict(params)
+  arrays.update(entity_names=np.array(data.entities, dtype=str),
+                relation_names=np.array(rel_names, dtype=str), c_r=c_r,
+                model=np.array(run["config"]["model"]), dim=np.array(params["entity"].shape[1]))
+  runfiles.write_npz(output, arrays)
   return output
 
 
-def parse_queries(path: str | os.PathLike) -> list[tuple[str, str, str]]:
-  """Queries from a file of ``head<TAB>relation<TAB>?`` and ``?<TAB>relation<TAB>tail`` lines
-  (``?`` marks the slot to predict); blank lines and lines starting with ``#`` are skipped.
-
-  Raises:
-    DataError: a malformed line, with its file and line number.
-  """
+def parse_query_lines(path: str | os.PathLike) -> list[tuple[int, tuple[str, str, str]]]:
+  """``(line number, query)`` of a queries file (see :func:`parse_queries`)."""
   path = Path(path)
   try:
     text = path.read_text(encoding="utf-8-sig")
@@ -140,8 +113,30 @@ def parse_queries(path: str | os.PathLike) -> list[tuple[str, str, str]]:
       raise DataError(f"{path}:{number}: expected head<TAB>relation<TAB>? or "
                       f"?<TAB>relation<TAB>tail (exactly one '?', in the head or tail slot), "
                       f"got {line!r}")
-    queries.append((fields[0], fields[1], fields[2]))
+    queries.append((number, (fields[0], fields[1], fields[2])))
   return queries
+
+
+def check_names(model: TrainedModel, numbered: list[tuple[int, tuple[str, str, str]]],
+                path: str | os.PathLike) -> None:
+  """Raises a :class:`DataError` naming ``path:line`` for the first query whose entity or
+  relation the model does not know."""
+  for number, (head, relation, tail) in numbered:
+    try:
+      model.relation_id(relation)
+      model.entity_id(tail if head == "?" else head)
+    except DataError as err:
+      raise DataError(f"{path}:{number}: {err}") from None
+
+
+def parse_queries(path: str | os.PathLike) -> list[tuple[str, str, str]]:
+  """Queries from a file of ``head<TAB>relation<TAB>?`` and ``?<TAB>relation<TAB>tail`` lines
+  (``?`` marks the slot to predict); blank lines and lines starting with ``#`` are skipped.
+
+  Raises:
+    DataError: a malformed line, with its file and line number.
+  """
+  return [q for _, q in parse_query_lines(path)]
 
 
 def answer_queries(model: TrainedModel, queries: list[tuple[str, str, str]], k: int = 10,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from absl import flags
 
-from hale_jax import cli
+from hale_jax import cli, runfiles
 
 FLAGS = flags.FLAGS
 
@@ -59,11 +59,10 @@ def used_ids(folder: Path) -> set[str] | None:
 
 def write_labels(labels: dict[str, str], folder: Path, overwrite: bool = False) -> Path:
   """Writes ``folder/entity_labels.tsv``; returns its path."""
-  target = folder / "entity_labels.tsv"
-  if target.exists() and not overwrite:
-    raise FileExistsError(f"{target}: already exists; pass --overwrite to replace it")
+  target = folder / runfiles.LABELS["entity"]
+  cli.check_output(target, overwrite)
   folder.mkdir(parents=True, exist_ok=True)
-  target.write_text("".join(f"{k}\t{v}\n" for k, v in sorted(labels.items())), encoding="utf-8")
+  runfiles.write_text(target, "".join(f"{k}\t{v}\n" for k, v in sorted(labels.items())))
   return target
 
 

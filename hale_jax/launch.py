@@ -14,11 +14,12 @@ from pathlib import Path
 import jax
 from absl import app, flags, logging
 
-from hale_jax import datasets, options
+from hale_jax import options
 from hale_jax.checkpoints import UnreadableCheckpoints
 from hale_jax.data import DataError
 from hale_jax.loop import Diverged, Interrupted, train
 from hale_jax.rundir import WorkdirError
+from hale_jax.runfiles import OutputError
 from hale_jax.stopping import StopRequest
 
 FLAGS = flags.FLAGS
@@ -77,20 +78,29 @@ def main(argv):
   try:
     config = options.config_from_flags(FLAGS)
     spec = options.data_spec_from_flags(FLAGS)
-    data = datasets.load_data(spec)
+    data = spec.load()
     if jax.process_count() > 1 and not FLAGS.workdir:
       raise ValueError("a multi-host run needs --workdir: a folder that every process sees "
                        "(each would otherwise make up its own time-stamped name)")
     workdir = FLAGS.workdir or _default_workdir(data.name, config)
-    train(config, data, workdir, log=log, overwrite=FLAGS.overwrite, data_spec=spec,
-          should_stop=stop, allow_changed_data=FLAGS.allow_changed_data,
-          extra={"argv": sys.argv, "flags": FLAGS.flags_into_string()})
+    try:
+      train(config, data, workdir, log=log, overwrite=FLAGS.overwrite, data_spec=spec,
+            should_stop=stop, allow_changed_data=FLAGS.allow_changed_data,
+            extra={"argv": sys.argv, "flags": FLAGS.flags_into_string()})
+    except ValueError:
+      if not FLAGS.workdir and not any(Path(workdir).iterdir()):
+        Path(workdir).rmdir()  # the name this command made up, refused before any file
+      raise
   except Interrupted as err:
     print(f"stopped: {err}", file=sys.stderr)
     sys.exit(stop.exit_code())
   except Diverged as err:
     print(f"error: {err}", file=sys.stderr)
     sys.exit(3)
+  except OutputError as err:
+    print(f"error: {err}; once it can be written, rerun the same command: the run resumes "
+          f"from its last checkpoint", file=sys.stderr)
+    sys.exit(2)
   except (DataError, ValueError, FileExistsError, WorkdirError, UnreadableCheckpoints) as err:
     print(f"error: {err}", file=sys.stderr)
     sys.exit(2)

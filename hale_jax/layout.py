@@ -124,7 +124,9 @@ class Layout:
     """The layout ``config.run.mesh`` asks for over ``devices`` (default: all)."""
     need = meshes.table_bytes(num_entities, config.model.dim, config.model.dtype,
                               config.optim.optimizer)
-    return cls(meshes.resolve_mesh(config.run.mesh, need, devices), num_entities)
+    mesh = meshes.resolve_mesh(config.run.mesh, need, devices)
+    meshes.check_memory(need, mesh, f"--dim {config.model.dim} with {num_entities:,} entities")
+    return cls(mesh, num_entities)
 
   @property
   def single_device(self) -> bool:

@@ -19,12 +19,12 @@ from typing import Any, Callable, Sequence
 import jax
 from jax.experimental import multihost_utils
 
-from hale_jax import rundir, tracking
+from hale_jax import dataspec, rundata, rundir, runfiles, tracking
 from hale_jax.callbacks import EarlyStopping, ProgressPrinter, StallWarning, call_all
 from hale_jax.config import Config
-from hale_jax.data import KGData, data_report, summary, write_vocabulary
+from hale_jax.data import KGData, data_report, summary
+from hale_jax.dataspec import DataSpec
 from hale_jax.layout import Layout, agree
-from hale_jax.trained import keep_data
 from hale_jax.trainer import Progress, Trainer, describe
 
 
@@ -140,15 +140,17 @@ def _train_epochs(trainer: Trainer, config: Config, callbacks: list,
 
 def train(config: Config, data: KGData, workdir: str | os.PathLike, *,
           log: Callable[[str], None] = print, overwrite: bool = False,
-          extra: dict[str, Any] | None = None, data_spec: dict[str, Any] | None = None,
+          extra: dict[str, Any] | None = None,
+          data_spec: DataSpec | dict[str, Any] | None = None,
           should_stop: Callable[[], str | None] | None = None,
           devices: Sequence[jax.Device] | None = None, callbacks: Sequence[Any] = (),
           allow_changed_data: bool = False) -> dict[str, Any]:
   """Trains, validates, tests the best-valid parameters, and writes ``workdir/results.json``.
 
   Resumes from the latest checkpoint in ``workdir`` when it holds the same run, and returns
-  the stored results when that run already finished.  ``data_spec`` says how to reload
-  ``data`` (``datasets.load_data``) and is kept in ``run.json`` with the sha256 of its files;
+  the stored results when that run already finished.  ``data_spec`` says where ``data`` came
+  from (a :class:`hale_jax.dataspec.DataSpec`, or its JSON form) and is kept in ``run.json``
+  with the sha256 of its files;
   a resume refuses changed files unless ``allow_changed_data``.  ``should_stop`` is polled
   after every epoch; when it returns a reason, the state is checkpointed and
   :class:`Interrupted` is raised.  A non-finite loss raises :class:`Diverged`.  ``callbacks``
@@ -163,25 +165,26 @@ def train(config: Config, data: KGData, workdir: str | os.PathLike, *,
     raise ValueError(f"--batch_size {config.optim.batch_size} exceeds the {queries} training "
                      f"queries (2 per triple); lower it")
   layout = Layout.for_run(config, data.num_entities, devices)
+  data_spec = None if data_spec is None else dataspec.from_json(data_spec)
   lead = jax.process_index() == 0
   workdir = rundir.prepare_workdir(workdir) if lead else Path(workdir)
   with rundir.WorkdirLock(workdir) if lead else contextlib.nullcontext():
     spec = rundir.run_spec(config, data, data_spec)
     earlier = None if overwrite else rundir.read_run(workdir)
-    extending = bool(earlier) and (workdir / rundir.RESULTS_FILE).exists()
+    extending = bool(earlier) and (workdir / runfiles.RESULTS).exists()
     finished = rundir.start(workdir, spec, overwrite, write=lead,
-                            allow_changed_data=allow_changed_data)
+                            allow_changed_data=allow_changed_data, log=log)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices("hale_jax: run folder ready")
     if finished is not None:
       log(f"{workdir}: this run already finished; its results are in "
-          f"{workdir / rundir.RESULTS_FILE} (pass a larger --max_epochs or --max_seconds to "
+          f"{workdir / runfiles.RESULTS} (pass a larger --max_epochs or --max_seconds to "
           f"train on from its last checkpoint, or --overwrite to start over)")
       return finished
     if extending:
       log(f"{workdir}: extending the finished run to the larger budget; its earlier results "
-          f"are kept in {workdir / rundir.PREVIOUS_RESULTS_FILE}")
-    trainer = _prepare(config, data, layout, workdir, spec, log, lead, earlier)
+          f"are kept in {workdir / runfiles.PREVIOUS_RESULTS}")
+    trainer = _prepare(config, data, layout, workdir, spec, log, lead, earlier, data_spec)
     callbacks = [*standard_callbacks(config, data, workdir, log, lead), *callbacks]
     p = trainer.progress
     call_all(callbacks, "on_start", {"config": config, "workdir": workdir, "epoch": p.epoch,
@@ -214,7 +217,7 @@ def standard_callbacks(config: Config, data: KGData, workdir: Path, log: Callabl
   if config.budget.patience:
     out.append(EarlyStopping(config.budget.patience, config.budget.min_delta))
   if lead:
-    out.append(tracking.MetricsFile(workdir))
+    out.append(tracking.MetricsFile(workdir, log))
     if config.run.tensorboard_dir:
       out.append(tracking.TensorBoardWriter(config.run.tensorboard_dir))
     if config.run.wandb_project:
@@ -223,11 +226,11 @@ def standard_callbacks(config: Config, data: KGData, workdir: Path, log: Callabl
 
 
 def _prepare(config: Config, data: KGData, layout: Layout, workdir: Path, spec: dict,
-             log: Callable[[str], None], lead: bool, earlier: dict | None) -> Trainer:
-  """Writes the vocabularies, prints the run's description, compiles, and resumes."""
+             log: Callable[[str], None], lead: bool, earlier: dict | None,
+             data_spec: DataSpec | None) -> Trainer:
+  """Keeps the data in the run folder, prints the run's description, compiles, resumes."""
   if lead:
-    write_vocabulary(data, workdir)
-    keep_data(workdir, data, spec["data"])
+    rundata.keep_data(workdir, data, data_spec)
   log(summary(data))
   for line in data_report(data):
     log(line)
@@ -255,15 +258,15 @@ def _finish(trainer: Trainer, workdir: Path, stop: str, extra: dict | None, call
   valid, test = trainer.test()
   best_host = trainer.layout.unpad_params(trainer.best_params)  # every process gathers
   if lead:
-    rundir.save_params(workdir / rundir.PARAMS_FILE, best_host)
+    runfiles.write_npz(workdir / runfiles.PARAMS, best_host)
   log = trainer.log
   log(f"best valid epoch {trainer.progress.best_epoch}: {_fmt_metrics(valid['realistic'])}")
   for mode in ("realistic", "pessimistic"):
     log(f"test ({mode} ties): {_fmt_metrics(test[mode])}")
   results = trainer.results(valid, test, stop, extra)
   if lead:
-    rundir.write_json(workdir / rundir.RESULTS_FILE, results)
-    log(f"results written to {workdir / rundir.RESULTS_FILE}")
+    runfiles.write_json(workdir / runfiles.RESULTS, results)
+    log(f"results written to {workdir / runfiles.RESULTS}")
   call_all(callbacks, "on_end", results)
   return results
 

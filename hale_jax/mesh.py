@@ -126,3 +126,37 @@ def resolve_mesh(spec: str, need_bytes: int,
   if spec == "none":
     return single_device_mesh(devices[0])
   return make_mesh(spec, devices)
+
+
+def _host_available() -> int | None:
+  """Bytes of host memory available now (``MemAvailable`` of ``/proc/meminfo``), or None."""
+  try:
+    with open("/proc/meminfo", encoding="ascii") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except (OSError, ValueError, IndexError):
+    pass
+  return None
+
+
+def _gigabytes(n: float) -> str:
+  return f"{n / 1e9:,.1f} GB" if n < 1e12 else f"{n / 1e12:,.1f} TB"
+
+
+def check_memory(need_bytes: int, mesh: Mesh, what: str) -> None:
+  """Refuses a run whose entity table and optimiser state (``need_bytes``) cannot fit: on CPU
+  in the host memory available now, on accelerators in the memory of the ``"model"`` devices
+  that shard the table.  ``what`` names the settings for the message.  Raises ValueError
+  before anything is allocated or written."""
+  device = mesh.devices.flat[0]
+  if device.platform == "cpu":
+    have, where = _host_available(), "this machine has available"
+  else:
+    limit = _device_memory(device)
+    have = None if limit is None else limit * int(mesh.shape["model"])
+    where = f"the {int(mesh.shape['model'])} {device.platform.upper()}(s) sharding it hold"
+  if have is not None and need_bytes > have:
+    raise ValueError(f"{what}: the entity table and its optimiser state need "
+                     f"{_gigabytes(need_bytes)}, more than the {_gigabytes(have)} {where}; "
+                     f"lower --dim, or shard the table over more devices (--mesh=model:M)")

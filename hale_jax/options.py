@@ -19,7 +19,7 @@ from typing import Any, Sequence
 from absl import flags
 
 from hale_jax import config as config_lib
-from hale_jax import own_data
+from hale_jax import dataspec, own_data
 from hale_jax.config import Config
 
 _DEFINE = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float,
@@ -117,37 +117,34 @@ def define_launch_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                     "Kubernetes ...).", flag_values=fv)
 
 
-def _reading(fv: flags.FlagValues) -> dict[str, object]:
-  """How the data files are read (own files; ``strip_whitespace`` for every kind)."""
-  return {"columns": fv.columns, "delimiter": fv.delimiter, "header": fv.header,
-          "strip_whitespace": fv.strip_whitespace}
+def _reading(fv: flags.FlagValues) -> dataspec.Reading:
+  """How one's own data files are read."""
+  return dataspec.Reading(columns=fv.columns, delimiter=fv.delimiter, header=fv.header,
+                          strip_whitespace=fv.strip_whitespace)
 
 
-def data_spec_from_flags(fv: flags.FlagValues = flags.FLAGS) -> dict[str, object]:
-  """Where the launcher's flags say the data comes from, as ``datasets.load_data`` and
-  ``run.json`` take it."""
+def data_spec_from_flags(fv: flags.FlagValues = flags.FLAGS) -> dataspec.DataSpec:
+  """Where the launcher's flags say the data comes from (``hale_jax.dataspec``)."""
   split_files = [fv.train_file, fv.valid_file, fv.test_file]
   if any(split_files):
     if not all(split_files):
       raise ValueError("give all three of --train_file, --valid_file and --test_file")
-    return {"kind": "files", **{s: str(Path(f).resolve()) for s, f in
-                                zip(("train", "valid", "test"), split_files)}, **_reading(fv)}
+    train, valid, test = (str(Path(f).resolve()) for f in split_files)
+    return dataspec.SplitFiles(train, valid, test, _reading(fv))
   if fv.data_file:
-    return {"kind": "file", "path": str(Path(fv.data_file).resolve()),
-            "fractions": list(own_data.parse_fractions(fv.split)), "seed": fv.split_seed,
-            **_reading(fv)}
+    return dataspec.OneFile(str(Path(fv.data_file).resolve()),
+                            own_data.parse_fractions(fv.split), fv.split_seed, _reading(fv))
   if fv.data_dir:
-    return {"kind": "folder", "path": str(Path(fv.data_dir).resolve()),
-            "strip_whitespace": fv.strip_whitespace}
+    return dataspec.Folder(str(Path(fv.data_dir).resolve()), fv.strip_whitespace)
   if fv.dataset.lower() == "synthetic":
-    return {"kind": "synthetic"}
+    return dataspec.Synthetic()
   if fv.dataset.lower().startswith("powerlaw:"):
     count = fv.dataset.partition(":")[2].replace("_", "")
     if not count.isdigit() or int(count) < 2:
       raise ValueError(f"--dataset={fv.dataset}: expected powerlaw:N with N >= 2 entities, "
                        f"e.g. powerlaw:1000000")
-    return {"kind": "powerlaw", "entities": int(count)}
-  return {"kind": "dataset", "name": fv.dataset}
+    return dataspec.PowerLaw(int(count))
+  return dataspec.Dataset(fv.dataset)
 
 
 def parse_flagfile(path: str, extra: Sequence[str] = ()) -> flags.FlagValues:

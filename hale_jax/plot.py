@@ -11,12 +11,13 @@ the settings in which the runs differ.  Needs matplotlib (``pip install hale_jax
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 from absl import flags
 
-from hale_jax import cli, rundir, tracking
+from hale_jax import cli, rundir, runfiles, tracking
 
 FLAGS = flags.FLAGS
 
@@ -35,11 +36,12 @@ def read_curve(workdir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]
   run = rundir.read_run(workdir)
   if run is None:
     raise FileNotFoundError(f"{workdir}: no run.json; pass the --workdir of a hale_jax run")
-  results, metrics = workdir / rundir.RESULTS_FILE, workdir / tracking.METRICS_FILE
-  if results.is_file():
-    curve = json.loads(results.read_text())["curve"]
+  results, metrics = workdir / runfiles.RESULTS, workdir / runfiles.METRICS
+  finished = rundir.read_results(workdir, set_aside=False) if results.is_file() else None
+  if finished is not None:
+    curve = finished.get("curve", [])
   elif metrics.is_file():
-    curve = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    curve = tracking.read_metrics(metrics, lambda line: print(line, file=sys.stderr))
   else:
     raise FileNotFoundError(f"{workdir}: no results.json or metrics.jsonl yet; the run has "
                             f"not validated")
@@ -78,7 +80,8 @@ def plot(workdirs: list[str], output: str | Path) -> Path:
   for ax in (by_time, by_epoch):
     ax.grid(alpha=0.3)
   fig.tight_layout()
-  fig.savefig(output, dpi=120)
+  with runfiles.atomic_write(output) as f:
+    fig.savefig(f, format="png", dpi=120)
   plt.close(fig)
   return Path(output)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from absl import flags
 
-from hale_jax import cli, inference, trained
+from hale_jax import cli, inference, runfiles, trained
 
 FLAGS = flags.FLAGS
 
@@ -35,8 +35,6 @@ def _define_flags() -> None:
   flags.DEFINE_bool("overwrite", False, "Replace an existing --output file.")
   flags.DEFINE_integer("k", 10, "How many answers per query.")
   flags.DEFINE_bool("filtered", True, "Leave out answers known from train, valid or test.")
-  flags.DEFINE_bool("allow_changed_data", False, "Use the run although its data files changed "
-                    "since training.")
 
 
 def _print_one(model: trained.TrainedModel) -> None:
@@ -59,28 +57,55 @@ def _print_one(model: trained.TrainedModel) -> None:
     print(f"{rank:>4}  {a.name:<{width}}  {label}{a.distance:.6g}")
 
 
-def _answer_file(model: trained.TrainedModel) -> None:
-  queries = inference.parse_queries(FLAGS.queries)
-  answers = inference.answer_queries(model, queries, FLAGS.k, FLAGS.filtered)
+def _tsv_lines(queries, answers):
+  for q, ans in zip(queries, answers):
+    for rank, a in enumerate(ans, start=1):
+      yield f"{chr(9).join(q)}\t{rank}\t{a.name}\t{a.label or ''}\t{a.distance:.6g}\n"
+
+
+def _json_items(queries, answers):
+  for q, ans in zip(queries, answers):
+    yield json.dumps({"query": list(q), "answers": [a._asdict() for a in ans]},
+                     allow_nan=False)
+
+
+def _write_answers(model: trained.TrainedModel, numbered: list, out) -> None:
+  """Answers the queries ``QUERY_BATCH`` at a time, writing each batch as it is done."""
+  first = True
   if FLAGS.format == "json":
-    text = json.dumps([{"query": list(q), "answers": [a._asdict() for a in ans]}
-                       for q, ans in zip(queries, answers)], indent=1, allow_nan=False) + "\n"
-  else:
-    text = "".join(f"{chr(9).join(q)}\t{rank}\t{a.name}\t{a.label or ''}\t{a.distance:.6g}\n"
-                   for q, ans in zip(queries, answers) for rank, a in enumerate(ans, start=1))
+    out.write("[\n")
+  for start in range(0, len(numbered), inference.QUERY_BATCH):
+    batch = numbered[start:start + inference.QUERY_BATCH]
+    inference.check_names(model, batch, FLAGS.queries)
+    queries = [q for _, q in batch]
+    answers = inference.answer_queries(model, queries, FLAGS.k, FLAGS.filtered)
+    if FLAGS.format == "json":
+      for item in _json_items(queries, answers):
+        out.write(("" if first else ",\n") + item)
+        first = False
+    else:
+      out.writelines(_tsv_lines(queries, answers))
+  if FLAGS.format == "json":
+    out.write("\n]\n")
+
+
+def _answer_file(model: trained.TrainedModel) -> None:
+  numbered = inference.parse_query_lines(FLAGS.queries)
   if FLAGS.output is None:
-    sys.stdout.write(text)
+    _write_answers(model, numbered, sys.stdout)
     return
-  cli.check_output(FLAGS.output, FLAGS.overwrite)
   output = Path(FLAGS.output)
-  output.write_text(text, encoding="utf-8")
-  print(f"{len(queries)} queries answered into {output}", file=sys.stderr)
+  with runfiles.atomic_write(output, "w") as out:  # an earlier output stays until the end
+    _write_answers(model, numbered, out)
+  print(f"{len(numbered)} queries answered into {output}", file=sys.stderr)
 
 
 @cli.user_errors
 def main(argv):
   cli.no_arguments(argv)
-  model = trained.load(FLAGS.workdir, FLAGS.allow_changed_data)
+  if FLAGS.queries and FLAGS.output is not None:
+    cli.check_output(FLAGS.output, FLAGS.overwrite)
+  model = trained.load(FLAGS.workdir, log=cli.warn)
   if FLAGS.queries:
     _answer_file(model)
   else:

@@ -1,16 +1,15 @@
-"""Run folders: what a run writes besides its checkpoints, and where it came from.
+"""A run folder as a whole: taking it, its run spec (``run.json``), and where a run came from.
 
-A run's ``--workdir`` holds
+A run's ``--workdir`` holds the files :mod:`hale_jax.runfiles` names: ``run.json`` (the run
+spec, written at start: the flat config, how to reload the data with the sha256 of its files,
+and a hash of the vocabularies; a later run in the same folder must match it except in the
+fields a resume may change, ``config.resumable_fields``), checkpoints, the data and parameters
+a trained model needs (:mod:`hale_jax.rundata`), ``metrics.jsonl`` and ``results.json``.
 
-- ``run.json``        the run spec, written at start: the flat config, how to reload the data,
-                      and a hash of the vocabularies; a later run in the same folder must match
-                      it except in the fields a resume may change (``config.resumable_fields``);
-- ``checkpoints/``, ``best/``   orbax checkpoints (``hale_jax.checkpoints``);
-- ``entities.tsv``, ``relations.tsv``   the id -> name vocabularies;
-- ``best_params.npz``, ``results.json``   at the end.
-
-Every JSON file is written strictly (no NaN or Infinity) through a temporary file and a rename,
-so it is never half-written.
+A run writes only into a new or empty folder or a run folder: a folder of other files is
+refused before anything is written, and ``--overwrite`` clears a run's own files and nothing
+else.  ``run.json`` and ``results.json`` are read back strictly; an unreadable one is one line
+naming the file.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ import hashlib
 import json
 import os
 import platform
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -34,17 +32,11 @@ import numpy as np
 import optax
 
 from hale_jax._version import __version__
-from hale_jax import datasets
+from hale_jax import runfiles
 from hale_jax.config import Config, resumable_fields
-from hale_jax.data import KGData
+from hale_jax.data import KGData, one_line
+from hale_jax.dataspec import DataSpec
 
-RUN_FILE = "run.json"
-RESULTS_FILE = "results.json"
-PREVIOUS_RESULTS_FILE = "results.before-extension.json"
-PARAMS_FILE = "best_params.npz"
-LOCK_FILE = ".lock"
-_OUTPUTS = ("checkpoints", "best", RUN_FILE, RESULTS_FILE, PARAMS_FILE, "metrics.jsonl",
-            "triples.npz", PREVIOUS_RESULTS_FILE)
 # Fields a rerun may change after the earlier run diverged (besides the resumable ones).
 AFTER_DIVERGENCE = frozenset({"learning_rate"})
 
@@ -53,17 +45,36 @@ class WorkdirError(OSError):
   """``--workdir`` cannot be used; ``str(err)`` is one line saying why and what to do."""
 
 
+def _probe(workdir: Path) -> str:
+  """What ``workdir`` is (``runfiles.folder_kind``), with the file-system errors as one line."""
+  what = f"--workdir {workdir}"
+  try:
+    if workdir.exists() and not workdir.is_dir():
+      raise WorkdirError(f"{what}: is a file, not a folder; choose a folder path (new or empty, "
+                         f"or one that holds this run)")
+    return runfiles.folder_kind(workdir)
+  except PermissionError:
+    raise WorkdirError(f"{what}: this process may not look into it or a folder above it "
+                       f"(permission denied); choose a folder you can read and write") from None
+  except NotADirectoryError:
+    raise WorkdirError(f"{what}: a part of this path is a file, not a folder; choose a path "
+                       f"under a folder") from None
+
+
 def prepare_workdir(workdir: str | os.PathLike) -> Path:
-  """Creates ``workdir`` if needed and checks that this process can write into it.
+  """Creates ``workdir`` if needed and checks that a run may write into it: a new or empty
+  folder, or a run folder.  Nothing is written into a folder that fails these checks.
 
   Raises:
-    WorkdirError: the path is a file, lies under a file, or is not writable.
+    WorkdirError: the path is a file, lies under a file, holds someone else's files, or is
+      not writable.
   """
   workdir = Path(workdir)
   what = f"--workdir {workdir}"
-  if workdir.exists() and not workdir.is_dir():
-    raise WorkdirError(f"{what}: is a file, not a folder; choose a folder path (new or empty, "
-                       f"or one that holds this run)")
+  if _probe(workdir) == "foreign":
+    shown = ", ".join(runfiles.foreign_entries(workdir))
+    raise WorkdirError(f"{what}: holds files that are not a hale_jax run's ({shown} ...) and no "
+                       f"{runfiles.RUN}; nothing was changed. Choose a new or empty folder")
   try:
     workdir.mkdir(parents=True, exist_ok=True)
     probe = workdir / f".write-test-{os.getpid()}"
@@ -92,7 +103,7 @@ class WorkdirLock:
   """
 
   def __init__(self, workdir: str | os.PathLike):
-    self.path = Path(workdir) / LOCK_FILE
+    self.path = Path(workdir) / runfiles.LOCK
     self._file = None
 
   def __enter__(self) -> "WorkdirLock":
@@ -111,22 +122,38 @@ class WorkdirLock:
     self._file.close()
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-  """Writes ``obj`` as indented strict JSON through a temporary file and a rename."""
-  path = Path(path)
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n")
-  os.replace(tmp, path)
+def read_json(path: Path, what: str) -> Any:
+  """The JSON document of ``path``; one line naming the file when it cannot be read."""
+  try:
+    return json.loads(runfiles.read_inside(path.parent, path.name).read_text(encoding="utf-8"))
+  except (OSError, UnicodeDecodeError, ValueError) as err:
+    raise RunFolderError(f"{path}: cannot be read as {what} ({one_line(err)})") from None
+
+
+class RunFolderError(ValueError):
+  """A run folder's file is unreadable or not a hale_jax run's; one line naming it."""
 
 
 def read_run(workdir: str | os.PathLike) -> dict[str, Any] | None:
-  """The ``run.json`` of ``workdir``, or None."""
-  path = Path(workdir) / RUN_FILE
-  return json.loads(path.read_text()) if path.exists() else None
+  """The run spec of ``workdir`` (``run.json``), or None when there is none.
+
+  Raises:
+    RunFolderError: ``run.json`` cannot be read, or is not a hale_jax run spec.
+  """
+  path = Path(workdir) / runfiles.RUN
+  if not path.exists() and not path.is_symlink():
+    return None
+  run = read_json(path, "JSON")
+  config = run.get("config") if isinstance(run, dict) else None
+  if not isinstance(config, dict) or not isinstance(config.get("model"), str) or not isinstance(
+      config.get("dim"), int) or not isinstance(run.get("data", {}), dict):
+    raise RunFolderError(f"{path}: is not a hale_jax run spec (no config with model and dim); "
+                         f"move it away, or choose another --workdir")
+  return run
 
 
 def write_run(workdir: str | os.PathLike, run: dict[str, Any]) -> None:
-  write_json(Path(workdir) / RUN_FILE, run)
+  runfiles.write_json(Path(workdir) / runfiles.RUN, run)
 
 
 def vocabulary_hash(data: KGData) -> str:
@@ -139,11 +166,12 @@ def vocabulary_hash(data: KGData) -> str:
   return h.hexdigest()
 
 
-def run_spec(config: Config, data: KGData, data_spec: dict[str, Any] | None) -> dict[str, Any]:
+def run_spec(config: Config, data: KGData, data_spec: DataSpec | None) -> dict[str, Any]:
   """What ``run.json`` holds: the flat config, the data spec with the sha256 of its files, the
   dataset name and the vocabulary hash."""
-  data_spec = data_spec or {"kind": "unknown"}
-  return {"config": config.flat(), "data": data_spec, "data_sha256": datasets.spec_hashes(data_spec),
+  return {"config": config.flat(),
+          "data": data_spec.to_json() if data_spec is not None else {"kind": "unknown"},
+          "data_sha256": data_spec.hashes() if data_spec is not None else {},
           "dataset": data.name, "vocab_sha256": vocabulary_hash(data)}
 
 
@@ -167,35 +195,46 @@ def mismatch(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
   return diffs
 
 
-def clear_outputs(workdir: str | os.PathLike) -> None:
-  """Deletes an earlier run's outputs (for ``--overwrite``)."""
-  for name in _OUTPUTS:
-    p = Path(workdir) / name
-    if p.is_dir():
-      shutil.rmtree(p)
-    elif p.exists():
-      p.unlink()
+def read_results(workdir: Path, log=print, set_aside: bool = True) -> dict[str, Any] | None:
+  """The finished run's ``results.json``, or None when it cannot be read: then, with
+  ``set_aside``, it is moved aside (the run tests its best parameters again) with a line."""
+  path = workdir / runfiles.RESULTS
+  try:
+    results = read_json(path, "JSON")
+    if isinstance(results, dict) and isinstance(results.get("metrics"), dict):
+      return results
+    why = "it holds no metrics"
+  except RunFolderError as err:
+    why = str(err).split(" as JSON ", 1)[-1]
+  if not set_aside:
+    return None
+  aside = workdir / runfiles.UNREADABLE_RESULTS
+  os.replace(path, aside)
+  log(f"warning: {path} cannot be read {why}; moved it to {aside.name} and testing the best "
+      f"parameters again")
+  return None
 
 
 def start(workdir: str | os.PathLike, spec: dict[str, Any], overwrite: bool = False,
-          write: bool = True, allow_changed_data: bool = False) -> dict[str, Any] | None:
-  """Prepares ``workdir`` for the run ``spec``; returns earlier results if it already finished.
+          write: bool = True, allow_changed_data: bool = False, log=print
+          ) -> dict[str, Any] | None:
+  """Prepares ``workdir`` (checked by :func:`prepare_workdir`) for the run ``spec``; returns
+  earlier results if it already finished.
 
   A workdir holding a different run (model, dimension, dataset vocabulary, any setting a
-  resume may not change) is refused unless ``overwrite``, which deletes the earlier outputs;
-  so is one whose data files changed, unless ``allow_changed_data``.  ``write=False`` (the
-  other processes of a multi-host run) only checks; process 0 writes.
+  resume may not change) is refused unless ``overwrite``, which deletes the earlier run's own
+  files (``runfiles.OUTPUTS``) and nothing else; so is one whose data files changed, unless
+  ``allow_changed_data``.  ``write=False`` (the other processes of a multi-host run) only
+  checks; process 0 writes.
   """
   workdir = Path(workdir)
   if overwrite and not write:
     return None
-  if overwrite:
-    clear_outputs(workdir)
+  if overwrite and runfiles.folder_kind(workdir) == "run":
+    read_run(workdir)  # a run.json that is not a hale_jax run's is refused, not deleted
+    runfiles.clear_outputs(workdir)
   old = read_run(workdir)
-  results = workdir / RESULTS_FILE
-  if old is None and results.exists():
-    raise FileExistsError(f"{workdir}: holds results.json of an earlier run; choose another "
-                          f"--workdir or pass --overwrite to replace it")
+  results = workdir / runfiles.RESULTS
   if old is not None:
     diffs = mismatch(old, spec)
     if diffs:
@@ -209,9 +248,11 @@ def start(workdir: str | os.PathLike, spec: dict[str, Any], overwrite: bool = Fa
                             f"--overwrite to start over")
     if results.exists():
       if not budget_grew(old["config"], spec["config"]):
-        return json.loads(results.read_text())
-      if write:  # extend the finished run: keep its results beside, train on
-        os.replace(results, workdir / PREVIOUS_RESULTS_FILE)
+        finished = read_results(workdir, log, set_aside=write)
+        if finished is not None:
+          return finished
+      elif write:  # extend the finished run: keep its results beside, train on
+        os.replace(results, workdir / runfiles.PREVIOUS_RESULTS)
   if write:
     workdir.mkdir(parents=True, exist_ok=True)
     write_run(workdir, spec)
@@ -232,15 +273,6 @@ def record_divergence(workdir: str | os.PathLike, spec: dict[str, Any], epoch: i
   """Marks the run in ``run.json`` as diverged at ``epoch`` (a rerun may then change the
   learning rate, :data:`AFTER_DIVERGENCE`)."""
   write_run(workdir, {**spec, "diverged": {"epoch": epoch, "loss": repr(loss)}})
-
-
-def save_params(path: str | os.PathLike, params: dict[str, np.ndarray]) -> None:
-  """Writes host parameters as an npz file, through a temporary file and a rename."""
-  path = Path(path)
-  tmp = path.with_name(path.name + ".tmp")
-  with open(tmp, "wb") as f:  # a file object: numpy appends no ".npz" to the name
-    np.savez(f, **params)
-  os.replace(tmp, path)
 
 
 def versions() -> dict[str, str]:

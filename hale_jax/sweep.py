@@ -34,7 +34,7 @@ from typing import Any
 from absl import flags
 
 from hale_jax import config as config_lib
-from hale_jax import cli, datasets, loop, options, rundir
+from hale_jax import cli, loop, options, runfiles
 from hale_jax.callbacks import Callback, Validation
 from hale_jax.config import Config
 
@@ -111,10 +111,15 @@ def open_study(study_dir: Path, pruner: str = "median"):
              "halving": optuna.pruners.SuccessiveHalvingPruner(),
              "none": optuna.pruners.NopPruner()}
   study_dir.mkdir(parents=True, exist_ok=True)
-  storage = optuna.storages.RDBStorage(f"sqlite:///{study_dir.resolve() / 'study.db'}",
-                                       engine_kwargs={"connect_args": {"timeout": 60}})
-  return optuna.create_study(study_name=STUDY_NAME, storage=storage, direction="maximize",
-                             pruner=pruners[pruner], load_if_exists=True)
+  db = study_dir.resolve() / "study.db"
+  try:
+    storage = optuna.storages.RDBStorage(f"sqlite:///{db}",
+                                         engine_kwargs={"connect_args": {"timeout": 60}})
+    return optuna.create_study(study_name=STUDY_NAME, storage=storage, direction="maximize",
+                               pruner=pruners[pruner], load_if_exists=True)
+  except Exception as err:  # pylint: disable=broad-except  # sqlalchemy's errors are many
+    raise ValueError(f"{db}: cannot be opened as a study ({str(err).splitlines()[0][:160]}); "
+                     f"it may be damaged: move it away to start the study afresh") from None
 
 
 def _trial_dir(study_dir: Path, number: int) -> Path:
@@ -123,7 +128,7 @@ def _trial_dir(study_dir: Path, number: int) -> Path:
 
 def _is_locked(folder: Path) -> bool:
   """Whether a live run holds ``folder``'s lock."""
-  lock = folder / rundir.LOCK_FILE
+  lock = folder / runfiles.LOCK
   if not lock.exists():
     return False
   with open(lock, "a", encoding="utf-8") as f:
@@ -212,7 +217,7 @@ def write_best_flagfile(study, study_dir: Path, base_flags: list[str]) -> Path:
   for name, value in sorted(best.params.items()):
     lines.append(f"--{name}={str(value).lower() if isinstance(value, bool) else value}")
   path = study_dir / "best.flags"
-  path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+  runfiles.write_text(path, "\n".join(lines) + "\n")
   return path
 
 
@@ -244,7 +249,8 @@ def plot_study(study, path: Path) -> Path | None:
   right.set(xlabel="importance (fANOVA)", title="parameters" if importances else
             "importances need more complete trials")
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  with runfiles.atomic_write(path) as f:
+    fig.savefig(f, format="png", dpi=120)
   plt.close(fig)
   return path
 
@@ -307,7 +313,7 @@ def _search(study, study_dir: Path) -> None:
                                  ("max_epochs", FLAGS.max_epochs_per_trial)) if v is not None}
   base = options.config_from_flags(FLAGS, **overrides)
   spec = options.data_spec_from_flags(FLAGS)
-  data = datasets.load_data(spec)
+  data = spec.load()
   retried = retry_stale_trials(study, study_dir)
   if retried:
     print(f"{retried} trial(s) left running by a stopped worker: marked failed, tried again")

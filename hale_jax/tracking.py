@@ -18,11 +18,11 @@ from __future__ import annotations
 import importlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from hale_jax import runfiles
 from hale_jax.callbacks import Callback, Validation
 
-METRICS_FILE = "metrics.jsonl"
 
 
 def validation_record(v: Validation) -> dict[str, Any]:
@@ -47,19 +47,39 @@ def _import(module: str, extra: str):
                      ) from None
 
 
+def read_metrics(path: Path, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+  """The records of a ``metrics.jsonl``.  A line that is not a JSON record (the last one torn
+  by a process that died while appending it) is left out, with a warning naming it."""
+  records = []
+  lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
+  for number, line in enumerate(lines, start=1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+      if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
+        raise ValueError("not a record with an epoch")
+    except ValueError as err:
+      torn = "torn last line" if number >= len(lines) - 1 else "unreadable line"
+      log(f"warning: {path}:{number}: {torn} left out ({str(err)[:80]})")
+      continue
+    records.append(record)
+  return records
+
+
 class MetricsFile(Callback):
   """Appends one JSON line per validation to ``<workdir>/metrics.jsonl``; a resumed run first
-  drops the lines of epochs after its checkpoint (they were trained again)."""
+  drops the lines of epochs after its checkpoint (they were trained again) and any torn line."""
 
-  def __init__(self, workdir: str | Path):
-    self.path = Path(workdir) / METRICS_FILE
+  def __init__(self, workdir: str | Path, log: Callable[[str], None] = print):
+    self.path = Path(workdir) / runfiles.METRICS
+    self._log = log
 
   def on_start(self, info: dict[str, Any]) -> None:
     if not self.path.exists():
       return
-    kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line)["epoch"] <= info["epoch"]]
-    self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    kept = [r for r in read_metrics(self.path, self._log) if r["epoch"] <= info["epoch"]]
+    runfiles.write_text(self.path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in kept))
 
   def on_validation(self, v: Validation) -> None:
     with open(self.path, "a", encoding="utf-8") as f:

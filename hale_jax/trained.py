@@ -1,11 +1,12 @@
 """A trained model that travels on its own: ``model = hale_jax.load(workdir)``.
 
 A run folder holds everything a trained model needs, so no dataset folder, ``HALE_DATA_DIR``
-or network is needed to use it: ``run.json`` (the config), ``entities.tsv`` and
-``relations.tsv`` (the vocabularies), ``triples.npz`` (the train, valid and test triples as
-int32 ids, for filtering and evaluation), the best-valid parameters (``best_params.npz``, or
-the ``best/`` checkpoint while the run is unfinished) and, when the dataset had them,
-``entity_labels.tsv`` / ``relation_labels.tsv`` (``id<TAB>label``).
+or network is needed to use it, and nothing outside the folder is read: ``run.json`` (the
+config), ``entities.tsv`` and ``relations.tsv`` (the vocabularies), ``triples/`` (the train,
+valid and test triples as int32 ids, for filtering and evaluation), the best-valid parameters
+(``best_params.npz``, or the ``best/`` checkpoint while the run is unfinished) and, when the
+dataset had them, ``entity_labels.tsv`` / ``relation_labels.tsv`` (``name<TAB>label``).  Each
+is validated as it is read (:mod:`hale_jax.rundata`).
 
 :class:`TrainedModel` answers in names and in batches: :meth:`~TrainedModel.predict_tails`,
 :meth:`~TrainedModel.predict_heads`, :meth:`~TrainedModel.score`,
@@ -17,21 +18,20 @@ prediction of the reciprocal query ``(t, r^-1, ?)``.
 from __future__ import annotations
 
 import difflib
-import json
 import os
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hale_jax import activations, checkpoints, datasets, models, rundir
+from hale_jax import activations, models, objective, rundata, rundir, runfiles
+from hale_jax import config as config_lib
+from hale_jax.config import Config
 from hale_jax.data import DataError, FilterIndex, KGData, one_line
 from hale_jax.evaluation import Evaluator, candidate_distances
 
-TRIPLES_FILE = "triples.npz"
-LABEL_FILES = {"entity": "entity_labels.tsv", "relation": "relation_labels.tsv"}
 _QUERY_CHUNK = 256
 _distances = jax.jit(candidate_distances, static_argnames=("model", "activation"))
 
@@ -63,108 +63,53 @@ def relation_names(data: KGData) -> list[str]:
   return list(data.relations) + reciprocal_names(data.relations)
 
 
-def keep_data(workdir: str | os.PathLike, data: KGData, data_spec: dict[str, Any]) -> None:
-  """Stores what a trained model needs of its data in the run folder: ``triples.npz`` and
-  the dataset's label files, when its folder has them."""
-  workdir = Path(workdir)
-  tmp = workdir / (TRIPLES_FILE + ".tmp")
-  with open(tmp, "wb") as f:
-    np.savez_compressed(f, train=data.train, valid=data.valid, test=data.test)
-  os.replace(tmp, workdir / TRIPLES_FILE)
-  folder = _data_folder(data_spec)
-  for fname in LABEL_FILES.values():
-    if folder is not None and (folder / fname).is_file():
-      (workdir / fname).write_bytes((folder / fname).read_bytes())
-
-
-def _data_folder(spec: dict[str, Any]) -> Path | None:
-  kind = spec.get("kind")
-  if kind == "dataset":
-    return datasets.resolve(spec["name"])
-  if kind == "folder":
-    return Path(spec["path"])
-  if kind in ("file", "files"):
-    return Path(spec["path"] if kind == "file" else spec["train"]).parent
-  return None
-
-
-def _read_names(path: Path) -> tuple[str, ...]:
-  lines = path.read_text(encoding="utf-8").split("\n")
-  return tuple(line.split("\t", 1)[1] for line in lines if line)
-
-
-def _read_labels(path: Path) -> dict[str, str]:
-  if not path.is_file():
-    return {}
-  pairs = (line.split("\t", 1) for line in path.read_text(encoding="utf-8").splitlines())
-  return {p[0]: p[1] for p in pairs if len(p) == 2}
-
-
-def _read_run(workdir: Path) -> dict[str, Any]:
-  if not workdir.is_dir():
-    raise FileNotFoundError(f"{workdir}: no such folder; pass the --workdir of a hale_jax run")
-  path = workdir / rundir.RUN_FILE
-  if not path.is_file():
-    raise FileNotFoundError(f"{path}: missing; is {workdir} the --workdir of a hale_jax run "
-                            f"(runs write run.json when they start)?")
+def _config(run: dict[str, Any], path: Path) -> Config:
+  """The run's config, checked (fields this version no longer has are ignored)."""
+  known = config_lib.field_owners()
   try:
-    run = json.loads(path.read_text(encoding="utf-8"))
-  except (OSError, UnicodeDecodeError, ValueError) as err:
-    raise DataError(f"{path}: cannot be read ({one_line(err)}); it is not a hale_jax run "
-                    f"spec") from None
-  if not isinstance(run, dict) or "model" not in run.get("config", {}):
-    raise DataError(f"{path}: lacks config.model; it is not a complete hale_jax run spec")
-  return run
+    return Config.make(**{k: v for k, v in run["config"].items() if k in known})
+  except (TypeError, ValueError) as err:
+    raise DataError(f"{path}: its config is not valid ({one_line(err)}); it is not a complete "
+                    f"hale_jax run spec") from None
 
 
-def _check_files(run: dict[str, Any], allow_changed_data: bool) -> None:
-  """Refuses a run whose data files are reachable and changed since training."""
-  recorded = run.get("data_sha256") or {}
-  if not recorded or allow_changed_data:
-    return
-  try:
-    now = datasets.spec_hashes(run.get("data", {}))
-  except (DataError, OSError):
-    return  # the files are gone or unreachable: the run folder's own copy is what counts
-  changed = sorted(k for k in recorded if k in now and now[k] != recorded[k])
-  if changed:
-    raise DataError(f"the data files of this run changed since it was trained ({', '.join(changed)}"
-                    f" of {run['data']}); the run folder keeps the triples it was trained on: "
-                    f"pass --allow_changed_data to use them anyway")
+def expected_shapes(config: Config, data: KGData) -> dict[str, tuple[int, ...]]:
+  """The parameter tables (name -> shape) a run of ``config`` on ``data`` trains."""
+  m, o = config.model, config.objective
+  shapes = jax.eval_shape(lambda: models.init_params(
+      m.model, jax.random.PRNGKey(0), data.num_entities, data.num_relations, m.dim,
+      m.init_scale, m.dtype, entity_bias=objective.bias_tables(o.loss, o.bias),
+      rotation_init=m.rotation_init))
+  return {k: tuple(v.shape) for k, v in shapes.items()}
 
 
-def _load_data(workdir: Path, run: dict[str, Any]) -> KGData:
-  """The run's data from the run folder itself (older folders: from the data spec)."""
-  entities, relations = workdir / "entities.tsv", workdir / "relations.tsv"
-  triples = workdir / TRIPLES_FILE
-  if triples.is_file() and entities.is_file() and relations.is_file():
-    with np.load(triples) as f:
-      splits = {s: f[s].astype(np.int32) for s in ("train", "valid", "test")}
-    data = KGData(run.get("dataset", workdir.name), _read_names(entities), _read_names(relations),
-                  source=str(workdir), **splits)
-  else:
-    data = datasets.load_data(run["data"])
-  if rundir.vocabulary_hash(data) != run.get("vocab_sha256"):
-    raise DataError(f"{workdir}: the vocabularies do not match the run's (run.json's "
-                    f"vocab_sha256); the run folder or its data was changed after training")
-  return data
-
-
-def load(workdir: str | os.PathLike, allow_changed_data: bool = False) -> "TrainedModel":
-  """The trained model of a run folder (see the module docstring).
+def load(workdir: str | os.PathLike, log: Callable[[str], None] = print) -> "TrainedModel":
+  """The trained model of a run folder, from the folder alone (see the module docstring):
+  nothing outside it is read, no dataset is looked up, nothing is downloaded.
 
   Raises:
     FileNotFoundError: no such folder, no ``run.json``, or no saved parameters.
-    DataError: an incomplete run folder, vocabularies that do not match, or data files
-      changed since training (unless ``allow_changed_data``).
+    DataError: a damaged or incomplete run folder (one line naming the file).
   """
   workdir = Path(workdir)
-  run = _read_run(workdir)
-  _check_files(run, allow_changed_data)
-  data = _load_data(workdir, run)
-  params = {k: jnp.asarray(v) for k, v in checkpoints.load_best_params(workdir).items()}
-  labels = {kind: _read_labels(workdir / fname) for kind, fname in LABEL_FILES.items()}
-  return TrainedModel(workdir, run, data, params, labels)
+  if not workdir.is_dir():
+    raise FileNotFoundError(f"{workdir}: no such folder; pass the --workdir of a hale_jax run")
+  try:
+    run = rundir.read_run(workdir)
+  except rundir.RunFolderError as err:
+    raise DataError(str(err)) from None
+  path = workdir / runfiles.RUN
+  if run is None:
+    raise FileNotFoundError(f"{path}: missing; is {workdir} the --workdir of a hale_jax run "
+                            f"(runs write run.json when they start)?")
+  config = _config(run, path)
+  data = rundata.read_data(workdir, str(run.get("dataset", workdir.name)))
+  if rundir.vocabulary_hash(data) != run.get("vocab_sha256"):
+    raise DataError(f"{workdir}: the vocabularies do not match the run's ({path}'s "
+                    f"vocab_sha256); the run folder was changed after training")
+  params = rundata.load_params(workdir, expected_shapes(config, data), log)
+  labels = rundata.read_labels(workdir, log)
+  return TrainedModel(workdir, run, data, {k: jnp.asarray(v) for k, v in params.items()}, labels)
 
 
 class TrainedModel:
@@ -210,7 +155,7 @@ class TrainedModel:
     by_label = [n for n, label in self.labels[kind].items() if label == name and n in ids]
     if len(by_label) == 1:
       return ids[by_label[0]]
-    listing = "entities.tsv" if kind == "entity" else "relations.tsv"
+    listing = runfiles.ENTITIES if kind == "entity" else runfiles.RELATIONS
     if len(by_label) > 1:
       raise DataError(f"the {kind} label {name!r} is ambiguous ({', '.join(by_label[:5])}); "
                       f"give the name instead")

@@ -98,7 +98,7 @@ class Trainer:
   def restore(self) -> bool:
     """Continues from the newest checkpoint that restores; False if there is none."""
     restored = self.checkpointer.restore_latest(
-        {"state": self.state, "best_params": self.best_params})
+        {"state": self.state, "best_params": self.best_params}, self._check_restored)
     if restored is None:
       return False
     arrays, meta, self.saved_epoch = restored  # host arrays, padded for the saving layout
@@ -108,6 +108,24 @@ class Trainer:
     self.state = self.layout.place_state(state, self.optimizer)
     self.best_params = self.layout.place_params(self.layout.real_rows(arrays["best_params"]))
     return True
+
+  def _check_restored(self, arrays: dict[str, Any], meta: dict[str, Any]) -> None:
+    """Rejects a checkpoint that does not fit this run: metadata without what a resume needs,
+    other tables, other shapes (beyond the saving layout's padding rows), non-finite values."""
+    missing = [f.name for f in dataclasses.fields(Progress) if f.name not in meta]
+    if missing:
+      raise ValueError(f"its metadata lacks {', '.join(missing)}")
+    n = self.data.num_entities
+    want = {k: ((n,) if k in models.ENTITY_TABLES else v.shape[:1]) + v.shape[1:]
+            for k, v in self.best_params.items()}
+    for tree in (arrays["best_params"], arrays["state"].params):
+      real = self.layout.real_rows(tree)
+      if set(real) != set(want):
+        raise ValueError(f"it holds the tables {sorted(real)}, this run {sorted(want)}")
+      for name, a in real.items():
+        if a.shape != want[name] or not np.isfinite(a).all():
+          raise ValueError(f"its table {name!r} ({a.shape}) does not fit this run "
+                           f"({want[name]}) or is not finite")
 
   def run_epoch(self) -> tuple[float, float]:
     """Trains one epoch at the schedule's rate; returns ``(mean loss, seconds)``."""

@@ -8,25 +8,25 @@ import numpy as np
 import pytest
 
 from benchmarks import self_rank
-from hale_jax import datasets, models, rundir
+from hale_jax import dataspec, models, rundata, rundir, runfiles
 from hale_jax.config import Config
 
-SPEC = {"kind": "synthetic"}
+SPEC = dataspec.Synthetic()
 TRANSFORM = jax.jit(models.transform, static_argnums=0)
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-  data = datasets.load_data(SPEC)
+  data = SPEC.load()
   workdir = tmp_path_factory.mktemp("run")
-  rundir.write_json(workdir / rundir.RUN_FILE,
-                    rundir.run_spec(Config.make(model="RotL", dim=8), data, SPEC))
+  rundir.write_run(workdir, rundir.run_spec(Config.make(model="RotL", dim=8), data, SPEC))
+  rundata.keep_data(workdir, data, SPEC)
   shapes = jax.eval_shape(lambda: models.init_params("RotL", jax.random.PRNGKey(0),
                                                      data.num_entities, data.num_relations, 8))
   rng = np.random.default_rng(3)
   params = {k: (0.5 * rng.standard_normal(v.shape)).astype(np.float32)
             for k, v in shapes.items()}
-  rundir.save_params(workdir / "best_params.npz", params)
+  runfiles.write_npz(workdir / "best_params.npz", params)
   return workdir, data, {k: v.astype(np.float64) for k, v in params.items()}
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from benchmarks import summarize
-from hale_jax import rundir
+from hale_jax import runfiles
 from hale_jax.config import Config
 
 
@@ -26,7 +26,7 @@ def _results() -> dict:
 
 
 def test_row_and_curve(tmp_path, capsys):
-  rundir.write_json(tmp_path / rundir.RESULTS_FILE, _results())
+  runfiles.write_json(tmp_path / runfiles.RESULTS, _results())
   summarize.main([str(tmp_path), "--curve"])
   out = capsys.readouterr().out.splitlines()
   assert out[0] == summarize.HEADER.splitlines()[0]
@@ -42,6 +42,6 @@ def test_missing_results_exit_with_one_line(tmp_path):
   (tmp_path / "run").mkdir()
   results = _results()
   del results["layout"]  # a run without a layout record: one device
-  (tmp_path / "run" / rundir.RESULTS_FILE).write_text(json.dumps(results))
+  (tmp_path / "run" / runfiles.RESULTS).write_text(json.dumps(results))
   assert "| cpu | one device | 0123456 |" in summarize.row(
       summarize.read_results(str(tmp_path / "run")))

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from absl import flags
 
-from hale_jax import checkpoints, datasets, options, rundir, synthetic
+from hale_jax import checkpoints, dataspec, options, rundata, rundir, synthetic
 from hale_jax.config import Config
 from hale_jax.layout import Layout
 from hale_jax.loop import Interrupted, train
@@ -76,9 +76,9 @@ def uninterrupted(data_dir, tmp_path_factory):
   options.define_launch_flags(fv)
   # Checkpoints change nothing but the time it takes (checkpoint_every_epochs is resumable).
   fv(["launch", f"--data_dir={data_dir}", *LAUNCH_ARGS, "--checkpoint_every_epochs=0"])
-  spec = {"kind": "folder", "path": str(Path(data_dir).resolve())}
+  spec = dataspec.Folder(str(Path(data_dir).resolve()))
   workdir = tmp_path_factory.mktemp("runs") / "straight"
-  train(options.config_from_flags(fv), datasets.load_data(spec), workdir, log=_quiet,
+  train(options.config_from_flags(fv), spec.load(), workdir, log=_quiet,
         data_spec=spec)
   return workdir
 
@@ -182,12 +182,12 @@ def test_checkpointer_restores_the_newest_readable_step(tmp_path):
   assert "checkpoints/3 cannot be restored" in lines[0], lines
   ckpt.save_best(2, {"entity": jnp.ones((4, 2))})
   ckpt.close()
-  np.testing.assert_array_equal(checkpoints.load_best_params(tmp_path)["entity"], 1.0)
+  np.testing.assert_array_equal(checkpoints.restore_best(tmp_path / "best")["entity"], 1.0)
   empty = checkpoints.Checkpointer(tmp_path / "empty", log=_quiet)
   assert empty.restore_latest(template) is None
   empty.close()
   with pytest.raises(FileNotFoundError, match="no best_params.npz and no best/"):
-    checkpoints.load_best_params(tmp_path / "nowhere")
+    rundata.load_params(tmp_path / "nowhere", {"entity": (4, 2)})
 
 
 @pytest.mark.slow

@@ -40,7 +40,7 @@ def run_dir(tmp_path_factory):
   spec = {"kind": "folder", "path": str(folder)}
   train(config, data, workdir, log=lambda s: None, data_spec=spec)
   run = rundir.read_run(workdir)
-  assert run["data"] == spec and run["vocab_sha256"] == rundir.vocabulary_hash(data)
+  assert run["data"] == {**spec, "strip_whitespace": False} and run["vocab_sha256"] == rundir.vocabulary_hash(data)
   return workdir
 
 
@@ -95,7 +95,7 @@ def test_export_tsv(run_dir, loaded, tmp_path):
   first = np.array(lines[0].split("\t")[1:], np.float32)
   np.testing.assert_array_equal(first, np.asarray(params["entity"][0]))
   names = sorted(p.name for p in out.iterdir())
-  assert names == ["entities.tsv", "relation_scale.tsv", "relations_alpha.tsv",
+  assert names == ["entities.tsv", "export.json", "relation_scale.tsv", "relations_alpha.tsv",
                    "relations_rotation.tsv", "relations_translation.tsv"]
   rot = (out / "relations_rotation.tsv").read_text(encoding="utf-8").splitlines()
   assert len(rot) == 2 * data.num_relations and len(rot[0].split("\t")) == 17
@@ -151,9 +151,7 @@ def test_top_k_rejects_bad_queries(loaded):
 
 def test_load_run_refuses_other_vocabulary_and_missing_spec(run_dir, tmp_path):
   other = tmp_path / "copy"
-  other.mkdir()
-  for f in ("run.json", "best_params.npz"):
-    shutil.copy(run_dir / f, other / f)
+  shutil.copytree(run_dir, other)
   run = rundir.read_run(other)
   run["vocab_sha256"] = "0" * 64
   rundir.write_run(other, run)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from hale_jax import data as kgdata
-from hale_jax import datasets, own_data
+from hale_jax import own_data
 from hale_jax.data import DataError
 
 TRIPLES = [("paris", "capital_of", "france"), ("berlin", "capital_of", "germany"),
@@ -339,53 +339,3 @@ def test_load_split_files(tmp_path):
   with pytest.raises(DataError) as err:
     own_data.load_split_files(*(folder / f"{s}.txt" for s in kgdata.SPLITS))
   _one_line(err, folder / "test.txt", 1)
-
-
-# ----------------------------------------------------------------------------------------------
-# Data specs for run.json: reloading and fingerprints.
-
-
-def test_load_data_file_and_files_specs(tmp_path, rng):
-  triples = _graph(rng)
-  path = _write(tmp_path / "kg.tsv", "".join(f"{h}\t{r} \t{t}\n" for h, r, t in triples))
-  spec = {"kind": "file", "path": str(path), "fractions": [0.8, 0.1, 0.1], "seed": 4,
-          "strip_whitespace": True}
-  data = datasets.load_data(spec)
-  ref, _ = own_data.load_triples_file(path, seed=4, strip_whitespace=True)
-  assert data.entities == ref.entities
-  np.testing.assert_array_equal(data.valid, ref.valid)
-  with pytest.raises(DataError, match="strip_whitespace"):
-    datasets.load_data({**spec, "strip_whitespace": False})
-  folder = own_data.write_splits({s: [(data.entities[h], data.relations[r], data.entities[t])
-                                      for h, r, t in data.split(s)] for s in kgdata.SPLITS},
-                                 tmp_path / "splits")
-  files = {"kind": "files", **{s: str(folder / f"{s}.txt") for s in kgdata.SPLITS}}
-  loaded = datasets.load_data(files)
-  assert loaded.entities == data.entities
-  np.testing.assert_array_equal(loaded.test, data.test)
-
-  hashes = datasets.spec_hashes(spec)
-  assert hashes == {"file": hashlib.sha256(path.read_bytes()).hexdigest()}
-  assert datasets.spec_hashes(files) == kgdata.split_hashes(folder)
-  assert datasets.spec_hashes({"kind": "folder", "path": str(folder)}) == kgdata.split_hashes(
-      folder)
-  assert datasets.spec_hashes({"kind": "synthetic"}) == {}
-  datasets.check_hashes(spec, hashes)
-  with open(path, "a", encoding="utf-8") as f:
-    f.write("new\tr0\te1\n")
-  with pytest.raises(DataError) as err:
-    datasets.check_hashes(spec, hashes)
-  assert "file of" in _one_line(err, path) and "another sha256" in str(err.value)
-
-
-def test_load_data_folder_strip_whitespace(tmp_path):
-  folder = tmp_path / "kg"
-  folder.mkdir()
-  for s in kgdata.SPLITS:
-    _write(folder / f"{s}.txt", "a \tr\tb\n")
-  with pytest.raises(DataError, match="whitespace"):
-    datasets.load_data({"kind": "folder", "path": str(folder)})
-  data = datasets.load_data({"kind": "folder", "path": str(folder), "strip_whitespace": True})
-  assert data.entities == ("a", "b")
-  with pytest.raises(DataError, match="file or files"):
-    datasets.load_data({"kind": "nope"})

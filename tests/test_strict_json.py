@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hale_jax import rundir, synthetic, tracking
+from hale_jax import runfiles, synthetic, tracking
 from hale_jax.callbacks import Validation
 
 from benchmarks import faults
@@ -29,11 +29,11 @@ def test_strict_json_refuses_constants():
 
 def test_write_json_refuses_non_finite_and_leaves_nothing(tmp_path):
   path = tmp_path / "results.json"
-  rundir.write_json(path, {"mrr": 0.5})
+  runfiles.write_json(path, {"mrr": 0.5})
   with pytest.raises(ValueError):
-    rundir.write_json(path, {"mrr": math.nan})
+    runfiles.write_json(path, {"mrr": math.nan})
   with pytest.raises(ValueError):
-    rundir.write_json(path, {"mrr": [math.inf]})
+    runfiles.write_json(path, {"mrr": [math.inf]})
   assert faults.strict_json(path.read_text()) == {"mrr": 0.5}
   assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
 
@@ -46,8 +46,8 @@ def test_metrics_file_refuses_a_nan_record(tmp_path):
                  max_epochs=2)
   with pytest.raises(ValueError):
     tracking.MetricsFile(tmp_path).on_validation(v)
-  text = (tmp_path / tracking.METRICS_FILE).read_text() if (
-      tmp_path / tracking.METRICS_FILE).exists() else ""
+  text = (tmp_path / runfiles.METRICS).read_text() if (
+      tmp_path / runfiles.METRICS).exists() else ""
   assert "NaN" not in text
 
 

@@ -28,11 +28,11 @@ import pytest
 from absl import flags
 
 import hale_jax
-from hale_jax import callbacks, inference, labels, models, options, plot, rundir, synthetic
-from hale_jax import tracking, trained
+from hale_jax import callbacks, dataspec, inference, labels, models, options, plot, rundata
+from hale_jax import rundir, runfiles, synthetic, tracking, trained
 from hale_jax.callbacks import Callback, Validation
 from hale_jax.config import Config
-from hale_jax.data import DataError, load_folder, write_vocabulary
+from hale_jax.data import DataError, load_folder
 from hale_jax.evaluation import Evaluator, metrics_from_ranks
 from hale_jax.loop import train
 
@@ -62,27 +62,26 @@ def _dataset(folder: Path) -> Path:
   return folder
 
 
-def _spec(folder: Path) -> dict:
-  return {"kind": "folder", "path": str(folder.resolve())}
+def _spec(folder: Path) -> dataspec.Folder:
+  return dataspec.Folder(str(folder.resolve()))
 
 
 def _fake_run(workdir: Path, data_dir: Path, seed: int = 0) -> Path:
   """A run folder as a finished run leaves it, with random RotL parameters instead of trained
-  ones (run.json, vocabularies, triples.npz, label files, best_params.npz)."""
+  ones (run.json, vocabularies, triples, label files, best_params.npz)."""
   data = load_folder(data_dir)
   config = Config.make(**RUN, max_epochs=1)
   workdir.mkdir(parents=True)
   spec = rundir.run_spec(config, data, _spec(data_dir))
   rundir.write_run(workdir, spec)
-  write_vocabulary(data, workdir)
-  trained.keep_data(workdir, data, spec["data"])
+  rundata.keep_data(workdir, data, _spec(data_dir))
   params = models.init_params("RotL", jax.random.key(seed), data.num_entities,
                               data.num_relations, 8, init_scale=0.3)
   rng = np.random.default_rng(seed)
   arrays = {k: np.asarray(v) for k, v in params.items()}
   arrays["scale"] = rng.normal(0.0, 0.7, arrays["scale"].shape).astype(np.float32)
   arrays["alpha"] = rng.uniform(0.5, 1.5, arrays["alpha"].shape).astype(np.float32)
-  rundir.save_params(workdir / rundir.PARAMS_FILE, arrays)
+  runfiles.write_npz(workdir / runfiles.PARAMS, arrays)
   return workdir
 
 
@@ -191,7 +190,7 @@ def test_score_is_minus_h_of_scaled_squared_distance(fake, fake_model, tmp_path)
 
 
 def test_embedding_returns_the_entity_table_rows(fake, fake_model):
-  with np.load(fake / rundir.PARAMS_FILE) as f:
+  with np.load(fake / runfiles.PARAMS) as f:
     table = f["entity"]
   names = ["t1.0.2", "t0", "level_3"]
   got = fake_model.embedding(names)
@@ -540,7 +539,7 @@ def _curve_run(folder: Path, finished: bool = True, **config) -> Path:
   curve = [{"epoch": e, "train_seconds": 0.5 * e, "loss": 1.0 / e,
             "valid_mrr": 0.1 * e * cfg["learning_rate"] * 100} for e in (1, 2, 3)]
   if finished:
-    rundir.write_json(folder / "results.json", {"curve": curve})
+    runfiles.write_json(folder / "results.json", {"curve": curve, "metrics": {}})
   else:
     (folder / "metrics.jsonl").write_text("".join(json.dumps(p) + "\n" for p in curve))
   return folder
@@ -714,7 +713,7 @@ def test_extending_a_finished_run(portable, data_dir, tmp_path, tmp_path_factory
   assert results["metrics"]["epochs"] == 5 and results["timings"]["resumed"] is True
   assert [c["epoch"] for c in results["curve"]] == [1, 2, 3, 4, 5]
   assert results["curve"][:3] == before["curve"]
-  kept = faults.strict_json((copy / rundir.PREVIOUS_RESULTS_FILE).read_text())
+  kept = faults.strict_json((copy / runfiles.PREVIOUS_RESULTS).read_text())
   assert kept["metrics"] == before["metrics"] and kept["metrics"]["epochs"] == 3
   metrics = [faults.strict_json(l) for l in (copy / "metrics.jsonl").read_text().splitlines()]
   assert [r["epoch"] for r in metrics] == [1, 2, 3, 4, 5]
