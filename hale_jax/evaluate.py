@@ -34,13 +34,16 @@ def format_table(metrics: dict[str, dict[str, float]]) -> str:
   return "\n".join(lines)
 
 
-def format_breakdown(groups: dict[str, dict], by: str) -> str:
-  """One row per group (realistic ties): count, MRR, MR, H@1, H@3, H@10."""
-  width = max([len(str(g)) for g in groups] + [len(by)])
+def format_breakdown(groups: dict[str, dict], by: str,
+                     labels: dict[str, str] | None = None) -> str:
+  """One row per group (realistic ties): count, MRR, MR, H@1, H@3, H@10; with ``labels``
+  (the run folder's ``relation_labels.tsv``) a group's label follows its name."""
+  shown = {g: f"{g} ({labels[g]})" if labels and g in labels else str(g) for g in groups}
+  width = max([len(s) for s in shown.values()] + [len(by)])
   lines = [f"{by:<{width}} {'count':>7} {'MRR':>8} {'MR':>9} {'H@1':>8} {'H@3':>8} {'H@10':>8}"]
   for group, m in groups.items():
     r = m["realistic"]
-    lines.append(f"{group:<{width}} {m['count']:7d} {r['mrr']:8.4f} {r['mr']:9.1f} "
+    lines.append(f"{shown[group]:<{width}} {m['count']:7d} {r['mrr']:8.4f} {r['mr']:9.1f} "
                  f"{r['hits@1']:8.4f} {r['hits@3']:8.4f} {r['hits@10']:8.4f}")
   return "\n".join(lines)
 
@@ -58,7 +61,7 @@ def main(argv):
   if FLAGS.breakdown:
     groups = model.evaluate(FLAGS.split, FLAGS.chunk, FLAGS.breakdown)
     print(f"\nrealistic ties by {FLAGS.breakdown}:")
-    print(format_breakdown(groups, FLAGS.breakdown))
+    print(format_breakdown(groups, FLAGS.breakdown, model.labels.get(FLAGS.breakdown)))
     doc["breakdown"] = {"by": FLAGS.breakdown, "groups": groups}
   if FLAGS.output:
     runfiles.write_json(FLAGS.output, doc)

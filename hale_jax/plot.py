@@ -30,8 +30,9 @@ def _define_flags() -> None:
 
 
 def read_curve(workdir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-  """``(flat config, curve)`` of a run folder; the curve's points hold ``epoch``,
-  ``train_seconds`` and ``valid_mrr``."""
+  """``(settings, curve)`` of a run folder: the settings are ``data`` (the dataset's name, or
+  its data spec when names alike hide different files) and the flat config; the curve's points
+  hold ``epoch``, ``train_seconds`` and ``valid_mrr``."""
   workdir = Path(workdir)
   run = rundir.read_run(workdir)
   if run is None:
@@ -45,17 +46,29 @@ def read_curve(workdir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]
   else:
     raise FileNotFoundError(f"{workdir}: no results.json or metrics.jsonl yet; the run has "
                             f"not validated")
-  return run["config"], curve
+  return {"data": run.get("dataset"), "data_spec": run.get("data"), **run["config"]}, curve
 
 
-def labels(configs: list[dict[str, Any]], names: list[str]) -> list[str]:
-  """A label per run: the settings in which the runs differ (``lam=0.3 batch_size=512``), or
-  the folder name when there is one run or no difference."""
-  keys = sorted({k for c in configs for k in c} - {"max_seconds", "max_epochs"})
-  differing = [k for k in keys if len({json.dumps(c.get(k)) for c in configs}) > 1]
-  if not differing:
+def labels(settings: list[dict[str, Any]], names: list[str]) -> list[str]:
+  """A label per run: every setting in which the runs differ, the data first
+  (``data=CoDEx-S dim=128``), or the folder name when there is one run or no difference."""
+  def differs(key: str) -> bool:
+    return len({json.dumps(s.get(key), sort_keys=True) for s in settings}) > 1
+  keys = [k for k in dict.fromkeys(k for s in settings for k in s) if k != "data_spec"]
+  shown = [k for k in keys if differs(k)]
+  if differs("data_spec") and not differs("data"):  # same name, other files
+    shown.insert(0, "data_spec")
+  if not shown:
     return names
-  return [" ".join(f"{k}={c.get(k)}" for k in differing) for c in configs]
+  return [" ".join(f"{'data' if k == 'data_spec' else k}={_short(s.get(k))}" for k in shown)
+          for s in settings]
+
+
+def _short(value: Any) -> str:
+  """A data spec by its path or name; anything else as it prints."""
+  if isinstance(value, dict):
+    return str(value.get("path") or value.get("name") or value.get("train") or value)
+  return str(value)
 
 
 def plot(workdirs: list[str], output: str | Path) -> Path:

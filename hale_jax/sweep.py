@@ -88,6 +88,9 @@ class _Reporter(Callback):
     self.pruned = False
 
   def on_validation(self, v: Validation) -> str | None:
+    print(f"  trial {self._trial.number}: epoch {v.epoch}, valid MRR "
+          f"{v.metrics['realistic']['mrr']:.4f} after {v.train_seconds:.1f}s of training",
+          flush=True)
     self._trial.report(v.metrics["realistic"]["mrr"], step=v.epoch)
     if self._trial.should_prune():
       self.pruned = True
@@ -172,10 +175,12 @@ def run_trial(study, study_dir: Path, base: Config, space: dict, data, spec: dic
   values = suggest(trial, space)
   folder = _trial_dir(study_dir, trial.number)
   folder.mkdir(parents=True, exist_ok=True)
+  print(f"starting trial {trial.number}: {values} in {folder} (log: {folder / runfiles.LOG})",
+        flush=True)
   reporter = _Reporter(trial)
   try:
     config = base.replace(**values)
-    with open(folder / "log.txt", "a", encoding="utf-8") as log_file:
+    with open(folder / runfiles.LOG, "a", encoding="utf-8") as log_file:
       def log(line: str) -> None:
         log_file.write(line + "\n")
         log_file.flush()
@@ -209,16 +214,25 @@ def trials_table(study) -> str:
 
 
 def write_best_flagfile(study, study_dir: Path, base_flags: list[str]) -> Path:
-  """``S/best.flags``: the launcher flags the sweep ran with, then the best trial's values
-  (a flagfile for ``python -m hale_jax.launch``)."""
+  """``S/best.flags``: the launcher flags the sweep ran with (the flagfile's own budget, not
+  the trials'), each flag once, the best trial's values in place of the searched ones (a
+  flagfile for ``python -m hale_jax.launch``)."""
   best = study.best_trial
+  chosen = {f"--{name}": f"--{name}={str(value).lower() if isinstance(value, bool) else value}"
+            for name, value in sorted(best.params.items())}
+  kept = [flag for flag in base_flags if _flag_name(flag) not in chosen]
   lines = [f"# hale_jax sweep: best of {finished_trials(study)} trials, valid MRR "
-           f"{best.value:.4f} (trial {best.number})", *base_flags]
-  for name, value in sorted(best.params.items()):
-    lines.append(f"--{name}={str(value).lower() if isinstance(value, bool) else value}")
+           f"{best.value:.4f} (trial {best.number}); the flagfile's budget, not the trials'",
+           *kept, *chosen.values()]
   path = study_dir / "best.flags"
   runfiles.write_text(path, "\n".join(lines) + "\n")
   return path
+
+
+def _flag_name(flag: str) -> str:
+  """``--lam`` of ``--lam=0.3``; ``--pos_square`` of ``--nopos_square``."""
+  name = flag.split("=", 1)[0]
+  return "--" + name[4:] if name.startswith("--no") and "=" not in flag else name
 
 
 def plot_study(study, path: Path) -> Path | None:
@@ -271,25 +285,20 @@ def _define_flags() -> None:
 
 
 def _launch_flags() -> list[str]:
-  """The launcher flags this sweep was given (from its flagfile or its command line), with the
-  trial budget in place of the flagfile's, serialized for a flagfile."""
+  """The launcher flags this sweep was given (from its flagfile or its command line), as a
+  flagfile holds them; the trial budget is the sweep's, not part of them."""
   fv = flags.FlagValues()
   options.define_config_flags(fv)
   options.define_launch_flags(fv)
-  budget = {"max_seconds": FLAGS.max_seconds_per_trial, "max_epochs": FLAGS.max_epochs_per_trial}
-  out = []
-  for name in fv:
-    if budget.get(name) is not None:
-      out.append(f"--{name}={budget[name]}")
-    elif FLAGS[name].present and name not in ("workdir", "overwrite"):
-      out.append(FLAGS[name].serialize())
-  return out
+  return [FLAGS[name].serialize() for name in fv
+          if FLAGS[name].present and name not in ("workdir", "overwrite")]
 
 
 def report(study, study_dir: Path) -> None:
   print(trials_table(study))
   if any(t.value is not None for t in study.get_trials(deepcopy=False)):
-    print(f"best flagfile: {write_best_flagfile(study, study_dir, _launch_flags())}")
+    best = write_best_flagfile(study, study_dir, _launch_flags())
+    print(f"best flagfile: {best}; train with it: python -m hale_jax.launch --flagfile={best}")
   png = plot_study(study, study_dir / "study.png")
   if png:
     print(f"plot: {png}")

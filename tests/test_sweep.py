@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("optuna")
 
-from hale_jax import options, rundir, sweep, synthetic  # noqa: E402
+from hale_jax import dataspec, options, rundir, sweep, synthetic  # noqa: E402
 from hale_jax.rundir import WorkdirLock  # noqa: E402
 
 from benchmarks import faults  # noqa: E402
@@ -128,13 +128,16 @@ def test_study_finishes_with_report_flagfile_and_plot(study):
   fv = options.parse_flagfile(str(best))  # what python -m hale_jax.launch --flagfile reads
   config = options.config_from_flags(fv)
   assert fv["data_dir"].value == str(data_dir)
-  assert config.budget.max_epochs == 2 and config.model.dim == 8
+  names = [l.split("=")[0] for l in text.splitlines()[1:]]
+  assert len(names) == len(set(names)), text  # each flag once
+  assert "--max_epochs=5" in text.splitlines()  # the flagfile's budget, not the trials' 2
+  assert f"--flagfile={best}" in proc.stdout
+  assert config.budget.max_epochs == 5 and config.model.dim == 8
   assert config.optim.batch_size == 64 and config.budget.max_seconds == 0
   import optuna  # pylint: disable=import-outside-toplevel
   loaded = optuna.load_study(study_name=sweep.STUDY_NAME, storage=f"sqlite:///{study_dir}/study.db")
   assert config.optim.learning_rate == loaded.best_trial.params["learning_rate"]
-  assert options.data_spec_from_flags(fv) == {"kind": "folder", "path": str(data_dir),
-                                              "strip_whitespace": False}
+  assert options.data_spec_from_flags(fv) == dataspec.Folder(str(data_dir))
   assert rundir.read_run(study_dir / f"trial_{loaded.best_trial.number:04d}")["config"][
       "learning_rate"] == config.optim.learning_rate
 

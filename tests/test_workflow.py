@@ -550,8 +550,14 @@ def test_plot_two_runs_labelled_by_the_differing_setting(tmp_path):
   b = _curve_run(tmp_path / "b", finished=False, learning_rate=0.02, max_epochs=9)
   configs = [plot.read_curve(a)[0], plot.read_curve(b)[0]]
   assert plot.read_curve(b)[1][2]["valid_mrr"] == pytest.approx(0.6)
-  assert plot.labels(configs, ["a", "b"]) == ["learning_rate=0.01", "learning_rate=0.02"]
+  assert plot.labels(configs, ["a", "b"]) == ["learning_rate=0.01 max_epochs=3",
+                                              "learning_rate=0.02 max_epochs=9"]
   assert plot.labels(configs[:1], ["a"]) == ["a"]
+  other_data = [{**configs[0], "data": "CoDEx-S"}, {**configs[0], "data": "CoDEx-M", "dim": 16}]
+  assert plot.labels(other_data, ["a", "b"]) == ["data=CoDEx-S dim=8", "data=CoDEx-M dim=16"]
+  same_name = [{**configs[0], "data": "kg", "data_spec": {"kind": "folder", "path": p}}
+               for p in ("/x/kg", "/y/kg")]
+  assert plot.labels(same_name, ["a", "b"]) == ["data=/x/kg", "data=/y/kg"]
   out = plot.plot([str(a), str(b)], tmp_path / "curve.png")
   assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 1000
   with pytest.raises(FileNotFoundError, match="no run.json"):
@@ -836,3 +842,14 @@ def test_labels_command(tmp_path):
   assert proc.returncode == 0, proc.stderr
   assert "2 entity labels written" in proc.stdout
   assert (folder / "entity_labels.tsv").read_text() == "t0\tRoot Zero\nt1.2\tT one two\n"
+
+
+def test_relation_breakdown_shows_labels():
+  from hale_jax import evaluate  # pylint: disable=import-outside-toplevel
+  metrics = {"mrr": 0.5, "mr": 3.0, "hits@1": 0.25, "hits@3": 0.5, "hits@10": 1.0}
+  groups = {"P1412": {"count": 4, "realistic": metrics},
+            "P17": {"count": 2, "realistic": metrics}}
+  rows = evaluate.format_breakdown(groups, "relation", {"P1412": "languages spoken"})
+  lines = rows.splitlines()
+  assert lines[1].startswith("P1412 (languages spoken) ") and lines[2].startswith("P17 ")
+  assert len({len(l) for l in lines}) == 1  # one column width
