@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from hale_jax import download, own_data, synthetic
 from hale_jax.data import SPLITS, DataError, file_sha256, load_folder, split_hashes
@@ -123,8 +123,9 @@ def resolve(name: str, *, cache_dir: str | os.PathLike | None = None,
   return target
 
 
-def load_data(spec: Mapping[str, Any]):
-  """Loads the :class:`~hale_jax.data.KGData` a run was trained on, from its data spec.
+def load_data(spec: Mapping[str, Any], log: Callable[[str], None] | None = None):
+  """Loads the :class:`~hale_jax.data.KGData` a run was trained on, from its data spec;
+  ``log`` gets progress lines while big files are read.
 
   ``spec`` (as stored in a run's ``run.json``) is one of
 
@@ -146,15 +147,15 @@ def load_data(spec: Mapping[str, Any]):
   strip = bool(spec.get("strip_whitespace", False))
   reading = {"columns": spec.get("columns") or own_data.DEFAULT_COLUMNS,
              "delimiter": spec.get("delimiter"), "header": bool(spec.get("header", False)),
-             "strip_whitespace": strip}
+             "strip_whitespace": strip, "log": log}
   if kind == "synthetic":
     return synthetic.generate()
   if kind == "powerlaw":
     return synthetic.power_law(int(spec["entities"]))
   if kind == "dataset":
-    return load_folder(resolve(spec["name"]), name=spec["name"])
+    return load_folder(resolve(spec["name"]), name=spec["name"], log=log)
   if kind == "folder":
-    return load_folder(spec["path"], strip_whitespace=strip)
+    return load_folder(spec["path"], strip_whitespace=strip, log=log)
   if kind == "file":
     data, _ = own_data.load_triples_file(
         spec["path"], fractions=spec.get("fractions") or own_data.DEFAULT_FRACTIONS,

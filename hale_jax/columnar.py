@@ -1,0 +1,325 @@
+"""Reading large triple files fast: pyarrow's CSV reader, dictionary-encoded columns and
+vectorised checks, giving exactly what :mod:`hale_jax.textfile`'s line-by-line rules give.
+
+pyarrow (Apache Arrow's C++ CSV parser, multi-threaded, actively maintained, and already a
+dependency of the JAX ecosystem's data tools) reads each file's head, relation and tail columns
+as dictionaries: every distinct name is stored once, each field is an int32 index.  The
+dictionaries of all columns and files are unified, sorted (UTF-8 byte order, which is Python's
+code-point order for ``sorted``) and the indices remapped, so the ids are those of the
+line-by-line readers: the index of the name in the sorted names of all files.
+
+The checks run on the raw bytes (UTF-8, line endings, quoting) and on the distinct names only
+(empty, surrounding whitespace, unwritable characters: :func:`hale_jax.textfile.unwritable`).
+:func:`read_triples` returns ``None`` whenever a check fails or the file has a layout this
+reader does not take as it is (a carriage return alone, a quote inside an unquoted CSV field, a
+line longer than the csv module's field limit, a delimiter outside ASCII, an unreadable gzip
+file ...): the caller then reads the files line by line, which gives the same result or raises
+the one-line error naming the file and line.  This module never raises for bad input.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import dataclasses
+import gzip
+import time
+import zlib
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+
+from hale_jax.textfile import unwritable
+
+WHITESPACE = "whitespace"
+CSV_DELIMITERS = (",", ";")
+PROGRESS_BYTES = 32 << 20  # files at least this big get a progress line
+_CHUNK = 1 << 26           # bytes scanned at a time, to bound temporary memory
+_BLOCK = 32 << 20          # pyarrow's parse block
+_LONGEST_CSV_LINE = 100_000  # below the csv module's field limit (131,072 characters)
+_DICT = pa.dictionary(pa.int32(), pa.string())
+_PLAIN_NAME = r"^[!-~](?:[ -~]*[!-~])?$"  # printable ASCII, no space at either end
+_LF, _CR, _QUOTE, _SPACE, _TAB = 10, 13, 34, 32, 9
+
+
+@dataclasses.dataclass(frozen=True)
+class Format:
+  """How a file is laid out: ``delimiter`` (one character or :data:`WHITESPACE`; comma and
+  semicolon files are quoted CSV), the number of fields a line has, where the head, relation
+  and tail are among them, and whether the first line is a header."""
+  delimiter: str = "\t"
+  width: int = 3
+  positions: tuple[int, int, int] = (0, 1, 2)
+  header: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Encoded:
+  """Sorted entity and relation names, and per file its ``[T, 3]`` int32 triples in file
+  order (head, relation, tail ids)."""
+  entities: tuple[str, ...]
+  relations: tuple[str, ...]
+  triples: list[np.ndarray]
+
+
+class _Fallback(Exception):
+  """The fast pass cannot vouch for this input; read it line by line."""
+
+
+def read_triples(paths: Sequence[Path], formats: Sequence[Format], *,
+                 strip_whitespace: bool = False,
+                 log: Callable[[str], None] | None = None) -> Encoded | None:
+  """The triples of ``paths`` (each read with its format) over one vocabulary, or ``None``
+  when the files must be read line by line (module docs)."""
+  big = [p for p in paths if _size(p) >= PROGRESS_BYTES]
+  say = log if (log is not None and big) else (lambda line: None)
+  try:
+    files = [_read_file(Path(p), f, say) for p, f in zip(paths, formats)]
+    start = time.perf_counter()
+    whitespace = any(f.delimiter == WHITESPACE for f in formats)
+    out = _encode(files, strip_whitespace, whitespace)
+  except _Fallback as why:
+    say(f"  {why}: reading line by line instead, to find the line at fault")
+    return None
+  say(f"  ids of {len(out.entities):,} entities and {len(out.relations):,} relations in "
+      f"{time.perf_counter() - start:.1f} s")
+  return out
+
+
+def _size(path) -> int:
+  try:
+    return Path(path).stat().st_size
+  except OSError:
+    return 0
+
+
+def _read_file(path: Path, fmt: Format, say: Callable[[str], None]) -> list[pa.ChunkedArray]:
+  """The head, relation and tail columns of one file, dictionary-encoded."""
+  size = _size(path)
+  if size >= PROGRESS_BYTES:
+    say(f"reading {path.name} ({size / 1e6:,.0f} MB) ...")
+  start = time.perf_counter()
+  if not path.is_file() or (fmt.delimiter != WHITESPACE
+                            and len(fmt.delimiter.encode("utf-8")) != 1):
+    raise _Fallback(f"{path.name}: a missing file or a delimiter outside ASCII")
+  raw = _checked_bytes(path)
+  quoted = fmt.delimiter in CSV_DELIMITERS
+  if quoted:
+    _check_csv(raw, fmt.delimiter, path)
+  body = _after_header(raw, fmt, path) if fmt.header else raw
+  if len(body) == 0:
+    raise _Fallback(f"{path.name}: no triples")
+  if fmt.delimiter == WHITESPACE:
+    body = _squeeze(body)
+  columns = _parse(body, fmt, quoted, path)
+  if size >= PROGRESS_BYTES:
+    say(f"  {path.name}: {len(columns[0]):,} triples in {time.perf_counter() - start:.1f} s")
+  return columns
+
+
+# ----------------------------------------------------------------------------- raw bytes
+
+def _checked_bytes(path: Path) -> np.ndarray:
+  """The file's bytes (gunzipped for ``.gz``) without a leading byte-order mark and without
+  line endings at the end; valid UTF-8 whose only carriage returns precede a line feed."""
+  if path.suffix == ".gz":
+    try:
+      raw = np.frombuffer(gzip.decompress(path.read_bytes()), np.uint8)
+    except (OSError, EOFError, zlib.error):
+      raise _Fallback(f"{path.name}: not a readable gzip file") from None
+  elif path.stat().st_size == 0:
+    raise _Fallback(f"{path.name}: an empty file")
+  else:
+    raw = np.frombuffer(pa.memory_map(str(path)).read_buffer(), np.uint8)
+  start = 3 if raw[:3].tobytes() == b"\xef\xbb\xbf" else 0
+  end = len(raw)
+  while end > start and raw[end - 1] in (_LF, _CR):
+    end -= 1
+  raw = raw[start:end]
+  _check_utf8(raw, path)
+  for lo in range(0, len(raw), _CHUNK):
+    cr = np.flatnonzero(raw[lo:lo + _CHUNK] == _CR) + lo
+    if len(cr) and (raw[cr + 1] != _LF).any():  # the last byte is no CR: cr + 1 exists
+      raise _Fallback(f"{path.name}: a carriage return that ends no line")
+  return raw
+
+
+def _check_utf8(raw: np.ndarray, path: Path) -> None:
+  decoder = codecs.getincrementaldecoder("utf-8")()
+  try:
+    for lo in range(0, len(raw), _CHUNK):
+      chunk = raw[lo:lo + _CHUNK]
+      if chunk.max(initial=0) >= 0x80 or decoder.getstate()[0]:
+        decoder.decode(memoryview(chunk))
+    decoder.decode(b"", final=True)
+  except UnicodeDecodeError:
+    raise _Fallback(f"{path.name}: bytes that are not UTF-8") from None
+
+
+def _positions(raw: np.ndarray, *values: int) -> np.ndarray:
+  """Where ``raw`` holds any of ``values``, scanned in chunks."""
+  out = []
+  for lo in range(0, len(raw), _CHUNK):
+    chunk = raw[lo:lo + _CHUNK]
+    hit = chunk == values[0]
+    for v in values[1:]:
+      hit |= chunk == v
+    out.append(np.flatnonzero(hit) + lo)
+  return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+
+def _check_csv(raw: np.ndarray, delimiter: str, path: Path) -> None:
+  """Quoted CSV the fast reader parses as Python's csv module does: no line near the csv
+  module's field limit, and quotes only around whole fields (a quoted field opens at the start
+  of a field, closes before a delimiter or the end of a line, doubles its inner quotes and
+  holds no line break)."""
+  breaks = _positions(raw, _LF)
+  edges = np.concatenate([[-1], breaks, [len(raw)]])
+  if np.diff(edges).max() > _LONGEST_CSV_LINE:
+    raise _Fallback(f"{path.name}: a line longer than {_LONGEST_CSV_LINE:,} bytes")
+  quotes = _positions(raw, _QUOTE)
+  if len(quotes) == 0:
+    return
+  if len(quotes) % 2:
+    raise _Fallback(f"{path.name}: an odd number of quotes")
+  opening, closing = quotes[0::2], quotes[1::2]
+  bounds = np.array([ord(delimiter), _LF, _CR, _QUOTE], np.uint8)
+  before = raw[np.maximum(opening - 1, 0)]
+  after = raw[np.minimum(closing + 1, len(raw) - 1)]
+  ok = ((opening == 0) | np.isin(before, bounds)) & (
+      (closing == len(raw) - 1) | np.isin(after, bounds))
+  same_line = np.searchsorted(breaks, opening) == np.searchsorted(breaks, closing)
+  if not (ok.all() and same_line.all()):
+    raise _Fallback(f"{path.name}: quotes inside a field, or a quoted line break")
+
+
+def _next_line(raw: np.ndarray, start: int) -> int:
+  """The index just past the first line feed at or after ``start`` (``len(raw)`` if none)."""
+  for lo in range(start, len(raw), 1 << 20):
+    hit = np.flatnonzero(raw[lo:lo + (1 << 20)] == _LF)
+    if len(hit):
+      return lo + int(hit[0]) + 1
+  return len(raw)
+
+
+def _after_header(raw: np.ndarray, fmt: Format, path: Path) -> np.ndarray:
+  """The bytes after the header line, once the header has the expected number of fields."""
+  end = _next_line(raw, 0)
+  line = raw[:end].tobytes().decode("utf-8").rstrip("\n").rstrip("\r")
+  if line.strip() == "":
+    count = 0
+  elif fmt.delimiter in CSV_DELIMITERS:
+    count = len(next(csv.reader([line], delimiter=fmt.delimiter, strict=True)))
+  elif fmt.delimiter == WHITESPACE:
+    count = len(line.split())
+  else:
+    count = len(line.split(fmt.delimiter))
+  if count != fmt.width:
+    raise _Fallback(f"{path.name}: a header of {count} fields")
+  return raw[end:]
+
+
+def _line_chunks(raw: np.ndarray):
+  """``(start, stop)`` spans of about :data:`_CHUNK` bytes that begin and end at lines."""
+  lo = 0
+  while lo < len(raw):
+    hi = _next_line(raw, lo + _CHUNK - 1) if lo + _CHUNK < len(raw) else len(raw)
+    yield lo, hi
+    lo = hi
+
+
+def _squeeze(raw: np.ndarray) -> np.ndarray:
+  """Whitespace-separated lines made tab-separated: each run of spaces and tabs inside a line
+  becomes one tab, runs at either end of a line go (Python's ``line.split()``; other
+  whitespace characters are caught later, in the names)."""
+  out = []
+  for lo, hi in _line_chunks(raw):
+    chunk = raw[lo:hi]
+    sep = (chunk == _SPACE) | (chunk == _TAB)
+    keep = ~sep
+    keep[1:] |= sep[1:] & ~sep[:-1]  # the first byte of each run
+    chunk, sep = chunk[keep], sep[keep]
+    ends = (chunk == _LF) | (chunk == _CR)
+    at_start = np.concatenate([[True], ends[:-1]])
+    at_end = np.concatenate([ends[1:], [True]])
+    chunk = chunk[~(sep & (at_start | at_end))]
+    chunk[chunk == _SPACE] = _TAB
+    out.append(chunk)
+  return np.concatenate(out)
+
+
+# ----------------------------------------------------------------------------- columns
+
+def _parse(body: np.ndarray, fmt: Format, quoted: bool, path: Path) -> list[pa.ChunkedArray]:
+  names = [f"f{i}" for i in range(fmt.width)]
+  chosen = [names[p] for p in fmt.positions]
+  delimiter = "\t" if fmt.delimiter == WHITESPACE else fmt.delimiter
+  try:
+    table = pcsv.read_csv(
+        pa.BufferReader(pa.py_buffer(body)),
+        read_options=pcsv.ReadOptions(column_names=names, block_size=_BLOCK),
+        parse_options=pcsv.ParseOptions(
+            delimiter=delimiter, quote_char='"' if quoted else False, double_quote=quoted,
+            escape_char=False, newlines_in_values=False, ignore_empty_lines=False),
+        convert_options=pcsv.ConvertOptions(
+            column_types={c: _DICT for c in chosen}, include_columns=chosen,
+            strings_can_be_null=False, quoted_strings_can_be_null=False, check_utf8=False))
+  except (pa.ArrowException, ValueError) as err:
+    raise _Fallback(f"{path.name}: {str(err).splitlines()[0][:80]}") from None
+  return [table.column(c) for c in chosen]
+
+
+def _checked_names(raw: pa.Array, strip: bool, whitespace: bool) -> pa.Array:
+  """The distinct names ``raw`` after the line-by-line rules: printable ASCII names pass as
+  they are; the others are checked (and stripped) one by one in Python."""
+  plain = pc.match_substring_regex(raw, _PLAIN_NAME).to_numpy(zero_copy_only=False)
+  flagged = np.flatnonzero(~plain)
+  if len(flagged) == 0:
+    return raw
+  given = raw.take(pa.array(flagged)).to_pylist()
+  fixed = []
+  for name in given:
+    if strip:
+      name = name.strip()
+    if (name.strip() == "" or name != name.strip() or unwritable(name) is not None
+        or (whitespace and any(c.isspace() for c in name))):
+      raise _Fallback("a field that is empty, has whitespace around it or holds a character "
+                      "a name may not hold")
+    fixed.append(name)
+  if fixed == given:
+    return raw
+  mask = np.zeros(len(raw), bool)
+  mask[flagged] = True
+  return pc.replace_with_mask(raw, pa.array(mask), pa.array(fixed, pa.string()))
+
+
+def _vocabulary(chunks: list[pa.Array], strip: bool, whitespace: bool
+                ) -> tuple[tuple[str, ...], list[np.ndarray]]:
+  """The sorted distinct names of dictionary ``chunks`` and each chunk's ids in them."""
+  column = pa.table({"n": pa.chunked_array(chunks, type=_DICT)}).unify_dictionaries().column(0)
+  given = column.chunk(0).dictionary
+  final = _checked_names(given, strip, whitespace)
+  distinct = pc.unique(final)
+  names = distinct.take(pc.sort_indices(distinct))
+  remap = pc.index_in(final, value_set=names).to_numpy(zero_copy_only=False).astype(np.int32)
+  ids = [remap[chunk.indices.to_numpy(zero_copy_only=False)] for chunk in column.chunks]
+  return tuple(names.to_pylist()), ids
+
+
+def _encode(files: list[list[pa.ChunkedArray]], strip: bool, whitespace: bool) -> Encoded:
+  entity_chunks = [c for h, _, t in files for column in (h, t) for c in column.chunks]
+  entities, entity_ids = _vocabulary(entity_chunks, strip, whitespace)
+  relations, relation_ids = _vocabulary([c for _, r, _ in files for c in r.chunks], strip,
+                                        whitespace)
+  entity_ids, relation_ids = iter(entity_ids), iter(relation_ids)
+  triples = []
+  for head, relation, tail in files:
+    columns = [np.concatenate([next(ids) for _ in range(column.num_chunks)] or [[]])
+               for column, ids in ((head, entity_ids), (relation, relation_ids),
+                                   (tail, entity_ids))]
+    triples.append(np.stack(columns, axis=1).astype(np.int32, copy=False).reshape(-1, 3))
+  return Encoded(entities, relations, triples)
