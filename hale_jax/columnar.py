@@ -1,12 +1,13 @@
 """Reading large triple files fast: pyarrow's CSV reader, dictionary-encoded columns and
 vectorised checks, giving exactly what :mod:`hale_jax.textfile`'s line-by-line rules give.
 
-pyarrow (Apache Arrow's C++ CSV parser, multi-threaded, actively maintained, and already a
-dependency of the JAX ecosystem's data tools) reads each file's head, relation and tail columns
-as dictionaries: every distinct name is stored once, each field is an int32 index.  The
-dictionaries of all columns and files are unified, sorted (UTF-8 byte order, which is Python's
-code-point order for ``sorted``) and the indices remapped, so the ids are those of the
-line-by-line readers: the index of the name in the sorted names of all files.
+pyarrow (Apache Arrow's C++ CSV parser: multi-threaded, widely used and actively maintained)
+reads each file's head, relation and tail columns as strings; one hash pass over the entity
+columns of all files (and one over the relation columns) encodes them as dictionaries, in which
+every distinct name is stored once and each field is an int32 index.  The dictionary is sorted
+(UTF-8 byte order, which is Python's code-point order for ``sorted``) and the indices remapped,
+so the ids are those of the line-by-line readers: the index of the name in the sorted names of
+all files.
 
 The checks run on the raw bytes (UTF-8, line endings, quoting) and on the distinct names only
 (empty, surrounding whitespace, unwritable characters: :func:`hale_jax.textfile.unwritable`).
@@ -39,9 +40,8 @@ WHITESPACE = "whitespace"
 CSV_DELIMITERS = (",", ";")
 PROGRESS_BYTES = 32 << 20  # files at least this big get a progress line
 _CHUNK = 1 << 26           # bytes scanned at a time, to bound temporary memory
-_BLOCK = 32 << 20          # pyarrow's parse block
+_BLOCK = 4 << 20           # pyarrow's parse block
 _LONGEST_CSV_LINE = 100_000  # below the csv module's field limit (131,072 characters)
-_DICT = pa.dictionary(pa.int32(), pa.string())
 _PLAIN_NAME = r"^[!-~](?:[ -~]*[!-~])?$"  # printable ASCII, no space at either end
 _LF, _CR, _QUOTE, _SPACE, _TAB = 10, 13, 34, 32, 9
 
@@ -98,7 +98,7 @@ def _size(path) -> int:
 
 
 def _read_file(path: Path, fmt: Format, say: Callable[[str], None]) -> list[pa.ChunkedArray]:
-  """The head, relation and tail columns of one file, dictionary-encoded."""
+  """The head, relation and tail columns of one file, as strings."""
   size = _size(path)
   if size >= PROGRESS_BYTES:
     say(f"reading {path.name} ({size / 1e6:,.0f} MB) ...")
@@ -266,7 +266,7 @@ def _parse(body: np.ndarray, fmt: Format, quoted: bool, path: Path) -> list[pa.C
             delimiter=delimiter, quote_char='"' if quoted else False, double_quote=quoted,
             escape_char=False, newlines_in_values=False, ignore_empty_lines=False),
         convert_options=pcsv.ConvertOptions(
-            column_types={c: _DICT for c in chosen}, include_columns=chosen,
+            column_types={c: pa.string() for c in chosen}, include_columns=chosen,
             strings_can_be_null=False, quoted_strings_can_be_null=False, check_utf8=False))
   except (pa.ArrowException, ValueError) as err:
     raise _Fallback(f"{path.name}: {str(err).splitlines()[0][:80]}") from None
@@ -297,29 +297,55 @@ def _checked_names(raw: pa.Array, strip: bool, whitespace: bool) -> pa.Array:
   return pc.replace_with_mask(raw, pa.array(mask), pa.array(fixed, pa.string()))
 
 
-def _vocabulary(chunks: list[pa.Array], strip: bool, whitespace: bool
-                ) -> tuple[tuple[str, ...], list[np.ndarray]]:
-  """The sorted distinct names of dictionary ``chunks`` and each chunk's ids in them."""
-  column = pa.table({"n": pa.chunked_array(chunks, type=_DICT)}).unify_dictionaries().column(0)
-  given = column.chunk(0).dictionary
+def _sorted_names(given: pa.Array, strip: bool, whitespace: bool
+                  ) -> tuple[tuple[str, ...], np.ndarray]:
+  """The sorted distinct names of dictionary ``given`` (after :func:`_checked_names`), and
+  for each entry of ``given`` the index of its name among them."""
   final = _checked_names(given, strip, whitespace)
-  distinct = pc.unique(final)
+  if final is given:  # already distinct: sort, and invert the permutation
+    order = pc.sort_indices(given).to_numpy(zero_copy_only=False)
+    remap = np.empty(len(order), np.int32)
+    remap[order] = np.arange(len(order), dtype=np.int32)
+    return tuple(given.take(order).to_pylist()), remap
+  distinct = pc.unique(final)  # stripping made some names equal
   names = distinct.take(pc.sort_indices(distinct))
   remap = pc.index_in(final, value_set=names).to_numpy(zero_copy_only=False).astype(np.int32)
-  ids = [remap[chunk.indices.to_numpy(zero_copy_only=False)] for chunk in column.chunks]
-  return tuple(names.to_pylist()), ids
+  return tuple(names.to_pylist()), remap
+
+
+def _where(array: pa.Array) -> tuple:
+  """The length and buffer addresses of ``array``: equal for arrays sharing their memory."""
+  return len(array), tuple(b.address if b is not None else None for b in array.buffers())
+
+
+def _fill(files: list[list], roles: tuple[int, ...], triples: list[np.ndarray], strip: bool,
+          whitespace: bool) -> tuple[str, ...]:
+  """Encodes columns ``roles`` (0 head, 1 relation, 2 tail) of all ``files`` over one
+  vocabulary, writes the ids into ``triples`` and returns the sorted names.  The string
+  columns are dropped from ``files`` once encoded."""
+  spans, chunks = [], []  # (file, role, first row) of each chunk
+  for f, columns in enumerate(files):
+    for role in roles:
+      row = 0
+      for chunk in columns[role].chunks:
+        spans.append((f, role, row))
+        chunks.append(chunk)
+        row += len(chunk)
+      columns[role] = None
+  # One hash table over all chunks: every chunk's dictionary is the same array.
+  column = pc.dictionary_encode(pa.chunked_array(chunks, type=pa.string()))
+  del chunks
+  if len({_where(c.dictionary) for c in column.chunks}) > 1:
+    column = pa.table({"n": column}).unify_dictionaries().column(0)
+  names, remap = _sorted_names(column.chunk(0).dictionary, strip, whitespace)
+  for (f, role, row), chunk in zip(spans, column.chunks):
+    indices = chunk.indices.to_numpy(zero_copy_only=False)
+    triples[f][row:row + len(indices), role] = remap[indices]
+  return names
 
 
 def _encode(files: list[list[pa.ChunkedArray]], strip: bool, whitespace: bool) -> Encoded:
-  entity_chunks = [c for h, _, t in files for column in (h, t) for c in column.chunks]
-  entities, entity_ids = _vocabulary(entity_chunks, strip, whitespace)
-  relations, relation_ids = _vocabulary([c for _, r, _ in files for c in r.chunks], strip,
-                                        whitespace)
-  entity_ids, relation_ids = iter(entity_ids), iter(relation_ids)
-  triples = []
-  for head, relation, tail in files:
-    columns = [np.concatenate([next(ids) for _ in range(column.num_chunks)] or [[]])
-               for column, ids in ((head, entity_ids), (relation, relation_ids),
-                                   (tail, entity_ids))]
-    triples.append(np.stack(columns, axis=1).astype(np.int32, copy=False).reshape(-1, 3))
+  triples = [np.empty((len(columns[0]), 3), np.int32) for columns in files]
+  entities = _fill(files, (0, 2), triples, strip, whitespace)
+  relations = _fill(files, (1,), triples, strip, whitespace)
   return Encoded(entities, relations, triples)

@@ -275,14 +275,16 @@ def triple_keys(triples: np.ndarray, num_entities: int, num_relations: int) -> n
 
 def first_copies(keys: np.ndarray) -> np.ndarray | None:
   """A mask of the first row of each distinct key (so ``keys[mask]`` keeps the input order),
-  or ``None`` when all keys are distinct (the common case, told by a sort)."""
+  or ``None`` when all keys are distinct (the common case, told by one sort)."""
   ordered = np.sort(keys)
-  if len(keys) < 2 or (ordered[1:] != ordered[:-1]).all():
+  repeated = ordered[1:][ordered[1:] == ordered[:-1]]
+  if len(repeated) == 0:
     return None
-  order = np.argsort(keys, kind="stable")
-  ordered = keys[order]
-  mask = np.zeros(len(keys), bool)
-  mask[order[np.concatenate([[True], ordered[1:] != ordered[:-1]])]] = True
+  rows = np.flatnonzero(member(keys, repeated))  # every copy of a repeated key, in order
+  _, first = np.unique(keys[rows], return_index=True)
+  mask = np.ones(len(keys), bool)
+  mask[rows] = False
+  mask[rows[first]] = True
   return mask
 
 

@@ -27,13 +27,17 @@ _CHARS = list("abcxyzQP0189_-.:/'()[]#\"!?") + ["é", "ß", "中", "文", "😀"
 _WS_ASCII = " \t"
 
 
-@pytest.fixture(params=["default", "tiny-chunks"])
+@pytest.fixture(params=["default", "tiny-chunks", "unified"])
 def chunks(request, monkeypatch):
   """Runs a test with the reader's scan chunks and pyarrow blocks as they are, and tiny (so
-  that multi-byte characters, lines and dictionaries straddle chunk boundaries)."""
-  if request.param == "tiny-chunks":
+  that multi-byte characters, lines and columns straddle chunk boundaries), and tiny with
+  the chunks' dictionaries unified after encoding (the path taken if pyarrow ever gives each
+  chunk its own dictionary)."""
+  if request.param != "default":
     monkeypatch.setattr(columnar, "_CHUNK", 7)
     monkeypatch.setattr(columnar, "_BLOCK", 256)
+  if request.param == "unified":
+    monkeypatch.setattr(columnar, "_where", lambda array: object())
   return request.param
 
 
