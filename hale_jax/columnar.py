@@ -83,7 +83,7 @@ def read_triples(paths: Sequence[Path], formats: Sequence[Format], *,
     whitespace = any(f.delimiter == WHITESPACE for f in formats)
     out = _encode(files, strip_whitespace, whitespace)
   except _Fallback as why:
-    say(f"  {why}: reading line by line instead, to find the line at fault")
+    say(f"  {why}; reading the files line by line instead")
     return None
   say(f"  ids of {len(out.entities):,} entities and {len(out.relations):,} relations in "
       f"{time.perf_counter() - start:.1f} s")
@@ -269,7 +269,7 @@ def _parse(body: np.ndarray, fmt: Format, quoted: bool, path: Path) -> list[pa.C
             column_types={c: pa.string() for c in chosen}, include_columns=chosen,
             strings_can_be_null=False, quoted_strings_can_be_null=False, check_utf8=False))
   except (pa.ArrowException, ValueError) as err:
-    raise _Fallback(f"{path.name}: {str(err).splitlines()[0][:80]}") from None
+    raise _Fallback(f"{path.name}: {' '.join(str(err).split())[:80]}") from None
   return [table.column(c) for c in chosen]
 
 

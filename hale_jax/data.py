@@ -3,10 +3,12 @@
 A dataset folder holds ``train.txt``, ``valid.txt`` and ``test.txt`` with one
 ``head<TAB>relation<TAB>tail`` per line (UTF-8; a byte-order mark, CRLF and a final newline
 are accepted).  A field with leading or trailing whitespace is refused unless
-``strip_whitespace=True`` (``"paris "`` and ``"paris"`` would otherwise be two entities).
+``strip_whitespace=True`` (``"paris "`` and ``"paris"`` would otherwise be two entities), and
+so is a name holding a character a run folder cannot store (:mod:`hale_jax.textfile`).
 Entity and relation ids come from the sorted names over all three splits, so the same files
 always give the same ids.  Bad input raises :class:`DataError` whose message is one line
-naming the file, the line and the fix; nothing is returned half-loaded.
+naming the file, the line and the fix; nothing is returned half-loaded.  The files are read
+by :mod:`hale_jax.columnar` (pyarrow) and, when it declines, line by line.
 
 :func:`data_report` lists duplicates, train/valid/test overlap and valid/test names unseen in
 train; :func:`split_hashes` fingerprints a folder's raw files.  For your own files in other

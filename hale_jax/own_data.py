@@ -16,17 +16,20 @@
   matched without regard to case and surrounding spaces; an empty name is refused.
 
 ``header=True`` skips the first line (it must have as many fields as the others); without it,
-the first line is a triple.  Fields are checked as in :func:`hale_jax.data.load_folder`: no
-empty field, no leading or trailing whitespace unless ``strip_whitespace=True``; a UTF-8
-byte-order mark at the start is dropped.  Bad input raises :class:`~hale_jax.data.DataError`
-with a one-line message naming the file and line.
+the first line is a triple.  Fields are checked as in :func:`hale_jax.data.load_folder`
+(:mod:`hale_jax.textfile`): no empty field, no leading or trailing whitespace unless
+``strip_whitespace=True``, no character a run folder cannot store; a UTF-8 byte-order mark at
+the start is dropped.  Bad input raises :class:`~hale_jax.data.DataError` with a one-line
+message naming the file and line.
 
-:func:`split_triples` makes train/valid/test from one list with a seeded shuffle, then moves
-to train every valid or test triple whose head, tail or relation would not otherwise occur in
-train (such names would keep their untrained embeddings).  :func:`load_triples_file` does all
-of it: read, drop duplicate triples (so that no test triple is also in train), split, build
-:class:`~hale_jax.data.KGData`; :func:`write_splits` writes the splits as a dataset folder
-that :func:`~hale_jax.data.load_folder` reads back to the same ids.
+:func:`load_triples_file` and :func:`load_split_files` read with the columnar reader
+(:mod:`hale_jax.columnar`) and, when it declines, line by line (:func:`read_triples_file`,
+which returns the names and raises the errors).  :func:`load_triples_file` drops duplicate
+triples (so that no test triple is also in train) and splits the rest with a seeded shuffle,
+moving to train every valid or test triple whose head, tail or relation would not otherwise
+occur in train (such names would keep their untrained embeddings; :mod:`hale_jax.splitting`,
+whose :func:`split_triples` does the same for a list of names); :func:`write_splits` writes
+splits as a dataset folder that :func:`~hale_jax.data.load_folder` reads back to the same ids.
 """
 
 from __future__ import annotations

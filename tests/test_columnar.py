@@ -387,4 +387,5 @@ def test_progress_lines_for_big_files(tmp_path, monkeypatch):
   (folder / "test.txt").write_text("a\tr\n", encoding="utf-8")
   with pytest.raises(DataError, match="test.txt:1"):
     kgdata.load_folder(folder, log=lines.append)
-  assert "reading line by line instead" in lines[-1]
+  assert lines[-1].startswith("  test.txt: ") and "\t" not in lines[-1]
+  assert lines[-1].endswith("; reading the files line by line instead")
