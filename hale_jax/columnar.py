@@ -44,6 +44,11 @@ _BLOCK = 4 << 20           # pyarrow's parse block
 _LONGEST_CSV_LINE = 100_000  # below the csv module's field limit (131,072 characters)
 _PLAIN_NAME = r"^[!-~](?:[ -~]*[!-~])?$"  # printable ASCII, no space at either end
 _LF, _CR, _QUOTE, _SPACE, _TAB = 10, 13, 34, 32, 9
+_BOM = b"\xef\xbb\xbf"
+# Every character but " \t\n\r" for which str.isspace() holds, as UTF-8.
+_OTHER_SPACES = tuple(c.encode("utf-8") for c in "\x0b\x0c\x1c\x1d\x1e\x1f\x85\xa0\u1680"
+                      "\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+                      "\u2028\u2029\u202f\u205f\u3000")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,8 +85,7 @@ def read_triples(paths: Sequence[Path], formats: Sequence[Format], *,
   try:
     files = [_read_file(Path(p), f, say) for p, f in zip(paths, formats)]
     start = time.perf_counter()
-    whitespace = any(f.delimiter == WHITESPACE for f in formats)
-    out = _encode(files, strip_whitespace, whitespace)
+    out = _encode(files, strip_whitespace)
   except _Fallback as why:
     say(f"  {why}; reading the files line by line instead")
     return None
@@ -114,7 +118,12 @@ def _read_file(path: Path, fmt: Format, say: Callable[[str], None]) -> list[pa.C
   if len(body) == 0:
     raise _Fallback(f"{path.name}: no triples")
   if fmt.delimiter == WHITESPACE:
+    _check_spaces(body, path)
     body = _squeeze(body)
+    if len(body) == 0 or body[-1] == _LF:  # pyarrow would skip a blank last line
+      raise _Fallback(f"{path.name}: a blank line")
+  if body[:3].tobytes() == _BOM:  # pyarrow would drop it; here it is part of a name
+    raise _Fallback(f"{path.name}: a second byte-order mark")
   columns = _parse(body, fmt, quoted, path)
   if size >= PROGRESS_BYTES:
     say(f"  {path.name}: {len(columns[0]):,} triples in {time.perf_counter() - start:.1f} s")
@@ -135,7 +144,7 @@ def _checked_bytes(path: Path) -> np.ndarray:
     raise _Fallback(f"{path.name}: an empty file")
   else:
     raw = np.frombuffer(pa.memory_map(str(path)).read_buffer(), np.uint8)
-  start = 3 if raw[:3].tobytes() == b"\xef\xbb\xbf" else 0
+  start = 3 if raw[:3].tobytes() == _BOM else 0
   end = len(raw)
   while end > start and raw[end - 1] in (_LF, _CR):
     end -= 1
@@ -223,6 +232,15 @@ def _after_header(raw: np.ndarray, fmt: Format, path: Path) -> np.ndarray:
   return raw[end:]
 
 
+def _check_spaces(raw: np.ndarray, path: Path) -> None:
+  """No whitespace but spaces, tabs and line ends: Python's ``split()`` also splits at the
+  others (a no-break space, U+2028 ...), in any column."""
+  for lo in range(0, len(raw), _CHUNK):
+    chunk = raw[lo:lo + _CHUNK + 2].tobytes()  # 2 more: a character cut by the chunk's end
+    if any(space in chunk for space in _OTHER_SPACES):
+      raise _Fallback(f"{path.name}: a whitespace character other than space and tab")
+
+
 def _line_chunks(raw: np.ndarray):
   """``(start, stop)`` spans of about :data:`_CHUNK` bytes that begin and end at lines."""
   lo = 0
@@ -234,8 +252,8 @@ def _line_chunks(raw: np.ndarray):
 
 def _squeeze(raw: np.ndarray) -> np.ndarray:
   """Whitespace-separated lines made tab-separated: each run of spaces and tabs inside a line
-  becomes one tab, runs at either end of a line go (Python's ``line.split()``; other
-  whitespace characters are caught later, in the names)."""
+  becomes one tab, runs at either end of a line go (Python's ``line.split()``, once
+  :func:`_check_spaces` found no other whitespace character)."""
   out = []
   for lo, hi in _line_chunks(raw):
     chunk = raw[lo:hi]
@@ -273,7 +291,7 @@ def _parse(body: np.ndarray, fmt: Format, quoted: bool, path: Path) -> list[pa.C
   return [table.column(c) for c in chosen]
 
 
-def _checked_names(raw: pa.Array, strip: bool, whitespace: bool) -> pa.Array:
+def _checked_names(raw: pa.Array, strip: bool) -> pa.Array:
   """The distinct names ``raw`` after the line-by-line rules: printable ASCII names pass as
   they are; the others are checked (and stripped) one by one in Python."""
   plain = pc.match_substring_regex(raw, _PLAIN_NAME).to_numpy(zero_copy_only=False)
@@ -285,8 +303,7 @@ def _checked_names(raw: pa.Array, strip: bool, whitespace: bool) -> pa.Array:
   for name in given:
     if strip:
       name = name.strip()
-    if (name.strip() == "" or name != name.strip() or unwritable(name) is not None
-        or (whitespace and any(c.isspace() for c in name))):
+    if name.strip() == "" or name != name.strip() or unwritable(name) is not None:
       raise _Fallback("a field that is empty, has whitespace around it or holds a character "
                       "a name may not hold")
     fixed.append(name)
@@ -297,11 +314,10 @@ def _checked_names(raw: pa.Array, strip: bool, whitespace: bool) -> pa.Array:
   return pc.replace_with_mask(raw, pa.array(mask), pa.array(fixed, pa.string()))
 
 
-def _sorted_names(given: pa.Array, strip: bool, whitespace: bool
-                  ) -> tuple[tuple[str, ...], np.ndarray]:
+def _sorted_names(given: pa.Array, strip: bool) -> tuple[tuple[str, ...], np.ndarray]:
   """The sorted distinct names of dictionary ``given`` (after :func:`_checked_names`), and
   for each entry of ``given`` the index of its name among them."""
-  final = _checked_names(given, strip, whitespace)
+  final = _checked_names(given, strip)
   if final is given:  # already distinct: sort, and invert the permutation
     order = pc.sort_indices(given).to_numpy(zero_copy_only=False)
     remap = np.empty(len(order), np.int32)
@@ -318,8 +334,8 @@ def _where(array: pa.Array) -> tuple:
   return len(array), tuple(b.address if b is not None else None for b in array.buffers())
 
 
-def _fill(files: list[list], roles: tuple[int, ...], triples: list[np.ndarray], strip: bool,
-          whitespace: bool) -> tuple[str, ...]:
+def _fill(files: list[list], roles: tuple[int, ...], triples: list[np.ndarray],
+          strip: bool) -> tuple[str, ...]:
   """Encodes columns ``roles`` (0 head, 1 relation, 2 tail) of all ``files`` over one
   vocabulary, writes the ids into ``triples`` and returns the sorted names.  The string
   columns are dropped from ``files`` once encoded."""
@@ -337,15 +353,15 @@ def _fill(files: list[list], roles: tuple[int, ...], triples: list[np.ndarray], 
   del chunks
   if len({_where(c.dictionary) for c in column.chunks}) > 1:
     column = pa.table({"n": column}).unify_dictionaries().column(0)
-  names, remap = _sorted_names(column.chunk(0).dictionary, strip, whitespace)
+  names, remap = _sorted_names(column.chunk(0).dictionary, strip)
   for (f, role, row), chunk in zip(spans, column.chunks):
     indices = chunk.indices.to_numpy(zero_copy_only=False)
     triples[f][row:row + len(indices), role] = remap[indices]
   return names
 
 
-def _encode(files: list[list[pa.ChunkedArray]], strip: bool, whitespace: bool) -> Encoded:
+def _encode(files: list[list[pa.ChunkedArray]], strip: bool) -> Encoded:
   triples = [np.empty((len(columns[0]), 3), np.int32) for columns in files]
-  entities = _fill(files, (0, 2), triples, strip, whitespace)
-  relations = _fill(files, (1,), triples, strip, whitespace)
+  entities = _fill(files, (0, 2), triples, strip)
+  relations = _fill(files, (1,), triples, strip)
   return Encoded(entities, relations, triples)

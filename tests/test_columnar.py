@@ -240,6 +240,11 @@ def test_names_sort_in_code_point_order(tmp_path, monkeypatch):
   assert used and fast.entities == tuple(sorted(names)) == exact.entities
 
 
+def test_the_whitespace_list_is_pythons():
+  spaces = {chr(c) for c in range(0x110000) if chr(c).isspace()} - set(" \t\n\r")
+  assert {b.decode("utf-8") for b in columnar._OTHER_SPACES} == spaces
+
+
 # ----------------------------------------------------------------------------------------------
 # Layouts the columnar reader leaves to the line-by-line pass, which reads them well.
 
@@ -250,6 +255,8 @@ def test_names_sort_in_code_point_order(tmp_path, monkeypatch):
     ("kg.tsv", "a\tr\tb\r\r\nc\tr\td\n", None, "head,relation,tail"),  # CRs end the line
     # a no-break space separates fields here: a, b, r, c
     ("kg.txt", "a\u00a0b r c\nd x r e\n", "whitespace", "head,x,relation,tail"),
+    ("kg.txt", "a b\u3000c r d\ne f h r g\n", "whitespace", "head,x,y,relation,tail"),
+    ("kg.txt", "a b\x0cc r d\ne f h r g\n", "whitespace", "head,x,y,relation,tail"),
     # near the csv module's field limit
     ("kg.csv", "a,x,r,b\n" + "x" * 120_000 + ",y,r,c\n", None, "head,x,relation,tail"),
 ])
@@ -389,3 +396,59 @@ def test_progress_lines_for_big_files(tmp_path, monkeypatch):
     kgdata.load_folder(folder, log=lines.append)
   assert lines[-1].startswith("  test.txt: ") and "\t" not in lines[-1]
   assert lines[-1].endswith("; reading the files line by line instead")
+
+
+# ----------------------------------------------------------------------------------------------
+# Random, often broken files: both ways give the same data or the same error.
+
+_PIECES = ["a", "b", "é", "Q1", "中", "\t", ",", ";", '"', "\r", "\n", "\r\n", " ", "  ", "|",
+           "\ufeff", "\u2028", "\xa0", "\x0b", "\x00", "\n\n"]
+_MODES = {"tsv": ("\t", ".tsv", None), "csv": (",", ".csv", None),
+          "ssv": (";", ".csv", "semicolon"), "space": (" ", ".txt", "space"),
+          "pipe": ("|", ".txt", "pipe"), "ws": (" \t", ".txt", "whitespace")}
+
+
+def _random_text(rng, mode: str, width: int) -> str:
+  separator = _MODES[mode][0]
+  lines = []
+  for _ in range(rng.integers(1, 7)):
+    fields = ["".join(rng.choice(["a", "b", "é", "Q1"], rng.integers(1, 4))) for _ in range(width)]
+    if mode in ("csv", "ssv") and rng.random() < 0.4:
+      q = rng.integers(width)
+      fields[q] = '"' + fields[q] + str(rng.choice(["", ",", '""', ";"])) + '"'
+    line = (separator[int(rng.integers(len(separator)))] if mode == "ws" else separator).join(
+        fields)
+    for _ in range(rng.choice([0, 0, 1, 2])):
+      at = int(rng.integers(len(line) + 1))
+      line = line[:at] + str(rng.choice(_PIECES)) + line[at:]
+    lines.append(line)
+  return (str(rng.choice(["", "\ufeff"])) + str(rng.choice(["\n", "\r\n"])).join(lines)
+          + str(rng.choice(["", "\n", "\r\n", "\n\n", "\r"])))
+
+
+@pytest.mark.parametrize("mode", sorted(_MODES))
+def test_random_files_read_alike(tmp_path, rng, monkeypatch, chunks, mode):
+  _, suffix, delimiter = _MODES[mode]
+  path = tmp_path / f"kg{suffix}"
+  fast_reads = 0
+  for _ in range(20):
+    width = int(rng.choice([3, 4]))
+    columns = "head,relation,tail" if width == 3 else str(rng.choice(
+        ["x,head,relation,tail", "tail,relation,y,head"]))
+    path.write_bytes(_random_text(rng, mode, width).encode("utf-8"))
+    settings = {"delimiter": delimiter, "columns": columns, "header": bool(rng.random() < 0.2),
+                "strip_whitespace": bool(rng.random() < 0.3)}
+    if rng.random() < 0.3:
+      fast, exact, used = _both(monkeypatch, lambda: own_data.load_triples_file(
+          path, fractions=(0.5, 0.25, 0.25), **settings))
+      fast, exact = (fast if fast[0] == "error" else fast[0]), (
+          exact if exact[0] == "error" else exact[0])
+    else:
+      fast, exact, used = _both(monkeypatch, lambda: own_data.load_split_files(
+          path, path, path, **settings))
+    if isinstance(exact, tuple):
+      assert fast == exact
+    else:
+      _same(fast, exact)
+    fast_reads += used
+  assert fast_reads > 0
