@@ -1,13 +1,15 @@
 """Reading large triple files fast: pyarrow's CSV reader, dictionary-encoded columns and
 vectorised checks, giving exactly what :mod:`hale_jax.textfile`'s line-by-line rules give.
 
-pyarrow (Apache Arrow's C++ CSV parser: multi-threaded, widely used and actively maintained)
-reads each file's head, relation and tail columns as strings; one hash pass over the entity
-columns of all files (and one over the relation columns) encodes them as dictionaries, in which
-every distinct name is stored once and each field is an int32 index.  The dictionary is sorted
-(UTF-8 byte order, which is Python's code-point order for ``sorted``) and the indices remapped,
-so the ids are those of the line-by-line readers: the index of the name in the sorted names of
-all files.
+pyarrow reads each file's head, relation and tail columns as strings; one hash pass over the
+entity columns of all files (and one over the relation columns) encodes them as dictionaries,
+in which every distinct name is stored once and each field is an int32 index.  The dictionary
+is sorted (UTF-8 byte order, which is Python's code-point order for ``sorted``) and the indices
+remapped, so the ids are those of the line-by-line readers: the index of the name in the sorted
+names of all files.  pyarrow because its C++ CSV parser is multi-threaded, reads
+memory-mapped files and comes with the hashing, sorting and regex kernels used here, in one
+widely used, actively maintained package (pandas and polars would add more on top of the same
+kind of parser).
 
 The checks run on the raw bytes (UTF-8, line endings, quoting) and on the distinct names only
 (empty, surrounding whitespace, unwritable characters: :func:`hale_jax.textfile.unwritable`).
@@ -140,10 +142,11 @@ def _checked_bytes(path: Path) -> np.ndarray:
       raw = np.frombuffer(gzip.decompress(path.read_bytes()), np.uint8)
     except (OSError, EOFError, zlib.error):
       raise _Fallback(f"{path.name}: not a readable gzip file") from None
-  elif path.stat().st_size == 0:
-    raise _Fallback(f"{path.name}: an empty file")
   else:
-    raw = np.frombuffer(pa.memory_map(str(path)).read_buffer(), np.uint8)
+    try:
+      raw = np.frombuffer(pa.memory_map(str(path)).read_buffer(), np.uint8)
+    except OSError:
+      raise _Fallback(f"{path.name}: an unreadable file") from None
   start = 3 if raw[:3].tobytes() == _BOM else 0
   end = len(raw)
   while end > start and raw[end - 1] in (_LF, _CR):

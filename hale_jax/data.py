@@ -108,8 +108,8 @@ def load_folder(folder: str | os.PathLike, name: str | None = None, *,
 
   ``strip_whitespace`` strips each field instead of refusing leading or trailing whitespace.
   ``log`` gets a progress line per big file.  The files are read by the fast columnar reader
-  (:mod:`hale_jax.columnar`); when it finds a problem, they are read again line by line, which
-  raises the error naming the file and line.
+  (:mod:`hale_jax.columnar`); when it declines (a problem, or a layout it leaves to the exact
+  pass), they are read again line by line, which raises any error naming the file and line.
   """
   folder = Path(folder)
   if not folder.is_dir():
