@@ -3,10 +3,12 @@
 A dataset folder holds ``train.txt``, ``valid.txt`` and ``test.txt`` with one
 ``head<TAB>relation<TAB>tail`` per line (UTF-8; a byte-order mark, CRLF and a final newline
 are accepted).  A field with leading or trailing whitespace is refused unless
-``strip_whitespace=True`` (``"paris "`` and ``"paris"`` would otherwise be two entities).
+``strip_whitespace=True`` (``"paris "`` and ``"paris"`` would otherwise be two entities), and
+so is a name holding a character a run folder cannot store (:mod:`hale_jax.textfile`).
 Entity and relation ids come from the sorted names over all three splits, so the same files
 always give the same ids.  Bad input raises :class:`DataError` whose message is one line
-naming the file, the line and the fix; nothing is returned half-loaded.
+naming the file, the line and the fix; nothing is returned half-loaded.  The files are read
+by :mod:`hale_jax.columnar` (pyarrow) and, when it declines, line by line.
 
 :func:`data_report` lists duplicates, train/valid/test overlap and valid/test names unseen in
 train; :func:`split_hashes` fingerprints a folder's raw files.  For your own files in other
@@ -16,26 +18,21 @@ layouts see :mod:`hale_jax.own_data`.
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import hashlib
 import os
-import zlib
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from hale_jax import columnar
+# The line-by-line rules live in textfile; they are part of this module's interface too.
+from hale_jax.textfile import DataError, check_fields, one_line, read_text, text_lines
 
 SPLITS = ("train", "valid", "test")
-_FIELDS = ("head", "relation", "tail")
-
-
-class DataError(ValueError):
-  """Bad or missing input data; ``str(err)`` is one line meant for the user."""
-
-
-def one_line(text) -> str:
-  """``str(text)`` with every run of whitespace, newlines included, made one space."""
-  return " ".join(str(text).split())
+Log = Callable[[str], None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,56 +66,6 @@ class KGData:
 
   def split(self, name: str) -> np.ndarray:
     return {"train": self.train, "valid": self.valid, "test": self.test}[name]
-
-
-def read_text(path: Path) -> str:
-  """The UTF-8 text of ``path`` (gunzipped if it ends in ``.gz``) without a leading byte-order
-  mark; bad bytes raise a :class:`DataError` naming the line (editors on Windows often save a
-  BOM, which would otherwise become part of the first head's name)."""
-  raw = path.read_bytes()
-  if path.suffix == ".gz":
-    try:
-      raw = gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as err:
-      raise DataError(f"{path}: not a readable gzip file ({one_line(err)}); decompress it by "
-                      f"hand or fetch it again") from None
-  try:
-    text = raw.decode("utf-8")
-  except UnicodeDecodeError as err:
-    line = raw.count(b"\n", 0, err.start) + 1
-    raise DataError(f"{path}:{line}: bytes that are not UTF-8 ({raw[err.start:err.end]!r}); "
-                    f"re-encode the file as UTF-8") from None
-  return text[1:] if text.startswith("\ufeff") else text
-
-
-def text_lines(text: str) -> list[tuple[int, str]]:
-  """``(line number, line)`` without ``\\r``; blank lines at the end are dropped (a final
-  newline, or several, is common and harmless)."""
-  lines = text.split("\n")
-  while lines and lines[-1].strip("\r") == "":
-    lines.pop()
-  return [(number, line.rstrip("\r")) for number, line in enumerate(lines, start=1)]
-
-
-def check_fields(path: Path, number: int, fields: Sequence[str],
-                 strip_whitespace: bool = False) -> tuple[str, str, str]:
-  """``(head, relation, tail)`` after refusing empty fields and, unless ``strip_whitespace``,
-  fields with leading or trailing whitespace (``"paris "`` and ``"paris"`` would silently be
-  two entities)."""
-  out = []
-  for field, role in zip(fields, _FIELDS):
-    if strip_whitespace:
-      field = field.strip()
-    if field.strip() == "":
-      raise DataError(f"{path}:{number}: the {role} field is empty; every triple needs a "
-                      f"head, a relation and a tail")
-    if field != field.strip():
-      shown = field if len(field) <= 60 else field[:57] + "..."
-      raise DataError(f"{path}:{number}: the {role} field {shown!r} has leading or trailing "
-                      f"whitespace; fix the file, or pass strip_whitespace=True "
-                      f"(--strip_whitespace) to strip every field")
-    out.append(field)
-  return out[0], out[1], out[2]
 
 
 def _read_split(path: Path, strip_whitespace: bool = False) -> list[tuple[str, str, str]]:
@@ -156,17 +103,33 @@ def from_named_triples(name: str, splits: dict[str, Sequence[tuple[str, str, str
 
 
 def load_folder(folder: str | os.PathLike, name: str | None = None, *,
-                strip_whitespace: bool = False) -> KGData:
+                strip_whitespace: bool = False, log: Log | None = None) -> KGData:
   """Reads ``folder/{train,valid,test}.txt``; raises :class:`DataError` on bad input.
 
   ``strip_whitespace`` strips each field instead of refusing leading or trailing whitespace.
+  ``log`` gets a progress line per big file.  The files are read by the fast columnar reader
+  (:mod:`hale_jax.columnar`); when it declines (a problem, or a layout it leaves to the exact
+  pass), they are read again line by line, which raises any error naming the file and line.
   """
   folder = Path(folder)
   if not folder.is_dir():
     raise DataError(f"{folder}: no such folder; point --data_dir at a folder holding "
                     f"train.txt, valid.txt and test.txt")
-  splits = {s: _read_split(folder / f"{s}.txt", strip_whitespace) for s in SPLITS}
-  return from_named_triples(name or folder.name, splits, source=str(folder.resolve()))
+  paths = [folder / f"{s}.txt" for s in SPLITS]
+  name, source = name or folder.name, str(folder.resolve())
+  fast = columnar.read_triples(paths, [columnar.Format()] * 3, strip_whitespace=strip_whitespace,
+                               log=log)
+  if fast is not None:
+    return from_encoded(name, fast, source)
+  splits = {s: _read_split(p, strip_whitespace) for s, p in zip(SPLITS, paths)}
+  return from_named_triples(name, splits, source=source)
+
+
+def from_encoded(name: str, encoded: columnar.Encoded, source: str = "") -> KGData:
+  """:class:`KGData` from the columnar reader's output for the train, valid and test files."""
+  train, valid, test = encoded.triples
+  return KGData(name=name, entities=encoded.entities, relations=encoded.relations, train=train,
+                valid=valid, test=test, source=source)
 
 
 def with_reciprocals(triples: np.ndarray, num_relations: int) -> np.ndarray:
@@ -300,15 +263,44 @@ class DataReport:
 _KEY_LIMIT = 2 ** 62
 
 
+def triple_keys(triples: np.ndarray, num_entities: int, num_relations: int) -> np.ndarray:
+  """One int64 per row of ``[T, 3]`` ``triples``, equal iff the triples are equal."""
+  triples = np.asarray(triples).reshape(-1, 3)
+  n, r = max(num_entities, 1), max(num_relations, 1)
+  if n * n * r < _KEY_LIMIT:
+    wide = triples.astype(np.int64)
+    return (wide[:, 0] * r + wide[:, 1]) * n + wide[:, 2]
+  # vast vocabularies: exact, slower
+  _, inverse = np.unique(triples, axis=0, return_inverse=True)
+  return inverse.reshape(-1).astype(np.int64)
+
+
+def first_copies(keys: np.ndarray) -> np.ndarray | None:
+  """A mask of the first row of each distinct key (so ``keys[mask]`` keeps the input order),
+  or ``None`` when all keys are distinct (the common case, told by one sort)."""
+  ordered = np.sort(keys)
+  repeated = ordered[1:][ordered[1:] == ordered[:-1]]
+  if len(repeated) == 0:
+    return None
+  rows = np.flatnonzero(member(keys, repeated))  # every copy of a repeated key, in order
+  _, first = np.unique(keys[rows], return_index=True)
+  mask = np.ones(len(keys), bool)
+  mask[rows] = False
+  mask[rows[first]] = True
+  return mask
+
+
+def member(values: np.ndarray, of: np.ndarray) -> np.ndarray:
+  """``np.isin(values, of)`` by hashing ``of``: fast when ``of`` is much smaller."""
+  if len(values) == 0 or len(of) == 0:
+    return np.zeros(len(values), bool)
+  return pc.is_in(pa.array(values), value_set=pa.array(of)).to_numpy(zero_copy_only=False)
+
+
 def _split_keys(data: KGData) -> dict[str, np.ndarray]:
   """Per split, one int64 per triple, equal iff the triples are equal (across splits too)."""
-  everything = np.concatenate([data.split(s) for s in SPLITS]).astype(np.int64)
-  n, r = max(data.num_entities, 1), max(data.num_relations, 1)
-  if n * n * r < _KEY_LIMIT:
-    keys = (everything[:, 0] * r + everything[:, 1]) * n + everything[:, 2]
-  else:  # vast vocabularies: exact, slower
-    _, inverse = np.unique(everything, axis=0, return_inverse=True)
-    keys = inverse.reshape(-1).astype(np.int64)
+  everything = np.concatenate([data.split(s) for s in SPLITS])
+  keys = triple_keys(everything, data.num_entities, data.num_relations)
   bounds = np.cumsum([0] + [len(data.split(s)) for s in SPLITS])
   return {s: keys[bounds[i]:bounds[i + 1]] for i, s in enumerate(SPLITS)}
 
@@ -326,10 +318,13 @@ def _finding(data: KGData, triples: np.ndarray, mask: np.ndarray, examples: int)
 
 def _duplicates(data: KGData, triples: np.ndarray, keys: np.ndarray, examples: int) -> Finding:
   """Rows that repeat an earlier row; the examples are the repeated triples, each once."""
-  _, first, counts = np.unique(keys, return_index=True, return_counts=True)
-  repeated = np.sort(first[counts > 1])  # the first copy of each repeated triple, in order
+  first = first_copies(keys)
+  if first is None:
+    return Finding(0)
+  # the first copy of each repeated triple, in order
+  repeated = np.flatnonzero(first & member(keys, keys[~first]))
   shown = tuple(_name_triple(data, triples[i]) for i in repeated[:examples])
-  return Finding(int((counts - 1).sum()), shown, len(repeated) > examples)
+  return Finding(int((~first).sum()), shown, len(repeated) > examples)
 
 
 def _unseen(names, ids: np.ndarray, seen: np.ndarray, examples: int) -> Finding:
@@ -350,11 +345,13 @@ def check_data(data: KGData, examples: int = 3) -> DataReport:
   seen_relations = np.zeros(data.num_relations, bool)
   seen_relations[data.train[:, 1]] = True
   held = ("valid", "test")
+  # held-out keys that train holds: one pass over train against the (smaller) held-out sets
+  in_train = keys["train"][member(keys["train"], np.concatenate([keys[s] for s in held]))]
   return DataReport(
       duplicates={s: _duplicates(data, data.split(s), keys[s], examples) for s in SPLITS},
-      in_train={s: _finding(data, data.split(s), np.isin(keys[s], keys["train"]), examples)
+      in_train={s: _finding(data, data.split(s), member(keys[s], in_train), examples)
                 for s in held},
-      test_in_valid=_finding(data, data.test, np.isin(keys["test"], keys["valid"]), examples),
+      test_in_valid=_finding(data, data.test, member(keys["test"], keys["valid"]), examples),
       unseen_entities={s: _unseen(data.entities, data.split(s)[:, [0, 2]].reshape(-1),
                                   seen_entities, examples) for s in held},
       unseen_relations={s: _unseen(data.relations, data.split(s)[:, 1], seen_relations,

@@ -29,10 +29,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
-from hale_jax import download, own_data, synthetic
-from hale_jax.data import SPLITS, DataError, file_sha256, load_folder, split_hashes
+from hale_jax import download
+from hale_jax.data import SPLITS, DataError
 from hale_jax.download import Files, Source, Tarball
 
 _CONVE = "https://github.com/TimDettmers/ConvE/raw/f3c0eb286025410fa5b4c04696c918264163d0ca"

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 from hale_jax import datasets, own_data, synthetic
 from hale_jax.data import SPLITS, DataError, KGData, file_sha256, load_folder, split_hashes
+
+Log = Callable[[str], None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +41,8 @@ class DataSpec:
   """The interface of every spec (see the module docstring)."""
   kind: ClassVar[str] = ""
 
-  def load(self) -> KGData:
+  def load(self, log: Log | None = None) -> KGData:
+    """The data; ``log`` gets progress lines while big files are read."""
     raise NotImplementedError
 
   def hashes(self) -> dict[str, str]:
@@ -66,7 +69,7 @@ class DataSpec:
 class Synthetic(DataSpec):
   kind: ClassVar[str] = "synthetic"
 
-  def load(self) -> KGData:
+  def load(self, log: Log | None = None) -> KGData:
     return synthetic.generate()
 
 
@@ -75,7 +78,7 @@ class PowerLaw(DataSpec):
   entities: int
   kind: ClassVar[str] = "powerlaw"
 
-  def load(self) -> KGData:
+  def load(self, log: Log | None = None) -> KGData:
     return synthetic.power_law(self.entities)
 
 
@@ -85,8 +88,8 @@ class Dataset(DataSpec):
   name: str
   kind: ClassVar[str] = "dataset"
 
-  def load(self) -> KGData:
-    return load_folder(datasets.resolve(self.name), name=self.name)
+  def load(self, log: Log | None = None) -> KGData:
+    return load_folder(datasets.resolve(self.name), name=self.name, log=log)
 
   def hashes(self) -> dict[str, str]:
     return split_hashes(datasets.resolve(self.name))
@@ -101,8 +104,8 @@ class Folder(DataSpec):
   strip_whitespace: bool = False
   kind: ClassVar[str] = "folder"
 
-  def load(self) -> KGData:
-    return load_folder(self.path, strip_whitespace=self.strip_whitespace)
+  def load(self, log: Log | None = None) -> KGData:
+    return load_folder(self.path, strip_whitespace=self.strip_whitespace, log=log)
 
   def hashes(self) -> dict[str, str]:
     return split_hashes(self.path)
@@ -121,9 +124,9 @@ class OneFile(DataSpec):
   name: str | None = None
   kind: ClassVar[str] = "file"
 
-  def load(self) -> KGData:
+  def load(self, log: Log | None = None) -> KGData:
     data, _ = own_data.load_triples_file(self.path, fractions=self.fractions, seed=self.seed,
-                                         name=self.name, **self.reading.kwargs())
+                                         name=self.name, log=log, **self.reading.kwargs())
     return data
 
   def hashes(self) -> dict[str, str]:
@@ -142,9 +145,9 @@ class SplitFiles(DataSpec):
   name: str | None = None
   kind: ClassVar[str] = "files"
 
-  def load(self) -> KGData:
+  def load(self, log: Log | None = None) -> KGData:
     return own_data.load_split_files(self.train, self.valid, self.test, name=self.name,
-                                     **self.reading.kwargs())
+                                     log=log, **self.reading.kwargs())
 
   def hashes(self) -> dict[str, str]:
     return {s: file_sha256(getattr(self, s)) for s in SPLITS}

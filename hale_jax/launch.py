@@ -78,7 +78,7 @@ def main(argv):
   try:
     config = options.config_from_flags(FLAGS)
     spec = options.data_spec_from_flags(FLAGS)
-    data = spec.load()
+    data = spec.load(log=log)
     if jax.process_count() > 1 and not FLAGS.workdir:
       raise ValueError("a multi-host run needs --workdir: a folder that every process sees "
                        "(each would otherwise make up its own time-stamped name)")

@@ -16,17 +16,20 @@
   matched without regard to case and surrounding spaces; an empty name is refused.
 
 ``header=True`` skips the first line (it must have as many fields as the others); without it,
-the first line is a triple.  Fields are checked as in :func:`hale_jax.data.load_folder`: no
-empty field, no leading or trailing whitespace unless ``strip_whitespace=True``; a UTF-8
-byte-order mark at the start is dropped.  Bad input raises :class:`~hale_jax.data.DataError`
-with a one-line message naming the file and line.
+the first line is a triple.  Fields are checked as in :func:`hale_jax.data.load_folder`
+(:mod:`hale_jax.textfile`): no empty field, no leading or trailing whitespace unless
+``strip_whitespace=True``, no character a run folder cannot store; a UTF-8 byte-order mark at
+the start is dropped.  Bad input raises :class:`~hale_jax.data.DataError` with a one-line
+message naming the file and line.
 
-:func:`split_triples` makes train/valid/test from one list with a seeded shuffle, then moves
-to train every valid or test triple whose head, tail or relation would not otherwise occur in
-train (such names would keep their untrained embeddings).  :func:`load_triples_file` does all
-of it: read, drop duplicate triples (so that no test triple is also in train), split, build
-:class:`~hale_jax.data.KGData`; :func:`write_splits` writes the splits as a dataset folder
-that :func:`~hale_jax.data.load_folder` reads back to the same ids.
+:func:`load_triples_file` and :func:`load_split_files` read with the columnar reader
+(:mod:`hale_jax.columnar`) and, when it declines, line by line (:func:`read_triples_file`,
+which returns the names and raises the errors).  :func:`load_triples_file` drops duplicate
+triples (so that no test triple is also in train) and splits the rest with a seeded shuffle,
+moving to train every valid or test triple whose head, tail or relation would not otherwise
+occur in train (such names would keep their untrained embeddings; :mod:`hale_jax.splitting`,
+whose :func:`split_triples` does the same for a list of names); :func:`write_splits` writes
+splits as a dataset folder that :func:`~hale_jax.data.load_folder` reads back to the same ids.
 """
 
 from __future__ import annotations
@@ -34,24 +37,24 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import math
 import os
 from pathlib import Path
 from typing import Sequence, Union
 
-import numpy as np
-
-from hale_jax.data import (SPLITS, DataError, KGData, check_fields, file_sha256,
-                           from_named_triples, read_text, text_lines)
+from hale_jax import columnar
+from hale_jax.data import (SPLITS, DataError, KGData, Log, check_fields, file_sha256,
+                           first_copies, from_encoded, from_named_triples, read_text,
+                           text_lines, triple_keys)
+# The split lives in splitting; it is part of this module's interface too.
+from hale_jax.splitting import DEFAULT_FRACTIONS, parse_fractions, split_triples, split_where
 
 ROLES = ("head", "relation", "tail")
 DEFAULT_COLUMNS = "head,relation,tail"
-DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
-WHITESPACE = "whitespace"
+WHITESPACE = columnar.WHITESPACE
 _NAMED_DELIMITERS = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "space": " ",
                      "pipe": "|", WHITESPACE: WHITESPACE}
 _SUFFIX_DELIMITERS = {".tsv": "\t", ".txt": "\t", ".tab": "\t", ".csv": ","}
-_CSV_DELIMITERS = (",", ";")
+_CSV_DELIMITERS = columnar.CSV_DELIMITERS
 
 Columns = Union[str, Sequence[str]]
 Triple = tuple[str, str, str]
@@ -110,34 +113,19 @@ def _delimiter_name(delimiter: str) -> str:
   return repr(delimiter)
 
 
-def parse_fractions(fractions: str | Sequence[float] = DEFAULT_FRACTIONS
-                    ) -> tuple[float, float, float]:
-  """``(train, valid, test)`` fractions from ``"0.8,0.1,0.1"`` or a sequence; they must be
-  3 finite non-negative numbers summing to 1 (within 1e-6)."""
-  try:
-    parts = fractions.split(",") if isinstance(fractions, str) else list(fractions)
-    text = ",".join(str(p).strip() for p in parts)
-    values = tuple(float(p) for p in parts)
-  except (TypeError, ValueError):
-    text, values = str(fractions), ()
-  if (len(values) != 3 or not all(math.isfinite(v) and v >= 0 for v in values)
-      or abs(sum(values) - 1.0) > 1e-6):
-    raise DataError(f"split {text!r}: expected 3 non-negative fractions for train, valid and "
-                    f"test that sum to 1, e.g. 0.8,0.1,0.1")
-  return values[0], values[1], values[2]
-
-
 # ----------------------------------------------------------------------------- reading
 
 def _csv_rows(path: Path, text: str, delimiter: str) -> list[tuple[int, list[str] | None]]:
-  """``(line number, fields)`` of a CSV text; ``None`` for a blank line."""
+  """``(line number where the row starts, fields)`` of a CSV text; ``None`` for a blank
+  line."""
   reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
   rows: list[tuple[int, list[str] | None]] = []
+  start = 1  # the line where a row starts (a quoted field may hold line breaks)
   try:
     for fields in reader:
-      rows.append((reader.line_num, fields or None))
-  except csv.Error as err:  # name the line where the bad row starts
-    start = rows[-1][0] + 1 if rows else 1
+      rows.append((start, fields or None))
+      start = reader.line_num + 1
+  except csv.Error as err:
     raise DataError(f"{path}:{start}: not valid CSV ({err}); fix the quoting of this "
                     f"line") from None
   while rows and rows[-1][1] is None:
@@ -193,45 +181,6 @@ def read_triples_file(path: str | os.PathLike, columns: Columns = DEFAULT_COLUMN
     raise DataError(f"{path}: file holds no triples; it needs one triple per line (columns "
                     f"{spec})")
   return triples
-
-
-# ----------------------------------------------------------------------------- splitting
-
-def split_triples(triples: Sequence[Triple], fractions: str | Sequence[float] = DEFAULT_FRACTIONS,
-                  seed: int = 0) -> tuple[dict[str, list[Triple]], int]:
-  """Seeded train/valid/test split in which valid and test use only train's names.
-
-  ``fraction * len(triples)`` (rounded half up) triples are drawn for valid and for test, by a
-  seeded permutation; then, in the drawn order, each valid or test triple whose head, tail or
-  relation is not yet in train moves to train (which adds its names to train).  Each split keeps
-  the input order.  Pass distinct triples: a duplicate could land in train and in test.
-
-  Returns:
-    ``({"train": [...], "valid": [...], "test": [...]}, number of triples moved to train)``.
-  """
-  fractions = parse_fractions(fractions)
-  n = len(triples)
-  n_valid = min(math.floor(fractions[1] * n + 0.5), n)
-  n_test = min(math.floor(fractions[2] * n + 0.5), n - n_valid)
-  order = np.random.default_rng(seed).permutation(n)
-  where = np.zeros(n, np.int8)  # 0 train, 1 valid, 2 test
-  where[order[:n_valid]] = 1
-  where[order[n_valid:n_valid + n_test]] = 2
-  entities, relations = set(), set()
-  for i in np.flatnonzero(where == 0):
-    h, r, t = triples[i]
-    entities.update((h, t))
-    relations.add(r)
-  moved = 0
-  for i in order[:n_valid + n_test]:
-    h, r, t = triples[i]
-    if h not in entities or t not in entities or r not in relations:
-      where[i] = 0
-      entities.update((h, t))
-      relations.add(r)
-      moved += 1
-  splits = {s: [triples[i] for i in np.flatnonzero(where == k)] for k, s in enumerate(SPLITS)}
-  return splits, moved
 
 
 def _unwritable(name: str) -> bool:
@@ -290,28 +239,46 @@ class SplitInfo:
     return dataclasses.asdict(self)
 
 
-def _distinct(triples: Sequence[Triple]) -> list[Triple]:
-  """The first copy of each triple, in order."""
-  return list(dict.fromkeys(triples))
+def _fast(paths: Sequence[Path], columns: Columns, delimiter: str | None, header: bool,
+          strip_whitespace: bool, log: Log | None) -> columnar.Encoded | None:
+  """The files read by the columnar reader, or ``None``: read them line by line (which
+  raises the error, in the order of the files, for a bad setting or line)."""
+  try:
+    positions, width = parse_columns(columns)
+    formats = [columnar.Format(parse_delimiter(delimiter, p), width, positions, header)
+               for p in paths]
+  except DataError:
+    return None
+  return columnar.read_triples(paths, formats, strip_whitespace=strip_whitespace, log=log)
 
 
 def load_triples_file(path: str | os.PathLike, columns: Columns = DEFAULT_COLUMNS,
                       delimiter: str | None = None,
                       fractions: str | Sequence[float] = DEFAULT_FRACTIONS, seed: int = 0,
                       name: str | None = None, *, header: bool = False,
-                      strip_whitespace: bool = False) -> tuple[KGData, SplitInfo]:
-  """Reads one file of triples, drops duplicates, splits it (:func:`split_triples`).
+                      strip_whitespace: bool = False,
+                      log: Log | None = None) -> tuple[KGData, SplitInfo]:
+  """Reads one file of triples, drops duplicates (keeping the first copy), splits it
+  (:func:`~hale_jax.splitting.split_where`).
 
   The same file and arguments always give the same data and ids.  Raises
-  :class:`~hale_jax.data.DataError` when valid or test would end up empty.
+  :class:`~hale_jax.data.DataError` when valid or test would end up empty.  ``log`` gets
+  progress lines for a big file.
   """
   path = Path(path)
   fractions = parse_fractions(fractions)
-  triples = read_triples_file(path, columns, delimiter, header=header,
-                              strip_whitespace=strip_whitespace)
-  distinct = _distinct(triples)
-  splits, moved = split_triples(distinct, fractions, seed)
-  sizes = {s: len(splits[s]) for s in SPLITS}
+  fast = _fast([path], columns, delimiter, header, strip_whitespace, log)
+  if fast is not None:
+    entities, relations, triples = fast.entities, fast.relations, fast.triples[0]
+  else:
+    named = from_named_triples("", {"train": read_triples_file(
+        path, columns, delimiter, header=header, strip_whitespace=strip_whitespace),
+        "valid": [], "test": []})
+    entities, relations, triples = named.entities, named.relations, named.train
+  first = first_copies(triple_keys(triples, len(entities), len(relations)))
+  distinct = triples if first is None else triples[first]
+  where, moved = split_where(distinct, fractions, seed)
+  sizes = {s: int((where == k).sum()) for k, s in enumerate(SPLITS)}
   for s in ("valid", "test"):
     if sizes[s] == 0:
       raise DataError(f"{path}: the split {','.join(f'{x:g}' for x in fractions)} leaves {s} "
@@ -322,7 +289,9 @@ def load_triples_file(path: str | os.PathLike, columns: Columns = DEFAULT_COLUMN
                    duplicates=len(triples) - len(distinct), moved=moved, fractions=fractions,
                    seed=int(seed), sizes=sizes)
   source = f"{info.path} split {','.join(f'{x:g}' for x in fractions)} seed {seed}"
-  data = from_named_triples(name or _stem(path), splits, source=source)
+  splits = {s: distinct[where == k] for k, s in enumerate(SPLITS)}
+  data = KGData(name=name or _stem(path), entities=entities, relations=relations,
+                source=source, **splits)
   return data, info
 
 
@@ -337,16 +306,20 @@ def _stem(path: Path) -> str:
 def load_split_files(train_file: str | os.PathLike, valid_file: str | os.PathLike,
                      test_file: str | os.PathLike, *, columns: Columns = DEFAULT_COLUMNS,
                      delimiter: str | None = None, header: bool = False,
-                     strip_whitespace: bool = False, name: str | None = None) -> KGData:
+                     strip_whitespace: bool = False, name: str | None = None,
+                     log: Log | None = None) -> KGData:
   """Reads three files (any names, formats as :func:`read_triples_file`) as train, valid and
   test; ids as in :func:`~hale_jax.data.load_folder`.  ``name`` defaults to the train file's
-  folder name."""
+  folder name; ``log`` gets progress lines for big files."""
   paths = {"train": Path(train_file), "valid": Path(valid_file), "test": Path(test_file)}
+  source = "; ".join(f"{s}={paths[s].resolve()}" for s in SPLITS)
+  name = name or paths["train"].resolve().parent.name or _stem(paths["train"])
+  fast = _fast(list(paths.values()), columns, delimiter, header, strip_whitespace, log)
+  if fast is not None:
+    return from_encoded(name, fast, source)
   splits = {s: read_triples_file(p, columns, delimiter, header=header,
                                  strip_whitespace=strip_whitespace) for s, p in paths.items()}
-  source = "; ".join(f"{s}={paths[s].resolve()}" for s in SPLITS)
-  default = paths["train"].resolve().parent.name or _stem(paths["train"])
-  return from_named_triples(name or default, splits, source=source)
+  return from_named_triples(name, splits, source=source)
 
 
 def split_file_hashes(train_file: str | os.PathLike, valid_file: str | os.PathLike,

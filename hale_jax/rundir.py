@@ -18,6 +18,7 @@ import errno
 import fcntl
 import functools
 import hashlib
+import itertools
 import json
 import os
 import platform
@@ -160,8 +161,9 @@ def vocabulary_hash(data: KGData) -> str:
   """sha256 over the entity and relation names, in id order."""
   h = hashlib.sha256()
   for names in (data.entities, data.relations):
-    for n in names:
-      h.update(n.encode("utf-8") + b"\n")
+    names = iter(names)
+    while block := list(itertools.islice(names, 1 << 16)):  # name + "\n" each, in blocks
+      h.update(("\n".join(block) + "\n").encode("utf-8"))
     h.update(b"\0")
   return h.hexdigest()
 

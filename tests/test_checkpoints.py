@@ -1,5 +1,6 @@
 """Checkpoints: exact resume after SIGKILL, SIGTERM, corrupt checkpoints, wall-clock resume."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -233,3 +234,25 @@ def test_vocabulary_meta_names_or_hash(monkeypatch):
   # The hash covers the names and their order.
   other = synthetic.generate(seed=1, num_trees=3, branching=3, depth=4)
   assert rundir.vocabulary_hash(other) != sha and len(sha) == 64
+
+
+def test_vocabulary_hash_is_the_sha256_of_the_names_one_a_line(rng):
+  import hashlib
+
+  def reference(data):
+    h = hashlib.sha256()
+    for names in (data.entities, data.relations):
+      for n in names:
+        h.update(n.encode("utf-8") + b"\n")
+      h.update(b"\0")
+    return h.hexdigest()
+
+  chars = list("abz019 _") + ["é", "中", "😀"]
+  for count in (0, 1, 70_000):  # no names, one, more than one block
+    names = tuple("".join(rng.choice(chars, rng.integers(1, 6))) + str(i) for i in range(count))
+    data = synthetic.generate()
+    for vocab in ({"entities": names}, {"relations": names}):
+      changed = dataclasses.replace(data, **vocab)
+      assert rundir.vocabulary_hash(changed) == reference(changed)
+  big = synthetic.power_law(70_000, triples_per_entity=1, num_relations=3, held_out=5)
+  assert rundir.vocabulary_hash(big) == reference(big)  # NumberedNames vocabularies

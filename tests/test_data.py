@@ -444,3 +444,32 @@ def test_split_hashes(tmp_path):
   with pytest.raises(DataError) as err:
     kgdata.split_hashes(folder)
   _check(err, folder / "valid.txt", None, ["cannot be read"])
+
+
+def _reference_findings(rows, examples):
+  """Duplicates of one split's rows (tuples), from a dict: count, repeated triples in the
+  order of their first copy."""
+  copies = collections.Counter(rows)
+  repeated = [t for t in dict.fromkeys(rows) if copies[t] > 1]
+  return len(rows) - len(copies), repeated[:examples], len(repeated) > examples
+
+
+@pytest.mark.parametrize("key_limit", [2 ** 62, 1], ids=["int64-keys", "exact-rows"])
+def test_data_report_examples_match_a_dict_reference(rng, monkeypatch, key_limit):
+  monkeypatch.setattr(kgdata, "_KEY_LIMIT", key_limit)
+  d = _random_data(rng, n=6, nr=2, sizes=(150, 60, 60))
+  report = kgdata.check_data(d, examples=4)
+  rows = {s: [tuple(int(x) for x in t) for t in d.split(s)] for s in kgdata.SPLITS}
+
+  def shown(triples):
+    return tuple(f"(e{h}, r{r}, e{t})" for h, r, t in triples)
+
+  for s in kgdata.SPLITS:
+    count, repeated, truncated = _reference_findings(rows[s], 4)
+    assert report.duplicates[s] == kgdata.Finding(count, shown(repeated), truncated)
+    assert count > 4
+  for s, other, finding in (("valid", "train", report.in_train["valid"]),
+                            ("test", "train", report.in_train["test"]),
+                            ("test", "valid", report.test_in_valid)):
+    inside = [t for t in rows[s] if t in set(rows[other])]
+    assert finding == kgdata.Finding(len(inside), shown(inside[:4]), len(inside) > 4)
