@@ -130,23 +130,6 @@ def _clamp(raw: Array) -> Array:
   return jnp.where(raw < 0, 0.0, raw)
 
 
-def _ball_distances(dot: Array, q2: Array, e2: Array, kappa: Array) -> Array:
-  """Hyperbolic squared distances of a tile from ``dot [bk, bn]``, ``q2, kappa [bk]``, ``e2
-  [bn]``, all broadcast to the tile first (so that the pullback is elementwise)."""
-  def full(x):
-    return jnp.broadcast_to(x, dot.shape)
-  return hyperbolic.squared_distance(dot, full(q2[:, None]), full(e2[None, :]),
-                                     full(kappa[:, None]))
-
-
-def _ball_pullback(dot: Array, q2: Array, e2: Array, kappa: Array,
-                   ddist: Array) -> tuple[Array, Array, Array, Array]:
-  """``(d dot [bk, bn], d q2 [bk], d e2 [bn], d kappa [bk])`` of :func:`_ball_distances`
-  given the cotangent ``ddist [bk, bn]`` of the distances."""
-  _, vjp = jax.vjp(_ball_distances, dot, q2, e2, kappa)
-  return vjp(ddist)
-
-
 def _scores(dist: Array, c: Array, b: Array | None, activation: Activation) -> Array:
   """``b - h(c * dist)`` of a tile: ``[bk, bn], [bk], [bn] | None -> [bk, bn]``."""
   x = c[:, None] * dist
@@ -198,7 +181,8 @@ def _tile_distances(q2: Array, rq: Array, e2: Array, re: Array, kappa: Array | N
   """The model's squared distances of a tile: Euclidean (clamped at 0) without ``kappa``."""
   if kappa is None:
     return _clamp(_raw_distances(q2, rq, e2, re, matmul))
-  return _ball_distances(_dot(rq, re, (1, 1), matmul, q2.dtype), q2, e2, kappa)
+  dot = _dot(rq, re, (1, 1), matmul, q2.dtype)
+  return hyperbolic.tile_squared_distance(dot, q2, e2, kappa)
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -237,9 +221,9 @@ def _ball_tile_grads(q2: Array, rq: Array, e2: Array, re: Array, kappa: Array, c
   """A hyperbolic tile's pullback: ``(d dot [bk, bn], d q2 [bk], d e2 [bn], d kappa [bk],
   d c per pair [bk, bn], p [bk, bn])`` (see :func:`_pullback`)."""
   dot = _dot(rq, re, (1, 1), matmul, q2.dtype)
-  ddist, dc_pairs, p = _pullback(_ball_distances(dot, q2, e2, kappa), c, b, lse, g, mask,
-                                 activation)
-  ddot, dq2, de2, dkappa = _ball_pullback(dot, q2, e2, kappa, ddist)
+  dist, pull = jax.vjp(hyperbolic.tile_squared_distance, dot, q2, e2, kappa)
+  ddist, dc_pairs, p = _pullback(dist, c, b, lse, g, mask, activation)
+  ddot, dq2, de2, dkappa = pull(ddist)
   return ddot, dq2, de2, dkappa, dc_pairs, p
 
 
