@@ -7,7 +7,7 @@
 
 Experiments (``benchmarks.paper_tables``; paper: Wang, Liu & Sheng, WWW '22):
 
-- ``table2``: every model of ``hale_jax.models.MODEL_NAMES`` x {FB15k-237, WN18RR} x
+- ``table2``: every model of ``hale_jax.models.PAPER_MODELS`` x {FB15k-237, WN18RR} x
   {SamNeg, HaLE}, 32d;
 - ``table3``: the same models x {CoDEx-S, CoDEx-M, CoDEx-L} x {SamNeg, HaLE}, 256d;
 - ``table5``: RotL-32 on {CoDEx-M, FB15k-237, WN18RR} x the ablations of Appendix A.3

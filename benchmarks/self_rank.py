@@ -12,8 +12,8 @@ and for each relation with at least ``--min_queries`` queries (both directions p
 
 ``--geometry`` adds, per relation id (reciprocals apart) with at least ``--min_queries``
 training triples: the share of rotation planes at the identity (cos > 0.99), the translation's
-norm, and the medians over the training pairs of ``c_r ||Phi(h, r) - h||^2`` (query to its own
-entity) and ``c_r ||Phi(h, r) - t||^2`` (query to its target).
+norm, and the medians over the training pairs of ``c_r d^2(Phi(h, r), h)`` (query to its own
+entity) and ``c_r d^2(Phi(h, r), t)`` (query to its target), ``d`` the model's distance.
 """
 
 from __future__ import annotations
@@ -102,11 +102,19 @@ def relation_geometry(workdir: str, min_triples: int = 50) -> dict:
     if len(rows) < min_triples:
       continue
     heads, tails = (rows[:, 0], rows[:, 2]) if rid < nr else (rows[:, 2], rows[:, 0])
-    q = np.asarray(transform(model, params, heads, np.full(len(heads), rid)), np.float64)
+    ids = np.full(len(heads), rid)
+    q = np.asarray(transform(model, params, heads, ids), np.float64)
     c = float(models.relation_scale(params, jnp.array([rid]))[0])
+    ball = models.ball_curvature(params, ids)  # None for the Euclidean models
+
+    def median(targets):
+      if ball is None:
+        d = np.sum((q - entity[targets]) ** 2, axis=1)
+      else:  # the hyperbolic models' distance, in the parameters' dtype
+        d = np.asarray(models.pair_squared_distances(q, entity[targets], ball))
+      return float(np.median(c * d))
     geo = {"triples": len(rows), "identity_planes": None, "translation_norm": None,
-           "own_median": float(np.median(c * np.sum((q - entity[heads]) ** 2, axis=1))),
-           "target_median": float(np.median(c * np.sum((q - entity[tails]) ** 2, axis=1)))}
+           "own_median": median(heads), "target_median": median(tails)}
     if "rotation" in params:
       pairs = np.asarray(params["rotation"][rid], np.float64).reshape(-1, 2)
       cos = pairs[:, 0] / np.maximum(np.linalg.norm(pairs, axis=1), 1e-15)

@@ -321,7 +321,8 @@ def _define_flags(fv=None):
     getattr(flags, f"DEFINE_{kind}")(*args, flag_values=fv)
 
   d = Config()
-  define("list", "models", list(models.MODEL_NAMES), "Models to time.")
+  define("list", "models", list(models.PAPER_MODELS), "Models to time (any of "
+         f"{', '.join(models.MODEL_NAMES)}).")
   define("list", "sizes", ["wn18rr", "fb15k237", "codex_m", "synth100k", "synth1m"],
          f"Problem sizes, from: {', '.join(SIZES)}.")
   define("integer", "dim", d.model.dim, "Embedding dimension d.")

@@ -5,6 +5,9 @@ queries, a log-sum-exp over *all* ``N`` entities::
 
     lse_j = LSE_i( -h(c_j * ||q_j - e_i||^2) )          j < k,  i < N
 
+(for the hyperbolic models ``||q_j - e_i||^2`` is their squared distance, under the curvature
+of each query's ball, ``hale_jax.distances``).
+
 Written plainly (``models.squared_distances`` then ``losses.hale_loss``) XLA materialises the
 ``[k, N]`` matrix of scaled distances, and under ``jax.grad`` keeps it (and its activation and
 softmax) alive for the backward pass: ``O(k * N)`` memory, which dominates a training step once
@@ -20,18 +23,18 @@ softmax) alive for the backward pass: ``O(k * N)`` memory, which dominates a tra
   ``exp(-inf) = 0``), but without copying the table: the last chunk is read as the final
   ``chunk`` rows (``lax.dynamic_slice``) and its rows that the previous chunk already covered
   are the masked ones;
-- backward (a ``jax.custom_vjp``): only ``queries``, ``scale``, ``entities`` and the ``[k]``
-  result are saved.  A second ``lax.scan`` recomputes each chunk's scores, forms its softmax
+- backward (a ``jax.custom_vjp``): only ``queries``, ``scale``, ``entities`` (the biases and
+  curvatures where given) and the ``[k]`` result are saved.  A second ``lax.scan`` recomputes each chunk's scores, forms its softmax
   block ``exp(score - lse)`` times the incoming cotangent (0 on masked rows), and pulls it back
   through ``jax.vjp`` of the per-chunk function (so any elementwise activation works, including
-  its clamps and kinks, exactly as autodiff of the plain version treats them); ``d queries`` and
-  ``d scale`` are accumulated in the scan carry, ``d entities`` is added in place into the
+  its clamps and kinks, exactly as autodiff of the plain version treats them); ``d queries``,
+  ``d scale`` (and ``d curvature``) are accumulated in the scan carry, ``d entities`` is added in place into the
   ``[N, d]`` gradient chunk by chunk (``lax.dynamic_update_slice``).
 
 Squared distances use the matmul form of :func:`hale_jax.models.squared_distances`
-(``|q|^2 + |e|^2 - 2 q.e``, clamped at 0); the per-chunk function calls that very function, so
-values and derivatives (including the clamp) are those of the plain version up to
-floating-point summation order.
+(``|q|^2 + |e|^2 - 2 q.e``, clamped at 0, or the hyperbolic map of ``q.e`` and the norms); the
+per-chunk function calls that very function, so values and derivatives (including the clamps)
+are those of the plain version up to floating-point summation order.
 
 Memory: besides the inputs and the outputs (the ``[N, d]`` entity gradient among them), the
 working set is a few ``[k, chunk]`` blocks: ``O(k * chunk)`` instead of ``O(k * N)``, in both the
@@ -59,10 +62,12 @@ Activation = Callable[[ArrayLike], Array]
 
 
 def _chunk_scores(queries: Array, scale: Array, entities: Array, bias: Array | None,
-                  activation: Activation, matmul: str = "float32") -> Array:
-  """``b_i - h(scale_j * ||q_j - e_i||^2)`` for one chunk (``b = 0`` when ``bias`` is None):
-  ``[k, d], [k], [c, d], [c] -> [k, c]``."""
-  scores = -activation(scale[:, None] * models.squared_distances(queries, entities, matmul))
+                  curvature: Array | None, activation: Activation,
+                  matmul: str = "float32") -> Array:
+  """``b_i - h(scale_j * d^2(q_j, e_i))`` for one chunk (``b = 0`` when ``bias`` is None):
+  ``[k, d], [k], [c, d], [c], [k] -> [k, c]``."""
+  distances = models.squared_distances(queries, entities, matmul, curvature)
+  scores = -activation(scale[:, None] * distances)
   return scores if bias is None else scores + bias[None, :]
 
 
@@ -94,16 +99,20 @@ def _entity_block(entities: Array, start: Array, chunk: int) -> Array:
   return jax.lax.dynamic_slice_in_dim(entities, start, chunk, axis=0)
 
 
-def _check_shapes(queries: Array, scale: Array, entities: Array) -> None:
+def _check_shapes(queries: Array, scale: Array, entities: Array,
+                  curvature: Array | None = None) -> None:
   if queries.ndim != 2 or entities.ndim != 2 or queries.shape[1] != entities.shape[1]:
     raise ValueError(f"expected queries [k, d] and entities [N, d], got {queries.shape} and "
                      f"{entities.shape}")
   if scale.shape != queries.shape[:1]:
     raise ValueError(f"expected scale [k] = {queries.shape[:1]}, got {scale.shape}")
+  if curvature is not None and curvature.shape != queries.shape[:1]:
+    raise ValueError(f"expected curvature [k] = {queries.shape[:1]}, got {curvature.shape}")
 
 
 def _lse_forward(queries: Array, scale: Array, entities: Array, bias: Array | None,
-                 activation: Activation, chunk: int, matmul: str) -> Array:
+                 curvature: Array | None, activation: Activation, chunk: int,
+                 matmul: str) -> Array:
   n = entities.shape[0]
   chunk, num_chunks = _layout(n, chunk)
   k = queries.shape[0]
@@ -116,7 +125,8 @@ def _lse_forward(queries: Array, scale: Array, entities: Array, bias: Array | No
     block = _entity_block(entities, start, chunk)
     bias_block = None if bias is None else _entity_block(bias, start, chunk)
     scores = jnp.where(ok[None, :],
-                       _chunk_scores(queries, scale, block, bias_block, activation, matmul),
+                       _chunk_scores(queries, scale, block, bias_block, curvature,
+                                     activation, matmul),
                        neg_inf)
     m_new = jnp.maximum(m, jnp.max(scores, axis=-1))
     # Shift by 0 while nothing finite has been seen, so (-inf) - (-inf) never appears.
@@ -130,43 +140,44 @@ def _lse_forward(queries: Array, scale: Array, entities: Array, bias: Array | No
   return shift + jnp.log(s)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
-def _uniformity_lse(queries, scale, entities, bias, activation, chunk, matmul):
-  return _lse_forward(queries, scale, entities, bias, activation, chunk, matmul)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def _uniformity_lse(queries, scale, entities, bias, curvature, activation, chunk, matmul):
+  return _lse_forward(queries, scale, entities, bias, curvature, activation, chunk, matmul)
 
 
-def _uniformity_lse_fwd(queries, scale, entities, bias, activation, chunk, matmul):
-  lse = _lse_forward(queries, scale, entities, bias, activation, chunk, matmul)
-  return lse, (queries, scale, entities, bias, lse)
+def _uniformity_lse_fwd(queries, scale, entities, bias, curvature, activation, chunk, matmul):
+  lse = _lse_forward(queries, scale, entities, bias, curvature, activation, chunk, matmul)
+  return lse, (queries, scale, entities, bias, curvature, lse)
 
 
 def _uniformity_lse_bwd(activation, chunk, matmul, residuals, g):
-  queries, scale, entities, bias, lse = residuals
+  queries, scale, entities, bias, curvature, lse = residuals
   n = entities.shape[0]
   chunk, num_chunks = _layout(n, chunk)
   score_fn = functools.partial(_chunk_scores, activation=activation, matmul=matmul)
 
   def step(carry, index):
-    dq, ds, de, db = carry
+    dq, ds, de, db, dk = carry
     start, ok = _chunk_start(index, n, chunk)
     block = _entity_block(entities, start, chunk)
     bias_block = None if bias is None else _entity_block(bias, start, chunk)
-    scores, pullback = jax.vjp(score_fn, queries, scale, block, bias_block)
+    scores, pullback = jax.vjp(score_fn, queries, scale, block, bias_block, curvature)
     # d lse_j / d score_ji = softmax_ji = exp(score_ji - lse_j); masked rows get 0.
     weights = jnp.where(ok[None, :], jnp.exp(scores - lse[:, None]), 0.0)
-    dq_c, ds_c, de_c, db_c = pullback((g[:, None] * weights).astype(scores.dtype))
+    dq_c, ds_c, de_c, db_c, dk_c = pullback((g[:, None] * weights).astype(scores.dtype))
     # Accumulate in place into the [N, d] gradient (masked rows add exact zeros).
     de = jax.lax.dynamic_update_slice_in_dim(de, _entity_block(de, start, chunk) + de_c, start,
                                              axis=0)
     if bias is not None:
       db = jax.lax.dynamic_update_slice_in_dim(db, _entity_block(db, start, chunk) + db_c,
                                                start, axis=0)
-    return (dq + dq_c, ds + ds_c, de, db), None
+    return (dq + dq_c, ds + ds_c, de, db, None if curvature is None else dk + dk_c), None
 
   init = (jnp.zeros_like(queries), jnp.zeros_like(scale), jnp.zeros_like(entities),
-          None if bias is None else jnp.zeros_like(bias))
-  (dq, ds, de, db), _ = jax.lax.scan(step, init, jnp.arange(num_chunks))
-  return dq, ds, de, db
+          None if bias is None else jnp.zeros_like(bias),
+          None if curvature is None else jnp.zeros_like(curvature))
+  (dq, ds, de, db, dk), _ = jax.lax.scan(step, init, jnp.arange(num_chunks))
+  return dq, ds, de, db, dk
 
 
 _uniformity_lse.defvjp(_uniformity_lse_fwd, _uniformity_lse_bwd)
@@ -174,8 +185,9 @@ _uniformity_lse.defvjp(_uniformity_lse_fwd, _uniformity_lse_bwd)
 
 def uniformity_lse(queries: ArrayLike, scale: ArrayLike, entities: ArrayLike,
                    activation: Activation, chunk: int = 4096, matmul: str = "float32",
-                   bias: ArrayLike | None = None) -> Array:
-  """``lse_j = LSE_i(b_i - h(scale_j * ||q_j - e_i||^2))`` over all entities, chunk by chunk.
+                   bias: ArrayLike | None = None,
+                   curvature: ArrayLike | None = None) -> Array:
+  """``lse_j = LSE_i(b_i - h(scale_j * d^2(q_j, e_i)))`` over all entities, chunk by chunk.
 
   Args:
     queries: ``[k, d]``, the sampled queries ``Phi(e_h, r)``.
@@ -188,19 +200,24 @@ def uniformity_lse(queries: ArrayLike, scale: ArrayLike, entities: ArrayLike,
     matmul: precision of the distance matmul, one of ``models.MATMUL_MODES`` (static); the
       log-sum-exp itself always accumulates in the inputs' float type.
     bias: ``[N]``, learned tail biases ``b_i`` (``hale_jax.losses``, "Tail biases"); None: 0.
+    curvature: ``[k]``, the curvature of each query's ball for the hyperbolic models
+      (``models.ball_curvature``); None: the Euclidean distance.
 
   Returns:
     ``[k]``, equal to ``logsumexp(b[None, :] - h(scale[:, None] *
-    models.squared_distances(queries, entities)), axis=-1)`` up to summation order.
-    Differentiable in reverse mode (``grad``, ``vjp``) with respect to ``queries``, ``scale``,
-    ``entities`` and ``bias``; forward mode (``jvp``) is not defined (``jax.custom_vjp``).
+    models.squared_distances(queries, entities, matmul, curvature)), axis=-1)`` up to
+    summation order.  Differentiable in reverse mode (``grad``, ``vjp``) with respect to
+    ``queries``, ``scale``, ``entities``, ``bias`` and ``curvature``; forward mode (``jvp``) is
+    not defined (``jax.custom_vjp``).
   """
   queries, scale, entities = jnp.asarray(queries), jnp.asarray(scale), jnp.asarray(entities)
-  _check_shapes(queries, scale, entities)
+  curvature = None if curvature is None else jnp.asarray(curvature)
+  _check_shapes(queries, scale, entities, curvature)
   if bias is not None:
     bias = jnp.asarray(bias)
     if bias.shape != entities.shape[:1]:
       raise ValueError(f"expected bias [N] = {entities.shape[:1]}, got {bias.shape}")
   _layout(entities.shape[0], chunk)  # validates chunk early, with a clear message
   models.check_matmul(matmul)
-  return _uniformity_lse(queries, scale, entities, bias, activation, int(chunk), matmul)
+  return _uniformity_lse(queries, scale, entities, bias, curvature, activation, int(chunk),
+                         matmul)

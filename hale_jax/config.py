@@ -77,11 +77,15 @@ def _check_not_negative(group: Any, *names: str) -> None:
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """The embedding model and its initialisation."""
-  model: str = option("RotL", "KGE model.", choices=models.MODEL_NAMES)
-  dim: int = option(32, "Embedding dimension (even for the rotation models).")
+  model: str = option("RotL", "KGE model: the paper's five, or the hyperbolic RotH, RefH, "
+                      "AttH (Chami et al. 2020; Poincaré distance, a curvature per relation).",
+                      choices=models.MODEL_NAMES)
+  dim: int = option(32, "Embedding dimension (even for the models with Givens rotations or "
+                    "reflections).")
   init_scale: float = option(1e-3, "Std of the Gaussian initialisation of the entity and "
                              "relation tables.")
-  rotation_init: str = option("uniform", "Rotation table of RotatE/RotE/RotL: U(-1, 1) as "
+  rotation_init: str = option("uniform", "Givens tables (rotation, reflection) of the "
+                              "RotatE/RotE/RotL/RotH/RefH/AttH models: U(-1, 1) as "
                               "KGEmb, or init_scale * N(0, 1).", choices=models.ROTATION_INITS)
   dtype: str = option("float32", "Parameter dtype (float64 needs JAX_ENABLE_X64=1).",
                       choices=("float32", "float64"))
@@ -93,7 +97,8 @@ class ModelConfig:
       _check_choice(self, name)
     _check_positive(self, "dim")
     if self.model.lower() in models.ROTATION_MODELS and self.dim % 2:
-      raise ValueError(f"{self.model} rotates 2-d planes, so dim must be even, got {self.dim}")
+      raise ValueError(f"{self.model} rotates or reflects 2-d planes, so dim must be even, "
+                       f"got {self.dim}")
     if self.dtype == "float64" and not jax.config.jax_enable_x64:
       raise ValueError("dtype float64 needs 64-bit JAX: set JAX_ENABLE_X64=1")
 

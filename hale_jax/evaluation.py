@@ -2,7 +2,8 @@
 
 Every test triple ``(h, r, t)`` gives two queries: ``(h, r, ?)`` with target ``t`` and
 ``(t, r + |R|, ?)`` with target ``h``.  Candidates are all ``N`` entities, ranked by the
-squared distance ``||Phi(e, r) - e'||^2`` (smaller is better).  The activation and ``c_r`` are
+model's squared distance ``||Phi(e, r) - e'||^2`` (smaller is better; the Poincaré distance
+under the query's curvature for the hyperbolic models, ``models.ranking_distances``).  The activation and ``c_r`` are
 training devices and play no part in ranking (``c_r > 0`` and ``h`` is increasing, so they could
 only add ties where ``h`` saturates), except in runs with KGEmb's learned entity biases, which
 rank by the full score ``h(c_r d^2) - b_t`` (``models.ranking_distances``).  Other known

@@ -6,8 +6,9 @@ log-sum-exp over all ``N`` entities::
     lse_j = LSE_i( b_i - h(c_j * ||q_j - e_i||^2) )          j < k,  i < N
 
 :func:`uniformity_lse_fused` computes the same function as ``chunked.uniformity_lse`` (same
-squared distances ``|q|^2 + |e|^2 - 2 q.e`` clamped at 0 with a ``where``, same ``matmul``
-modes, same activation and bias, same custom-VJP semantics), but as Pallas kernels: distances,
+squared distances ``|q|^2 + |e|^2 - 2 q.e`` clamped at 0 with a ``where``, or the hyperbolic
+models' map of ``q.e`` and the norms under each query's curvature, same ``matmul`` modes, same
+activation and bias, same custom-VJP semantics), but as Pallas kernels: distances,
 scale, activation, bias and the online log-sum-exp are fused, and **nothing of size [k, N] ever
 leaves the kernel** (neither in the forward nor in the backward pass).  The XLA form
 (``chunked``) bounds memory by scanning chunks, yet each chunk still round-trips a few ``[k,
@@ -78,8 +79,9 @@ def _check_block(name: str, value: int | None) -> None:
     raise ValueError(f"{name} must be a power of two >= {MIN_BLOCK}, got {value!r}")
 
 
-def _make_plan(k: int, n: int, d: int, matmul: str, has_bias: bool, block_k: int | None,
-               block_n: int | None, num_splits: int | None, interpret: bool | None) -> Plan:
+def _make_plan(k: int, n: int, d: int, matmul: str, has_bias: bool, has_curvature: bool,
+               block_k: int | None, block_n: int | None, num_splits: int | None,
+               interpret: bool | None) -> Plan:
   """Block sizes, padding and splits for ``k`` queries, ``n`` entities, ``d`` features."""
   _check_block("block_k", block_k)
   _check_block("block_n", block_n)
@@ -100,31 +102,31 @@ def _make_plan(k: int, n: int, d: int, matmul: str, has_bias: bool, block_k: int
   if interpret is None:
     interpret = jax.default_backend() == "cpu"
   return Plan(k, n, kp, np_, dp, bk, bn, blocks, per_split, -(-blocks // per_split), matmul,
-              has_bias, bool(interpret), 4, 2)
+              has_bias, has_curvature, bool(interpret), 4, 2)
 
 
 # ----------------------------------------------------------------------------- custom VJP
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _fused(q, c, e, b, activation, plan):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _fused(q, c, e, b, kappa, activation, plan):
   """Padded ``lse [kp]``; a custom VJP so that the backward pass runs the two gradient kernels
   instead of differentiating through ``pallas_call`` (which would build ``[k, N]`` arrays)."""
-  return forward(q, c, e, b, activation, plan)
+  return forward(q, c, e, b, kappa, activation, plan)
 
 
-def _fused_fwd(q, c, e, b, activation, plan):
+def _fused_fwd(q, c, e, b, kappa, activation, plan):
   """The forward kernel, keeping its inputs and ``lse`` for the backward kernels."""
-  lse = forward(q, c, e, b, activation, plan)
-  return lse, (q, c, e, b, lse)
+  lse = forward(q, c, e, b, kappa, activation, plan)
+  return lse, (q, c, e, b, kappa, lse)
 
 
 def _fused_bwd(activation, plan, residuals, g):
-  """``(dq, dc, de, db)`` from the dq and de kernels, given ``g = d loss / d lse``."""
-  q, c, e, b, lse = residuals
-  dq, dc = grad_queries(q, c, e, b, lse, g, activation, plan)
-  de, db = grad_entities(q, c, e, b, lse, g, activation, plan)
-  return dq, dc, de, db
+  """``(dq, dc, de, db, d kappa)`` from the dq and de kernels, given ``g = d loss / d lse``."""
+  q, c, e, b, kappa, lse = residuals
+  dq, dc, dkappa = grad_queries(q, c, e, b, kappa, lse, g, activation, plan)
+  de, db = grad_entities(q, c, e, b, kappa, lse, g, activation, plan)
+  return dq, dc, de, db, dkappa
 
 
 _fused.defvjp(_fused_fwd, _fused_bwd)
@@ -133,14 +135,16 @@ _fused.defvjp(_fused_fwd, _fused_bwd)
 # ----------------------------------------------------------------------------- public API
 
 
-def _pad_to(x: Array, shape: tuple[int, ...]) -> Array:
-  """Zero-pads ``x`` at the end of each axis to ``shape`` (no copy when it already fits)."""
+def _pad_to(x: Array, shape: tuple[int, ...], value: float = 0.0) -> Array:
+  """Pads ``x`` with ``value`` at the end of each axis to ``shape`` (no copy when it already
+  fits)."""
   if x.shape == shape:
     return x
-  return jnp.pad(x, [(0, t - s) for s, t in zip(x.shape, shape)])
+  return jnp.pad(x, [(0, t - s) for s, t in zip(x.shape, shape)], constant_values=value)
 
 
-def _check_shapes(queries: Array, scale: Array, entities: Array, bias: Array | None) -> None:
+def _check_shapes(queries: Array, scale: Array, entities: Array, bias: Array | None,
+                  curvature: Array | None) -> None:
   """Raises a ``ValueError`` naming the expected shapes, before any kernel is traced."""
   if queries.ndim != 2 or entities.ndim != 2 or queries.shape[1] != entities.shape[1]:
     raise ValueError(f"expected queries [k, d] and entities [N, d], got {queries.shape} and "
@@ -151,17 +155,20 @@ def _check_shapes(queries: Array, scale: Array, entities: Array, bias: Array | N
     raise ValueError(f"expected scale [k] = {queries.shape[:1]}, got {scale.shape}")
   if bias is not None and bias.shape != entities.shape[:1]:
     raise ValueError(f"expected bias [N] = {entities.shape[:1]}, got {bias.shape}")
+  if curvature is not None and curvature.shape != queries.shape[:1]:
+    raise ValueError(f"expected curvature [k] = {queries.shape[:1]}, got {curvature.shape}")
 
 
 def uniformity_lse_fused(queries: ArrayLike, scale: ArrayLike, entities: ArrayLike,
                          activation: Activation, matmul: str = "float32",
-                         bias: ArrayLike | None = None, *, block_k: int | None = None,
+                         bias: ArrayLike | None = None, curvature: ArrayLike | None = None,
+                         *, block_k: int | None = None,
                          block_n: int | None = None, num_splits: int | None = None,
                          interpret: bool | None = None) -> Array:
   """``lse_j = LSE_i(b_i - h(scale_j * ||q_j - e_i||^2))`` over all entities, in Pallas kernels.
 
   The same function as ``chunked.uniformity_lse(queries, scale, entities, activation, chunk,
-  matmul, bias)`` (see the module docstring for the cost and the ``matmul`` modes, and
+  matmul, bias, curvature)`` (see the module docstring for the cost and the ``matmul`` modes, and
   :mod:`hale_jax.lse_kernel_blocks` for the kernels), without any ``[k, N]`` array in device memory.
 
   Args:
@@ -172,6 +179,8 @@ def uniformity_lse_fused(queries: ArrayLike, scale: ArrayLike, entities: ArrayLi
       the kernels together with its ``jax.vjp``.
     matmul: precision of the distance matmul, one of ``models.MATMUL_MODES`` (static).
     bias: ``[N]``, learned tail biases ``b_i``; None: 0.
+    curvature: ``[k]``, the curvature of each query's ball for the hyperbolic models
+      (``models.ball_curvature``); None: the Euclidean distance.
     block_k: queries per tile, a power of two >= 16 (static; default 64, 32 when ``d > 128``);
       clamped to ``k`` rounded up to a power of two.
     block_n: entities per tile, a power of two >= 16 (static; default ``min(128, 8192 / d)``);
@@ -184,18 +193,23 @@ def uniformity_lse_fused(queries: ArrayLike, scale: ArrayLike, entities: ArrayLi
   Returns:
     ``[k]``, in the inputs' float type (float32, or float64 under x64; other types compute in
     float32).  Differentiable in reverse mode with respect to ``queries``, ``scale``,
-    ``entities`` and ``bias`` (``jax.custom_vjp``; forward mode is not defined).
+    ``entities``, ``bias`` and ``curvature`` (``jax.custom_vjp``; forward mode is not defined).
   """
   queries, scale, entities = jnp.asarray(queries), jnp.asarray(scale), jnp.asarray(entities)
   bias = None if bias is None else jnp.asarray(bias)
-  _check_shapes(queries, scale, entities, bias)
+  curvature = None if curvature is None else jnp.asarray(curvature)
+  _check_shapes(queries, scale, entities, bias, curvature)
   models.check_matmul(matmul)
   (k, d), n = queries.shape, entities.shape[0]
-  dtype = jnp.result_type(queries, scale, entities, *([] if bias is None else [bias]))
+  optional = [x for x in (bias, curvature) if x is not None]
+  dtype = jnp.result_type(queries, scale, entities, *optional)
   dtype = dtype if dtype in (jnp.float32, jnp.float64) else jnp.dtype(jnp.float32)
-  plan = _make_plan(k, n, d, matmul, bias is not None, block_k, block_n, num_splits, interpret)
+  plan = _make_plan(k, n, d, matmul, bias is not None, curvature is not None, block_k, block_n,
+                    num_splits, interpret)
   q = _pad_to(queries.astype(dtype), (plan.kp, plan.dp))
   c = _pad_to(scale.astype(dtype), (plan.kp,))
   e = _pad_to(entities.astype(dtype), (plan.np_, plan.dp))
   b = None if bias is None else _pad_to(bias.astype(dtype), (plan.np_,))
-  return _fused(q, c, e, b, activation, plan)[:k]
+  # Padding queries get curvature 1, where the hyperbolic map and its derivatives are finite.
+  kappa = None if curvature is None else _pad_to(curvature.astype(dtype), (plan.kp,), 1.0)
+  return _fused(q, c, e, b, kappa, activation, plan)[:k]

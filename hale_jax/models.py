@@ -1,8 +1,10 @@
-"""The five KGE models of the paper as pure functions over parameter pytrees.
+"""The KGE models as pure functions over parameter pytrees: the paper's five and three hyperbolic.
 
-A model is a transform ``Phi(params, heads, relations) -> queries [B, d]`` (paper Eqs. 10-14).
-Every model shares the similarity ``-||q - e||^2`` and a relation-specific positive scale
-``c_r`` (Eq. 8), so a triple's HaLE score is ``-h(c_r * ||Phi(e_h, r) - e_t||^2)``.
+A model is a transform ``Phi(params, heads, relations) -> queries [B, d]`` (paper Eqs. 10-14)
+and a squared distance ``d^2(q, e)`` between a query and an entity (``hale_jax.distances``):
+``||q - e||^2`` for the paper's five models, the squared Poincaré distance for the hyperbolic
+RotH, RefH and AttH.  Every model shares a relation-specific positive scale ``c_r`` (Eq. 8),
+so a triple's HaLE score is ``-h(c_r * d^2(Phi(e_h, r), e_t))``.
 
 Relations are indexed over ``2 |R|`` ids: ``r`` and its reciprocal ``r + |R|`` have their own
 parameters, and head prediction ``(?, r, t)`` is tail prediction ``(t, r + |R|, ?)``.  So
@@ -11,18 +13,24 @@ parameters, and head prediction ``(?, r, t)`` is tail prediction ``(t, r + |R|, 
 
 Parameters (a plain dict; ``N`` entities, ``R2 = 2 |R|`` relation ids, ``d`` dimensions):
 
-==============  ============  ===============================================================
-key             shape         used by
-==============  ============  ===============================================================
-``entity``      ``[N, d]``    all
-``scale``       ``[R2]``      all; ``c_r = softplus(scale)``, initialised to ``c_r = 1``
-``translation`` ``[R2, d]``   TransE (``r``), RotE and RotL (``r'``)
-``diagonal``    ``[R2, d]``   DistMult
-``rotation``    ``[R2, d]``   RotatE, RotE, RotL
-``alpha``       ``[R2]``      RotL, initialised to 1
-``bias_head``   ``[N]``       optional (``entity_bias="head_tail"``): KGEmb's head bias
-``bias_tail``   ``[N]``       optional (``entity_bias="tail"`` or ``"head_tail"``): tail bias
-==============  ============  ===============================================================
+===================  ============  ==========================================================
+key                  shape         used by
+===================  ============  ==========================================================
+``entity``           ``[N, d]``    all (tangent vectors at the origin for RotH, RefH, AttH)
+``scale``            ``[R2]``      all; ``c_r = softplus(scale)``, initialised to ``c_r = 1``
+``translation``      ``[R2, d]``   TransE (``r``), RotE and RotL (``r'``), RotH, RefH, AttH
+``diagonal``         ``[R2, d]``   DistMult
+``rotation``         ``[R2, d]``   RotatE, RotE, RotL, RotH, AttH
+``alpha``            ``[R2]``      RotL, initialised to 1
+``curvature``        ``[R2]``      RotH, RefH, AttH: the ball's curvature ``-softplus(.)``,
+                                   initialised to 1 (KGEmb)
+``pre_translation``  ``[R2, d]``   RotH: the translation added before the rotation
+``reflection``       ``[R2, d]``   RefH, AttH: Givens reflections, initialised like
+                                   ``rotation``
+``context``          ``[R2, d]``   AttH: the attention's context vector
+``bias_head``        ``[N]``       optional (``entity_bias="head_tail"``): KGEmb's head bias
+``bias_tail``        ``[N]``       optional (``entity_bias="tail"`` or ``"head_tail"``): tail bias
+===================  ============  ==========================================================
 
 Entity biases.  KGEmb (the source of the paper's SamNeg baselines) scores a triple
 ``b_h + b_t - ||Phi(e_h, r) - e_t||^2`` with learned per-entity biases, initialised to 0.
@@ -53,6 +61,28 @@ with ``x = Rot(r, e_h)``, ``y = r'`` and ``alpha_r`` a trainable relation-specif
 rotated head and ``e`` by the translation.  The denominator is clamped at 0.05 so the
 transform stays finite where ``<x, y>`` approaches -1 (never reached from the 1e-3
 initialisation in our runs); inside that region it is the formula exactly.
+
+Hyperbolic models (Chami et al., ACL 2020, as KGEmb's ``models/hyperbolic.py`` defines them;
+the ball maths in :mod:`hale_jax.hyperbolic`).  Each relation has a curvature ``c =
+softplus(curvature[r])``; tables hold tangent vectors mapped to the ball by ``expmap0(., c)``,
+``(+)`` is Möbius addition and ``proj`` the projection inside the ball's boundary margin:
+
+- RotH: ``proj(Rot(r, proj(expmap0(e_h) (+) expmap0(pre_translation))) (+) expmap0(translation))``;
+- RefH: ``proj(expmap0(Ref(r, e_h)) (+) expmap0(translation))``;
+- AttH: ``proj(expmap0(a_1 Ref(r, e_h) + a_2 Rot(r, e_h)) (+) expmap0(translation))`` with
+  ``(a_1, a_2) = softmax(<context, Ref(r, e_h)> / sqrt(d), <context, Rot(r, e_h)> / sqrt(d))``.
+
+``Ref`` reflects each plane by the unit vector ``(cos t, sin t)`` of the ``reflection`` row:
+``(x0, x1) -> (cos x0 + sin x1, sin x0 - cos x1)`` (KGEmb's ``givens_reflection`` since its
+fix of an index typo).  The query is compared with ``expmap0(e_t, c)`` under the query's own
+curvature.  Initialisation as KGEmb: every table ``init_scale * N(0, 1)``, ``rotation`` and
+``reflection`` ``U(-1, 1)`` (``rotation_init``), ``curvature`` 1.  Where hale_jax differs:
+
+- KGEmb leaves RotH's last Möbius sum unprojected; here it is projected like RefH's and AttH's,
+  so rounding cannot put a float32 query outside the ball;
+- KGEmb allocates RefH's and AttH's translation as ``[R2, 2d]`` and uses its first half; here
+  the table is ``[R2, d]`` (the unused half never changes anything);
+- HaLE's relation scale ``c_r`` multiplies the squared distance as for every model.
 """
 
 from __future__ import annotations
@@ -64,6 +94,11 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from hale_jax import hyperbolic
+# The distances live in hale_jax.distances; these names are part of this module's interface.
+from hale_jax.distances import (MATMUL_MODES, check_matmul,  # noqa: F401
+                                pair_squared_distances, squared_distances)
+
 Array = jax.Array
 Params = dict[str, Array]
 
@@ -71,8 +106,9 @@ ROTL_MIN_DENOMINATOR = 0.05
 _SOFTPLUS_INV_1 = math.log(math.expm1(1.0))  # softplus(x) == 1
 
 
-def givens_rotate(rotation: ArrayLike, x: ArrayLike) -> Array:
-  """Rotates ``x [B, d]`` by the ``d/2`` Givens blocks of ``rotation [B, d]``; returns ``[B, d]``."""
+def _givens(rotation: ArrayLike, x: ArrayLike, reflect: bool) -> Array:
+  """Each plane ``(2i, 2i+1)`` of ``x [B, d]`` rotated (or reflected) by the unit vector
+  ``(cos, sin)`` of the same plane of ``rotation [B, d]``; returns ``[B, d]``."""
   rotation = jnp.asarray(rotation)
   x = jnp.asarray(x)
   pairs = rotation.reshape(rotation.shape[:-1] + (-1, 2))
@@ -80,8 +116,22 @@ def givens_rotate(rotation: ArrayLike, x: ArrayLike) -> Array:
   cos, sin = pairs[..., 0], pairs[..., 1]
   xp = x.reshape(x.shape[:-1] + (-1, 2))
   x0, x1 = xp[..., 0], xp[..., 1]
-  out = jnp.stack([cos * x0 - sin * x1, sin * x0 + cos * x1], axis=-1)
+  if reflect:
+    out = jnp.stack([cos * x0 + sin * x1, sin * x0 - cos * x1], axis=-1)
+  else:
+    out = jnp.stack([cos * x0 - sin * x1, sin * x0 + cos * x1], axis=-1)
   return out.reshape(x.shape)
+
+
+def givens_rotate(rotation: ArrayLike, x: ArrayLike) -> Array:
+  """Rotates ``x [B, d]`` by the ``d/2`` Givens blocks of ``rotation [B, d]``; returns ``[B, d]``."""
+  return _givens(rotation, x, reflect=False)
+
+
+def givens_reflect(reflection: ArrayLike, x: ArrayLike) -> Array:
+  """Reflects ``x [B, d]`` by the ``d/2`` Givens blocks of ``reflection [B, d]``:
+  ``(x0, x1) -> (cos x0 + sin x1, sin x0 - cos x1)`` per plane; returns ``[B, d]``."""
+  return _givens(reflection, x, reflect=True)
 
 
 def flexible_add(x: ArrayLike, y: ArrayLike, alpha: ArrayLike) -> Array:
@@ -112,12 +162,50 @@ def _rotl(p: Params, e: Array, r: Array) -> Array:
   return flexible_add(givens_rotate(p["rotation"][r], e), p["translation"][r], p["alpha"][r])
 
 
+def ball_curvature(params: Params, relations: ArrayLike) -> Array | None:
+  """The curvature ``c = softplus(curvature[r]) > 0`` of each query's ball, ``[B]`` for
+  ``relations [B]``; None for the Euclidean models (no ``curvature`` table)."""
+  if "curvature" not in params:
+    return None
+  return jax.nn.softplus(params["curvature"][jnp.asarray(relations)])
+
+
+def _ball_translate(p: Params, x: Array, r: Array, c: Array) -> Array:
+  """``proj(x (+) expmap0(translation[r]))``: the last step of the hyperbolic transforms."""
+  return hyperbolic.project(
+      hyperbolic.mobius_add(x, hyperbolic.expmap0(p["translation"][r], c), c), c)
+
+
+def _roth(p: Params, e: Array, r: Array) -> Array:
+  c = ball_curvature(p, r)
+  x = hyperbolic.mobius_add(hyperbolic.expmap0(e, c),
+                            hyperbolic.expmap0(p["pre_translation"][r], c), c)
+  return _ball_translate(p, givens_rotate(p["rotation"][r], hyperbolic.project(x, c)), r, c)
+
+
+def _refh(p: Params, e: Array, r: Array) -> Array:
+  c = ball_curvature(p, r)
+  return _ball_translate(p, hyperbolic.expmap0(givens_reflect(p["reflection"][r], e), c), r, c)
+
+
+def _atth(p: Params, e: Array, r: Array) -> Array:
+  c = ball_curvature(p, r)
+  candidates = jnp.stack([givens_reflect(p["reflection"][r], e),
+                          givens_rotate(p["rotation"][r], e)], axis=1)      # [B, 2, d]
+  logits = jnp.sum(p["context"][r][:, None, :] * candidates, axis=-1) / math.sqrt(e.shape[-1])
+  attended = jnp.sum(jax.nn.softmax(logits, axis=1)[..., None] * candidates, axis=1)
+  return _ball_translate(p, hyperbolic.expmap0(attended, c), r, c)
+
+
 _TRANSFORMS: dict[str, Callable[[Params, Array, Array], Array]] = {
     "transe": _transe,
     "distmult": _distmult,
     "rotate": _rotate,
     "rote": _rote,
     "rotl": _rotl,
+    "roth": _roth,
+    "refh": _refh,
+    "atth": _atth,
 }
 _RELATION_TABLES = {
     "transe": ("translation",),
@@ -125,9 +213,17 @@ _RELATION_TABLES = {
     "rotate": ("rotation",),
     "rote": ("rotation", "translation"),
     "rotl": ("rotation", "translation"),
+    "roth": ("rotation", "pre_translation", "translation"),
+    "refh": ("reflection", "translation"),
+    "atth": ("rotation", "reflection", "context", "translation"),
 }
-MODEL_NAMES = ("TransE", "DistMult", "RotatE", "RotE", "RotL")
-ROTATION_MODELS = tuple(m for m, tables in _RELATION_TABLES.items() if "rotation" in tables)
+PAPER_MODELS = ("TransE", "DistMult", "RotatE", "RotE", "RotL")  # the HaLE paper's tables
+HYPERBOLIC_MODELS = ("RotH", "RefH", "AttH")
+MODEL_NAMES = PAPER_MODELS + HYPERBOLIC_MODELS
+GIVENS_TABLES = ("rotation", "reflection")  # act on 2-d planes, drawn as rotation_init says
+# The models with a Givens table: their dimension must be even.
+ROTATION_MODELS = tuple(m for m, tables in _RELATION_TABLES.items()
+                        if set(tables) & set(GIVENS_TABLES))
 
 
 def canonical_model(name: str) -> str:
@@ -163,9 +259,9 @@ def init_params(model: str, key: jax.Array, num_entities: int, num_relations: in
     num_entities: ``N``.
     num_relations: ``|R|``; the relation tables get ``2 |R|`` rows, one per relation and one
       per reciprocal (module docstring).
-    dim: ``d``; even for the rotation models.
+    dim: ``d``; even for the models with Givens rotations or reflections.
     init_scale: standard deviation of the Gaussian initialisation of every table (the
-      ``rotation`` table only with ``rotation_init="normal"``).
+      ``rotation`` and ``reflection`` tables only with ``rotation_init="normal"``).
     dtype: of every table (float64 needs ``jax_enable_x64``; the tables are drawn in float32
       and cast, so the float64 start equals the float32 one).
     entity_bias: ``"none"``, ``"tail"`` (a ``bias_tail [N]`` table of zeros) or ``"head_tail"``
@@ -182,19 +278,22 @@ def init_params(model: str, key: jax.Array, num_entities: int, num_relations: in
     raise ValueError(f"unknown entity_bias {entity_bias!r}; choose one of "
                      f"{', '.join(ENTITY_BIAS_MODES)}")
   if model in ROTATION_MODELS and dim % 2:
-    raise ValueError(f"{model} rotates 2-d planes, so the dimension must be even (got {dim})")
+    raise ValueError(f"{model} rotates or reflects 2-d planes, so the dimension must be even "
+                     f"(got {dim})")
   tables = ("entity",) + _RELATION_TABLES[model]
   num_ids = 2 * num_relations
   params: Params = {}
   for k, name in zip(jax.random.split(key, len(tables)), tables):
     rows = num_entities if name == "entity" else num_ids
-    if name == "rotation" and rotation_init == "uniform":
+    if name in GIVENS_TABLES and rotation_init == "uniform":
       params[name] = jax.random.uniform(k, (rows, dim), jnp.float32, -1.0, 1.0)
     else:
       params[name] = init_scale * jax.random.normal(k, (rows, dim), jnp.float32)
   params["scale"] = jnp.full((num_ids,), _SOFTPLUS_INV_1, jnp.float32)
   if model == "rotl":
     params["alpha"] = jnp.ones((num_ids,), jnp.float32)
+  if model in (m.lower() for m in HYPERBOLIC_MODELS):
+    params["curvature"] = jnp.ones((num_ids,), jnp.float32)  # KGEmb's c = softplus(1)
   if entity_bias == "head_tail":
     params["bias_head"] = jnp.zeros((num_entities,), jnp.float32)
   if entity_bias != "none":
@@ -214,63 +313,6 @@ def relation_scale(params: Params, relations: ArrayLike) -> Array:
   return jax.nn.softplus(params["scale"][jnp.asarray(relations)])
 
 
-MATMUL_MODES = ("float32", "tf32", "bf16")
-
-
-def check_matmul(matmul: str) -> None:
-  """Raises ValueError unless ``matmul`` is one of :data:`MATMUL_MODES`."""
-  if matmul not in MATMUL_MODES:
-    raise ValueError(f"unknown matmul mode {matmul!r}; choose one of {', '.join(MATMUL_MODES)}")
-
-
-def _inner_products(q: Array, e: Array, matmul: str) -> Array:
-  """``q @ e.T`` (``[B, d] x [N, d] -> [B, N]``) with the inputs rounded as ``matmul`` says and
-  the products summed in the inputs' own float type (float32, or float64 under x64).
-
-  - ``float32``: exact products, ``Precision.HIGHEST``.  JAX's default precision lets a GPU of
-    the Ampere generation or later round float32 matmul inputs to TF32 (10 mantissa bits), which
-    would perturb small distances through the cancellation in ``|q|^2 + |e|^2 - 2 q.e``;
-    HIGHEST rules that out.
-  - ``tf32``: the inputs rounded to TF32 (``lax.reduce_precision``, 8 exponent and 10 mantissa
-    bits), then the default precision: TF32 tensor cores on such GPUs, which multiply these
-    inputs exactly; on a CPU the same numbers through float32 units.
-  - ``bf16``: the inputs cast to bfloat16 (7 mantissa bits), float32 accumulation
-    (``preferred_element_type``): bfloat16 tensor cores on a GPU.
-  """
-  check_matmul(matmul)
-  out = jnp.result_type(q, e)
-  if matmul == "float32":
-    return jnp.dot(q, e.T, precision=jax.lax.Precision.HIGHEST)
-  if matmul == "tf32":
-    q, e = (jax.lax.reduce_precision(x, exponent_bits=8, mantissa_bits=10) for x in (q, e))
-    return jnp.dot(q, e.T, preferred_element_type=out)
-  return jnp.dot(q.astype(jnp.bfloat16), e.T.astype(jnp.bfloat16), preferred_element_type=out)  # bf16
-
-
-def squared_distances(queries: ArrayLike, entities: ArrayLike, matmul: str = "float32") -> Array:
-  """``||q_b - e_n||^2`` for ``queries [B, d]`` and ``entities [N, d]``; returns ``[B, N]``.
-
-  Matmul form ``|q|^2 + |e|^2 - 2 q.e``, clamped at 0 against cancellation.  The clamp is a
-  ``where`` rather than ``maximum``: XLA's CPU backend may compile ``max`` inside a loop to an
-  instruction that turns NaN into 0 (fast min/max), and a NaN must stay NaN (ranking puts it
-  last).  ``matmul`` (one of :data:`MATMUL_MODES`) sets the precision of ``q.e`` only; the
-  squared norms and the sum are always in the inputs' float type.  Ranking always uses the
-  default, exact ``float32``; ``tf32``/``bf16`` are training options (``--matmul``).
-  """
-  q = jnp.asarray(queries)
-  e = jnp.asarray(entities)
-  q2 = jnp.sum(q * q, axis=-1, keepdims=True)
-  e2 = jnp.sum(e * e, axis=-1)
-  d = q2 + e2[None, :] - 2.0 * _inner_products(q, e, matmul)
-  return jnp.where(d < 0, jnp.zeros_like(d), d)
-
-
-def pair_squared_distances(queries: ArrayLike, targets: ArrayLike) -> Array:
-  """``||q_b - t_b||^2`` row by row for ``queries, targets [B, d]``; returns ``[B]``."""
-  diff = jnp.asarray(queries) - jnp.asarray(targets)
-  return jnp.sum(diff * diff, axis=-1)
-
-
 def has_entity_bias(params: Params) -> bool:
   """Whether ``params`` carry KGEmb's learned entity biases."""
   return "bias_tail" in params
@@ -280,13 +322,15 @@ def ranking_distances(params: Params, queries: ArrayLike, relations: ArrayLike,
                       activation: Callable[[ArrayLike], Array] | None = None) -> Array:
   """What ranking sorts, smaller is better: ``[B, N]`` for ``queries [B, d]``, ``relations [B]``.
 
-  Without entity biases: the squared distance ``||q_b - e_n||^2``.  ``c_r > 0`` and an
-  increasing ``h`` could not reorder it (only add ties where ``h`` saturates), so they are left
-  out.  With entity biases (``bias_tail`` in ``params``): ``h(c_r ||q_b - e_n||^2) - b_t[n]``,
-  minus the triple's score up to the query's own constant ``b_h``; ``activation=None`` means
-  the identity (plain SamNeg).
+  Without entity biases: the model's squared distance ``d^2(q_b, e_n)``
+  (:func:`squared_distances`, under each query's curvature for the hyperbolic models).
+  ``c_r > 0`` and an increasing ``h`` could not reorder it (only add ties where ``h``
+  saturates), so they are left out.  With entity biases (``bias_tail`` in ``params``):
+  ``h(c_r d^2(q_b, e_n)) - b_t[n]``, minus the triple's score up to the query's own constant
+  ``b_h``; ``activation=None`` means the identity (plain SamNeg).
   """
-  d = squared_distances(queries, params["entity"])
+  d = squared_distances(queries, params["entity"],
+                        curvature=ball_curvature(params, relations))
   if not has_entity_bias(params):
     return d
   x = relation_scale(params, relations)[:, None] * d

@@ -1,6 +1,6 @@
 """A Flax NNX module holding a KGE model's tables, for HaLE inside your own Flax code.
 
-:class:`KGEmbedding` owns the entity and relation tables of one of the five models
+:class:`KGEmbedding` owns the entity and relation tables of one of the models
 (``hale_jax.models``) as ``nnx.Param`` variables and applies the model's transform; its
 :meth:`~KGEmbedding.loss` is the very objective the launcher trains (``hale_jax.objective``),
 so a Flax user trains with ``nnx.Optimizer`` and gets the library's numbers::

@@ -4,7 +4,9 @@
 Every loss reads a batch ``[B, 3]`` of training queries ``(head, relation id, tail)``
 (reciprocals included: a triple ``(h, r, t)`` and ``(t, r + |R|, h)`` are two queries),
 transforms the heads (``hale_jax.models``) and scores each query against its tail with the
-scaled squared distance ``x = c_r ||Phi(e_h, r) - e_t||^2``.
+scaled squared distance ``x = c_r d^2(Phi(e_h, r), e_t)`` (``||Phi(e_h, r) - e_t||^2`` for the
+Euclidean models; for the hyperbolic ones the Poincaré distance under the query's curvature,
+which every uniformity form, AllNeg and the sampled negatives receive with the queries).
 
 - ``hale``: paper Eq. 9 (``hale_jax.losses``).  The first ``k`` rows of the (shuffled) batch
   are the sampled queries of the uniformity term, whose log-sum-exp over all ``N`` entities is
@@ -32,8 +34,9 @@ from hale_jax import activations, baselines, chunked, losses, lse_kernel, models
 
 Array = jax.Array
 LossFn = Callable[[dict[str, Array], Array, Array], Array]
-# (queries [k, d], scales [k], entities [N, d], tail biases [N] or None) -> LSE [k]
-Uniformity = Callable[[Array, Array, Array, Array | None], Array]
+# (queries [k, d], scales [k], entities [N, d], tail biases [N] or None,
+#  curvatures [k] or None) -> LSE [k]
+Uniformity = Callable[[Array, Array, Array, Array | None, Array | None], Array]
 
 LOSSES = ("hale", "samneg", "advneg", "allneg", "nonneg")
 LSE_FORMS = ("auto", "fused")  # how HaLE's uniformity LSE is computed (choose_uniformity)
@@ -75,24 +78,26 @@ def activation_of(cfg: Any) -> Callable:
 
 def plain_uniformity(activation: Callable, matmul: str = "float32") -> Uniformity:
   """The LSE over the materialised ``[k, N]`` block of scaled distances."""
-  def lse(queries, scale, entities, bias):
-    sampled = scale[:, None] * models.squared_distances(queries, entities, matmul)
+  def lse(queries, scale, entities, bias, curvature):
+    sampled = scale[:, None] * models.squared_distances(queries, entities, matmul, curvature)
     return losses.uniformity_terms(sampled, activation, bias)
   return lse
 
 
 def chunked_uniformity(activation: Callable, matmul: str, chunk: int) -> Uniformity:
   """The LSE computed ``chunk`` entities at a time (``hale_jax.chunked.uniformity_lse``)."""
-  def lse(queries, scale, entities, bias):
-    return chunked.uniformity_lse(queries, scale, entities, activation, chunk, matmul, bias)
+  def lse(queries, scale, entities, bias, curvature):
+    return chunked.uniformity_lse(queries, scale, entities, activation, chunk, matmul, bias,
+                                  curvature)
   return lse
 
 
 def fused_uniformity(activation: Callable, matmul: str) -> Uniformity:
   """The LSE in one Pallas kernel per pass (``hale_jax.lse_kernel``): no ``[k, N]`` block in
   device memory."""
-  def lse(queries, scale, entities, bias):
-    return lse_kernel.uniformity_lse_fused(queries, scale, entities, activation, matmul, bias)
+  def lse(queries, scale, entities, bias, curvature):
+    return lse_kernel.uniformity_lse_fused(queries, scale, entities, activation, matmul, bias,
+                                           curvature)
   return lse
 
 
@@ -114,9 +119,10 @@ class Scored(NamedTuple):
   tails: jax.Array     # [B]
   queries: jax.Array   # [B, d], Phi(e_h, r)
   scale: jax.Array     # [B], c_r (1 without rel_scale)
-  pos: jax.Array       # [B], c_r * ||Phi(e_h, r) - e_t||^2
+  pos: jax.Array       # [B], c_r * d^2(Phi(e_h, r), e_t)
   pos_bias: jax.Array | None     # [B], b_t of the positives (runs with tail biases)
   entity_bias: jax.Array | None  # [N], every b_t
+  curvature: jax.Array | None    # [B], each query's ball (hyperbolic models)
 
 
 def score_batch(params: dict[str, Array], batch: Array, model: str, rel_scale: bool) -> Scored:
@@ -125,11 +131,17 @@ def score_batch(params: dict[str, Array], batch: Array, model: str, rel_scale: b
   queries = models.transform(model, params, heads, rels)
   scale = (models.relation_scale(params, rels) if rel_scale
            else jnp.ones(rels.shape, queries.dtype))
-  pos = scale * models.pair_squared_distances(queries, params["entity"][tails])
+  curvature = models.ball_curvature(params, rels)
+  pos = scale * models.pair_squared_distances(queries, params["entity"][tails], curvature)
   biased = models.has_entity_bias(params)
   return Scored(heads, tails, queries, scale, pos,
                 params["bias_tail"][tails] if biased else None,
-                params["bias_tail"] if biased else None)
+                params["bias_tail"] if biased else None, curvature)
+
+
+def _first(curvature: Array | None, k: int) -> Array | None:
+  """The curvatures of the first ``k`` queries (None for the Euclidean models)."""
+  return None if curvature is None else curvature[:k]
 
 
 def _hale(cfg: Any, model: str, num_sampled: int, uniformity: Uniformity) -> LossFn:
@@ -141,7 +153,7 @@ def _hale(cfg: Any, model: str, num_sampled: int, uniformity: Uniformity) -> Los
     k = num_sampled
     return losses.combine(losses.alignment_terms(s.pos, h, cfg.pos_square),
                           uniformity(s.queries[:k], s.scale[:k], params["entity"],
-                                     s.entity_bias),
+                                     s.entity_bias, _first(s.curvature, k)),
                           cfg.lam, s.pos_bias)
   return loss
 
@@ -153,7 +165,8 @@ def _allneg(cfg: Any, model: str, num_sampled: int, uniformity: Uniformity) -> L
   def loss(params, batch, key=None):
     del key
     s = score_batch(params, batch, model, cfg.rel_scale)
-    distances = models.squared_distances(s.queries, params["entity"], cfg.matmul)
+    distances = models.squared_distances(s.queries, params["entity"], cfg.matmul,
+                                         s.curvature)
     scores = baselines.scores_from_scaled(s.scale[:, None] * distances, h)
     if s.entity_bias is not None:  # b_h is the same for every candidate: softmax ignores it
       scores = scores + s.entity_bias[None, :]
@@ -177,7 +190,8 @@ def _sampled_negatives(cfg: Any, model: str, adversarial: bool) -> LossFn:
     entity = params["entity"]
     pos_score = _positive_scores(params, s, h)
     negs = jax.random.randint(key, (batch.shape[0], cfg.num_negatives), 0, entity.shape[0])
-    neg = models.pair_squared_distances(s.queries[:, None, :], entity[negs])  # [B, m]
+    neg = models.pair_squared_distances(s.queries[:, None, :], entity[negs],  # [B, m]
+                                        None if s.curvature is None else s.curvature[:, None])
     neg_score = baselines.scores_from_scaled(s.scale[:, None] * neg, h)
     if s.pos_bias is not None:
       neg_score = neg_score + params["bias_head"][s.heads][:, None] + params["bias_tail"][negs]

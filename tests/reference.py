@@ -10,7 +10,10 @@ Groups:
   ``REFERENCE``, ``DEFAULTS``, ``np_activation``;
 - numerics: ``np_softplus``, ``np_sigmoid``, ``np_logsumexp``, ``np_softmax``,
   ``np_round_mantissa``, ``np_squared_distances``;
-- models: ``np_givens``, ``np_transform``, ``random_params``, ``random_batch``, ``to_f64``;
+- models: ``np_givens``, ``np_givens_reflect``, ``np_transform``, ``random_params``,
+  ``random_batch``, ``to_f64``;
+- hyperbolic models: ``np_project``, ``np_expmap0``, ``np_mobius_add``,
+  ``np_hyperbolic_distance2``, ``np_ball_curvature``, ``np_model_distance2`` (either geometry);
 - losses: ``np_alignment_terms``, ``np_uniformity_terms``, ``np_hale_loss``,
   ``np_uniformity_lse``, ``np_batch_loss`` (HaLE on a batch of triples), ``np_samneg``,
   ``np_advneg``, ``np_allneg``, ``np_nonneg``, ``np_spread_penalty``, ``np_biased_scores``;
@@ -188,13 +191,35 @@ def np_givens(rotation, x):
   return out
 
 
-def np_transform(model, params, heads, relations):
-  """Phi(e_h, r) in float64 for any parameter dict (jax or numpy arrays)."""
+def np_givens_reflect(reflection, x):
+  """Reflects each plane (2i, 2i+1) of x: (x0, x1) -> (cos x0 + sin x1, sin x0 - cos x1) with
+  (cos, sin) = reflection[2i:2i+2] / its norm."""
+  reflection = np.asarray(reflection, np.float64)
+  x = np.asarray(x, np.float64)
+  out = np.empty_like(x)
+  for i in range(x.shape[-1] // 2):
+    a, b = reflection[..., 2 * i], reflection[..., 2 * i + 1]
+    norm = np.maximum(np.sqrt(a * a + b * b), 1e-15)
+    cos, sin = a / norm, b / norm
+    x0, x1 = x[..., 2 * i], x[..., 2 * i + 1]
+    out[..., 2 * i] = cos * x0 + sin * x1
+    out[..., 2 * i + 1] = sin * x0 - cos * x1
+  return out
+
+
+def np_transform(model, params, heads, relations, ball_eps=None):
+  """Phi(e_h, r) in float64 for any parameter dict (jax or numpy arrays).  ``ball_eps``: the
+  boundary margin of the hyperbolic models' projection; default that of the parameters' dtype
+  (1e-5 for float64, else 4e-3)."""
   p = to_f64(params)
   heads = np.asarray(heads)
   relations = np.asarray(relations)
   e = p["entity"][heads]
   model = model.lower()
+  if model in ("roth", "refh", "atth"):
+    if ball_eps is None:
+      ball_eps = 1e-5 if np.asarray(params["entity"]).dtype == np.float64 else 4e-3
+    return _np_hyperbolic_transform(model, p, e, relations, ball_eps)
   if model == "transe":
     return e + p["translation"][relations]
   if model == "distmult":
@@ -211,6 +236,25 @@ def np_transform(model, params, heads, relations):
   raise AssertionError(model)
 
 
+def _np_hyperbolic_transform(model, p, e, relations, eps):
+  """RotH, RefH and AttH as hale_jax.models' docstring writes them (KGEmb's definitions)."""
+  c = np_ball_curvature(p, relations)
+  if model == "roth":
+    x = np_mobius_add(np_expmap0(e, c, eps), np_expmap0(p["pre_translation"][relations], c, eps),
+                      c)
+    x = np_givens(p["rotation"][relations], np_project(x, c, eps))
+  elif model == "refh":
+    x = np_expmap0(np_givens_reflect(p["reflection"][relations], e), c, eps)
+  else:
+    ref = np_givens_reflect(p["reflection"][relations], e)
+    rot = np_givens(p["rotation"][relations], e)
+    context = p["context"][relations]
+    logits = np.stack([np.sum(context * ref, -1), np.sum(context * rot, -1)], -1)
+    weights = np_softmax(logits / np.sqrt(e.shape[-1]))
+    x = np_expmap0(weights[:, :1] * ref + weights[:, 1:] * rot, c, eps)
+  return np_project(np_mobius_add(x, np_expmap0(p["translation"][relations], c, eps), c), c, eps)
+
+
 def to_f64(params):
   return {k: np.asarray(v, np.float64) for k, v in params.items()}
 
@@ -219,8 +263,9 @@ def random_params(rng, model, num_entities, num_relations, dim, init_scale=0.5, 
                   entity_bias="none"):
   """Random parameters of ``model`` with the tables ``models.init_params`` makes
   (``num_relations = |R|``: relation tables of ``2 |R|`` rows), drawn in NumPy from ``rng``
-  (no compilation): Gaussian tables ``init_scale * N(0, 1)``, rotations ``U(-1, 1)``, a
-  non-trivial relation scale ``c_r = softplus(scale)`` around 1, RotL's alpha in
+  (no compilation): Gaussian tables ``init_scale * N(0, 1)``, rotations and reflections
+  ``U(-1, 1)``, a non-trivial relation scale ``c_r = softplus(scale)`` (and curvature
+  ``softplus(curvature)``) around 1, RotL's alpha in
   ``[0.5, 2]`` and, with ``entity_bias``, biases ``N(0, 1)``.  ``dtype`` (e.g.
   ``jnp.float64`` under x64) casts every table; default float32."""
   shapes = jax.eval_shape(lambda: models.init_params(
@@ -229,9 +274,9 @@ def random_params(rng, model, num_entities, num_relations, dim, init_scale=0.5, 
   params = {}
   for name, shape in sorted(shapes.items()):
     shape = shape.shape
-    if name == "rotation":
+    if name in ("rotation", "reflection"):
       table = rng.uniform(-1.0, 1.0, shape)
-    elif name == "scale":
+    elif name in ("scale", "curvature"):
       table = np.log(np.expm1(1.0)) + rng.normal(0.0, 0.5, shape)
     elif name == "alpha":
       table = rng.uniform(0.5, 2.0, shape)
@@ -248,6 +293,64 @@ def random_batch(rng, num_entities, num_relations, batch_size):
   return np.stack([rng.integers(0, num_entities, batch_size),
                    rng.integers(0, 2 * num_relations, batch_size),
                    rng.integers(0, num_entities, batch_size)], axis=1).astype(np.int32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Hyperbolic models (hale_jax.hyperbolic's docstring; KGEmb's utils/hyperbolic.py), from the
+# definitions: arrays [..., d] with one curvature c [...] per row, broadcasting.
+
+
+def np_ball_curvature(p, relations):
+  """``softplus(curvature[r])`` of each relation id, or None for a Euclidean model."""
+  if "curvature" not in p:
+    return None
+  return np_softplus(np.asarray(p["curvature"], np.float64)[np.asarray(relations)])
+
+
+def _norm(x):
+  return np.linalg.norm(np.asarray(x, np.float64), axis=-1, keepdims=True)
+
+
+def np_project(x, c, eps):
+  """Rows beyond radius ``(1 - eps) / sqrt(c)`` scaled back to it."""
+  max_norm = (1.0 - eps) / np.sqrt(np.asarray(c, np.float64))[..., None]
+  norm = np.maximum(_norm(x), 1e-15)
+  return np.where(norm > max_norm, x / norm * max_norm, x)
+
+
+def np_expmap0(u, c, eps=None):
+  """``tanh(sqrt(c) |u|) u / (sqrt(c) |u|)``, projected with ``eps`` (None: not projected)."""
+  sc = np.sqrt(np.asarray(c, np.float64))[..., None]
+  norm = np.maximum(_norm(u), 1e-15)
+  y = np.tanh(sc * norm) * u / (sc * norm)
+  return y if eps is None else np_project(y, c, eps)
+
+
+def np_mobius_add(x, y, c):
+  """``((1 + 2c<x,y> + c|y|^2) x + (1 - c|x|^2) y) / (1 + 2c<x,y> + c^2|x|^2|y|^2)``."""
+  c = np.asarray(c, np.float64)[..., None]
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  x2, y2 = _norm(x) ** 2, _norm(y) ** 2
+  xy = np.sum(x * y, axis=-1, keepdims=True)
+  num = (1.0 + 2.0 * c * xy + c * y2) * x + (1.0 - c * x2) * y
+  return num / np.maximum(1.0 + 2.0 * c * xy + c * c * x2 * y2, 1e-15)
+
+
+def np_hyperbolic_distance2(x, v, c):
+  """``(2 / sqrt(c) * artanh(min(sqrt(c) |(-x) (+)_c y|, 1 - 1e-5)))^2`` with ``y =
+  expmap0(v, c)`` (not projected); ``x, v [..., d]``, ``c [...]`` broadcast."""
+  c = np.asarray(c, np.float64)
+  w = np_mobius_add(-np.asarray(x, np.float64), np_expmap0(v, c), c)
+  z = np.minimum(np.sqrt(c) * _norm(w)[..., 0], 1.0 - 1e-5)
+  return (2.0 / np.sqrt(c) * np.arctanh(z)) ** 2
+
+
+def np_model_distance2(p, q, targets, c):
+  """The model's squared distance of ``q [..., d]`` to ``targets [..., d]``: Poincaré under
+  curvature ``c [...]`` (a hyperbolic model), else Euclidean (``c`` None)."""
+  if c is None:
+    return np.sum((np.asarray(q, np.float64) - np.asarray(targets, np.float64)) ** 2, axis=-1)
+  return np_hyperbolic_distance2(q, targets, c)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -285,22 +388,24 @@ def np_uniformity_lse(q, s, e, h, bias=None):
 
 def _np_queries(model, params, batch, rel_scale):
   """float64 params, the ``[B]`` heads, relations and tails of ``batch [B, 3]``, the queries
-  ``Phi(e_h, r) [B, D]`` and ``c_r [B]`` (ones without ``rel_scale``)."""
+  ``Phi(e_h, r) [B, D]``, ``c_r [B]`` (ones without ``rel_scale``) and the curvature ``[B]``
+  of each query's ball (None for Euclidean models)."""
   p = to_f64(params)
   batch = np.asarray(batch)
   heads, rels, tails = batch[:, 0], batch[:, 1], batch[:, 2]
-  q = np_transform(model, p, heads, rels)
+  q = np_transform(model, params, heads, rels)
   c = np_softplus(p["scale"][rels]) if rel_scale else np.ones(len(rels))
-  return p, heads, rels, tails, q, c
+  return p, heads, rels, tails, q, c, np_ball_curvature(p, rels)
 
 
 def np_scaled_distances(model, params, batch, rel_scale=True):
-  """``(pos [B], all [B, N])``: ``c_r ||Phi(e_h, r) - e||^2`` of each query of ``batch [B, 3]``
+  """``(pos [B], all [B, N])``: ``c_r d^2(Phi(e_h, r), e)`` of each query of ``batch [B, 3]``
   against its tail and against every entity (``c_r = 1`` without ``rel_scale``)."""
-  p, heads, rels, tails, q, c = _np_queries(model, params, batch, rel_scale)
+  p, heads, rels, tails, q, c, kappa = _np_queries(model, params, batch, rel_scale)
   ent = p["entity"]
-  pos = c * np.sum((q - ent[tails]) ** 2, axis=-1)
-  every = c[:, None] * np_difference_distances(q, ent)
+  pos = c * np_model_distance2(p, q, ent[tails], kappa)
+  every = c[:, None] * np_model_distance2(p, q[:, None, :], ent[None],
+                                          None if kappa is None else kappa[:, None])
   return pos, every
 
 
@@ -368,12 +473,13 @@ def np_biased_scores(model, params, batch, candidates, h, rel_scale=True):
   """``[B]`` positive and ``[B, C]`` candidate scores ``b_h + b_t - h(c_r ||q - e||^2)``
   (``b_h = 0`` without a ``bias_head`` table, ``b = 0`` without ``bias_tail``);
   ``candidates`` is ``[B, C]`` or ``[1, C]`` entity ids."""
-  p, heads, rels, tails, q, c = _np_queries(model, params, batch, rel_scale)
+  p, heads, rels, tails, q, c, kappa = _np_queries(model, params, batch, rel_scale)
   ent = p["entity"]
   bh = p["bias_head"][heads] if "bias_head" in p else np.zeros(len(heads))
   bt = p["bias_tail"] if "bias_tail" in p else np.zeros(len(ent))
-  pos = bh + bt[tails] - h(c * np.sum((q - ent[tails]) ** 2, -1))
-  d = np.sum((q[:, None, :] - ent[candidates]) ** 2, axis=-1)
+  pos = bh + bt[tails] - h(c * np_model_distance2(p, q, ent[tails], kappa))
+  d = np_model_distance2(p, q[:, None, :], ent[candidates],
+                         None if kappa is None else kappa[:, None])
   cand = bh[:, None] + bt[candidates] - h(c[:, None] * d)
   return pos, cand
 

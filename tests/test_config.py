@@ -80,7 +80,9 @@ def _all_fields(cls=Config):
 @pytest.mark.parametrize("bad, message", [
     (dict(model="ComplEx"), r"unknown model 'ComplEx'; choose one of TransE, DistMult"),
     (dict(dim=0), r"dim must be positive, got 0"),
-    (dict(model="RotE", dim=7), r"RotE rotates 2-d planes, so dim must be even, got 7"),
+    (dict(model="RotE", dim=7), r"RotE rotates or reflects 2-d planes, so dim must be even, "
+                                r"got 7"),
+    (dict(model="RefH", dim=5), r"RefH rotates or reflects 2-d planes, so dim must be even"),
     (dict(rotation_init="zeros"), r"unknown rotation_init 'zeros'; choose one of uniform"),
     (dict(dtype="float16"), r"unknown dtype 'float16'; choose one of float32, float64"),
     (dict(loss="margin"), r"unknown loss 'margin'; choose one of hale, samneg"),
@@ -354,5 +356,28 @@ def test_plus_flagfiles_change_only_what_they_say(flagfile, monkeypatch):
   plus = options.config_from_flags(options.parse_flagfile(str(path)))
   assert changes and plus == paper.replace(**{k: _typed(k, v) for k, v in changes.items()})
   comments = "\n".join(line for line in text.splitlines() if line.startswith("#"))
+  for name in changes:
+    assert f"--{name}" in comments, (flagfile, name)
+
+
+HYPERBOLIC_FLAGFILES = sorted(p.name for p in (REPO / "launch" / "hyperbolic").glob("*.flags"))
+
+
+@pytest.mark.parametrize("flagfile", HYPERBOLIC_FLAGFILES)
+def test_hyperbolic_flagfiles_change_only_what_they_say(flagfile, monkeypatch):
+  """A hyperbolic model's flagfile is the paper's flagfile of its dataset (its budget
+  included) and then the flags it lists below its comments, each explained in a comment; the
+  model is one of the hyperbolic ones."""
+  monkeypatch.chdir(REPO)
+  path = REPO / "launch" / "hyperbolic" / flagfile
+  changes = _read_flagfile(path)
+  base = changes.pop("flagfile")
+  assert base in {f"launch/{name}" for name in FLAGFILES}
+  paper = options.config_from_flags(options.parse_flagfile(base))
+  cfg = options.config_from_flags(options.parse_flagfile(str(path)))
+  assert cfg == paper.replace(**{k: _typed(k, v) for k, v in changes.items()})
+  assert cfg.model.model in models.HYPERBOLIC_MODELS
+  assert cfg.budget.max_seconds == paper.budget.max_seconds
+  comments = "\n".join(line for line in path.read_text().splitlines() if line.startswith("#"))
   for name in changes:
     assert f"--{name}" in comments, (flagfile, name)

@@ -116,6 +116,27 @@ def test_train_on_mesh_matches_one_device(graph, single_run, tmp_path):
   _same_params(tmp_path / "run", single_run)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["AttH"])  # rotation, reflection, attention and curvature
+def test_hyperbolic_model_on_mesh_matches_one_device(graph, tmp_path, model):
+  """A hyperbolic model (its distance under each query's curvature, in the uniformity LSE
+  over the row-sharded table and in the sharded ranking), with learned tail biases: 3 epochs on
+  data:4,model:2 equal 3 on one device."""
+  results = {}
+  with jax.enable_x64(True):
+    for mesh in ("none", "data:4,model:2"):
+      workdir = tmp_path / mesh.replace(":", "").replace(",", "_")
+      results[mesh] = (train(_config(model=model, bias="learn", mesh=mesh), graph, workdir,
+                             log=_quiet), workdir)
+  (single, single_dir), (sharded, sharded_dir) = results["none"], results["data:4,model:2"]
+  assert sharded["layout"]["mesh"] == "data:4,model:2"
+  assert single["metrics"]["valid"]["realistic"]["mrr"] > 0  # it ranked something
+  _same_metrics(sharded, single)
+  _same_params(sharded_dir, single_dir)
+  with np.load(Path(single_dir) / "best_params.npz") as p:
+    assert {"curvature", "reflection", "context", "bias_tail"} <= set(p.files)
+
+
 def _stop_after(n):
   calls = []
 

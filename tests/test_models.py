@@ -1,5 +1,6 @@
 """hale_jax.models against float64 NumPy references of the transforms in its docstring
-(``reference.np_transform``)."""
+(``reference.np_transform``); the hyperbolic models' distance and ball maths are in
+test_hyperbolic.py."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ from jax.test_util import check_grads
 from hale_jax import config, models, rundir
 from reference import FD_EPS, np_givens, np_softplus, np_transform, random_params, to_f64
 
-MODELS = ("TransE", "DistMult", "RotatE", "RotE", "RotL")
-ROTATION_MODELS = ("RotatE", "RotE", "RotL")
+MODELS = ("TransE", "DistMult", "RotatE", "RotE", "RotL", "RotH", "RefH", "AttH")
+ROTATION_MODELS = ("RotatE", "RotE", "RotL", "RotH", "RefH", "AttH")  # Givens tables: d even
+HYPERBOLIC = ("RotH", "RefH", "AttH")
+# Quick tier: one Euclidean and one hyperbolic model for the costlier checks.
+QUICK = ("TransE", "RotL", "AttH")
 # One set of sizes for every test, so that compiled computations are shared between tests:
 # N entities, NR = |R| relations (R2 = 2 |R| relation ids), D dimensions, B queries.
 N, NR, D, B = 12, 3, 8, 16
@@ -28,11 +32,17 @@ EXPECTED_KEYS = {
     "RotatE": {"entity", "scale", "rotation"},
     "RotE": {"entity", "scale", "rotation", "translation"},
     "RotL": {"entity", "scale", "rotation", "translation", "alpha"},
+    "RotH": {"entity", "scale", "curvature", "rotation", "pre_translation", "translation"},
+    "RefH": {"entity", "scale", "curvature", "reflection", "translation"},
+    "AttH": {"entity", "scale", "curvature", "rotation", "reflection", "context",
+             "translation"},
 }
+VECTORS = {"scale", "alpha", "curvature"}  # the [R2] tables
+UNIFORM = {"rotation", "reflection"}       # U(-1, 1) by default
 
 
-@pytest.mark.parametrize("model", [m if m == "TransE" else pytest.param(m, marks=pytest.mark.slow)
-                                   for m in MODELS])
+@pytest.mark.parametrize("model", [m if m in ("TransE", "AttH")
+                                   else pytest.param(m, marks=pytest.mark.slow) for m in MODELS])
 def test_init_params_shapes_and_values(rng, model):
   n, r2, d = N, R2, D
   scale = 0.5
@@ -42,24 +52,30 @@ def test_init_params_shapes_and_values(rng, model):
   for k, v in p.items():
     assert v.dtype == jnp.float32
     rows = n if k == "entity" else r2
-    assert v.shape == ((rows, d) if k not in ("scale", "alpha") else (rows,))
+    assert v.shape == ((rows, d) if k not in VECTORS else (rows,))
   np.testing.assert_allclose(np.asarray(models.relation_scale(p, np.arange(r2))), 1.0, rtol=1e-6)
   if model == "RotL":
     np.testing.assert_array_equal(np.asarray(p["alpha"]), 1.0)
+  if model in HYPERBOLIC:  # KGEmb: the curvature parameter starts at 1, c = softplus(1)
+    np.testing.assert_array_equal(np.asarray(p["curvature"]), 1.0)
+    np.testing.assert_allclose(np.asarray(models.ball_curvature(p, np.arange(r2))),
+                               np_softplus(1.0), rtol=1e-6)
+  else:
+    assert models.ball_curvature(p, np.arange(r2)) is None
   # the Gaussian tables really have standard deviation init_scale (loose: 88 or 48 draws);
-  # the rotation table is U(-1, 1) by default (std 1/sqrt(3))
-  for k in EXPECTED_KEYS[model] - {"scale", "alpha", "rotation"}:
+  # the rotation and reflection tables are U(-1, 1) by default (std 1/sqrt(3))
+  for k in EXPECTED_KEYS[model] - VECTORS - UNIFORM:
     std = float(np.std(np.asarray(p[k])))
     assert 0.3 * scale < std < 2.0 * scale, (k, std)
-  if "rotation" in p:
-    rot = np.asarray(p["rotation"])
+  for k in UNIFORM & set(p):
+    rot = np.asarray(p[k])
     assert rot.min() >= -1.0 and rot.max() <= 1.0
     assert 0.4 < float(np.std(rot)) < 0.75
   # the same key gives the same parameters; the tables are drawn independently
   q = models.init_params(model.upper(), key, n, NR, d, scale)
   for k in p:
     np.testing.assert_array_equal(np.asarray(p[k]), np.asarray(q[k]))
-  tables = sorted(EXPECTED_KEYS[model] - {"scale", "alpha"})
+  tables = sorted(EXPECTED_KEYS[model] - VECTORS)
   for a in tables:
     for b in tables:
       if a < b:
@@ -74,7 +90,7 @@ def test_transform_matches_reference(rng, model):
   rels = rng.integers(0, r2, b)
   got = np.asarray(jit_transform(model, params, jnp.asarray(heads), jnp.asarray(rels)))
   assert got.shape == (b, d) and got.dtype == np.float32
-  want = np_transform(model, to_f64(params), heads, rels)
+  want = np_transform(model, params, heads, rels)
   scale = np.max(np.abs(want))
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * scale)
 
@@ -200,12 +216,14 @@ def _kink_free_rows(model, params, heads, rels, margin=1e-2):
   return np.abs(raw - 0.05) > margin
 
 
-# RotL (rotation, translation, flexible addition, scale) in the quick tier.
-@pytest.mark.parametrize("model", [m if m == "RotL" else pytest.param(m, marks=pytest.mark.slow)
-                                   for m in MODELS])
+# RotL (rotation, translation, flexible addition, scale) and AttH (rotation, reflection,
+# attention, the ball maps and curvature) in the quick tier.
+@pytest.mark.parametrize("model", [m if m in ("RotL", "AttH")
+                                   else pytest.param(m, marks=pytest.mark.slow) for m in MODELS])
 def test_transform_gradients(rng, x64, model):
   n, r2, d, b = N, R2, D, B
-  params = random_params(rng, model, n, NR, d, 0.4, dtype=jnp.float64)
+  # 0.3: the hyperbolic models' points stay clear of the projection at the ball's boundary
+  params = random_params(rng, model, n, NR, d, 0.3, dtype=jnp.float64)
   heads = rng.integers(0, n, 8 * b)
   rels = rng.integers(0, r2, 8 * b)
   keep = _kink_free_rows(model, params, heads, rels)
@@ -252,7 +270,7 @@ def test_odd_dimension_fine_for_other_models(rng, model):
                              atol=1e-7)
 
 
-@pytest.mark.parametrize("bad", ["RotH", "transe2", "", "Rot-L"])
+@pytest.mark.parametrize("bad", ["MuRP", "transe2", "", "Rot-L"])
 def test_unknown_model_raises(bad):
   with pytest.raises(ValueError, match="unknown model"):
     models.canonical_model(bad)

@@ -104,7 +104,7 @@ def test_registry():
   with pytest.raises(ValueError, match="unknown loss 'bogus'"):
     objective.make_loss(bogus, "RotL", 3)
   with pytest.raises(ValueError, match="unknown model"):
-    objective.make_loss(cfg.objective, "RotH", 3)
+    objective.make_loss(cfg.objective, "MuRP", 3)
   assert cfg.num_sampled == K
 
 

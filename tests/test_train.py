@@ -319,3 +319,13 @@ def test_launch_runs_and_refuses_bad_input(tmp_path):
   line = bad.stderr.strip()
   assert line.count("\n") == 0 and "valid.txt:" in line and "Traceback" not in line
   assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["RotH", "RefH", "AttH"])
+def test_hyperbolic_models_learn_with_hale(small_graph, tmp_path, model):
+  """40 epochs of HaLE (the ``learned`` run's settings) with each hyperbolic model: far above
+  chance, like RotL."""
+  res = train(_config(model=model), small_graph, tmp_path / model, log=_quiet)
+  assert all(np.isfinite(c["loss"]) for c in res["curve"])
+  assert res["metrics"]["test"]["realistic"]["mrr"] > 5 * _chance_mrr(small_graph)
