@@ -207,8 +207,10 @@ model = hale_jax.load(run)
 model.evaluate("test")
 model.predict_tails("t0", "parent_of", k=3)
 code = (".py", ".pyc", ".so")
+jax_cache = jax.config.jax_compilation_cache_dir  # JAX's own compile cache, where the caller set one
 outside = sorted({p for p in opened if not os.path.realpath(p).startswith(run + os.sep)
-                  and not p.endswith(code) and "__pycache__" not in p})
+                  and not p.endswith(code) and "__pycache__" not in p
+                  and not (jax_cache and os.path.realpath(p).startswith(os.path.realpath(jax_cache)))})
 print("OUTSIDE", outside)
 """
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hale_jax import models, objective, synthetic
+from hale_jax import models, objective, rundir, synthetic
 from hale_jax.callbacks import Callback, Validation
 from hale_jax.config import Config
 from hale_jax.loop import train
@@ -201,8 +201,9 @@ def test_finished_run_is_kept_and_a_different_one_refused(small_graph, learned, 
   stray = tmp_path / "stray"
   stray.mkdir()
   (stray / "results.json").write_text("{}")
-  with pytest.raises(FileExistsError, match="--overwrite"):
+  with pytest.raises(rundir.WorkdirError, match="not a hale_jax run's"):
     train(cfg, small_graph, stray, log=_quiet)
+  assert sorted(p.name for p in stray.iterdir()) == ["results.json"]
   # --overwrite trains the other run; another seed gives other parameters.
   res = train(cfg.replace(seed=8), small_graph, workdir, log=_quiet, overwrite=True)
   assert json.loads((workdir / "results.json").read_text())["config"]["seed"] == 8
