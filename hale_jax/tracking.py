@@ -49,7 +49,7 @@ def _import(module: str, extra: str):
 
 class MetricsFile(Callback):
   """Appends one JSON line per validation to ``<workdir>/metrics.jsonl``; a resumed run first
-  drops the lines of epochs after its checkpoint (they were trained again)."""
+  drops the lines of steps after its checkpoint (they were trained again)."""
 
   def __init__(self, workdir: str | Path):
     self.path = Path(workdir) / METRICS_FILE
@@ -58,7 +58,7 @@ class MetricsFile(Callback):
     if not self.path.exists():
       return
     kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line)["epoch"] <= info["epoch"]]
+            if line.strip() and json.loads(line)["step"] <= info["step"]]
     self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
   def on_validation(self, v: Validation) -> None:
