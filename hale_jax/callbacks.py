@@ -119,15 +119,14 @@ def remaining_seconds(v: Validation | ProgressReport, epoch_seconds: float) -> f
 class ProgressPrinter(Callback):
   """Prints one line per validation: epoch, loss, speed, valid MRR and Hits@10, times, and
   the training time left with an estimate of when the run ends (training, then the final
-  ranking of valid and test, estimated from the last validation); and while training goes on
-  without a validation for ``every`` seconds, a progress line after a segment: the share of the
-  epoch under way, its loss so far, speed, time spent and left."""
+  ranking of valid and test, estimated from the last validation); and when ``every`` seconds
+  (default :data:`PROGRESS_EVERY_SECONDS`) passed without a line, a progress line after a
+  segment: the share of the epoch under way, its loss so far, speed, time spent and left."""
 
-  def __init__(self, log: Log = print, test_fraction: float = 1.0,
-               every: float = PROGRESS_EVERY_SECONDS):
+  def __init__(self, log: Log = print, test_fraction: float = 1.0, every: float | None = None):
     self._log = log
     self._test_fraction = test_fraction  # test queries per valid query
-    self._every = every
+    self._every = PROGRESS_EVERY_SECONDS if every is None else every
     self._last = (0.0, 0.0, 0.0)  # train seconds, epochs and eval seconds at the last line
     self._last_eval = 0.0  # seconds of the last validation
     self._epoch_seconds = 0.0  # training seconds per epoch, since the last line's start point

@@ -77,9 +77,14 @@ def _quiet_orbax():
       lg.setLevel(level)
 
 
-def _manager(path: Path, max_to_keep: int) -> ocp.CheckpointManager:
+def _manager(path: Path, max_to_keep: int, cleanup: bool = False) -> ocp.CheckpointManager:
+  """A manager of the steps in ``path``.  With ``cleanup`` (only for the process that trains
+  and holds the workdir lock), half-written steps that a killed process left are removed as it
+  opens: a step numbered by the optimiser steps is not necessarily written again, which would
+  replace them."""
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                         enable_async_checkpointing=False)
+                                         enable_async_checkpointing=False,
+                                         cleanup_tmp_directories=cleanup)
   return ocp.CheckpointManager(path.resolve(), options=options)
 
 
@@ -98,8 +103,8 @@ class Checkpointer:
                log: Callable[[str], None] = print):
     self.workdir = Path(workdir)
     self._max_to_keep = max_to_keep
-    self._latest = _manager(self.workdir / "checkpoints", max_to_keep)
-    self._best = _manager(self.workdir / "best", 1)
+    self._latest = _manager(self.workdir / "checkpoints", max_to_keep, cleanup=True)
+    self._best = _manager(self.workdir / "best", 1, cleanup=True)
     self._log = log
 
   def save(self, step: int, state: Any, meta: dict[str, Any], partial: Any = None) -> None:
@@ -180,7 +185,7 @@ class Checkpointer:
       os.replace(self._step_dir(step), target)
       self._log(f"moved the unreadable checkpoint {self._step_dir(step)} to {target}")
     self._latest.close()
-    self._latest = _manager(self.workdir / "checkpoints", self._max_to_keep)
+    self._latest = _manager(self.workdir / "checkpoints", self._max_to_keep, cleanup=True)
 
   def close(self) -> None:
     self._latest.close()

@@ -645,7 +645,8 @@ def test_fault_injection_kills_lose_nothing(tmp_path):
   assert proc.returncode == 0, (proc.stdout, proc.stderr[-3000:])
   last = proc.stdout.strip().splitlines()[-1]
   kills, resumes = (int(w) for w in re.match(
-      r"^(\d+) kills, (\d+) resumes, metrics identical, 0 files lost$", last).groups())
+      r"^(\d+) kills, (\d+) resumes \(\d+ inside an epoch\), metrics identical, 0 files "
+      r"lost$", last).groups())
   assert kills == 2 and resumes <= kills, proc.stdout
   assert "0 temporary files left" in proc.stdout
   assert len([l for l in proc.stdout.splitlines() if l.startswith("kill ")]) == 2
