@@ -38,12 +38,6 @@ class Diverged(Exception):
   """The loss or the parameters became non-finite; nothing non-finite was saved."""
 
 
-def _hold(should_stop: Any) -> Callable[[], Any]:
-  """``should_stop.hold`` (``hale_jax.stopping.StopRequest``: a second signal waits for the
-  held work), or a context that does nothing."""
-  return getattr(should_stop, "hold", None) or contextlib.nullcontext
-
-
 def _segment_decisions(trainer: Trainer, policy: CheckpointPolicy, sizer: SegmentSizer,
                        should_stop: Callable[[], str | None] | None) -> tuple[bool, str | None,
                                                                               bool]:
@@ -52,8 +46,7 @@ def _segment_decisions(trainer: Trainer, policy: CheckpointPolicy, sizer: Segmen
   everywhere (``layout.agree``), so a multi-host run stays in step, and so are the segment
   sizes, which follow from the agreed times."""
   count = sizer.count(trainer.progress.epoch_step)
-  with _hold(should_stop)():
-    loss, seconds = trainer.run_segment(count)
+  loss, seconds = trainer.run_segment(count)
   reason = should_stop() if should_stop else None
   agreed = agree([seconds, reason is not None, policy.seconds_due()])
   seconds, due = float(agreed[0, 0]), bool(agreed[0, 2])
@@ -70,19 +63,20 @@ def _position(trainer: Trainer) -> str:
   return f"{p.epoch} epochs{inside}"
 
 
-def _where(trainer: Trainer) -> str:
-  """``epoch 3``, or ``epoch 3, step 120 of 400 of epoch 4`` inside the fourth."""
-  p = trainer.progress
-  inside = (f", step {p.epoch_step:,} of {trainer.steps:,} of epoch {p.epoch + 1}"
-            if p.epoch_step else "")
-  return f"epoch {p.epoch}{inside}"
+def _where(trainer: Trainer, at: tuple[int, int] | None = None) -> str:
+  """``epoch 3``, or ``epoch 3, step 120 of 400 of epoch 4`` inside the fourth: where training
+  stands, or ``at`` (epochs, steps of the next)."""
+  epoch, epoch_step = at or (trainer.progress.epoch, trainer.progress.epoch_step)
+  inside = (f", step {epoch_step:,} of {trainer.steps:,} of epoch {epoch + 1}"
+            if epoch_step else "")
+  return f"epoch {epoch}{inside}"
 
 
 def _diverged(trainer: Trainer) -> Diverged:
   """The error of a run whose loss or parameters became non-finite (nothing is saved)."""
-  p, last = trainer.progress, trainer.saved_epoch
-  then = (f"continues from its last finite checkpoint, epoch {last}" if last is not None
-          else "starts over: no checkpoint was saved before")
+  p, last = trainer.progress, trainer.saved_at
+  then = (f"continues from its last finite checkpoint, {_where(trainer, last)}"
+          if last is not None else "starts over: no checkpoint was saved before")
   return Diverged(f"the training loss became {trainer.loss} at epoch {_running_epoch(p)}; "
                   f"nothing after the last checkpoint was saved. Rerun the same command with "
                   f"a lower --learning_rate (it {then}), or check the data and --init_scale")
@@ -91,11 +85,6 @@ def _diverged(trainer: Trainer) -> Diverged:
 def _running_epoch(p: Progress) -> int:
   """The epoch the last segment trained (1-based)."""
   return p.epoch + 1 if p.epoch_step else p.epoch
-
-
-def _save(trainer: Trainer, should_stop: Any) -> None:
-  with _hold(should_stop)():
-    trainer.save()
 
 
 def _train_segments(trainer: Trainer, config: Config, callbacks: list,
@@ -118,13 +107,13 @@ def _train_segments(trainer: Trainer, config: Config, callbacks: list,
       answers = call_all(callbacks, "on_validation", trainer.validate())
       stop = stop or next(filter(None, answers), None)
     if reason:
-      _save(trainer, should_stop)
+      trainer.save()
       trainer.checkpointer.close()
       raise Interrupted(f"{reason}: checkpoint saved at {_where(trainer)} in "
                         f"{trainer.checkpointer.workdir / 'checkpoints' / str(trainer.saved_step)}"
                         f"; rerun the same command to resume")
     if stop is None and policy.due(ended, p.epoch, due):
-      _save(trainer, should_stop)
+      trainer.save()
       policy.saved()
   return stop
 
@@ -148,7 +137,7 @@ def train(config: Config, data: KGData, workdir: str | os.PathLike, *,
   a resume refuses changed files unless ``allow_changed_data``.  ``should_stop`` is polled
   after every segment; when it returns a reason, the state is checkpointed and
   :class:`Interrupted` is raised (the segments, checkpoint writes and the restore run inside
-  ``should_stop.hold()`` when it has one: ``hale_jax.stopping.StopRequest``).  A non-finite
+  ``should_stop.hold()`` when it has one, as ``hale_jax.stopping.StopRequest``).  A non-finite
   loss raises :class:`Diverged`.  ``callbacks`` get each segment's progress, each validation
   and the results (``hale_jax.callbacks``); a line per validation, and a progress line while
   training runs long without one, are always logged.  ``extra`` is stored under ``"run"`` in
@@ -198,7 +187,7 @@ def train(config: Config, data: KGData, workdir: str | os.PathLike, *,
     if not p.curve or _curve_step(p.curve[-1], trainer.steps) != done:  # budget spent before
       call_all(callbacks, "on_validation", trainer.validate())
     if trainer.saved_step != done:
-      _save(trainer, should_stop)
+      trainer.save()
     trainer.checkpointer.close()
     log(f"stopped after {_position(trainer)}: {stop}")
     return _finish(trainer, workdir, stop, extra, callbacks, lead)
@@ -236,14 +225,15 @@ def _prepare(config: Config, data: KGData, layout: Layout, workdir: Path, spec: 
   log(f"device {rundir.device()}  layout {layout.describe()['mesh'] or 'one device'}  "
       f"workdir {workdir}")
   trainer = Trainer(config, data, layout, workdir, spec, log)
+  # A second signal (hale_jax.stopping.StopRequest) waits for a segment or a checkpoint write.
+  trainer.hold = getattr(should_stop, "hold", None) or trainer.hold
   log(f"compiled in {trainer.compile_seconds:.1f}s; {trainer.steps} steps of "
       f"{config.optim.batch_size} per epoch")
-  with _hold(should_stop)():
-    resumed = trainer.restore()
+  resumed = trainer.restore()
   p = trainer.progress
   if earlier and earlier.get("diverged"):
     log(f"the earlier run in {workdir} diverged at epoch {earlier['diverged']['epoch']}; "
-        + (f"continuing from its last finite checkpoint (epoch {p.epoch})" if resumed
+        + (f"continuing from its last finite checkpoint ({_where(trainer)})" if resumed
            else "it left no checkpoint, so training starts over"))
   elif resumed:
     log(f"resumed from {workdir / 'checkpoints' / str(trainer.saved_step)}: "

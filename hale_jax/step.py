@@ -1,11 +1,14 @@
-"""The training state and the jit-compiled epoch: a ``lax.scan`` over optax steps.
+"""The training state and the jit-compiled segment: a ``lax.while_loop`` over optax steps.
 
-One epoch is one compiled call: the reciprocal-augmented training set is shuffled on the
-device and ``lax.scan`` runs the optax steps, so there is no host round-trip inside an epoch.
-Each step takes ``batch_size`` training queries (a triple ``(h, r, t)`` and its reciprocal
-``(t, r + |R|, h)`` are separate queries).  The last ``2T mod batch_size`` queries of each
-epoch's permutation are dropped, so every step has the same shape; the permutation changes
-every epoch.
+Training runs an epoch in segments: compiled calls that each run a stretch of the epoch's
+steps on the device (:func:`segment_fn`; a small graph's epoch is one call, a large one's a
+call every few seconds, so the host can act in between: ``hale_jax.loop``).  The
+reciprocal-augmented training set is shuffled on the device from the state's key once per
+epoch (kept in an :class:`EpochPlan` between its segments) and the key moves on when the
+epoch ends, so the numbers do not depend on how an epoch is cut.  Each step takes
+``batch_size`` training queries (a triple ``(h, r, t)`` and its reciprocal ``(t, r + |R|, h)``
+are separate queries).  The last ``2T mod batch_size`` queries of each epoch's permutation are
+dropped, so every step has the same shape; the permutation changes every epoch.
 
 Nothing here knows where arrays live: :mod:`hale_jax.layout` jits these functions with the
 shardings of its mesh and may constrain the batch and the carry through ``constrain``.
@@ -29,7 +32,8 @@ Constrain = Callable[[Any, Any], tuple[Any, Any]]
 
 
 class TrainState(flax.struct.PyTreeNode):
-  """Everything an epoch reads and writes: parameters, optimiser state, PRNG key, step count."""
+  """Everything training reads and writes: parameters, optimiser state, PRNG key (of the epoch
+  under way), step count."""
   params: dict[str, Array]
   opt_state: Any
   key: Array

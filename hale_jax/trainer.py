@@ -10,6 +10,7 @@ epoch with the same order, keys and rate.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from pathlib import Path
@@ -105,9 +106,12 @@ class Trainer:
     self.loss: float | None = None  # of the epoch's steps so far (after the last segment)
     self.rate = 0.0  # training queries per second in the last segment
     self.saved_step: int | None = None  # of the newest checkpoint of this run
-    self.saved_epoch: int | None = None
+    self.saved_at: tuple[int, int] | None = None  # its (epoch, epoch_step)
     self.resumed = False
     self._drawn = False  # whether the plan holds the epoch under way
+    # Around work that must not stop half-way (a segment, a checkpoint write or restore): a
+    # context, e.g. ``hale_jax.stopping.StopRequest.hold`` (set by ``hale_jax.loop``).
+    self.hold: Callable[[], Any] = contextlib.nullcontext
     self._finite = jax.jit(lambda params: _all_finite(layout.real_rows(params)))
 
   def _scalars(self, start: int, count: int, fresh: bool) -> list[jax.Array]:
@@ -116,17 +120,17 @@ class Trainer:
 
   def restore(self) -> bool:
     """Continues from the newest checkpoint that restores; False if there is none."""
-    losses = self.plan.losses
-    restored = self.checkpointer.restore_latest(
-        {"state": self.state, "best_params": self.best_params},
-        {"losses": np.zeros((0,), losses.dtype)})
+    with self.hold():
+      restored = self.checkpointer.restore_latest(
+          {"state": self.state, "best_params": self.best_params},
+          {"losses": np.zeros((0,), self.plan.losses.dtype)})
     if restored is None:
       return False
     arrays, meta = restored.state, restored.meta  # host arrays, padded for the saving layout
     self.saved_step, self.progress = restored.step, Progress.from_meta(meta)
     self.resumed = True
     p = self.progress
-    self.saved_epoch, self.loss = p.epoch, p.loss
+    self.saved_at, self.loss = (p.epoch, p.epoch_step), p.loss
     state = self.layout.unpad_state(arrays["state"], self.optimizer)
     self.state = self.layout.place_state(state, self.optimizer)
     self.best_params = self.layout.place_params(self.layout.real_rows(arrays["best_params"]))
@@ -160,13 +164,15 @@ class Trainer:
       p.learning_rate = step.learning_rate_at(self.config, p.epoch, p.epoch_started_at)
       self.state = step.set_learning_rate(self.state, p.learning_rate)
     args = self._scalars(p.epoch_step, count, not self._drawn)
-    t0 = time.perf_counter()
-    self.state, self.plan, loss = self._segment(self.state, self.plan, self.train_queries, *args)
-    self.host_seconds += time.perf_counter() - t0  # the host's share: dispatching one call
-    self.steps_here += count
-    self._drawn = True
-    loss = float(to_host(loss))  # waits for the segment
-    return loss, time.perf_counter() - t0
+    with self.hold():
+      t0 = time.perf_counter()
+      self.state, self.plan, loss = self._segment(self.state, self.plan, self.train_queries,
+                                                  *args)
+      self.host_seconds += time.perf_counter() - t0  # the host's share: dispatching one call
+      self.steps_here += count
+      self._drawn = True
+      loss = float(to_host(loss))  # waits for the segment
+      return loss, time.perf_counter() - t0
 
   def advance(self, count: int, seconds: float, loss: float) -> bool:
     """Records a segment of ``count`` steps that took ``seconds`` (as every process agrees,
@@ -196,7 +202,8 @@ class Trainer:
     if improved:
       p.best, p.best_epoch = m, epoch
       self.best_params = jax.tree.map(jnp.copy, self.state.params)
-      self.checkpointer.save_best(done, self.best_params)
+      with self.hold():
+        self.checkpointer.save_best(done, self.best_params)
     b = self.config.budget
     return Validation(
         epoch=p.epoch, step=done, train_seconds=p.train_seconds,
@@ -234,9 +241,10 @@ class Trainer:
     if p.epoch_step:
       partial = {"losses": to_host(self.plan.losses)[:p.epoch_step]}
     done = self.steps_done()
-    self.checkpointer.save(done, {"state": self.state, "best_params": self.best_params}, meta,
-                           partial)
-    self.saved_step, self.saved_epoch = done, p.epoch
+    with self.hold():
+      self.checkpointer.save(done, {"state": self.state, "best_params": self.best_params}, meta,
+                             partial)
+    self.saved_step, self.saved_at = done, (p.epoch, p.epoch_step)
 
   def test(self) -> tuple[dict[str, Any], dict[str, Any]]:
     """Valid and test metrics of the best-valid parameters."""
