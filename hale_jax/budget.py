@@ -21,12 +21,14 @@ PROBE_STEPS = 8  # the first segment of a process: its time sizes the next ones
 class SegmentSizer:
   """How many steps the next segment runs: about ``segment_seconds`` at the last measured time
   per step, never past the epoch's end, and the rest of the epoch at once when what would
-  remain is under half a segment (0 seconds: whole epochs)."""
+  remain is under half a segment (0 seconds: whole epochs).  The first segment of a process
+  runs ``PROBE_STEPS`` steps to measure the step time."""
 
   def __init__(self, segment_seconds: float, steps_per_epoch: int):
     self.target = segment_seconds
     self.steps = steps_per_epoch
     self.step_seconds: float | None = None  # measured
+    self.sized = False  # a segment sized from a measured step time (or a whole epoch) has run
 
   def count(self, epoch_step: int) -> int:
     left = self.steps - epoch_step
@@ -37,13 +39,16 @@ class SegmentSizer:
     n = max(1, int(self.target / max(self.step_seconds, 1e-12)))
     return left if left - n < n / 2 else n
 
-  def seconds(self, epoch_step: int) -> float:
-    """The expected duration of the next segment (0 before any was measured)."""
-    if self.step_seconds is None:
-      return 0.0
+  def seconds(self, epoch_step: int) -> float | None:
+    """The expected duration of the next segment; None until a segment sized from a measured
+    step time has run (the probe alone says too little to stop on)."""
+    if not self.sized:
+      return None
     return self.step_seconds * self.count(epoch_step)
 
   def measured(self, count: int, seconds: float) -> None:
+    """Records a segment of ``count`` steps (as :meth:`count` sized it) in ``seconds``."""
+    self.sized = self.sized or self.step_seconds is not None or not self.target
     self.step_seconds = seconds / count
 
 
@@ -53,13 +58,16 @@ class Budget:
   def __init__(self, config: Config):
     self.b = config.budget
 
-  def exhausted(self, p: Progress, next_seconds: float) -> str | None:
+  def exhausted(self, p: Progress, next_seconds: float | None) -> str | None:
     """Why no further segment runs, or None.  A time budget stops before a segment that would
-    overrun it (``next_seconds``, its expected duration), and always lets one segment run."""
+    overrun it (``next_seconds``, its expected duration; None: unknown, so it runs), and never
+    before the first segment of a run (a process sizes its segments from its first ones, so
+    it trains at least a sized segment: on a small graph, its first epoch)."""
     if self.b.max_epochs and p.epoch >= self.b.max_epochs:
       return f"max_epochs {self.b.max_epochs} reached"
     started = p.epoch or p.epoch_step
-    if self.b.max_seconds and started and p.train_seconds + next_seconds > self.b.max_seconds:
+    if (self.b.max_seconds and started and next_seconds is not None
+        and p.train_seconds + next_seconds > self.b.max_seconds):
       return f"training budget {self.b.max_seconds:g}s reached"
     return None
 

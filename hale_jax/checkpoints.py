@@ -50,12 +50,12 @@ PARTIAL = "partial"  # the item (and the meta flag) of a checkpoint taken inside
 
 
 class Restored(NamedTuple):
-  """A restored checkpoint: host arrays of the state, its metadata, its step number, and its
-  ``partial`` item (None when the checkpoint has none)."""
-  state: Any
-  meta: dict[str, Any]
+  """A restored checkpoint: host arrays of the state (a pytree), its metadata (a dict), its
+  step number, and its ``partial`` item (a pytree; None when the checkpoint has none)."""
+  state: object
+  meta: dict
   step: int
-  partial: Any
+  partial: object
 
 
 class UnreadableCheckpoints(Exception):

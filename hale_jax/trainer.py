@@ -218,7 +218,7 @@ class Trainer:
     p, b = self.progress, self.config.budget
     return ProgressReport(
         epoch=p.epoch, epoch_step=p.epoch_step, steps_per_epoch=self.steps,
-        step=p.epoch * self.steps + p.epoch_step, train_seconds=p.train_seconds,
+        step=self.steps_done(), train_seconds=p.train_seconds,
         eval_seconds=p.eval_seconds, loss=self.loss, learning_rate=p.learning_rate,
         triples_per_second=self.rate, max_seconds=b.max_seconds, max_epochs=b.max_epochs)
 

@@ -94,22 +94,27 @@ class Recorder(callbacks.Callback):
 
 def test_segment_sizes_follow_the_step_time_and_stop_at_the_epoch_end():
   sizer = budgets.SegmentSizer(1.0, 100)
-  assert sizer.count(0) == budgets.PROBE_STEPS and sizer.seconds(0) == 0.0  # nothing measured
+  assert sizer.count(0) == budgets.PROBE_STEPS and sizer.seconds(0) is None  # nothing measured
   sizer.measured(budgets.PROBE_STEPS, 0.08)  # 10 ms a step: 100 steps a segment
-  assert sizer.count(0) == 100 and sizer.seconds(0) == pytest.approx(1.0)
-  sizer.measured(4, 0.2)  # 50 ms a step: 20 steps
-  assert sizer.count(0) == 20 and sizer.count(60) == 20
+  assert sizer.seconds(0) is None  # the probe alone: the next segment runs whatever the budget
+  assert sizer.count(0) == 100
+  sizer.measured(100, 5.0)  # 50 ms a step: 20 steps
+  assert sizer.count(0) == 20 and sizer.count(60) == 20 and sizer.seconds(0) == pytest.approx(1)
   assert sizer.count(75) == 25  # 5 would be left, under half a segment: the rest at once
   assert sizer.count(90) == 10 and sizer.seconds(90) == pytest.approx(0.5)
   sizer.measured(1, 10.0)  # slower than a segment: one step at a time
   assert sizer.count(3) == 1
   whole = budgets.SegmentSizer(0.0, 100)  # 0: whole epochs, from where the epoch stands
   assert whole.count(0) == 100 and whole.count(30) == 70
+  whole.measured(70, 7.0)  # no probe: sized from the first
+  assert whole.seconds(0) == pytest.approx(10.0)
 
 
 def test_budget_stops_before_a_segment_that_would_overrun_and_validates_by_its_rules():
   timed = budgets.Budget(_config(max_epochs=0, max_seconds=10.0, eval_every=0))
-  assert timed.exhausted(Progress(), 50.0) is None  # one segment always runs
+  assert timed.exhausted(Progress(), 50.0) is None  # the first segment always runs
+  assert timed.exhausted(Progress(epoch_step=3, train_seconds=12.0), None) is None  # unknown
+  assert timed.exhausted(Progress(epoch_step=3, train_seconds=12.0), 0.0) is not None
   assert timed.exhausted(Progress(epoch_step=3, train_seconds=8.0), 1.5) is None
   assert timed.exhausted(Progress(epoch_step=3, train_seconds=8.0), 2.5) == \
       "training budget 10s reached"
