@@ -145,25 +145,29 @@ def test_budget_stops_before_a_segment_that_would_overrun_and_validates_by_its_r
 
 def test_an_epoch_in_any_segments_is_the_epoch_bit_for_bit(rng):
   """Random segment lengths, with the epoch's draw redone at random points (as after a
-  restore), give the whole epoch's state and loss bit for bit; the key moves on only at the
-  epoch's end."""
+  restore), give the state and loss of the epoch in one segment bit for bit; the key moves on
+  only at the epoch's end."""
   data, cfg = _graph(), _config(dim=4, batch_size=256)
   layout = Layout(single_device_mesh(), data.num_entities)
   queries = with_reciprocals(data.train, data.num_relations).astype(np.int32)
   train_set = layout.place_training_set(queries)
-  epoch, steps = layout.epoch(cfg, queries.shape[0])
-  segment, _ = layout.segment(cfg, queries.shape[0])
-  whole = layout.init_state(cfg, data.num_relations)
+  segment, steps = layout.segment(cfg, queries.shape[0])
+
+  def run(state, plan, start, count, fresh):
+    return segment(state, plan, train_set, layout.scalar(start, np.int32),
+                   layout.scalar(count, np.int32), layout.scalar(fresh, np.bool_))
+
+  whole, whole_plan = (layout.init_state(cfg, data.num_relations),
+                       layout.new_plan(cfg, queries.shape[0]))
   key0 = to_host(whole.key)
   parts, plan = layout.init_state(cfg, data.num_relations), layout.new_plan(cfg, queries.shape[0])
   for _ in range(2):
-    whole, whole_loss = epoch(whole, train_set)
+    whole, whole_plan, whole_loss = run(whole, whole_plan, 0, steps, True)
     start, fresh = 0, True
     while start < steps:
       count = int(min(steps - start, rng.integers(1, 4)))
       key = to_host(parts.key)
-      parts, plan, loss = segment(parts, plan, train_set, layout.scalar(start, np.int32),
-                                  layout.scalar(count, np.int32), layout.scalar(fresh, np.bool_))
+      parts, plan, loss = run(parts, plan, start, count, fresh)
       start, fresh = start + count, bool(rng.integers(0, 2))
       if start < steps:
         np.testing.assert_array_equal(to_host(parts.key), key)
