@@ -3,11 +3,12 @@
     python -m benchmarks.faults [--kills=10] [--seed=0] [--epochs=N] [--workdir=DIR] [--keep] [-v]
 
 Issue 33's acceptance check.  On the generated graph (``--dataset=synthetic``, RotL d=16, batch
-32: about 0.1 s of training per epoch, a validation and a checkpoint after every epoch) it
+32: about 0.1 s of training per epoch in segments of about 20 ms, a validation and a checkpoint
+after every epoch, and one every 0.1 s also inside epochs) it
 
 1. runs one uninterrupted training command to the end and keeps its ``results.json``;
 2. runs the same command in a fresh workdir and kills it with SIGKILL ``--kills`` times, each
-   time restarting the command; the moments are drawn from ``--seed`` and aimed at six phases:
+   time restarting the command; the moments are drawn from ``--seed`` and aimed at seven phases:
 
    - ``compile``: a random delay after the ``device ...`` line (printed just before compiling),
      within the uninterrupted run's compile time;
@@ -17,6 +18,9 @@ Issue 33's acceptance check.  On the generated graph (``--dataset=synthetic``, R
      saving the best parameters (ranking the valid split took the few ms before);
    - ``epoch``: a random delay after a checkpoint step is complete, within one epoch's training
      time;
+   - ``mid-epoch``: as soon as (plus 0-10 ms) a checkpoint taken inside an epoch (its step not a
+     multiple of the steps per epoch) is complete, while that epoch's next segments run: the
+     restart continues from inside the epoch;
    - ``final checkpoint``: while the checkpoint of the last epoch is being written (as
      ``checkpoint``, once the last epoch's progress line is out);
    - ``final evaluation``: a random delay after the ``stopped after ...`` line, within the
@@ -31,11 +35,13 @@ Issue 33's acceptance check.  On the generated graph (``--dataset=synthetic``, R
    in ``checkpoints/`` and ``best/`` restores, no temporary file or folder is left, and
    ``run.json``, ``results.json``, ``best_params.npz`` and the other outputs are complete.
 
-It prints one line per kill, then ``N kills, M resumes, metrics identical, K files lost``: ``M``
-counts the restarts that continued from a checkpoint ("resumed from ..." in their output; a
-restart after a kill that came before the first checkpoint starts over instead), ``K`` the
+It prints one line per kill, then ``N kills, M resumes (I inside an epoch), metrics identical, K
+files lost``: ``M`` counts the restarts that continued from a checkpoint ("resumed from ..." in
+their output; a restart after a kill that came before the first checkpoint starts over instead),
+``I`` those that continued from a checkpoint taken inside an epoch, ``K`` the
 outputs missing or incomplete plus the checkpoint steps that do not restore.  The exit status
-is 0 only when the metrics are identical, nothing is lost and no temporary file is left.  No
+is 0 only when the metrics are identical, nothing is lost, no temporary file is left and every
+``mid-epoch`` kill that landed after its checkpoint was followed by a resume inside an epoch.  No
 compilation cache is used, so a ``compile`` kill lands in a real compile.  About 1.5 minutes for
 10 kills on 2 CPU cores (25 s for 3).
 
@@ -63,8 +69,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[1]
-PHASES = ("compile", "epoch", "checkpoint", "validation", "final checkpoint", "final evaluation")
-MID_PHASES = PHASES[:4]
+PHASES = ("compile", "epoch", "checkpoint", "validation", "mid-epoch", "final checkpoint",
+          "final evaluation")
+MID_PHASES = PHASES[:5]
 OUTPUTS = ("run.json", "results.json", "best_params.npz", "metrics.jsonl", "entities.tsv",
            "relations.tsv", "triples/train.npy", "triples/valid.npy", "triples/test.npy")
 TMP_MARKERS = (".tmp", "orbax-checkpoint-tmp")
@@ -204,8 +211,8 @@ class Process:
 def command(workdir: Path, epochs: int) -> list[str]:
   return [sys.executable, "-m", "hale_jax.launch", "--dataset=synthetic", f"--workdir={workdir}",
           "--dim=16", "--batch_size=32", f"--max_epochs={epochs}", "--max_seconds=0",
-          "--eval_every=1", "--checkpoint_every_epochs=1", "--checkpoint_every_seconds=0",
-          "--max_to_keep=3"]
+          "--eval_every=1", "--checkpoint_every_epochs=1", "--checkpoint_every_seconds=0.1",
+          "--segment_seconds=0.02", "--max_to_keep=3"]
 
 
 def _tmp_folders(folder: Path) -> set[str]:
@@ -223,11 +230,14 @@ def _complete_steps(folder: Path) -> set[int]:
 
 
 class Timing:
-  """Phase lengths measured on the uninterrupted run."""
+  """Phase lengths measured on the uninterrupted run, and its steps per epoch (checkpoints are
+  numbered by steps)."""
 
   def __init__(self, process: Process, results: dict[str, Any]):
     t_device = process.wait_line(lambda l: l.startswith("device "), 0)
     t_compiled = process.wait_line(lambda l: l.startswith("compiled in"), 0)
+    compiled = next(l for _, l in process.lines if l.startswith("compiled in"))
+    self.steps = int(compiled.split("; ")[1].split()[0])  # "...; 489 steps of 32 per epoch"
     t_stopped = process.wait_line(lambda l: l.startswith("stopped after"), 0)
     t_written = process.wait_line(lambda l: l.startswith("results written"), 0)
     self.compile = t_compiled - t_device
@@ -266,7 +276,7 @@ def kill_once(cmd: list[str], env: dict[str, str], workdir: Path, phase: str, rn
       delay = rng.uniform(0.0, 0.01)
       time.sleep(delay)
   elif phase == "final checkpoint":
-    last = f"{epochs}.orbax-checkpoint-tmp"
+    last = f"{epochs * timing.steps}.orbax-checkpoint-tmp"
     if (process.wait_line(lambda l: l.startswith(f"epoch {epochs:4d} ")) is not None
         and _poll(process, lambda: any(n.startswith(last) for n in _tmp_folders(ckpt)))):
       delay = rng.uniform(0.0, 0.01)
@@ -275,10 +285,17 @@ def kill_once(cmd: list[str], env: dict[str, str], workdir: Path, phase: str, rn
     if process.wait_line(lambda l: l.startswith("epoch ")) is not None:
       first = next(int(l.split()[1]) for _, l in list(process.lines) if l.startswith("epoch "))
       # Its checkpoint written, the next epoch trains.
-      if _poll(process, lambda: first in _complete_steps(ckpt) and not any(
-          n.startswith(f"{first}.") for n in _tmp_folders(ckpt))):
+      step = first * timing.steps
+      if _poll(process, lambda: step in _complete_steps(ckpt) and not any(
+          n.startswith(f"{step}.") for n in _tmp_folders(ckpt))):
         delay = rng.uniform(0.0, 0.7 * timing.epoch)
         time.sleep(delay)
+  elif phase == "mid-epoch":
+    known = _complete_steps(ckpt)
+    if _poll(process, lambda: bool(_inside(_complete_steps(ckpt) - known, timing.steps))):
+      record["checkpoint"] = max(_inside(_complete_steps(ckpt) - known, timing.steps))
+      delay = rng.uniform(0.0, 0.01)
+      time.sleep(delay)
   elif phase == "final evaluation":
     if process.wait_line(lambda l: l.startswith("stopped after")) is not None:
       delay = rng.uniform(0.0, 0.25 * timing.final)
@@ -293,18 +310,35 @@ def kill_once(cmd: list[str], env: dict[str, str], workdir: Path, phase: str, rn
     left = _tmp_folders(folder) - before[key]
     record["landed"] = (f"{phase} write ({key}/{sorted(left)[0]} half-written)" if left
                         else f"just after the {phase} write")
+  elif phase == "mid-epoch" and record["killed"] and "checkpoint" in record:
+    newest = max(_complete_steps(ckpt))
+    record["newest_inside"] = bool(_inside({newest}, timing.steps))
+    record["landed"] = (f"mid-epoch (step {newest}, after the checkpoint there)"
+                        if record["newest_inside"] else f"epoch (newest checkpoint {newest})")
   elif phase == "epoch" and record["killed"]:
     record["landed"] = "epoch" if not _tmp_folders(ckpt) - before["checkpoints"] else "checkpoint"
   elif phase == "final evaluation" and record["killed"]:
     record["landed"] = ("final evaluation" if not (workdir / "results.json").exists()
                         else "after results.json was written")
   record["resumed"] = "resumed from" in process.text()
+  record["resumed_inside"] = _resumed_inside(process.text())
   record["output"] = process.text()
   return record
 
 
+def _inside(steps: set[int], steps_per_epoch: int) -> set[int]:
+  """The checkpoint steps of ``steps`` that lie inside an epoch."""
+  return {s for s in steps if s % steps_per_epoch}
+
+
+def _resumed_inside(text: str) -> bool:
+  """Whether a run's output says it resumed from a checkpoint inside an epoch."""
+  return any(l.startswith("resumed from ") and ", step " in l.split(": ", 1)[-1]
+             for l in text.splitlines())
+
+
 def plan(kills: int, rng: random.Random) -> list[str]:
-  """The phase of each kill: the four mid-run phases in turns (each round shuffled), then
+  """The phase of each kill: the five mid-run phases in turns (each round shuffled), then
   about one in five kills at the end, last: the final checkpoint (when there are two or more
   final kills), then the final evaluation."""
   finals = max(1, round(kills / 5)) if kills else 0
@@ -461,7 +495,8 @@ def main(argv: list[str] | None = None) -> int:
       print(f"kill {i}: aimed at {phase}, {rec['delay_ms']} ms after the trigger; "
             f"{'killed' if rec['killed'] else 'the process had ended'}"
             f"{', landed in ' + rec['landed'] if rec['landed'] else ''}; "
-            f"{'resumed from a checkpoint' if rec['resumed'] else 'started from scratch'}; "
+            f"{'started from scratch' if not rec['resumed'] else 'resumed from a checkpoint'}"
+            f"{' inside an epoch' if rec['resumed_inside'] else ''}; "
             f"checkpoints now {steps}", flush=True)
     last = Process(cmd, env)
     rc = last.finish()
@@ -469,8 +504,15 @@ def main(argv: list[str] | None = None) -> int:
       print(last.text())
     kills = sum(r["killed"] for r in records)
     # Every restart after a kill: the kill_once processes after the first, and the last one.
-    restarts = records[1:] + [{"resumed": "resumed from" in last.text()}]
+    restarts = records[1:] + [{"resumed": "resumed from" in last.text(),
+                               "resumed_inside": _resumed_inside(last.text())}]
     resumes = sum(r["resumed"] for r in restarts[:kills])
+    inside = sum(r["resumed_inside"] for r in restarts[:kills])
+    # A kill after a checkpoint inside an epoch (the newest one) is followed by a resume there.
+    missed = [i + 1 for i, (r, nxt) in enumerate(zip(records, restarts))
+              if r.get("newest_inside") and not nxt["resumed_inside"]]
+    if missed:
+      print(f"kills {missed}: the restart did not continue from inside the epoch")
     if rc != 0:
       print(last.text(), file=sys.stderr)
       print(f"error: the last run exited with {rc}", file=sys.stderr)
@@ -490,9 +532,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(_complete_steps(workdir / 'best'))} best step restore; "
           f"{len(leftovers)} temporary files left; {time.monotonic() - t0:.0f}s in all")
     lost = len(unreadable) + len(incomplete)
-    print(f"{kills} kills, {resumes} resumes, metrics "
+    print(f"{kills} kills, {resumes} resumes ({inside} inside an epoch), metrics "
           f"{'identical' if not diffs else 'DIFFERENT'}, {lost} files lost", flush=True)
-    ok = rc == 0 and not diffs and not lost and not leftovers
+    ok = rc == 0 and not diffs and not lost and not leftovers and not missed
     return 0 if ok else 1
   finally:
     if not args.keep and args.workdir is None:

@@ -273,7 +273,8 @@ def truncated_triples(lab: Lab) -> str:
 
 def checkpoint_meta_missing_key(lab: Lab) -> str:
   run = lab.copy_of_base("meta-key")
-  meta = run / "checkpoints" / "2" / "meta" / "metadata"
+  newest = max(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
+  meta = run / "checkpoints" / str(newest) / "meta" / "metadata"
   doc = json.loads(meta.read_text())
   del doc["best_epoch"]
   meta.write_text(json.dumps(doc))

@@ -304,7 +304,7 @@ def main(argv, FLAGS) -> None:  # pylint: disable=invalid-name
   print(f"{exp}: {len(cells)} cells ({', '.join(dsets)} x {', '.join(models_)} x "
         f"{len({c.variant.key for c in cells})} variants) into {outdir}", flush=True)
   t0 = time.perf_counter()
-  stop = StopRequest("checkpointing the current cell after its epoch")
+  stop = StopRequest("checkpointing the current cell after its running segment")
   try:
     rows, errors = run(exp, cells, outdir, FLAGS.budget_scale, FLAGS.max_epochs,
                        FLAGS.data_dir_override, list(sys.argv), should_stop=stop)

@@ -4,12 +4,13 @@
     python -m benchmarks.step_time --sizes=synth1m --lse=chunked --chunk=8192 --output=steps.jsonl
     python -m benchmarks.step_time --sizes=tiny --models=RotL,TransE --steps=4 --repeats=3
 
-What is timed is the epoch function training runs: for every model in ``--models`` and size in
+What is timed is training's step loop: for every model in ``--models`` and size in
 ``--sizes`` the config (``hale_jax.config.Config``, defaults as in training) goes through
-``Layout.for_run`` and ``layout.epoch(config, steps * batch_size)``, the state comes from
+``Layout.for_run`` and ``layout.epoch(config, steps * batch_size)`` (training's segment,
+``step.segment_fn``, over a whole epoch in one call), the state comes from
 ``layout.init_state`` and the training set, ``steps * batch_size`` random queries of the
 size's ``N`` entities and ``2 |R|`` relation ids, from ``layout.place_training_set``.  Each
-epoch shuffles it on the device and scans ``--steps`` optax steps (loss, gradient, Adam).
+epoch shuffles it on the device and loops over ``--steps`` optax steps (loss, gradient, Adam).
 ``--lse`` picks the uniformity LSE: ``auto`` (training's default chunk for the backend),
 ``plain`` (the ``[k, N]`` block at once), ``chunked`` (``--chunk`` entities at a time) or
 ``fused`` (training's ``--lse=fused``: the Pallas kernel on a GPU, chunks elsewhere).

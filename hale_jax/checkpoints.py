@@ -2,15 +2,18 @@
 
 In a run's ``--workdir`` (``hale_jax.rundir`` describes the rest):
 
-- ``checkpoints/``    ``CheckpointManager`` steps (one per saved epoch, ``max_to_keep``): the
-                      whole training state (parameters, optimiser state, PRNG key, step) and
-                      the best-valid parameters so far, plus JSON metadata (epoch, training
-                      seconds spent, best metrics, validation curve, the config, the data spec
-                      and the entity and relation vocabularies);
-- ``best/``           the best-valid parameters alone (latest improvement).
+- ``checkpoints/``    ``CheckpointManager`` steps (``max_to_keep``; a step is numbered by the
+                      optimiser steps done, so checkpoints inside an epoch get their own
+                      numbers): the whole training state (parameters, optimiser state, PRNG
+                      key, step) and the best-valid parameters so far, plus JSON metadata
+                      (epoch and position inside it, training seconds spent, best metrics,
+                      validation curve, the config, the data spec and the entity and relation
+                      vocabularies); a checkpoint taken inside an epoch also holds a
+                      ``partial`` item (the losses of the epoch's steps so far);
+- ``best/``           the best-valid parameters alone (latest improvement, numbered alike).
 
-Saves are synchronous: the next epoch donates the state's buffers, and a ``kill -9`` may land at
-any moment, so a save is finished (orbax writes into a temporary folder and renames it) before
+Saves are synchronous: the next segment donates the state's buffers, and a ``kill -9`` may land
+at any moment, so a save is finished (orbax writes into a temporary folder and renames it) before
 training goes on.  A step that fails to restore is reported and the previous one is tried.
 """
 
@@ -20,7 +23,7 @@ import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import numpy as np
@@ -43,6 +46,16 @@ def vocabulary_meta(data: KGData, sha256: str) -> dict[str, Any]:
 
 
 UNREADABLE = "unreadable"
+PARTIAL = "partial"  # the item (and the meta flag) of a checkpoint taken inside an epoch
+
+
+class Restored(NamedTuple):
+  """A restored checkpoint: host arrays of the state (a pytree), its metadata (a dict), its
+  step number, and its ``partial`` item (a pytree; None when the checkpoint has none)."""
+  state: object
+  meta: dict
+  step: int
+  partial: object
 
 
 class UnreadableCheckpoints(Exception):
@@ -64,9 +77,14 @@ def _quiet_orbax():
       lg.setLevel(level)
 
 
-def _manager(path: Path, max_to_keep: int) -> ocp.CheckpointManager:
+def _manager(path: Path, max_to_keep: int, cleanup: bool = False) -> ocp.CheckpointManager:
+  """A manager of the steps in ``path``.  With ``cleanup`` (only for the process that trains
+  and holds the workdir lock), half-written steps that a killed process left are removed as it
+  opens: a step numbered by the optimiser steps is not necessarily written again, which would
+  replace them."""
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                         enable_async_checkpointing=False)
+                                         enable_async_checkpointing=False,
+                                         cleanup_tmp_directories=cleanup)
   return ocp.CheckpointManager(path.resolve(), options=options)
 
 
@@ -85,25 +103,34 @@ class Checkpointer:
                log: Callable[[str], None] = print):
     self.workdir = Path(workdir)
     self._max_to_keep = max_to_keep
-    self._latest = _manager(self.workdir / runfiles.CHECKPOINTS, max_to_keep)
-    self._best = _manager(self.workdir / runfiles.BEST, 1)
+    self._latest = _manager(self.workdir / runfiles.CHECKPOINTS, max_to_keep, cleanup=True)
+    self._best = _manager(self.workdir / runfiles.BEST, 1, cleanup=True)
     self._log = log
 
-  def save(self, epoch: int, state: Any, meta: dict[str, Any]) -> None:
-    """Saves ``state`` (any pytree) and JSON ``meta`` as step ``epoch``; waits for the write."""
-    _save(self._latest, epoch, state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+  def save(self, step: int, state: Any, meta: dict[str, Any], partial: Any = None) -> None:
+    """Saves ``state`` (any pytree) and JSON ``meta`` as ``step``, with ``partial`` (a pytree,
+    e.g. the state of an epoch in progress) as an item of its own unless it is None; waits for
+    the write."""
+    items = {"state": ocp.args.StandardSave(state),
+             "meta": ocp.args.JsonSave({**meta, PARTIAL: partial is not None})}
+    if partial is not None:
+      items[PARTIAL] = ocp.args.StandardSave(partial)
+    _save(self._latest, step, **items)
 
-  def save_best(self, epoch: int, params: Any) -> None:
-    """Saves the best-valid parameters as step ``epoch`` of ``best/``."""
-    _save(self._best, epoch, params=ocp.args.StandardSave(params))
+  def save_best(self, step: int, params: Any) -> None:
+    """Saves the best-valid parameters as ``step`` of ``best/``."""
+    _save(self._best, step, params=ocp.args.StandardSave(params))
 
-  def restore_latest(self, template: Any, check: Callable[[Any, dict[str, Any]], None] | None = None
-                     ) -> tuple[Any, dict[str, Any], int] | None:
-    """``(state, meta, epoch)`` of the newest step that restores, or None if there is none.
+  def restore_latest(self, template: Any, partial: Any = None,
+                     check: Callable[[Any, dict[str, Any]], None] | None = None
+                     ) -> Restored | None:
+    """The newest step that restores, or None if there is none.
 
     ``template`` is a pytree of the state's structure (arrays or ShapeDtypeStructs); the state
     comes back in that structure as host numpy arrays of the *stored* shapes, whatever the
-    layout that saved them: the caller places them (``hale_jax.layout``).  A step that fails
+    layout that saved them: the caller places them (``hale_jax.layout``).  A step saved with a
+    ``partial`` item restores it in the structure of ``partial`` (None: a step with such an
+    item is read without it).  A step that fails
     to restore (partial or corrupt) is reported in one line and the previous one is tried;
     once one restores, the failed newer steps are moved to ``checkpoints/unreadable/`` so that
     no later cleanup deletes them.
@@ -115,28 +142,38 @@ class Checkpointer:
       UnreadableCheckpoints: steps exist but none restores (nothing is moved or deleted).
     """
     # numpy leaves: orbax reads each whole array to the host, in the stored shape.
-    abstract = jax.tree.map(lambda x: np.empty((0,) * len(x.shape), x.dtype), template)
     failed: list[tuple[int, str]] = []
     for step in sorted(self._latest.all_steps(), reverse=True):
       try:
         with _quiet_orbax():
-          out = self._latest.restore(step, args=ocp.args.Composite(
-              state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+          out = self._restore(step, template, partial)
         if check is not None:
-          check(out["state"], out["meta"])
+          check(out.state, out.meta)
       except Exception as err:  # pylint: disable=broad-except
         failed.append((step, str(err).splitlines()[0][:200] if str(err) else type(err).__name__))
         self._log(f"checkpoint {self._step_dir(step)} cannot be restored ({failed[-1][1]}); "
                   f"trying the previous one")
         continue
       self._set_aside([s for s, _ in failed])
-      return out["state"], out["meta"], step
+      return out
     if failed:
       raise UnreadableCheckpoints(
           f"{self.workdir / runfiles.CHECKPOINTS}: no checkpoint restores ("
           + "; ".join(f"step {s}: {why}" for s, why in failed)
           + "); nothing was changed. Pass --overwrite to start over, or move the folder away")
     return None
+
+  def _restore(self, step: int, template: Any, partial: Any) -> Restored:
+    # numpy leaves: orbax reads each whole array to the host, in the stored shape.
+    abstract = lambda tree: jax.tree.map(  # noqa: E731
+        lambda x: np.empty((0,) * len(x.shape), x.dtype), tree)
+    out = self._latest.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract(template)), meta=ocp.args.JsonRestore()))
+    meta, part = out["meta"], None
+    if meta.pop(PARTIAL, False) and partial is not None:
+      part = self._latest.restore(step, args=ocp.args.Composite(
+          **{PARTIAL: ocp.args.StandardRestore(abstract(partial))}))[PARTIAL]
+    return Restored(out["state"], meta, step, part)
 
   def _step_dir(self, step: int) -> Path:
     return self.workdir / runfiles.CHECKPOINTS / str(step)
@@ -155,7 +192,7 @@ class Checkpointer:
       os.replace(self._step_dir(step), target)
       self._log(f"moved the unreadable checkpoint {self._step_dir(step)} to {target}")
     self._latest.close()
-    self._latest = _manager(self.workdir / runfiles.CHECKPOINTS, self._max_to_keep)
+    self._latest = _manager(self.workdir / runfiles.CHECKPOINTS, self._max_to_keep, cleanup=True)
 
   def close(self) -> None:
     self._latest.close()

@@ -175,6 +175,12 @@ class BudgetConfig:
   max_epochs: int = option(0, "Epoch budget (0: none).", resumable=True)
   eval_every: int = option(0, "Validate every this many epochs; 0: about 20 times over the "
                            "budget.", resumable=True)
+  segment_seconds: float = option(5.0, "Training runs in segments of about this many seconds "
+                                  "(sized from the measured step time; an epoch of a small "
+                                  "graph is one segment); the time budget, progress lines, "
+                                  "validation, checkpoints and stop requests act between "
+                                  "segments, so also inside an epoch. 0: one segment per "
+                                  "epoch. Segments never change the numbers.", resumable=True)
   eval_chunk: int = option(256, "Queries ranked at a time (memory: chunk x entities); halved "
                            "automatically when the device runs out of memory.", resumable=True)
   patience: int = option(0, "Early stopping: end training after this many validations without "
@@ -188,7 +194,7 @@ class BudgetConfig:
     _check_not_negative(self, "max_seconds", "max_epochs")
     if self.max_seconds <= 0 and self.max_epochs <= 0:
       raise ValueError("set a budget: --max_seconds > 0 or --max_epochs > 0")
-    for name in ("eval_every", "patience", "min_delta"):
+    for name in ("eval_every", "patience", "min_delta", "segment_seconds"):
       if getattr(self, name) < 0:
         raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
     _check_positive(self, "eval_chunk")

@@ -1,10 +1,12 @@
-"""The training loop: epochs until a budget ends, validations, checkpoints, stop requests.
+"""The training loop: segments until a budget ends, validations, checkpoints, stop requests.
 
 Library code: it takes a :class:`hale_jax.config.Config` and never reads flags
 (``hale_jax.launch`` does).  :func:`train` composes small pieces: the layout
 (``hale_jax.layout``), the run folder (``hale_jax.rundir``), the :class:`~hale_jax.trainer.Trainer`
-that owns the state, :class:`Budget` (when to stop and validate), :class:`CheckpointPolicy`, a
-``should_stop`` poll (signals) and user callbacks (``hale_jax.callbacks``).
+that owns the state, the segment sizes, :class:`~hale_jax.budget.Budget` (when to stop and
+validate) and :class:`~hale_jax.budget.CheckpointPolicy` (``hale_jax.budget``), a
+``should_stop`` poll (signals) and user callbacks (``hale_jax.callbacks``).  Everything acts
+after a segment (a few seconds of steps), so also inside a long epoch.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -20,6 +21,7 @@ import jax
 from jax.experimental import multihost_utils
 
 from hale_jax import dataspec, rundata, rundir, runfiles, tracking
+from hale_jax.budget import Budget, CheckpointPolicy, SegmentSizer
 from hale_jax.callbacks import EarlyStopping, ProgressPrinter, StallWarning, call_all
 from hale_jax.config import Config
 from hale_jax.data import KGData, data_report, summary
@@ -36,106 +38,89 @@ class Diverged(Exception):
   """The loss or the parameters became non-finite; nothing non-finite was saved."""
 
 
-class Budget:
-  """When training stops (``max_epochs``, ``max_seconds``) and when it validates."""
-
-  def __init__(self, config: Config):
-    self.b = config.budget
-
-  def exhausted(self, p: Progress, last_epoch_seconds: float) -> str | None:
-    """Why no further epoch runs, or None.  A time budget stops before an epoch that the last
-    epoch's duration says would overrun it, and always lets one epoch run."""
-    if self.b.max_epochs and p.epoch >= self.b.max_epochs:
-      return f"max_epochs {self.b.max_epochs} reached"
-    if self.b.max_seconds and p.epoch and p.train_seconds + last_epoch_seconds > self.b.max_seconds:
-      return f"training budget {self.b.max_seconds:g}s reached"
-    return None
-
-  def validate_now(self, p: Progress) -> bool:
-    """Every ``eval_every`` epochs; in auto mode about 20 times per budget; at the end."""
-    b = self.b
-    if b.max_epochs and p.epoch >= b.max_epochs:
-      return True
-    if b.eval_every:
-      return p.epoch % b.eval_every == 0
-    if b.max_seconds:
-      return (p.train_seconds - p.last_eval_at >= b.max_seconds / 20
-              or p.train_seconds >= b.max_seconds)
-    return p.epoch % max(1, b.max_epochs // 20) == 0
-
-
-class CheckpointPolicy:
-  """Checkpoints every ``checkpoint_every_epochs`` epochs and ``checkpoint_every_seconds``."""
-
-  def __init__(self, config: Config):
-    self.every_epochs = config.run.checkpoint_every_epochs
-    self.every_seconds = config.run.checkpoint_every_seconds
-    self.last = time.perf_counter()
-
-  def seconds_due(self) -> bool:
-    return bool(self.every_seconds and time.perf_counter() - self.last >= self.every_seconds)
-
-  def due(self, epoch: int, seconds_due: bool) -> bool:
-    return seconds_due or bool(self.every_epochs and epoch % self.every_epochs == 0)
-
-  def saved(self) -> None:
-    self.last = time.perf_counter()
-
-
-def _epoch_decisions(trainer: Trainer, policy: CheckpointPolicy,
-                     should_stop: Callable[[], str | None] | None) -> tuple[str | None, bool]:
-  """Trains one epoch; returns a stop request and whether a checkpoint is due by time.  The
-  decisions (time spent, stop, checkpoint due) are process 0's everywhere
-  (``layout.agree``), so a multi-host run stays in step."""
-  p = trainer.progress
-  loss, seconds = trainer.run_epoch()
+def _segment_decisions(trainer: Trainer, policy: CheckpointPolicy, sizer: SegmentSizer,
+                       should_stop: Callable[[], str | None] | None) -> tuple[bool, str | None,
+                                                                              bool]:
+  """Trains one segment; returns whether it ended the epoch, a stop request and whether a
+  checkpoint is due by time.  The decisions (time spent, stop, checkpoint due) are process 0's
+  everywhere (``layout.agree``), so a multi-host run stays in step, and so are the segment
+  sizes, which follow from the agreed times."""
+  count = sizer.count(trainer.progress.epoch_step)
+  loss, seconds = trainer.run_segment(count)
   reason = should_stop() if should_stop else None
   agreed = agree([seconds, reason is not None, policy.seconds_due()])
   seconds, due = float(agreed[0, 0]), bool(agreed[0, 2])
   if reason is None and agreed[:, 1].any():
     reason = "stop requested on another process"
-  p.epoch, p.train_seconds, p.loss = p.epoch + 1, p.train_seconds + seconds, loss
-  trainer.epoch_seconds = seconds
-  return reason, due
+  sizer.measured(count, seconds)
+  return trainer.advance(count, seconds, loss), reason, due
+
+
+def _position(trainer: Trainer) -> str:
+  """``3 epochs``, or ``3 epochs and 120 of 400 steps`` inside the fourth."""
+  p = trainer.progress
+  inside = f" and {p.epoch_step:,} of {trainer.steps:,} steps" if p.epoch_step else ""
+  return f"{p.epoch} epochs{inside}"
+
+
+def _where(trainer: Trainer, at: tuple[int, int] | None = None) -> str:
+  """``epoch 3``, or ``epoch 3, step 120 of 400 of epoch 4`` inside the fourth: where training
+  stands, or ``at`` (epochs, steps of the next)."""
+  epoch, epoch_step = at or (trainer.progress.epoch, trainer.progress.epoch_step)
+  inside = (f", step {epoch_step:,} of {trainer.steps:,} of epoch {epoch + 1}"
+            if epoch_step else "")
+  return f"epoch {epoch}{inside}"
 
 
 def _diverged(trainer: Trainer) -> Diverged:
   """The error of a run whose loss or parameters became non-finite (nothing is saved)."""
-  p, last = trainer.progress, trainer.saved_epoch
-  then = (f"continues from its last finite checkpoint, epoch {last}" if last is not None
-          else "starts over: no checkpoint was saved before")
-  return Diverged(f"the training loss became {p.loss} at epoch {p.epoch}; nothing of this "
-                  f"epoch was saved. Rerun the same command with a lower --learning_rate (it "
-                  f"{then}), or check the data and --init_scale")
+  p, last = trainer.progress, trainer.saved_at
+  then = (f"continues from its last finite checkpoint, {_where(trainer, last)}"
+          if last is not None else "starts over: no checkpoint was saved before")
+  return Diverged(f"the training loss became {trainer.loss} at epoch {_running_epoch(p)}; "
+                  f"nothing after the last checkpoint was saved. Rerun the same command with "
+                  f"a lower --learning_rate (it {then}), or check the data and --init_scale")
 
 
-def _train_epochs(trainer: Trainer, config: Config, callbacks: list,
-                  should_stop: Callable[[], str | None] | None) -> str:
-  """Runs epochs until the budget or a callback stops them; returns why.  The epoch that ends
-  the run is validated here and checkpointed once, by :func:`train`.  Raises
+def _running_epoch(p: Progress) -> int:
+  """The epoch the last segment trained (1-based)."""
+  return p.epoch + 1 if p.epoch_step else p.epoch
+
+
+def _train_segments(trainer: Trainer, config: Config, callbacks: list,
+                    should_stop: Callable[[], str | None] | None) -> str:
+  """Runs segments until the budget or a callback stops them; returns why.  The segment that
+  ends the run is validated here and checkpointed once, by :func:`train`.  Raises
   :class:`Interrupted` after checkpointing when ``should_stop`` asks, and :class:`Diverged`
   (saving nothing) when the loss becomes non-finite."""
   budget, policy, p = Budget(config), CheckpointPolicy(config), trainer.progress
-  stop = budget.exhausted(p, trainer.epoch_seconds)
+  sizer = SegmentSizer(config.budget.segment_seconds, trainer.steps)
+  stop = budget.exhausted(p, 0.0)
   while stop is None:
-    reason, due = _epoch_decisions(trainer, policy, should_stop)
-    if not (math.isfinite(p.loss) and trainer.params_finite()):
+    ended, reason, due = _segment_decisions(trainer, policy, sizer, should_stop)
+    if not (math.isfinite(trainer.loss) and trainer.params_finite()):
       raise _diverged(trainer)
-    stop = budget.exhausted(p, trainer.epoch_seconds)
-    if budget.validate_now(p) or stop:
+    call_all(callbacks, "on_progress", trainer.report())
+    stop = budget.exhausted(p, sizer.seconds(p.epoch_step))
+    if budget.validate_now(p, ended) or stop:
       p.last_eval_at = p.train_seconds
-      answers = call_all(callbacks, "on_validation", trainer.validate(trainer.epoch_seconds))
+      answers = call_all(callbacks, "on_validation", trainer.validate())
       stop = stop or next(filter(None, answers), None)
     if reason:
       trainer.save()
       trainer.checkpointer.close()
-      raise Interrupted(f"{reason}: checkpoint saved at epoch {p.epoch} in "
-                        f"{trainer.checkpointer.workdir / 'checkpoints'}; rerun the same "
-                        f"command to resume")
-    if stop is None and policy.due(p.epoch, due):
+      raise Interrupted(f"{reason}: checkpoint saved at {_where(trainer)} in "
+                        f"{trainer.checkpointer.workdir / 'checkpoints' / str(trainer.saved_step)}"
+                        f"; rerun the same command to resume")
+    if stop is None and policy.due(ended, p.epoch, due):
       trainer.save()
       policy.saved()
   return stop
+
+
+def _curve_step(point: dict[str, Any], steps_per_epoch: int) -> int:
+  """The optimiser steps of a validation point (points of older runs hold only the epoch)."""
+  return point.get("step", int(point["epoch"]) * steps_per_epoch)
 
 
 def train(config: Config, data: KGData, workdir: str | os.PathLike, *,
@@ -152,11 +137,13 @@ def train(config: Config, data: KGData, workdir: str | os.PathLike, *,
   from (a :class:`hale_jax.dataspec.DataSpec`, or its JSON form) and is kept in ``run.json``
   with the sha256 of its files;
   a resume refuses changed files unless ``allow_changed_data``.  ``should_stop`` is polled
-  after every epoch; when it returns a reason, the state is checkpointed and
-  :class:`Interrupted` is raised.  A non-finite loss raises :class:`Diverged`.  ``callbacks``
-  get each validation and the results (``hale_jax.callbacks``); a progress line per
-  validation is always logged.  ``extra`` is stored under ``"run"`` in the results.
-  ``config.run.mesh`` picks the layout over ``devices`` (default: all); a run may resume on
+  after every segment; when it returns a reason, the state is checkpointed and
+  :class:`Interrupted` is raised (the segments, checkpoint writes and the restore run inside
+  ``should_stop.hold()`` when it has one, as ``hale_jax.stopping.StopRequest``).  A non-finite
+  loss raises :class:`Diverged`.  ``callbacks`` get each segment's progress, each validation
+  and the results (``hale_jax.callbacks``); a line per validation, and a progress line while
+  training runs long without one, are always logged.  ``extra`` is stored under ``"run"`` in
+  the results.  ``config.run.mesh`` picks the layout over ``devices`` (default: all); a run may resume on
   another layout.  While it trains, a run holds an exclusive lock on ``workdir``.  In a
   multi-host run every process calls this; process 0 writes the files.
   """
@@ -184,26 +171,29 @@ def train(config: Config, data: KGData, workdir: str | os.PathLike, *,
     if extending:
       log(f"{workdir}: extending the finished run to the larger budget; its earlier results "
           f"are kept in {workdir / runfiles.PREVIOUS_RESULTS}")
-    trainer = _prepare(config, data, layout, workdir, spec, log, lead, earlier, data_spec)
+    trainer = _prepare(config, data, layout, workdir, spec, log, lead, earlier, data_spec,
+                       should_stop)
     callbacks = [*standard_callbacks(config, data, workdir, log, lead), *callbacks]
     p = trainer.progress
     call_all(callbacks, "on_start", {"config": config, "workdir": workdir, "epoch": p.epoch,
+                                     "epoch_step": p.epoch_step, "step": trainer.steps_done(),
                                      "train_seconds": p.train_seconds,
                                      "eval_seconds": p.eval_seconds, "curve": list(p.curve),
                                      "steps_per_epoch": trainer.steps})
     try:
-      stop = _train_epochs(trainer, config, callbacks, should_stop)
+      stop = _train_segments(trainer, config, callbacks, should_stop)
     except Diverged:
       trainer.checkpointer.close()
       if lead:
-        rundir.record_divergence(workdir, spec, p.epoch, p.loss)
+        rundir.record_divergence(workdir, spec, _running_epoch(p), trainer.loss)
       raise
-    if not p.curve or p.curve[-1]["epoch"] != p.epoch:  # a resume found the budget spent
-      call_all(callbacks, "on_validation", trainer.validate(trainer.epoch_seconds))
-    if trainer.saved_epoch != p.epoch:
+    done = trainer.steps_done()
+    if not p.curve or _curve_step(p.curve[-1], trainer.steps) != done:  # budget spent before
+      call_all(callbacks, "on_validation", trainer.validate())
+    if trainer.saved_step != done:
       trainer.save()
     trainer.checkpointer.close()
-    log(f"stopped after {p.epoch} epochs: {stop}")
+    log(f"stopped after {_position(trainer)}: {stop}")
     return _finish(trainer, workdir, stop, extra, callbacks, lead)
 
 
@@ -227,7 +217,7 @@ def standard_callbacks(config: Config, data: KGData, workdir: Path, log: Callabl
 
 def _prepare(config: Config, data: KGData, layout: Layout, workdir: Path, spec: dict,
              log: Callable[[str], None], lead: bool, earlier: dict | None,
-             data_spec: DataSpec | None) -> Trainer:
+             data_spec: DataSpec | None, should_stop: Any) -> Trainer:
   """Keeps the data in the run folder, prints the run's description, compiles, resumes."""
   if lead:
     rundata.keep_data(workdir, data, data_spec)
@@ -238,17 +228,19 @@ def _prepare(config: Config, data: KGData, layout: Layout, workdir: Path, spec: 
   log(f"device {rundir.device()}  layout {layout.describe()['mesh'] or 'one device'}  "
       f"workdir {workdir}")
   trainer = Trainer(config, data, layout, workdir, spec, log)
+  # A second signal (hale_jax.stopping.StopRequest) waits for a segment or a checkpoint write.
+  trainer.hold = getattr(should_stop, "hold", None) or trainer.hold
   log(f"compiled in {trainer.compile_seconds:.1f}s; {trainer.steps} steps of "
       f"{config.optim.batch_size} per epoch")
   resumed = trainer.restore()
   p = trainer.progress
   if earlier and earlier.get("diverged"):
     log(f"the earlier run in {workdir} diverged at epoch {earlier['diverged']['epoch']}; "
-        + (f"continuing from its last finite checkpoint (epoch {p.epoch})" if resumed
+        + (f"continuing from its last finite checkpoint ({_where(trainer)})" if resumed
            else "it left no checkpoint, so training starts over"))
   elif resumed:
-    log(f"resumed from {workdir / 'checkpoints' / str(p.epoch)}: epoch {p.epoch}, "
-        f"{p.train_seconds:.1f}s of training already spent")
+    log(f"resumed from {workdir / 'checkpoints' / str(trainer.saved_step)}: "
+        f"{_where(trainer)}, {p.train_seconds:.1f}s of training already spent")
   return trainer
 
 

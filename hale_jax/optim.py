@@ -1,11 +1,11 @@
 """The optimiser and the learning-rate schedule.
 
-The rate is set between epochs, not inside the compiled epoch: with a schedule other than
+The rate is set per epoch, not inside the compiled segment: with a schedule other than
 ``constant`` the optimiser is wrapped in ``optax.inject_hyperparams``, so the learning rate is a
-leaf of the optimiser state that :func:`set_learning_rate` replaces before each epoch, and the
-compiled epoch stays the same.  The schedule is a function of the epochs done and the training
-seconds spent (:func:`learning_rate_at`), which checkpoints keep, so a resumed run continues on
-the same curve.
+leaf of the optimiser state that :func:`set_learning_rate` replaces when an epoch starts, and
+the compiled segment stays the same.  The schedule is a function of the epochs done and the
+training seconds spent when the epoch started (:func:`learning_rate_at`), which checkpoints
+keep, so a resumed run continues on the same curve, also from inside an epoch.
 """
 
 from __future__ import annotations

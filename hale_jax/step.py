@@ -1,11 +1,14 @@
-"""The training state and the jit-compiled epoch: a ``lax.scan`` over optax steps.
+"""The training state and the jit-compiled segment: a ``lax.while_loop`` over optax steps.
 
-One epoch is one compiled call: the reciprocal-augmented training set is shuffled on the
-device and ``lax.scan`` runs the optax steps, so there is no host round-trip inside an epoch.
-Each step takes ``batch_size`` training queries (a triple ``(h, r, t)`` and its reciprocal
-``(t, r + |R|, h)`` are separate queries).  The last ``2T mod batch_size`` queries of each
-epoch's permutation are dropped, so every step has the same shape; the permutation changes
-every epoch.
+Training runs an epoch in segments: compiled calls that each run a stretch of the epoch's
+steps on the device (:func:`segment_fn`; a small graph's epoch is one call, a large one's a
+call every few seconds, so the host can act in between: ``hale_jax.loop``).  The
+reciprocal-augmented training set is shuffled on the device from the state's key once per
+epoch (kept in an :class:`EpochPlan` between its segments) and the key moves on when the
+epoch ends, so the numbers do not depend on how an epoch is cut.  Each step takes
+``batch_size`` training queries (a triple ``(h, r, t)`` and its reciprocal ``(t, r + |R|, h)``
+are separate queries).  The last ``2T mod batch_size`` queries of each epoch's permutation are
+dropped, so every step has the same shape; the permutation changes every epoch.
 
 Nothing here knows where arrays live: :mod:`hale_jax.layout` jits these functions with the
 shardings of its mesh and may constrain the batch and the carry through ``constrain``.
@@ -29,7 +32,8 @@ Constrain = Callable[[Any, Any], tuple[Any, Any]]
 
 
 class TrainState(flax.struct.PyTreeNode):
-  """Everything an epoch reads and writes: parameters, optimiser state, PRNG key, step count."""
+  """Everything training reads and writes: parameters, optimiser state, PRNG key (of the epoch
+  under way), step count."""
   params: dict[str, Array]
   opt_state: Any
   key: Array
@@ -85,12 +89,37 @@ def init_fn(config: Config, num_entities: int, num_relations: int,
   return init
 
 
-def epoch_fn(config: Config, loss_fn: objective.LossFn, num_queries: int,
-             constrain: Constrain | None = None):
-  """The un-jitted epoch ``(state, train [Q, 3]) -> (state, mean_loss)`` and its step count.
+class EpochPlan(flax.struct.PyTreeNode):
+  """One epoch's draw, kept on the device while its segments run: the order of the training
+  queries ``[steps, batch]``, each step's PRNG key ``[steps, ...]`` and each step's loss
+  ``[steps]`` (written as the steps run; the epoch's loss is their mean)."""
+  order: Array
+  keys: Array
+  losses: Array
 
-  ``num_queries`` is the number of real training queries (the rows the permutation draws
-  from; the array may hold padding rows beyond).
+
+def _draw(key: Array, num_queries: int, steps: int, batch_size: int
+          ) -> tuple[Array, Array, Array]:
+  """``(next key, order [steps, batch], step keys)`` of the epoch that starts at ``key``."""
+  key, perm_key, step_key = jax.random.split(key, 3)
+  order = jax.random.permutation(perm_key, num_queries)[:steps * batch_size]
+  return key, order.reshape(steps, batch_size), jax.random.split(step_key, steps)
+
+
+def segment_fn(config: Config, loss_fn: objective.LossFn, num_queries: int,
+               constrain: Constrain | None = None):
+  """The un-jitted segment ``(state, plan, train [Q, 3], start, count, fresh) -> (state, plan,
+  loss)`` and the number of steps of an epoch.
+
+  A segment runs steps ``[start, start + count)`` of the epoch that starts at ``state.key``
+  (a ``lax.while_loop`` with a dynamic trip count, so any count runs the same compiled code).
+  With ``fresh`` it first draws the epoch's order and step keys into ``plan`` (the first
+  segment of an epoch, or the first after a restore: the draw depends on ``state.key`` alone).
+  The key moves on only when the epoch's last step has run, so an epoch in any number of
+  segments is the same computation as in one.  ``loss`` is the mean loss of the epoch's steps
+  so far (at the epoch's end, the mean of all its steps).  ``num_queries`` is the number of
+  real training queries (the rows the permutation draws from; the array may hold padding rows
+  beyond).
   """
   optimizer = make_optimizer(config)
   batch_size = config.optim.batch_size
@@ -100,23 +129,55 @@ def epoch_fn(config: Config, loss_fn: objective.LossFn, num_queries: int,
   grad_fn = jax.value_and_grad(loss_fn)
   constrain = constrain or (lambda batch, carry: (batch, carry))
 
-  def epoch(state: TrainState, train: Array) -> tuple[TrainState, Array]:
-    key, perm_key, step_key = jax.random.split(state.key, 3)
-    order = jax.random.permutation(perm_key, num_queries)[:steps * batch_size]
-    order = order.reshape(steps, batch_size)
-    step_keys = jax.random.split(step_key, steps)
+  def segment(state: TrainState, plan: EpochPlan, train: Array, start: Array, count: Array,
+              fresh: Array | bool) -> tuple[TrainState, EpochPlan, Array]:
+    def draw(plan):
+      _, order, keys = _draw(state.key, num_queries, steps, batch_size)
+      return plan.replace(order=order, keys=keys)
 
-    def step(carry, xs):
-      params, opt_state = carry
-      idx, k = xs
-      batch, _ = constrain(train[idx], None)
-      loss, grads = grad_fn(params, batch, k)
+    plan = draw(plan) if fresh is True else jax.lax.cond(fresh, draw, lambda p: p, plan)
+    stop = start + count
+
+    def step(carry):
+      i, params, opt_state, losses = carry
+      batch, _ = constrain(train[plan.order[i]], None)
+      loss, grads = grad_fn(params, batch, plan.keys[i])
       updates, opt_state = optimizer.update(grads, opt_state, params)
-      _, carry = constrain(None, (optax.apply_updates(params, updates), opt_state))
-      return carry, loss
+      _, (params, opt_state) = constrain(None, (optax.apply_updates(params, updates), opt_state))
+      return i + 1, params, opt_state, losses.at[i].set(loss)
 
-    (params, opt_state), step_losses = jax.lax.scan(step, (state.params, state.opt_state),
-                                                    (order, step_keys))
-    return TrainState(params, opt_state, key, state.step + steps), jnp.mean(step_losses)
+    _, params, opt_state, losses = jax.lax.while_loop(
+        lambda carry: carry[0] < stop, step,
+        (start, state.params, state.opt_state, plan.losses))
+    end = stop == steps
+    key = jnp.where(end, jax.random.split(state.key, 3)[0], state.key)
+    so_far = jnp.sum(jnp.where(jnp.arange(steps) < stop, losses, 0)) / jnp.maximum(stop, 1)
+    loss = jnp.where(end, jnp.mean(losses), so_far)
+    return (TrainState(params, opt_state, key, state.step + count),
+            plan.replace(losses=losses), loss)
+
+  return segment, steps
+
+
+def empty_plan(config: Config, num_queries: int) -> EpochPlan:
+  """Shapes and dtypes of the plan of ``segment_fn`` (``jax.ShapeDtypeStruct`` leaves)."""
+  batch_size = config.optim.batch_size
+  steps = num_queries // batch_size
+  _, order, keys = jax.eval_shape(lambda k: _draw(k, num_queries, steps, batch_size),
+                                  jax.random.PRNGKey(0))
+  return EpochPlan(order, keys, jax.ShapeDtypeStruct((steps,), jnp.dtype(config.model.dtype)))
+
+
+def epoch_fn(config: Config, loss_fn: objective.LossFn, num_queries: int,
+             constrain: Constrain | None = None):
+  """The un-jitted whole epoch ``(state, train [Q, 3]) -> (state, mean_loss)`` and its step
+  count: the segment of :func:`segment_fn` over all steps (what the benchmarks time)."""
+  segment, steps = segment_fn(config, loss_fn, num_queries, constrain)
+  shapes = empty_plan(config, num_queries)
+
+  def epoch(state: TrainState, train: Array) -> tuple[TrainState, Array]:
+    plan = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    state, _, loss = segment(state, plan, train, jnp.int32(0), jnp.int32(steps), True)
+    return state, loss
 
   return epoch, steps

@@ -67,9 +67,17 @@ def read_metrics(path: Path, log: Callable[[str], None] = print) -> list[dict[st
   return records
 
 
+def _before(record: dict[str, Any], info: dict[str, Any]) -> bool:
+  """Whether a metrics record lies at or before the checkpoint a run resumes from (by optimiser
+  steps; by epochs for records written before they were numbered by steps)."""
+  if isinstance(record.get("step"), int):
+    return record["step"] <= info["step"]
+  return record["epoch"] <= info["epoch"]
+
+
 class MetricsFile(Callback):
   """Appends one JSON line per validation to ``<workdir>/metrics.jsonl``; a resumed run first
-  drops the lines of epochs after its checkpoint (they were trained again) and any torn line."""
+  drops the lines of steps after its checkpoint (they were trained again) and any torn line."""
 
   def __init__(self, workdir: str | Path, log: Callable[[str], None] = print):
     self.path = Path(workdir) / runfiles.METRICS
@@ -78,7 +86,7 @@ class MetricsFile(Callback):
   def on_start(self, info: dict[str, Any]) -> None:
     if not self.path.exists():
       return
-    kept = [r for r in read_metrics(self.path, self._log) if r["epoch"] <= info["epoch"]]
+    kept = [r for r in read_metrics(self.path, self._log) if _before(r, info)]
     runfiles.write_text(self.path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in kept))
 
   def on_validation(self, v: Validation) -> None:

@@ -1,12 +1,16 @@
-"""One run's moving parts: the state on its layout, the compiled epoch, validation, checkpoints.
+"""One run's moving parts: the state on its layout, the compiled segment, validation, checkpoints.
 
-:class:`Trainer` owns what changes while a run trains (the state, the best-valid parameters,
-the :class:`Progress` record) and does one thing per method; :func:`hale_jax.loop.train`
-decides when each happens.
+:class:`Trainer` owns what changes while a run trains (the state, the epoch's plan, the
+best-valid parameters, the :class:`Progress` record) and does one thing per method;
+:func:`hale_jax.loop.train` decides when each happens.  Training runs in segments of an epoch
+(``hale_jax.step.segment_fn``), so a checkpoint may fall inside an epoch: it then holds the
+position in the epoch and the losses of the epoch's steps so far, and a resume continues the
+epoch with the same order, keys and rate.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from pathlib import Path
@@ -17,32 +21,44 @@ import jax.numpy as jnp
 import numpy as np
 
 from hale_jax import checkpoints, models, objective, rundir, step
-from hale_jax.callbacks import Validation
+from hale_jax.callbacks import ProgressReport, Validation
 from hale_jax.config import Config
 from hale_jax.data import FilterIndex, KGData, with_reciprocals
 from hale_jax.evaluation import Evaluator
-from hale_jax.layout import Layout, to_host
+from hale_jax.layout import Layout, put_global, to_host
 
 
 def _all_finite(tree: Any) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
+# What a checkpoint's metadata must hold for a resume (later fields have defaults).
+RESUME_NEEDS = ("epoch", "train_seconds", "eval_seconds", "best", "best_epoch", "curve")
+
+
 @dataclasses.dataclass
 class Progress:
   """Everything but arrays that a resume needs; stored as each checkpoint's JSON metadata."""
-  epoch: int = 0
+  epoch: int = 0                 # epochs completed
+  epoch_step: int = 0            # steps done of the epoch under way (0: at an epoch's start)
+  epoch_started_at: float = 0.0  # training seconds when the epoch under way started
   train_seconds: float = 0.0
   eval_seconds: float = 0.0
   last_eval_at: float = 0.0
-  loss: float | None = None
+  loss: float | None = None      # mean loss of the last completed epoch
+  learning_rate: float | None = None  # of the epoch under way (or the last one)
   best: dict[str, float] | None = None
-  best_epoch: int = 0
+  best_epoch: float = 0          # an epoch count; with a share when the best fell inside one
   curve: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
   @classmethod
   def from_meta(cls, meta: dict[str, Any]) -> "Progress":
-    return cls(**{f.name: meta[f.name] for f in dataclasses.fields(cls)})
+    """From a checkpoint's metadata; a field that older checkpoints lack keeps its default."""
+    return cls(**{f.name: meta[f.name] for f in dataclasses.fields(cls) if f.name in meta})
+
+  def epochs(self, steps_per_epoch: int) -> float:
+    """Epochs done, with the share of the epoch under way."""
+    return self.epoch + self.epoch_step / steps_per_epoch
 
 
 def describe(config: Config, lse_form: str) -> str:
@@ -65,7 +81,7 @@ def describe(config: Config, lse_form: str) -> str:
 
 
 class Trainer:
-  """The state of one run on its layout, with its compiled epoch and evaluators."""
+  """The state of one run on its layout, with its compiled segment and evaluators."""
 
   def __init__(self, config: Config, data: KGData, layout: Layout, workdir: Path,
                spec: dict[str, Any], log: Callable[[str], None]):
@@ -74,45 +90,62 @@ class Trainer:
     self.optimizer = step.make_optimizer(config)
     train_host = with_reciprocals(data.train, data.num_relations).astype(np.int32)
     self.train_queries = layout.place_training_set(train_host)
-    epoch_fn, self.steps = layout.epoch(config, train_host.shape[0])
+    segment_fn, self.steps = layout.segment(config, train_host.shape[0])
     self.state = layout.init_state(config, data.num_relations)
+    self.plan = layout.new_plan(config, train_host.shape[0])
     index = FilterIndex(data)
     h = objective.activation_of(config.objective)
     self.evaluators = {split: Evaluator(data, split, config.model.model,
                                         config.budget.eval_chunk, index, layout, h, log)
                        for split in ("valid", "test")}
     t0 = time.perf_counter()
-    self._epoch = epoch_fn.lower(self.state, self.train_queries).compile()
+    self._segment = segment_fn.lower(
+        self.state, self.plan, self.train_queries, *self._scalars(0, 1, True)).compile()
     self.compile_seconds = time.perf_counter() - t0 + sum(
         e.compile(self.state.params) for e in self.evaluators.values())
     self.progress = Progress()
     self.best_params = jax.tree.map(jnp.copy, self.state.params)  # the state's are donated
     self.checkpointer = checkpoints.Checkpointer(workdir, config.run.max_to_keep, log)
-    self.host_seconds, self.epochs_here = 0.0, 0  # dispatch time of this process's epochs
-    self.last_learning_rate: float | None = None
-    self.epoch_seconds = 0.0  # the last epoch's, as every process agrees (hale_jax.loop)
-    self.saved_epoch: int | None = None  # of the newest checkpoint of this run
+    self.host_seconds, self.steps_here = 0.0, 0  # dispatch time and steps of this process
+    self.loss: float | None = None  # of the epoch's steps so far (after the last segment)
+    self.rate = 0.0  # training queries per second in the last segment
+    self.saved_step: int | None = None  # of the newest checkpoint of this run
+    self.saved_at: tuple[int, int] | None = None  # its (epoch, epoch_step)
     self.resumed = False
+    self._drawn = False  # whether the plan holds the epoch under way
+    # Around work that must not stop half-way (a segment, a checkpoint write or restore): a
+    # context, e.g. ``hale_jax.stopping.StopRequest.hold`` (set by ``hale_jax.loop``).
+    self.hold: Callable[[], Any] = contextlib.nullcontext
     self._finite = jax.jit(lambda params: _all_finite(layout.real_rows(params)))
+
+  def _scalars(self, start: int, count: int, fresh: bool) -> list[jax.Array]:
+    return [self.layout.scalar(start, np.int32), self.layout.scalar(count, np.int32),
+            self.layout.scalar(fresh, np.bool_)]
 
   def restore(self) -> bool:
     """Continues from the newest checkpoint that restores; False if there is none."""
-    restored = self.checkpointer.restore_latest(
-        {"state": self.state, "best_params": self.best_params}, self._check_restored)
+    with self.hold():
+      restored = self.checkpointer.restore_latest(
+          {"state": self.state, "best_params": self.best_params},
+          {"losses": np.zeros((0,), self.plan.losses.dtype)}, self._check_restored)
     if restored is None:
       return False
-    arrays, meta, self.saved_epoch = restored  # host arrays, padded for the saving layout
-    self.progress = Progress.from_meta(meta)
+    arrays, meta = restored.state, restored.meta  # host arrays, padded for the saving layout
+    self.saved_step, self.progress = restored.step, Progress.from_meta(meta)
     self.resumed = True
+    p = self.progress
+    self.saved_at, self.loss = (p.epoch, p.epoch_step), p.loss
     state = self.layout.unpad_state(arrays["state"], self.optimizer)
     self.state = self.layout.place_state(state, self.optimizer)
     self.best_params = self.layout.place_params(self.layout.real_rows(arrays["best_params"]))
+    if p.epoch_step:
+      self._restore_epoch(meta, restored.partial)
     return True
 
   def _check_restored(self, arrays: dict[str, Any], meta: dict[str, Any]) -> None:
     """Rejects a checkpoint that does not fit this run: metadata without what a resume needs,
     other tables, other shapes (beyond the saving layout's padding rows), non-finite values."""
-    missing = [f.name for f in dataclasses.fields(Progress) if f.name not in meta]
+    missing = [name for name in RESUME_NEEDS if name not in meta]
     if missing:
       raise ValueError(f"its metadata lacks {', '.join(missing)}")
     n = self.data.num_entities
@@ -127,41 +160,89 @@ class Trainer:
           raise ValueError(f"its table {name!r} ({a.shape}) does not fit this run "
                            f"({want[name]}) or is not finite")
 
-  def run_epoch(self) -> tuple[float, float]:
-    """Trains one epoch at the schedule's rate; returns ``(mean loss, seconds)``."""
-    p = self.progress
-    self.last_learning_rate = step.learning_rate_at(self.config, p.epoch, p.train_seconds)
-    state = step.set_learning_rate(self.state, self.last_learning_rate)
-    t0 = time.perf_counter()
-    self.state, loss = self._epoch(state, self.train_queries)
-    self.host_seconds += time.perf_counter() - t0  # the host's share: dispatching one call
-    self.epochs_here += 1
-    loss = float(to_host(loss))  # waits for the epoch
-    return loss, time.perf_counter() - t0
+  def _restore_epoch(self, meta: dict[str, Any], partial: dict[str, Any] | None) -> None:
+    """The losses of the epoch under way from a checkpoint taken inside it; an epoch of
+    another length (the data changed) starts over."""
+    p, before = self.progress, meta.get("steps_per_epoch")
+    if before != self.steps or partial is None:
+      why = (f"the epoch now has {self.steps} steps instead of {before}" if partial is not None
+             else "it holds no losses of the epoch's steps")
+      self.log(f"the checkpoint lies inside epoch {p.epoch + 1} (after step {p.epoch_step}), "
+               f"but {why}: that epoch starts over")
+      p.epoch_step, p.epoch_started_at = 0, p.train_seconds
+      return
+    host = np.zeros(self.plan.losses.shape, self.plan.losses.dtype)
+    host[:p.epoch_step] = partial["losses"]
+    self.plan = self.plan.replace(losses=put_global(host, self.layout.replicated()))
+    self.loss = float(np.mean(partial["losses"], dtype=np.float64))
 
-  def validate(self, epoch_seconds: float) -> Validation:
+  def run_segment(self, count: int) -> tuple[float, float]:
+    """Trains the next ``count`` steps of the epoch under way (at the epoch's rate); returns
+    ``(mean loss of the epoch's steps so far, seconds)``.  :meth:`advance` records them."""
+    p = self.progress
+    if p.epoch_step == 0:
+      p.epoch_started_at = p.train_seconds
+    if not self._drawn:  # the rate of the epoch under way, as when it started
+      p.learning_rate = step.learning_rate_at(self.config, p.epoch, p.epoch_started_at)
+      self.state = step.set_learning_rate(self.state, p.learning_rate)
+    args = self._scalars(p.epoch_step, count, not self._drawn)
+    with self.hold():
+      t0 = time.perf_counter()
+      self.state, self.plan, loss = self._segment(self.state, self.plan, self.train_queries,
+                                                  *args)
+      self.host_seconds += time.perf_counter() - t0  # the host's share: dispatching one call
+      self.steps_here += count
+      self._drawn = True
+      loss = float(to_host(loss))  # waits for the segment
+      return loss, time.perf_counter() - t0
+
+  def advance(self, count: int, seconds: float, loss: float) -> bool:
+    """Records a segment of ``count`` steps that took ``seconds`` (as every process agrees,
+    ``hale_jax.loop``); True when it ended the epoch."""
+    p = self.progress
+    p.train_seconds += seconds
+    p.epoch_step += count
+    self.loss, self.rate = loss, count * self.config.optim.batch_size / max(seconds, 1e-9)
+    if p.epoch_step < self.steps:
+      return False
+    p.epoch, p.epoch_step, p.loss = p.epoch + 1, 0, loss
+    self._drawn = False
+    return True
+
+  def validate(self) -> Validation:
     """Ranks the valid split, records the curve, keeps and saves a new best."""
     p = self.progress
     t0 = time.perf_counter()
     metrics = self.evaluators["valid"](self.state.params)
     p.eval_seconds += time.perf_counter() - t0
-    m = metrics["realistic"]
-    p.curve.append({"epoch": p.epoch, "train_seconds": round(p.train_seconds, 3),
-                    "loss": p.loss, "valid_mrr": m["mrr"], "valid_hits@10": m["hits@10"],
-                    "learning_rate": self.last_learning_rate})
+    m, done = metrics["realistic"], self.steps_done()
+    epoch = p.epoch if not p.epoch_step else round(p.epochs(self.steps), 4)
+    p.curve.append({"epoch": epoch, "step": done, "train_seconds": round(p.train_seconds, 3),
+                    "loss": self.loss, "valid_mrr": m["mrr"], "valid_hits@10": m["hits@10"],
+                    "learning_rate": p.learning_rate})
     improved = p.best is None or m["mrr"] > p.best["mrr"]
     if improved:
-      p.best, p.best_epoch = m, p.epoch
+      p.best, p.best_epoch = m, epoch
       self.best_params = jax.tree.map(jnp.copy, self.state.params)
-      self.checkpointer.save_best(p.epoch, self.best_params)
+      with self.hold():
+        self.checkpointer.save_best(done, self.best_params)
     b = self.config.budget
     return Validation(
-        epoch=p.epoch, step=self.steps_done(), train_seconds=p.train_seconds,
-        eval_seconds=p.eval_seconds, loss=p.loss, learning_rate=self.last_learning_rate,
-        triples_per_second=self.steps * self.config.optim.batch_size / max(epoch_seconds, 1e-9),
-        metrics=metrics, best=p.best, best_epoch=p.best_epoch, improved=improved,
-        params=self.layout.real_rows(self.state.params), max_seconds=b.max_seconds,
-        max_epochs=b.max_epochs)
+        epoch=p.epoch, step=done, train_seconds=p.train_seconds,
+        eval_seconds=p.eval_seconds, loss=self.loss, learning_rate=p.learning_rate,
+        triples_per_second=self.rate, metrics=metrics, best=p.best, best_epoch=p.best_epoch,
+        improved=improved, params=self.layout.real_rows(self.state.params),
+        max_seconds=b.max_seconds, max_epochs=b.max_epochs, epoch_step=p.epoch_step,
+        steps_per_epoch=self.steps)
+
+  def report(self) -> ProgressReport:
+    """Where training stands after a segment (``on_progress``)."""
+    p, b = self.progress, self.config.budget
+    return ProgressReport(
+        epoch=p.epoch, epoch_step=p.epoch_step, steps_per_epoch=self.steps,
+        step=self.steps_done(), train_seconds=p.train_seconds,
+        eval_seconds=p.eval_seconds, loss=self.loss, learning_rate=p.learning_rate,
+        triples_per_second=self.rate, max_seconds=b.max_seconds, max_epochs=b.max_epochs)
 
   def steps_done(self) -> int:
     return int(to_host(self.state.step))
@@ -172,14 +253,20 @@ class Trainer:
 
   def save(self) -> None:
     """Checkpoints the state, the best parameters and the progress (self-contained: the
-    config, the data spec and the vocabularies go along)."""
-    spec = self.spec
-    meta = {**dataclasses.asdict(self.progress), "config": spec["config"], "data": spec["data"],
+    config, the data spec and the vocabularies go along), numbered by the optimiser steps
+    done; inside an epoch also the losses of its steps so far."""
+    spec, p = self.spec, self.progress
+    meta = {**dataclasses.asdict(p), "config": spec["config"], "data": spec["data"],
             **checkpoints.vocabulary_meta(self.data, spec["vocab_sha256"]),
-            "layout": self.layout.describe()}
-    self.checkpointer.save(self.progress.epoch,
-                           {"state": self.state, "best_params": self.best_params}, meta)
-    self.saved_epoch = self.progress.epoch
+            "layout": self.layout.describe(), "steps_per_epoch": self.steps}
+    partial = None
+    if p.epoch_step:
+      partial = {"losses": to_host(self.plan.losses)[:p.epoch_step]}
+    done = self.steps_done()
+    with self.hold():
+      self.checkpointer.save(done, {"state": self.state, "best_params": self.best_params}, meta,
+                             partial)
+    self.saved_step, self.saved_at = done, (p.epoch, p.epoch_step)
 
   def test(self) -> tuple[dict[str, Any], dict[str, Any]]:
     """Valid and test metrics of the best-valid parameters."""
@@ -203,10 +290,9 @@ class Trainer:
         "curve": p.curve,
         "timings": {"compile_seconds": self.compile_seconds, "train_seconds": p.train_seconds,
                     "eval_seconds": p.eval_seconds,
-                    "seconds_per_epoch": p.train_seconds / max(p.epoch, 1),
-                    # The epoch is one jitted call: the host only dispatches it.
-                    "host_seconds_per_step": self.host_seconds / max(self.epochs_here
-                                                                     * self.steps, 1),
+                    "seconds_per_epoch": p.train_seconds / max(p.epochs(self.steps), 1e-9),
+                    # A segment is one jitted call: the host only dispatches it.
+                    "host_seconds_per_step": self.host_seconds / max(self.steps_here, 1),
                     "total_seconds_this_process": time.perf_counter() - self.wall0,
                     "resumed": self.resumed},
         "versions": rundir.versions(), "device": rundir.device(),

@@ -50,8 +50,14 @@ def _env():
 
 
 def _steps(workdir):
+  """The checkpoint steps in ``workdir`` (numbered by the optimiser steps done)."""
   d = Path(workdir) / "checkpoints"
   return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.is_dir() else []
+
+
+def _steps_per_epoch(data_dir, batch_size=64):
+  """Steps of an epoch of the launcher's run on ``data_dir`` (two queries per triple)."""
+  return 2 * len((Path(data_dir) / "train.txt").read_text().splitlines()) // batch_size
 
 
 def _same_outcome(a, b):
@@ -90,18 +96,18 @@ def test_sigkill_then_sigterm_then_resume_is_bit_identical(data_dir, uninterrupt
   SIGTERM after its first validation (no checkpoint by epochs: SIGTERM's own checkpoint is
   the one to continue from); a resume to the end (its final checkpoint only).  The outcome is
   the uninterrupted run's, bit for bit."""
-  workdir = tmp_path / "run"
+  workdir, epoch = tmp_path / "run", _steps_per_epoch(data_dir)
   proc = subprocess.Popen(_cmd(data_dir, workdir), env=_env(), stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
   deadline = time.time() + 300
-  while time.time() < deadline and (not _steps(workdir) or _steps(workdir)[-1] < 3):
+  while time.time() < deadline and (not _steps(workdir) or _steps(workdir)[-1] < 3 * epoch):
     assert proc.poll() is None, "the run ended before it could be killed"
     time.sleep(0.01)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert not (workdir / "results.json").exists()
   killed_at = _steps(workdir)[-1]
-  assert 3 <= killed_at < 10, killed_at
+  assert 3 * epoch <= killed_at < 10 * epoch, killed_at
 
   cmd = _cmd(data_dir, workdir)
   cmd[cmd.index("--checkpoint_every_epochs=1")] = "--checkpoint_every_epochs=0"
@@ -147,18 +153,19 @@ def _garble(step_dir: Path):
 @pytest.mark.slow
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path):
   data = _small()
-  workdir = tmp_path / "w"
+  workdir, epoch = tmp_path / "w", 2 * len(data.train) // _cfg().optim.batch_size
   train(_cfg(), data, workdir, log=_quiet)
-  assert _steps(workdir) == [4, 5, 6]
+  assert _steps(workdir) == [4 * epoch, 5 * epoch, 6 * epoch]
   shutil.copytree(workdir, tmp_path / "ref")  # the finished run is the reference
   # Simulate a crash while finishing: no results yet, and a damaged last checkpoint.
   (workdir / "results.json").unlink()
   (workdir / "best_params.npz").unlink()
-  _garble(workdir / "checkpoints" / "6")
+  _garble(workdir / "checkpoints" / str(6 * epoch))
   lines = []
   train(_cfg(), data, workdir, log=lines.append)
-  assert any("cannot be restored" in l and "checkpoints/6" in l for l in lines), lines
-  assert any("resumed from" in l and "checkpoints/5" in l for l in lines), lines
+  assert any("cannot be restored" in l and f"checkpoints/{6 * epoch}" in l for l in lines), lines
+  assert any(l.startswith(f"resumed from {workdir / 'checkpoints' / str(5 * epoch)}: epoch 5,")
+             for l in lines), lines
   _same_outcome(workdir, tmp_path / "ref")
 
 
@@ -172,12 +179,12 @@ def test_checkpointer_restores_the_newest_readable_step(tmp_path):
               {"epoch": step, "note": "x"})
   assert _steps(tmp_path) == [2, 3]  # max_to_keep
   ckpt.save(3, {"w": jnp.full((3, 2), 30.0), "n": jnp.asarray(30)}, {"epoch": 30})  # replaced
-  state, meta, step = ckpt.restore_latest(template)
+  state, meta, step, _ = ckpt.restore_latest(template)
   assert step == 3 and meta == {"epoch": 30} and int(state["n"]) == 30
   assert isinstance(state["w"], np.ndarray)  # host arrays: the caller places them
   np.testing.assert_array_equal(state["w"], 30.0)
   _garble(tmp_path / "checkpoints" / "3")
-  state, meta, step = ckpt.restore_latest(template)
+  state, meta, step, _ = ckpt.restore_latest(template)
   assert step == 2 and meta["epoch"] == 2 and meta["note"] == "x"
   np.testing.assert_array_equal(state["w"], 2.0)
   assert "checkpoints/3 cannot be restored" in lines[0], lines
@@ -200,14 +207,16 @@ def test_wall_clock_budget_counts_seconds_already_spent(tmp_path):
     calls.append(1)
     return "SIGTERM" if len(calls) == 3 else None
 
-  cfg = _cfg(max_epochs=0, max_seconds=1.0, eval_every=50, checkpoint_every_epochs=0)
+  cfg = _cfg(max_epochs=0, max_seconds=1.0, eval_every=50, checkpoint_every_epochs=0,
+             segment_seconds=0)  # one segment per epoch: three polls are three epochs
   with pytest.raises(Interrupted, match="rerun the same command"):
     train(cfg, data, tmp_path / "w", log=_quiet, should_stop=stop_after_three_epochs)
   ckpt = checkpoints.Checkpointer(tmp_path / "w", log=_quiet)
   template = Layout(single_device_mesh(), data.num_entities).init_state(cfg, data.num_relations)
-  _, meta, step = ckpt.restore_latest({"state": template, "best_params": template.params})
+  _, meta, step, partial = ckpt.restore_latest({"state": template, "best_params": template.params})
   ckpt.close()
-  assert step == 3 and meta["epoch"] == 3
+  assert step == 3 * meta["steps_per_epoch"] and meta["epoch"] == 3  # numbered by steps
+  assert meta["epoch_step"] == 0 and partial is None
   assert meta["config"]["model"] == "RotE" and meta["entities"] == list(data.entities)
   assert meta["relations"] == list(data.relations)
   assert meta["layout"] == {"mesh": None, "processes": 1}

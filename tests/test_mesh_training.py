@@ -148,27 +148,32 @@ def _stop_after(n):
 
 @pytest.mark.slow
 def test_resume_on_other_meshes_and_on_one_device(graph, single_run, tmp_path):
-  """One epoch on data:2,model:4 (8 devices, 248 table rows), stopped; the second on
-  data:1,model:3 (3 devices, 249 rows), stopped; the third on one device (247 rows).  Each
-  resume places the last layout's state on a new one, and the run ends where the one-device
-  run does."""
-  workdir = tmp_path / "run"
+  """Segments of one step (after a first one of ``budget.PROBE_STEPS``), stopped inside
+  epochs: 10 steps of the first epoch on data:2,model:4 (8 devices, 248 table rows); on to step
+  17 of the second on data:1,model:3 (3 devices, 249 rows); the rest on one device (247 rows),
+  in segments of the default length.  Each resume places the last layout's state and the
+  losses of the epoch so far on a new one, and the run ends where the one-device run does."""
+  workdir, tiny = tmp_path / "run", 1e-9  # segment seconds: one step per segment
   with jax.enable_x64(True):
-    with pytest.raises(Interrupted, match="checkpoint saved at epoch 1"):
-      train(_config(mesh="data:2,model:4"), graph, workdir, log=_quiet,
-            should_stop=_stop_after(1))
+    with pytest.raises(Interrupted, match="checkpoint saved at epoch 0, step 10 of 40 of "
+                                          "epoch 1 in .*checkpoints/10;"):
+      train(_config(mesh="data:2,model:4", segment_seconds=tiny), graph, workdir, log=_quiet,
+            should_stop=_stop_after(3))  # 8 + 1 + 1 steps
     assert json.loads((workdir / "run.json").read_text())["config"]["mesh"] == "data:2,model:4"
     lines = []
-    with pytest.raises(Interrupted, match="checkpoint saved at epoch 2"):
-      train(_config(mesh="data:1,model:3"), graph, workdir, log=lines.append,
-            devices=jax.devices()[:3], should_stop=_stop_after(1))
-    assert any("resumed from" in line and "epoch 1" in line for line in lines), lines
+    with pytest.raises(Interrupted, match="checkpoint saved at epoch 1, step 17 of 40 of "
+                                          "epoch 2 in .*checkpoints/57;"):
+      train(_config(mesh="data:1,model:3", segment_seconds=tiny), graph, workdir,
+            log=lines.append, devices=jax.devices()[:3], should_stop=_stop_after(40))
+    assert any(l.startswith(f"resumed from {workdir / 'checkpoints' / '10'}: epoch 0, step 10 "
+                            f"of 40 of epoch 1,") for l in lines), lines
     assert any("layout data:1,model:3" in line for line in lines), lines
     lines = []
     res = train(_config(mesh="none"), graph, workdir, log=lines.append)
-  assert any("resumed from" in line and "epoch 2" in line for line in lines), lines
+  assert any(l.startswith(f"resumed from {workdir / 'checkpoints' / '57'}: epoch 1, step 17 "
+                          f"of 40 of epoch 2,") for l in lines), lines
   assert res["timings"]["resumed"] and res["layout"]["mesh"] is None
-  assert res["metrics"]["epochs"] == 3
+  assert res["metrics"]["epochs"] == 3 and res["metrics"]["steps"] == 120
   _same_metrics(res, _results(single_run))
   _same_params(workdir, single_run)
 

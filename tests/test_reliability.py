@@ -44,6 +44,7 @@ RENAME = {"child_of": "parent_of_reverse"}  # collides with parent_of's default 
 COMMON = ("--dim=8", "--batch_size=64", "--max_seconds=0", "--learning_rate=0.01")
 RUN = dict(model="RotL", dim=8, batch_size=64, max_seconds=0, learning_rate=0.01)
 NUM_ENTITIES = 84
+EPOCH = 13  # steps per epoch at batch 64 (418 training triples); checkpoints count steps
 
 
 def _quiet(line):
@@ -327,7 +328,7 @@ def test_unreadable_newest_step_is_set_aside_for_good(tmp_path):
   garbled = _listing(tmp_path / "checkpoints" / "2")
   lines = []
   ckpt = Checkpointer(tmp_path, max_to_keep=1, log=lines.append)
-  state, meta, step = ckpt.restore_latest(template)
+  state, meta, step, _ = ckpt.restore_latest(template)
   assert step == 1 and meta == {"epoch": 1} and int(state["n"]) == 1
   aside = tmp_path / "checkpoints" / checkpoints.UNREADABLE / "2"
   assert any("moved the unreadable checkpoint" in l and str(aside) in l for l in lines), lines
@@ -388,8 +389,8 @@ def wave(data_dir, cache, tmp_path_factory):
 def test_nan_run_exits_3_and_a_rerun_with_a_lower_rate_starts_over(wave, data_dir, cache):
   proc, workdir = wave.procs["nan"], wave.dirs["nan"]
   msg = _one_line_error(proc, status=3)
-  assert msg.startswith("error: the training loss became nan at epoch 1; nothing of this "
-                        "epoch was saved"), msg
+  assert msg.startswith("error: the training loss became nan at epoch 1; nothing after the "
+                        "last checkpoint was saved"), msg
   assert "--learning_rate" in msg and "starts over: no checkpoint was saved before" in msg
   run = faults.strict_json((workdir / "run.json").read_text())
   assert run["diverged"] == {"epoch": 1, "loss": "nan"}
@@ -418,18 +419,18 @@ def test_divergence_after_a_checkpoint_continues_from_it_and_saves_each_epoch_on
   rerun with a lower rate continues from epoch 2.  Across both, with --max_to_keep=1 and a
   checkpoint per epoch, every epoch is saved exactly once (the last one too)."""
   saved = []
-  real_save, real_epoch = Checkpointer.save, Trainer.run_epoch
+  real_save, real_segment = Checkpointer.save, Trainer.run_segment
 
-  def spy(self, epoch, state, meta):
-    saved.append(epoch)
-    return real_save(self, epoch, state, meta)
+  def spy(self, step, state, meta, partial=None):
+    saved.append((meta["epoch"], meta["epoch_step"], step))
+    return real_save(self, step, state, meta, partial)
 
-  def nan_at_third(self):
-    loss, seconds = real_epoch(self)
+  def nan_at_third(self, count):
+    loss, seconds = real_segment(self, count)
     return (float("nan") if self.progress.epoch == 2 else loss), seconds
 
   monkeypatch.setattr(Checkpointer, "save", spy)
-  monkeypatch.setattr(Trainer, "run_epoch", nan_at_third)
+  monkeypatch.setattr(Trainer, "run_segment", nan_at_third)
   config = Config.make(**RUN, max_epochs=3, eval_every=1, checkpoint_every_epochs=1,
                        max_to_keep=1)
   data, spec = load_folder(data_dir), {"kind": "folder", "path": str(data_dir)}
@@ -439,19 +440,19 @@ def test_divergence_after_a_checkpoint_continues_from_it_and_saves_each_epoch_on
       train(config, data, workdir, log=_quiet, data_spec=spec)
     assert "continues from its last finite checkpoint, epoch 2" in str(err.value)
     assert "\n" not in str(err.value)
-    assert saved == [1, 2]
+    assert saved == [(1, 0, EPOCH), (2, 0, 2 * EPOCH)]
     assert faults.strict_json((workdir / "run.json").read_text())["diverged"] == \
         {"epoch": 3, "loss": "nan"}
     _assert_strict_outputs(workdir)
-    monkeypatch.setattr(Trainer, "run_epoch", real_epoch)
+    monkeypatch.setattr(Trainer, "run_segment", real_segment)
     lines = []
     results = train(config.replace(learning_rate=0.005), data, workdir, log=lines.append,
                     data_spec=spec)
   assert any(l.endswith("diverged at epoch 3; continuing from its last finite checkpoint "
                         "(epoch 2)") for l in lines), lines
-  assert saved == [1, 2, 3]
+  assert saved == [(1, 0, EPOCH), (2, 0, 2 * EPOCH), (3, 0, 3 * EPOCH)]
   assert results["metrics"]["epochs"] == 3 and results["timings"]["resumed"] is True
-  assert _steps(workdir / "checkpoints") == [3]
+  assert _steps(workdir / "checkpoints") == [3 * EPOCH]
   assert not list(workdir.rglob("*.tmp"))
   _assert_strict_outputs(workdir)
 
@@ -513,16 +514,17 @@ def test_unrestorable_checkpoints_refuse_then_overwrite_and_set_aside(wave, data
                                                                       tmp_path):
   base = wave.dirs["ckpt"]
   _ok(wave.procs["ckpt"])
-  assert _steps(base / "checkpoints") == [1, 2, 3]
+  assert _steps(base / "checkpoints") == [EPOCH, 2 * EPOCH, 3 * EPOCH]
   every, newest = tmp_path / "every", tmp_path / "newest"
   for copy in (every, newest):  # killed during the final evaluation: no results yet
     shutil.copytree(base, copy)
     (copy / "results.json").unlink()
     (copy / runfiles.PARAMS).unlink()
-  for step in (1, 2, 3):
-    _garble(every / "checkpoints" / str(step))
-  _garble(newest / "checkpoints" / "3")
-  garbled = _listing(newest / "checkpoints" / "3")
+  for epoch in (1, 2, 3):
+    _garble(every / "checkpoints" / str(epoch * EPOCH))
+  third, second = newest / "checkpoints" / str(3 * EPOCH), newest / "checkpoints" / str(2 * EPOCH)
+  _garble(third)
+  garbled = _listing(third)
   before = _listing(every)
   refused, resumed = _cli_many([
       _launch(data_dir, every, "--max_epochs=3", "--eval_every=1", "--checkpoint_every_epochs=1",
@@ -531,17 +533,18 @@ def test_unrestorable_checkpoints_refuse_then_overwrite_and_set_aside(wave, data
               "--checkpoint_every_epochs=1", "--max_to_keep=1")], wave.env)
   msg = _one_line_error(refused)
   assert "no checkpoint restores" in msg and "--overwrite" in msg
-  assert msg.index("step 3:") < msg.index("step 2:") < msg.index("step 1:")
+  assert msg.index(f"step {3 * EPOCH}:") < msg.index(f"step {2 * EPOCH}:") < \
+      msg.index(f"step {EPOCH}:")
   assert _listing(every) == before  # nothing deleted, moved or rewritten
   assert not (every / "checkpoints" / checkpoints.UNREADABLE).exists()
 
   _ok(resumed)
   out = resumed.stdout
-  assert f"checkpoint {newest / 'checkpoints' / '3'} cannot be restored" in out
-  aside = newest / "checkpoints" / checkpoints.UNREADABLE / "3"
-  assert f"moved the unreadable checkpoint {newest / 'checkpoints' / '3'} to {aside}" in out
-  assert f"resumed from {newest / 'checkpoints' / '2'}: epoch 2" in out
-  assert _steps(newest / "checkpoints") == [4]  # later saves and cleanups (max_to_keep=1) ...
+  assert f"checkpoint {third} cannot be restored" in out
+  aside = newest / "checkpoints" / checkpoints.UNREADABLE / str(3 * EPOCH)
+  assert f"moved the unreadable checkpoint {third} to {aside}" in out
+  assert f"resumed from {second}: epoch 2," in out
+  assert _steps(newest / "checkpoints") == [4 * EPOCH]  # later saves and cleanups (max_to_keep=1) ...
   assert _listing(aside) == garbled  # ... left the unreadable step alone
   results = faults.strict_json((newest / "results.json").read_text())
   assert results["metrics"]["epochs"] == 4
@@ -555,7 +558,7 @@ def test_unrestorable_checkpoints_refuse_then_overwrite_and_set_aside(wave, data
                     data_spec={"kind": "folder", "path": str(data_dir.resolve())})
   assert not [l for l in lines if "resumed" in l or "cannot be restored" in l], lines
   assert results["metrics"]["epochs"] == 3 and results["timings"]["resumed"] is False
-  assert _steps(every / "checkpoints") == [1, 2, 3]
+  assert _steps(every / "checkpoints") == [EPOCH, 2 * EPOCH, 3 * EPOCH]
 
 
 @pytest.mark.slow
@@ -664,7 +667,8 @@ def test_fault_injection_kills_lose_nothing(tmp_path):
   assert proc.returncode == 0, (proc.stdout, proc.stderr[-3000:])
   last = proc.stdout.strip().splitlines()[-1]
   kills, resumes = (int(w) for w in re.match(
-      r"^(\d+) kills, (\d+) resumes, metrics identical, 0 files lost$", last).groups())
+      r"^(\d+) kills, (\d+) resumes \(\d+ inside an epoch\), metrics identical, 0 files "
+      r"lost$", last).groups())
   assert kills == 2 and resumes <= kills, proc.stdout
   assert "0 temporary files left" in proc.stdout
   assert len([l for l in proc.stdout.splitlines() if l.startswith("kill ")]) == 2

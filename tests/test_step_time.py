@@ -64,7 +64,8 @@ def test_lse_modes_and_xla_floor():
 
 
 def test_epoch_is_the_layout_epoch(monkeypatch):
-  """run_case times what Layout.epoch returns (training's epoch), not a copy of its own."""
+  """run_case times what Layout.epoch returns (training's segment over an epoch), not a copy of
+  its own."""
   seen = []
 
   def spy(self, config, num_queries):

@@ -160,7 +160,8 @@ def test_a_callback_stops_training_early(stopped):
   assert ends.ends == [res] and [v.epoch for v in ends.validations] == [20]
   # The best-valid parameters were tested as usual and the final state checkpointed.
   assert res["metrics"]["best_epoch"] == 20 and (workdir / "best_params.npz").exists()
-  assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == ["20"]
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == \
+      [str(res["metrics"]["steps"])]  # numbered by the optimiser steps done
 
 
 def test_same_seed_same_result(learned, stopped):

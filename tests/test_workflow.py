@@ -385,8 +385,9 @@ def _validation(epoch, mrr=0.1, loss=1.0, train_seconds=None, eval_seconds=None,
 
 
 def _start_info(epoch=0, curve=()):
-  return {"config": None, "workdir": None, "epoch": epoch, "train_seconds": 2.0 * epoch,
-          "eval_seconds": 0.5 * epoch, "curve": list(curve), "steps_per_epoch": 13}
+  return {"config": None, "workdir": None, "epoch": epoch, "epoch_step": 0, "step": 13 * epoch,
+          "train_seconds": 2.0 * epoch, "eval_seconds": 0.5 * epoch, "curve": list(curve),
+          "steps_per_epoch": 13}
 
 
 def test_progress_line_shows_time_left_and_eta():
@@ -715,7 +716,9 @@ def test_extending_a_finished_run(portable, data_dir, tmp_path, tmp_path_factory
     results = train(config.replace(max_epochs=5), data, copy, log=lines.append,
                     data_spec=_spec(data_dir))
   assert any("extending the finished run" in l for l in lines), lines
-  assert any(l.startswith(f"resumed from {copy / 'checkpoints' / '3'}: epoch 3") for l in lines)
+  third = before["metrics"]["steps"]  # the step of epoch 3's checkpoint: numbered by steps
+  assert any(l.startswith(f"resumed from {copy / 'checkpoints' / str(third)}: epoch 3,")
+             for l in lines), lines
   assert results["metrics"]["epochs"] == 5 and results["timings"]["resumed"] is True
   assert [c["epoch"] for c in results["curve"]] == [1, 2, 3, 4, 5]
   assert results["curve"][:3] == before["curve"]
