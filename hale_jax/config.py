@@ -170,8 +170,9 @@ class BudgetConfig:
   max_epochs: int = option(0, "Epoch budget (0: none).", resumable=True)
   eval_every: int = option(0, "Validate every this many epochs; 0: about 20 times over the "
                            "budget.", resumable=True)
-  eval_chunk: int = option(256, "Queries ranked at a time (memory: chunk x entities); halved "
-                           "automatically when the device runs out of memory.", resumable=True)
+  eval_chunk: int = option(256, "Queries ranked at a time (memory: chunk x entities; on a CPU "
+                           "at most 2^24 / entities); halved automatically when the device runs "
+                           "out of memory.", resumable=True)
   patience: int = option(0, "Early stopping: end training after this many validations without "
                          "a valid-MRR gain of more than --min_delta over the best (0: off).",
                          resumable=True)
