@@ -2,8 +2,8 @@
 
 :func:`top_k` ranks ``(entity, relation id, ?)`` queries against all ``N`` entities by what
 ranking sorts (``models.ranking_distances``, smaller is better) without ever holding a
-``[Q, N]`` array: ``query_chunk`` queries at a time (one jitted call each, padded to that
-size so that no query count compiles anew), and inside a call the entities ``entity_chunk``
+``[Q, N]`` array: ``query_chunk`` queries at a time (one jitted call each, padded to a power
+of two up to that size, so that few sizes are ever compiled), and inside a call the entities ``entity_chunk``
 at a time (a ``lax.scan``): each block's distances, the known answers that fall in the block
 set to ``+inf`` (filtered ranking; the ``(row, column)`` pairs of
 ``FilterIndex.answers``), its best ``k`` by ``lax.top_k``, merged into the best ``k`` so far.
@@ -16,7 +16,10 @@ totally (``-0.0`` below ``+0.0``, NaN by sign) and puts the lower index first am
 the keys are the negated distances with zeros made ``+0.0`` and NaN made positive, the best
 so far sit before the block in each merge (and hold smaller ids), so equal distances keep id
 order.  The last block overlaps the one before it when ``entity_chunk`` does not divide ``N``
-(no padded copy of the table); its repeated columns get a key below every real one.
+(no padded copy of the table); its repeated columns get a key below every real one.  The
+distances are the dense ranking's up to the last bit of float32 (a matmul's rounding depends
+on its shapes, so the dense ``[Q, N]`` rows already differ in the last bit between batch
+sizes); hand-made ties and NaN are exact.
 
 :func:`pair_distances` is the same quantity for given ``(entity, relation, candidate)``
 triples, from their rows alone.
