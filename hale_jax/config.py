@@ -181,8 +181,9 @@ class BudgetConfig:
                                   "validation, checkpoints and stop requests act between "
                                   "segments, so also inside an epoch. 0: one segment per "
                                   "epoch. Segments never change the numbers.", resumable=True)
-  eval_chunk: int = option(256, "Queries ranked at a time (memory: chunk x entities); halved "
-                           "automatically when the device runs out of memory.", resumable=True)
+  eval_chunk: int = option(256, "Queries ranked at a time (memory: chunk x entities; on a CPU "
+                           "at most 2^24 / entities); halved automatically when the device runs "
+                           "out of memory.", resumable=True)
   patience: int = option(0, "Early stopping: end training after this many validations without "
                          "a valid-MRR gain of more than --min_delta over the best (0: off).",
                          resumable=True)

@@ -157,6 +157,15 @@ class FilterIndex:
   def _keys(self, entities: np.ndarray, relations: np.ndarray) -> np.ndarray:
     return entities.astype(np.int64) * self._num_relation_ids + relations.astype(np.int64)
 
+  def _ranges(self, entities: np.ndarray, relations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    keys = self._keys(np.asarray(entities), np.asarray(relations))
+    start = np.searchsorted(self._keys_sorted, keys, side="left")
+    return start, np.searchsorted(self._keys_sorted, keys, side="right") - start
+
+  def counts(self, entities: np.ndarray, relations: np.ndarray) -> np.ndarray:
+    """How many known answers each query ``(entities[i], relations[i])`` has, ``[Q]``."""
+    return self._ranges(entities, relations)[1]
+
   def answers(self, entities: np.ndarray, relations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Known answers of queries ``(entities[i], relations[i])``, ``i < Q``.
 
@@ -164,11 +173,8 @@ class FilterIndex:
       ``(rows, answers)``, two int32 arrays of equal length: ``answers[j]`` answers query
       ``rows[j]``.  Duplicated triples appear once per copy.
     """
-    keys = self._keys(np.asarray(entities), np.asarray(relations))
-    start = np.searchsorted(self._keys_sorted, keys, side="left")
-    stop = np.searchsorted(self._keys_sorted, keys, side="right")
-    counts = stop - start
-    rows = np.repeat(np.arange(len(keys), dtype=np.int32), counts)
+    start, counts = self._ranges(entities, relations)
+    rows = np.repeat(np.arange(len(counts), dtype=np.int32), counts)
     offsets = np.repeat(start - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
     positions = offsets + np.arange(counts.sum())
     return rows, self._answers[positions].astype(np.int32)

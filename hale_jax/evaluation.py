@@ -21,8 +21,9 @@ close):
 A NaN target distance ranks last (``N``), so a broken model never looks good.  Entities of
 valid/test unseen in train keep their initial embeddings and are ranked like any other.
 
-Ranking runs jit-compiled over fixed-size query chunks (``lax.map``), so memory is bounded by
-``chunk x N`` distances whatever the split size.
+Ranking runs jit-compiled over fixed-size query chunks (``lax.map``), a few chunks a device
+call, so memory is bounded by ``chunk x N`` distances and a call's known answers whatever the
+split size, and long rankings report progress between calls.
 """
 
 from __future__ import annotations
@@ -41,10 +42,15 @@ from hale_jax import models
 from hale_jax.data import FilterIndex, KGData
 from hale_jax.layout import Layout, put_global
 from hale_jax.mesh import single_device_mesh
+from hale_jax.progress import PROGRESS_SECONDS, ProgressLine
 
 Array = jax.Array
 HITS_AT = (1, 3, 10)
 TIE_MODES = ("realistic", "pessimistic", "optimistic")
+CPU_CHUNK_DISTANCES = 1 << 24  # on a CPU, chunk x N at most (the distances: 64 MB in float32)
+CALL_DISTANCES = 1 << 28  # distances a device call ranks at most (unless one chunk is more)
+CALL_PAIRS = 1 << 22      # known-answer pairs a device call holds at most (unless one chunk ...)
+KEEP_BYTES = 1 << 26      # calls' arrays kept on the device between rankings up to this size
 
 
 def ranks_from_distances(distances: ArrayLike, targets: ArrayLike, filter_rows: ArrayLike,
@@ -96,39 +102,62 @@ def metrics_from_ranks(optimistic: np.ndarray, pessimistic: np.ndarray) -> dict[
   return out
 
 
-class _Queries(NamedTuple):
-  heads: np.ndarray    # [n, C]
-  rels: np.ndarray     # [n, C]
-  targets: np.ndarray  # [n, C]
-  f_rows: np.ndarray   # [n, P]
-  f_cols: np.ndarray   # [n, P]
-  count: int           # real queries; the rest is padding
-
-
-def _prepare(data: KGData, index: FilterIndex, split: str, chunk: int) -> _Queries:
+def _split_queries(data: KGData, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """``(heads, relations, targets)`` of ``split``'s queries, int32 ``[2T]``: the tail queries
+  ``(h, r, ?)`` first, then the head queries ``(t, r + |R|, ?)``."""
   triples = data.split(split)
   nr = data.num_relations
   heads = np.concatenate([triples[:, 0], triples[:, 2]])
   rels = np.concatenate([triples[:, 1], triples[:, 1] + nr])
   targets = np.concatenate([triples[:, 2], triples[:, 0]])
-  count = len(heads)
-  n_chunks = max(1, -(-count // chunk))
-  pad = n_chunks * chunk - count
-  heads, rels, targets = (np.pad(a, (0, pad)).astype(np.int32) for a in (heads, rels, targets))
-  rows, cols = index.answers(heads[:count], rels[:count])
-  chunk_of = rows // chunk
-  per_chunk = np.bincount(chunk_of, minlength=n_chunks)
-  width = max(1, int(per_chunk.max()))
-  f_rows = np.zeros((n_chunks, width), np.int32)
-  f_cols = np.full((n_chunks, width), data.num_entities, np.int32)  # padding: out of range
-  order = np.argsort(chunk_of, kind="stable")
-  rows, cols, chunk_of = rows[order], cols[order], chunk_of[order]
+  return tuple(a.astype(np.int32) for a in (heads, rels, targets))
+
+
+class _Plan(NamedTuple):
+  """How a split is ranked: ``chunk`` queries at a time (one ``lax.map`` step), ``per_call``
+  chunks a device call (``calls`` of them, the last padded), each chunk's known answers as
+  ``width`` pairs (the most any chunk has)."""
+  chunk: int
+  per_call: int
+  calls: int
+  width: int
+
+
+def _plan(index: FilterIndex, heads: np.ndarray, rels: np.ndarray, chunk: int,
+          columns: int) -> _Plan:
+  """Sizes the calls so that each ranks at most ``CALL_DISTANCES`` distances and holds at
+  most ``CALL_PAIRS`` filter pairs (at least one chunk); ``columns``: candidates a device
+  scores for a query."""
+  n_chunks = max(1, -(-len(heads) // chunk))
+  counts = np.zeros(n_chunks * chunk, np.int64)
+  counts[:len(heads)] = index.counts(heads, rels)
+  width = max(1, int(counts.reshape(n_chunks, chunk).sum(axis=1).max()))
+  most = max(1, min(CALL_DISTANCES // (chunk * columns), CALL_PAIRS // width, n_chunks))
+  calls = -(-n_chunks // most)
+  return _Plan(chunk, -(-n_chunks // calls), calls, width)
+
+
+def _call_arrays(index: FilterIndex, queries: tuple[np.ndarray, ...], plan: _Plan, call: int,
+                 num_entities: int) -> tuple[np.ndarray, ...]:
+  """The host arrays of one call: heads, relations, targets ``[per_call, chunk]`` (padding
+  queries ``(0, 0, 0)``) and each chunk's known answers as ``(row in chunk, entity)`` pairs
+  ``[per_call, width]`` (padding pairs have entity ``N``, out of range)."""
+  size = plan.per_call * plan.chunk
+  lo = call * size
+  heads, rels, targets = (np.zeros(size, np.int32) for _ in range(3))
+  real = len(queries[0][lo:lo + size])
+  for out, src in zip((heads, rels, targets), queries):
+    out[:real] = src[lo:lo + real]
+  rows, cols = index.answers(heads[:real], rels[:real])  # rows ascending
+  chunk_of = rows // plan.chunk
+  per_chunk = np.bincount(chunk_of, minlength=plan.per_call)
   slot = np.arange(len(rows)) - np.repeat(np.cumsum(per_chunk) - per_chunk, per_chunk)
-  f_rows[chunk_of, slot] = rows % chunk
+  f_rows = np.zeros((plan.per_call, plan.width), np.int32)
+  f_cols = np.full((plan.per_call, plan.width), num_entities, np.int32)
+  f_rows[chunk_of, slot] = rows % plan.chunk
   f_cols[chunk_of, slot] = cols
-  shape = (n_chunks, chunk)
-  return _Queries(heads.reshape(shape), rels.reshape(shape), targets.reshape(shape),
-                  f_rows, f_cols, count)
+  shape = (plan.per_call, plan.chunk)
+  return heads.reshape(shape), rels.reshape(shape), targets.reshape(shape), f_rows, f_cols
 
 
 def candidate_distances(params: dict[str, Array], model: str, heads: ArrayLike,
@@ -153,42 +182,69 @@ def _rank_chunks(params, heads, rels, targets, f_rows, f_cols, *, model, num_can
 class Evaluator:
   """Filtered ranking of one split, prepared once and run jit-compiled on the layout's mesh.
 
-  ``chunk`` queries are ranked at a time; memory is ``O(chunk * N)``.  ``activation`` (the
-  run's ``h``) matters only for parameters with entity biases (``models.ranking_distances``).
-  The parameters come laid out by ``layout`` (default: one device): row-sharded over
-  ``"model"``, so each device scores its block of candidates and the counts of closer and tied
-  candidates are summed across blocks; each chunk's queries are split over ``"data"`` (when
-  ``chunk`` divides by its size).  Padding columns ``>= N`` are masked out.  The ranks come
-  back replicated, so every process of a multi-host run reads them.
+  ``chunk`` queries are ranked at a time; memory is ``O(chunk * N)``.  On a CPU, where running
+  out of memory ends the process instead of raising, the chunk is at most
+  ``CPU_CHUNK_DISTANCES / N`` queries (a device raises, and the chunk is halved until it
+  fits).  The chunks go to the device a few at a time (``_plan``): each call's queries and
+  known answers are built on the host when it is due (kept when all calls together are small),
+  so memory does not grow with the split, and a long ranking writes a progress line through
+  ``log`` every ``progress_every`` seconds.  ``activation`` (the run's ``h``) matters only for
+  parameters with entity biases (``models.ranking_distances``).  The parameters come laid out
+  by ``layout`` (default: one device): row-sharded over ``"model"``, so each device scores its
+  block of candidates and the counts of closer and tied candidates are summed across blocks;
+  each chunk's queries are split over ``"data"`` (when ``chunk`` divides by its size).  Padding
+  columns ``>= N`` are masked out.  The ranks come back replicated, so every process of a
+  multi-host run reads them.
   """
 
   def __init__(self, data: KGData, split: str, model: str, chunk: int = 256,
                index: FilterIndex | None = None, layout: Layout | None = None,
                activation: Callable[[ArrayLike], Array] | None = None,
-               log: Callable[[str], None] = print):
+               log: Callable[[str], None] = print, progress_every: float = PROGRESS_SECONDS):
     self.model = models.canonical_model(model)
     self.split = split
     self._data, self._index, self._activation, self._log = data, index, activation, log
+    self.progress_every = progress_every
     self._layout = layout or Layout(single_device_mesh(), data.num_entities)
+    self._queries = _split_queries(data, split)
+    self._count = len(self._queries[0])
+    self.relations = self._queries[1] % data.num_relations
     self._build(chunk)
 
+  def _columns(self) -> int:
+    """Candidates each device scores for a query (its block of the padded table)."""
+    return self._layout.rows // int(self._layout.mesh.shape["model"])
+
   def _build(self, chunk: int) -> None:
-    """Prepares the queries in chunks of ``chunk`` and the (not yet compiled) ranking."""
+    """Plans the calls for chunks of ``chunk`` queries (fewer on a CPU when ``N`` is large)
+    and the (not yet compiled) ranking."""
+    layout = self._layout
+    if layout.mesh.devices.flat[0].platform == "cpu":
+      chunk = min(chunk, max(1, CPU_CHUNK_DISTANCES // self._columns()))
     self.chunk = chunk
     self._index = self._index or FilterIndex(self._data)
-    q = _prepare(self._data, self._index, self.split, chunk)
-    self._count = q.count
-    self.relations = q.rels.reshape(-1)[:q.count] % self._data.num_relations
-    layout = self._layout
+    self._plan = _plan(self._index, *self._queries[:2], chunk, self._columns())
     rep = layout.replicated()
     rows = (NamedSharding(layout.mesh, P(None, "data"))
             if chunk % layout.mesh.shape["data"] == 0 else rep)
-    self._arrays = tuple(put_global(a, sh) for a, sh in zip(q[:5], (rows, rows, rows, rep, rep)))
+    self._shardings = (rows, rows, rows, rep, rep)
+    plan = self._plan
+    size = plan.calls * plan.per_call * (3 * plan.chunk + 2 * plan.width) * 4
+    self._kept = None
+    if size <= KEEP_BYTES:
+      self._kept = [self._arrays(i) for i in range(plan.calls)]
     self._fn = jax.jit(functools.partial(_rank_chunks, model=self.model,
                                          num_candidates=self._data.num_entities,
                                          activation=self._activation),
                        out_shardings=(rep, rep))
     self._compiled = None
+
+  def _arrays(self, call: int) -> tuple[Array, ...]:
+    """The device arrays of call ``call`` (``_call_arrays``, laid out)."""
+    if self._kept is not None:
+      return self._kept[call]
+    host = _call_arrays(self._index, self._queries, self._plan, call, self._data.num_entities)
+    return tuple(put_global(a, sh) for a, sh in zip(host, self._shardings))
 
   @property
   def num_queries(self) -> int:
@@ -199,7 +255,7 @@ class Evaluator:
     device memory, the chunk is halved (once said) until it fits."""
     t0 = time.perf_counter()
     self._retrying(lambda: setattr(self, "_compiled",
-                                   self._fn.lower(params, *self._arrays).compile()))
+                                   self._fn.lower(params, *self._arrays(0)).compile()))
     return time.perf_counter() - t0
 
   def _retrying(self, fn: Callable[[], Any]) -> Any:
@@ -213,16 +269,30 @@ class Evaluator:
                   f"queries; retrying with {self.chunk // 2} (--eval_chunk sets it)")
         self._build(self.chunk // 2)
 
+  def _rank_calls(self, params) -> tuple[np.ndarray, np.ndarray]:
+    """Runs every call, the next dispatched before the last is read (the host builds a
+    call's arrays while the device ranks the one before)."""
+    if self._compiled is None:
+      self.compile(params)
+    progress = ProgressLine(f"ranking {self.split}", self._count, self._log,
+                            self.progress_every)
+    per_call = self._plan.per_call * self._plan.chunk
+    done: list[tuple[np.ndarray, np.ndarray]] = []
+    pending = None
+    for call in range(self._plan.calls + 1):
+      running = (self._compiled(params, *self._arrays(call)) if call < self._plan.calls
+                 else None)
+      if pending is not None:
+        # Replicated over the mesh, possibly across processes: read the local copy.
+        done.append(tuple(np.asarray(a.addressable_data(0)).reshape(-1) for a in pending))
+        progress.update(min(self._count, len(done) * per_call))
+      pending = running
+    opt, pess = (np.concatenate([d[i] for d in done]) for i in (0, 1))
+    return opt[:self._count], pess[:self._count]
+
   def ranks(self, params) -> tuple[np.ndarray, np.ndarray]:
     """``(optimistic, pessimistic)`` ranks of every query, tail queries first."""
-    def run():
-      if self._compiled is None:
-        self.compile(params)
-      return self._compiled(params, *self._arrays)
-    opt, pess = self._retrying(run)
-    # Replicated over the mesh, possibly across processes: read the local copy.
-    opt, pess = (np.asarray(a.addressable_data(0)) for a in (opt, pess))
-    return opt.reshape(-1)[:self._count], pess.reshape(-1)[:self._count]
+    return self._retrying(lambda: self._rank_calls(params))
 
   def __call__(self, params) -> dict[str, dict[str, float]]:
     return metrics_from_ranks(*self.ranks(params))

@@ -7,7 +7,9 @@ and distance (smaller is better; for runs with entity biases ``h(c_r d^2) - b_t`
 ranking sorts).  Names may also be given by an unambiguous label.  With ``--filtered``
 (default) answers already known from train, valid or test are left out.  ``--queries`` takes
 ``head<TAB>relation<TAB>?`` and ``?<TAB>relation<TAB>tail`` lines and writes one answer per
-line (``--format=tsv``) or a JSON list (``--format=json``) to stdout or ``--output``.
+line (``--format=tsv``) or a JSON list (``--format=json``) to stdout or ``--output``, a batch
+at a time (memory does not grow with the file; :mod:`hale_jax.topk` ranks in bounded memory),
+with a progress line on stderr every ``--progress_seconds`` of a long file.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from absl import flags
 
 from hale_jax import cli, inference, runfiles, trained
+from hale_jax.progress import PROGRESS_SECONDS, ProgressLine
 
 FLAGS = flags.FLAGS
 
@@ -35,6 +38,8 @@ def _define_flags() -> None:
   flags.DEFINE_bool("overwrite", False, "Replace an existing --output file.")
   flags.DEFINE_integer("k", 10, "How many answers per query.")
   flags.DEFINE_bool("filtered", True, "Leave out answers known from train, valid or test.")
+  flags.DEFINE_float("progress_seconds", PROGRESS_SECONDS, "--queries: seconds between progress "
+                     "lines on stderr (a file answered sooner prints none).")
 
 
 def _print_one(model: trained.TrainedModel) -> None:
@@ -70,8 +75,11 @@ def _json_items(queries, answers):
 
 
 def _write_answers(model: trained.TrainedModel, numbered: list, out) -> None:
-  """Answers the queries ``QUERY_BATCH`` at a time, writing each batch as it is done."""
+  """Answers the queries ``QUERY_BATCH`` at a time, writing each batch as it is done (only a
+  batch's answers are held); a long file reports progress on stderr."""
   first = True
+  progress = ProgressLine(f"answering {FLAGS.queries}", len(numbered), cli.warn,
+                          FLAGS.progress_seconds)
   if FLAGS.format == "json":
     out.write("[\n")
   for start in range(0, len(numbered), inference.QUERY_BATCH):
@@ -85,6 +93,7 @@ def _write_answers(model: trained.TrainedModel, numbered: list, out) -> None:
         first = False
     else:
       out.writelines(_tsv_lines(queries, answers))
+    progress.update(start + len(batch))
   if FLAGS.format == "json":
     out.write("\n]\n")
 

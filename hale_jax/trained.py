@@ -18,6 +18,7 @@ prediction of the reciprocal query ``(t, r^-1, ?)``.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
@@ -26,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hale_jax import activations, models, objective, rundata, rundir, runfiles
+from hale_jax import activations, models, objective, rundata, rundir, runfiles, topk
 from hale_jax import config as config_lib
 from hale_jax.config import Config
 from hale_jax.data import DataError, FilterIndex, KGData, one_line
@@ -109,16 +110,18 @@ def load(workdir: str | os.PathLike, log: Callable[[str], None] = print) -> "Tra
                     f"vocab_sha256); the run folder was changed after training")
   params = rundata.load_params(workdir, expected_shapes(config, data), log)
   labels = rundata.read_labels(workdir, log)
-  return TrainedModel(workdir, run, data, {k: jnp.asarray(v) for k, v in params.items()}, labels)
+  return TrainedModel(workdir, run, data, {k: jnp.asarray(v) for k, v in params.items()}, labels,
+                      log)
 
 
 class TrainedModel:
   """A run's best-valid parameters with its vocabularies, known triples and labels."""
 
   def __init__(self, workdir: Path, run: dict[str, Any], data: KGData,
-               params: dict[str, jax.Array], labels: dict[str, dict[str, str]]):
+               params: dict[str, jax.Array], labels: dict[str, dict[str, str]],
+               log: Callable[[str], None] = print):
     self.workdir, self.run, self.data, self.params = workdir, run, data, params
-    self.labels = labels
+    self.labels, self.log = labels, log  # log: warnings and the progress of long rankings
     cfg = run["config"]
     self.model = models.canonical_model(cfg["model"])
     self.activation = activations.get_activation(cfg.get("activation", "hanon"),
@@ -196,32 +199,33 @@ class TrainedModel:
     return self._top_k(ids, k, filtered)
 
   def query_distances(self, entity_ids: np.ndarray, relation_ids: np.ndarray) -> np.ndarray:
-    """What ranking sorts, ``[Q, N]``, for the queries ``(entity, relation id, ?)``."""
+    """What ranking sorts, ``[Q, N]``, for the queries ``(entity, relation id, ?)``: the dense
+    block, ``4 Q N`` bytes in float32 (a million entities: 4 MB a query).  The predictions and
+    :meth:`score` never build it (:mod:`hale_jax.topk`)."""
     out = []
     for start in range(0, len(entity_ids), _QUERY_CHUNK):
-      e = jnp.asarray(entity_ids[start:start + _QUERY_CHUNK], jnp.int32)
-      r = jnp.asarray(relation_ids[start:start + _QUERY_CHUNK], jnp.int32)
-      out.append(np.asarray(_distances(self.params, self.model, e, r,
-                                       activation=self.activation)))
+      e = np.asarray(entity_ids[start:start + _QUERY_CHUNK], np.int32)
+      r = np.asarray(relation_ids[start:start + _QUERY_CHUNK], np.int32)
+      pad = _QUERY_CHUNK - len(e)  # one compiled size for every chunk
+      d = _distances(self.params, self.model, jnp.asarray(np.pad(e, (0, pad))),
+                     jnp.asarray(np.pad(r, (0, pad))), activation=self.activation)
+      out.append(np.asarray(d)[:len(e)])
     return np.concatenate(out) if out else np.zeros((0, self.data.num_entities), np.float32)
 
   def _top_k(self, ids: list[tuple[int, int]], k: int, filtered: bool) -> list[list[Prediction]]:
+    """The ``k`` best of each query, in bounded memory (:func:`hale_jax.topk.top_k`); with
+    ``filtered`` the known answers (distance ``+inf`` there) and NaN distances are left out."""
     if k < 1:
       raise ValueError(f"k must be at least 1, got {k}")
     ents = np.array([e for e, _ in ids], np.int64)
     rels = np.array([r for _, r in ids], np.int64)
-    distances = self.query_distances(ents, rels)
-    if filtered and len(ids):
-      rows, known = self.filter_index().answers(ents, rels)
-      distances[rows, known] = np.inf
+    best, distances = topk.top_k(self.params, self.model, ents, rels, k,
+                                 self.filter_index() if filtered else None, self.activation)
     names = self.data.entities
     results = []
-    for row in distances:
-      order = np.argsort(row, kind="stable")[:k]
-      if filtered:
-        order = order[np.isfinite(row[order])]
-      results.append([Prediction(names[i], self.label("entity", names[i]), float(row[i]))
-                      for i in order])
+    for row_ids, row in zip(best.tolist(), distances.tolist()):
+      results.append([Prediction(names[i], self.label("entity", names[i]), d)
+                      for i, d in zip(row_ids, row) if not filtered or math.isfinite(d)])
     return results
 
   def filter_index(self) -> FilterIndex:
@@ -231,15 +235,16 @@ class TrainedModel:
 
   def score(self, triples: Sequence[tuple[str, str, str]]) -> np.ndarray:
     """The model's score of each ``(head, relation, tail)``, higher is more plausible:
-    ``-h(c_r ||Phi(e_h, r) - e_t||^2)`` (plus the learned biases of runs that have them)."""
+    ``-h(c_r ||Phi(e_h, r) - e_t||^2)`` (plus the learned biases of runs that have them).
+    Computed from the triple's rows alone (:func:`hale_jax.topk.pair_distances`), with the
+    squared distance that ranking uses."""
     ids = np.array([(self.entity_id(h), self.relation_id(r), self.entity_id(t))
                     for h, r, t in triples], np.int64).reshape(-1, 3)
-    distances = self.query_distances(ids[:, 0], ids[:, 1])
-    if models.has_entity_bias(self.params):  # distances are h(c_r d^2) - b_t
+    d = topk.pair_distances(self.params, self.model, ids, self.activation)
+    if models.has_entity_bias(self.params):  # d is h(c_r d^2) - b_t
       head_bias = np.asarray(self.params.get("bias_head", np.zeros(self.data.num_entities)))
-      return head_bias[ids[:, 0]] - distances[np.arange(len(ids)), ids[:, 2]]
+      return head_bias[ids[:, 0]] - d
     scale = np.asarray(models.relation_scale(self.params, ids[:, 1]))
-    d = distances[np.arange(len(ids)), ids[:, 2]]
     return -np.asarray(self.activation(jnp.asarray(scale * d)))
 
   def embedding(self, names: str | Sequence[str]) -> np.ndarray:
@@ -260,7 +265,7 @@ class TrainedModel:
     key = (split, chunk)
     if key not in self._evaluators:  # compiled once per split and chunk
       self._evaluators[key] = Evaluator(self.data, split, self.model, chunk, self.filter_index(),
-                                        activation=self.activation)
+                                        activation=self.activation, log=self.log)
     evaluator = self._evaluators[key]
     if breakdown is None:
       return evaluator(self.params)
