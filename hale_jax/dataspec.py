@@ -86,10 +86,10 @@ class Dataset(DataSpec):
   kind: ClassVar[str] = "dataset"
 
   def load(self) -> KGData:
-    return load_folder(datasets.resolve(self.name), name=self.name)
+    return datasets.load(self.name)
 
   def hashes(self) -> dict[str, str]:
-    return split_hashes(datasets.resolve(self.name))
+    return datasets.hashes(self.name)
 
   def label_folder(self) -> Path | None:
     return datasets.resolve(self.name)
