@@ -2,7 +2,7 @@
 
 :func:`resolve` maps a name (``WN18RR``, ``FB15k-237``, ``CoDEx-S``, ``CoDEx-M``, ``CoDEx-L``,
 ``Wikidata5M``, ``ogbl-wikikg2``; case, ``-`` and ``_`` are ignored) to a folder holding the
-dataset in its installed form (its source's ``layout``): ``train.txt``, ``valid.txt`` and
+dataset in its installed form (its source's ``form``): ``train.txt``, ``valid.txt`` and
 ``test.txt``, or for ogbl-wikikg2 a folder of arrays (``hale_jax.arrayfolder``); :func:`load`
 reads it and :func:`hashes` fingerprints it.  It looks, in order, in
 
@@ -138,21 +138,21 @@ def resolve(name: str, *, cache_dir: str | os.PathLike | None = None,
             sources: Mapping[str, Source] | None = None, timeout: float = 30.0) -> Path:
   """The folder of dataset ``name``, downloading it into the cache if needed (module docs)."""
   name, source = _source(name, sources)
-  layout = source.layout
+  form = source.form
   if os.environ.get("HALE_DATA_DIR"):
     root = Path(os.environ["HALE_DATA_DIR"])
     if not root.is_dir():
       raise DataError(f"HALE_DATA_DIR={root} is not a folder; point it at the folder that holds "
-                      f"{name}/ (with {layout.expects}), or unset it to look in the cache "
+                      f"{name}/ (with {form.expects}), or unset it to look in the cache "
                       f"{cache_root(cache_dir)} and download there")
     local = root / name
-    if layout.complete(local):
+    if form.complete(local):
       return local
   target = cache_root(cache_dir) / name
-  if layout.complete(target):
+  if form.complete(target):
     return target
   if target.exists():
-    missing = [f for f in layout.files if not (target / f).is_file()]
+    missing = [f for f in form.files if not (target / f).is_file()]
     raise DataError(f"{target} exists but lacks {', '.join(missing)}; complete it or delete "
                     f"it so that {name} is downloaded again")
   download.fetch_dataset(name, source, target, timeout)
@@ -164,11 +164,11 @@ def load(name: str, *, cache_dir: str | os.PathLike | None = None,
   """Dataset ``name`` (resolved, downloaded if needed), read in its installed form; the data's
   name is ``name`` as given."""
   folder = resolve(name, cache_dir=cache_dir, sources=sources, timeout=timeout)
-  return _source(name, sources)[1].layout.load(folder, name)
+  return _source(name, sources)[1].form.load(folder, name)
 
 
 def hashes(name: str, *, cache_dir: str | os.PathLike | None = None,
            sources: Mapping[str, Source] | None = None) -> dict[str, str]:
   """sha256 of the installed files of dataset ``name`` (what ``run.json`` keeps)."""
   folder = resolve(name, cache_dir=cache_dir, sources=sources)
-  return _source(name, sources)[1].layout.hashes(folder)
+  return _source(name, sources)[1].form.hashes(folder)

@@ -19,7 +19,7 @@ removed by the next download once unchanged for :data:`STALE_SECONDS`.
 
 File checksums always apply to the LF form, which is what lands in the cache.  A source is
 anything with ``fill(name, staging, target, timeout)`` (put the dataset's files into
-``staging``) and a ``layout`` (how the installed folder is recognised, loaded and
+``staging``) and a ``form`` (how the installed folder is recognised, loaded and
 fingerprinted: :class:`TextFolder` here, ``hale_jax.arrayfolder.ArrayFolder`` for
 ``hale_jax.ogb_data``).  Any failure raises :class:`~hale_jax.data.DataError` with a one-line
 message.
@@ -95,7 +95,7 @@ class Tarball:
   size: int | None = None
   unpacked: int | None = None
   rename: Mapping[str, str] = dataclasses.field(default_factory=dict)
-  layout: ClassVar[Any] = TextFolder
+  form: ClassVar[Any] = TextFolder
 
   def fill(self, name: str, staging: Path, target: Path, timeout: float) -> None:
     archive, _ = fetch_archive(name, self, staging, target, timeout)
@@ -111,7 +111,7 @@ class Files:
   (for the size cap; a missing entry means the 2 GiB cap)."""
   files: Mapping[str, tuple[str, Checksum]]
   sizes: Mapping[str, int] = dataclasses.field(default_factory=dict)
-  layout: ClassVar[Any] = TextFolder
+  form: ClassVar[Any] = TextFolder
 
   def fill(self, name: str, staging: Path, target: Path, timeout: float) -> None:
     """Fetches file by file, each checked before the next is fetched."""
@@ -122,7 +122,7 @@ class Files:
 
 class Source(Protocol):
   """What :func:`fetch_dataset` needs of a source (module docstring)."""
-  layout: ClassVar[Any]
+  form: ClassVar[Any]
 
   def fill(self, name: str, staging: Path, target: Path, timeout: float) -> None:
     ...
@@ -141,10 +141,10 @@ def by_hand(name: str, target: Path | str, source: Any = None) -> str:
   """The advice when a dataset cannot be downloaded; it fits every command (only training
   takes --data_dir, and only for text splits)."""
   target = Path(target)
-  layout = getattr(source, "layout", TextFolder)
-  where = f"set HALE_DATA_DIR to a folder holding {name}/ with {layout.expects}"
-  if layout is TextFolder:
-    where = (f"put {layout.expects} by hand into {target}, or {where}, or train with "
+  form = getattr(source, "form", TextFolder)
+  where = f"set HALE_DATA_DIR to a folder holding {name}/ with {form.expects}"
+  if form is TextFolder:
+    where = (f"put {form.expects} by hand into {target}, or {where}, or train with "
              f"--data_dir <folder>")
   if getattr(source, "url", None):
     return (f"download {source.url} by hand to {target.parent / archive_name(source.url)} "
@@ -170,7 +170,7 @@ def fetch_dataset(name: str, source: Source, target: Path, timeout: float) -> No
     raise DataError(f"could not download {name} from {url} ({one_line(reason)}); "
                     f"{by_hand(name, target, source)}") from None
   else:
-    _install(name, staging, target, source.layout)
+    _install(name, staging, target, source.form)
   finally:
     shutil.rmtree(staging, ignore_errors=True)
     _remove_if_empty(created)
@@ -383,14 +383,14 @@ def _verify(name: str, filename: str, path: Path, checksum: Checksum,
                     f"the download is corrupt or the source changed, so nothing was cached")
 
 
-def _install(name: str, staging: Path, target: Path, layout: Any) -> None:
+def _install(name: str, staging: Path, target: Path, form: Any) -> None:
   """Renames the filled ``staging`` folder to ``target`` in one step."""
   try:
     os.chmod(staging, 0o755)  # mkdtemp makes it private
     try:
       os.rename(staging, target)
     except OSError:
-      if not layout.complete(target):  # else a concurrent download won the race
+      if not form.complete(target):  # else a concurrent download won the race
         raise
   except OSError as err:
     raise DataError(f"cannot write the dataset into {target} ({one_line(err)}); set "

@@ -64,7 +64,7 @@ class OgbZip:
   size: int | None
   sha256: str | None = None
   split: str = "time"
-  layout: ClassVar[Any] = ArrayFolder
+  form: ClassVar[Any] = ArrayFolder
 
   def fill(self, name: str, staging: Path, target: Path, timeout: float) -> None:
     archive, sha256 = download.fetch_archive(name, self, staging, target, timeout)

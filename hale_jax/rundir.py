@@ -183,14 +183,11 @@ def changed_data(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 def mismatch(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
   """What differs between two run specs, ignoring the fields a resume may change (and the
-  learning rate, when the earlier run diverged).  A field a run.json lacks (written before
-  the field existed) counts as its default, which is how that run behaved."""
+  learning rate, when the earlier run diverged)."""
   diffs = []
   if old.get("vocab_sha256") != new.get("vocab_sha256"):
     diffs.append(f"dataset vocabulary ({old.get('dataset')} vs {new.get('dataset')})")
-  defaults = Config().flat()
-  oc = {**defaults, **old.get("config", {})}
-  nc = {**defaults, **new.get("config", {})}
+  oc, nc = old.get("config", {}), new.get("config", {})
   free = resumable_fields() | (AFTER_DIVERGENCE if old.get("diverged") else frozenset())
   for key in sorted(set(oc) | set(nc)):
     if key not in free and oc.get(key) != nc.get(key):

@@ -269,6 +269,6 @@ def test_the_real_sources_of_the_large_benchmarks():
   assert "/resolve/6b2b09672129e280c0c9da97ab58154e9d535e6b/" in w5m.url  # a fixed revision
   ogb = datasets.SOURCES["ogbl-wikikg2"]
   assert ogb.url == "https://snap.stanford.edu/ogb/data/linkproppred/wikikg-v2.zip"
-  assert ogb.sha256 is None and ogb.layout is arrayfolder.ArrayFolder
+  assert ogb.sha256 is None and ogb.form is arrayfolder.ArrayFolder
   for given in ("wikidata5m", "Wikidata-5M", "ogbl_wikikg2", "OGBL-WIKIKG2", "ogblwikikg2"):
     assert datasets.canonical_name(given) in ("Wikidata5M", "ogbl-wikikg2")

@@ -123,12 +123,3 @@ def test_the_protocol_without_negatives_is_refused_before_the_workdir(tmp_path):
   with pytest.raises(ValueError, match="synthetic ships none"):
     train(Config.make(**RUN), synthetic.generate(), workdir, log=lambda line: None)
   assert not workdir.exists()
-
-
-def test_a_run_json_without_the_option_resumes_as_filtered():
-  from hale_jax import rundir  # pylint: disable=import-outside-toplevel
-  new = {"config": Config.make(model="RotL").flat()}
-  old = {"config": {k: v for k, v in new["config"].items() if k != "eval_protocol"}}
-  assert rundir.mismatch(old, new) == []
-  ogb = {"config": Config.make(model="RotL", eval_protocol="ogb").flat()}
-  assert rundir.mismatch(old, ogb) == ["eval_protocol ('filtered' vs 'ogb')"]
