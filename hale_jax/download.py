@@ -17,12 +17,10 @@ are skipped).  An archive someone put by hand beside the dataset's cache folder
 installed from there, and left in place.  Staging folders left by a killed download are
 removed by the next download once unchanged for :data:`STALE_SECONDS`.
 
-File checksums always apply to the LF form, which is what lands in the cache.  A source is
-anything with ``fill(name, staging, target, timeout)`` (put the dataset's files into
-``staging``) and a ``form`` (how the installed folder is recognised, loaded and
-fingerprinted: :class:`TextFolder` here, ``hale_jax.arrayfolder.ArrayFolder`` for
-``hale_jax.ogb_data``).  Any failure raises :class:`~hale_jax.data.DataError` with a one-line
-message.
+File checksums apply to the LF form that lands in the cache.  A source has ``fill`` (put the
+files into ``staging``) and a ``form``: how the installed folder is recognised, loaded and
+fingerprinted (:class:`TextFolder`; ``hale_jax.arrayfolder.ArrayFolder`` for OGB's arrays).
+Any failure raises :class:`~hale_jax.data.DataError` with a one-line message.
 """
 
 from __future__ import annotations
@@ -99,8 +97,8 @@ class Tarball:
 
   def fill(self, name: str, staging: Path, target: Path, timeout: float) -> None:
     archive, _ = fetch_archive(name, self, staging, target, timeout)
-    advice = by_hand(name, target, self)
-    _extract(name, archive, self, staging, _cap(self.unpacked or self.size), advice)
+    _extract(name, archive, self, staging, _cap(self.unpacked or self.size),
+             by_hand(name, target, self))
     if archive.parent == staging:
       archive.unlink()
 
@@ -124,8 +122,7 @@ class Source(Protocol):
   """What :func:`fetch_dataset` needs of a source (module docstring)."""
   form: ClassVar[Any]
 
-  def fill(self, name: str, staging: Path, target: Path, timeout: float) -> None:
-    ...
+  def fill(self, name: str, staging: Path, target: Path, timeout: float) -> None: ...
 
 
 class _DownloadFailed(Exception):
@@ -154,7 +151,7 @@ def by_hand(name: str, target: Path | str, source: Any = None) -> str:
 
 def complete(folder: Path) -> bool:
   """Whether ``folder`` holds all three split files (a usable dataset folder)."""
-  return all((folder / f"{s}.txt").is_file() for s in SPLITS)
+  return all((Path(folder) / f).is_file() for f in TextFolder.files)
 
 
 def fetch_dataset(name: str, source: Source, target: Path, timeout: float) -> None:
@@ -246,10 +243,13 @@ def fetch_archive(name: str, source: Any, staging: Path, target: Path,
   if placed.is_file():
     print(f"installing {name} from {placed} (put there by hand) ...", file=sys.stderr,
           flush=True)
-    if placed.stat().st_size > cap[0]:
-      raise DataError(f"{name}: {placed} has {placed.stat().st_size:,} bytes, over {cap[0]:,} "
-                      f"({cap[1]}); it is not the archive of {source.url}")
-    archive, got = placed, None
+    got = _file_digest("sha256", placed) if placed.stat().st_size <= cap[0] else "too large"
+    if got == "too large" or (source.sha256 and got != source.sha256.lower()):
+      raise DataError(f"{name}: {placed} (put there by hand) is not the archive of "
+                      f"{source.url} ({placed.stat().st_size:,} bytes, sha256 {got}; expected "
+                      f"sha256 {source.sha256 or 'unknown'}, at most {cap[0]:,} bytes); "
+                      f"replace or delete it")
+    archive = placed
   else:
     archive = staging / _ARCHIVE
     got = _fetch(name, source.url, timeout, archive, cap, lf=False)

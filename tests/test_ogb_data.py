@@ -272,3 +272,19 @@ def test_the_real_sources_of_the_large_benchmarks():
   assert ogb.sha256 is None and ogb.form is arrayfolder.ArrayFolder
   for given in ("wikidata5m", "Wikidata-5M", "ogbl_wikikg2", "OGBL-WIKIKG2", "ogblwikikg2"):
     assert datasets.canonical_name(given) in ("Wikidata5M", "ogbl-wikikg2")
+
+
+def test_a_wrong_archive_put_by_hand_is_refused_and_left_alone(opener, cache):
+  archive = wikidata5m_tar()
+  sources = _wikidata5m_source(archive)
+  cache.mkdir(parents=True)
+  placed = cache / "wikidata5m_transductive.tar.gz"
+  placed.write_bytes(archive + b"junk")
+  with pytest.raises(DataError) as err:
+    datasets.resolve("wikidata5m", cache_dir=cache, sources=sources)
+  message = str(err.value)
+  assert "\n" not in message and f"{placed} (put there by hand) is not the archive" in message
+  assert message.endswith("replace or delete it") and opener.asked == []
+  assert placed.read_bytes() == archive + b"junk"
+  placed.write_bytes(archive)
+  assert datasets.load("wikidata5m", cache_dir=cache, sources=sources).num_entities == 5
