@@ -105,6 +105,10 @@ def load(workdir: str | os.PathLike, log: Callable[[str], None] = print) -> "Tra
                             f"(runs write run.json when they start)?")
   config = _config(run, path)
   data = rundata.read_data(workdir, str(run.get("dataset", workdir.name)))
+  if config.budget.eval_protocol == "ogb" and data.negatives is None:
+    raise DataError(f"{workdir / runfiles.NEGATIVES}: missing, but the run ranks by the OGB "
+                    f"protocol (its given negatives); the run folder is damaged: restore it "
+                    f"from a copy")
   if rundir.vocabulary_hash(data) != run.get("vocab_sha256"):
     raise DataError(f"{workdir}: the vocabularies do not match the run's ({path}'s "
                     f"vocab_sha256); the run folder was changed after training")

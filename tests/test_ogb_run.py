@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import hale_jax
-from hale_jax import dataspec, datasets, download, ogb_data, runfiles, synthetic
+from hale_jax import dataspec, datasets, download, runfiles, synthetic
 from hale_jax.config import Config
 from hale_jax.data import DataError
 from hale_jax.loop import train
@@ -115,6 +115,9 @@ def test_damaged_negatives_in_the_run_folder_are_one_line(run, tmp_path):
   assert "\n" not in str(err.value)
   (copy / runfiles.NEGATIVES / "test.npy").unlink()
   with pytest.raises(DataError, match="the test negatives cannot be read"):
+    hale_jax.load(copy)
+  shutil.rmtree(copy / runfiles.NEGATIVES)
+  with pytest.raises(DataError, match="negatives: missing, but the run ranks by the OGB"):
     hale_jax.load(copy)
 
 
