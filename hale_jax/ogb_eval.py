@@ -18,8 +18,8 @@ negatives scoring higher than the positive, ``pessimistic`` = those scoring at l
 directions' lists).  Here the score is minus what ranking sorts (``models.ranking_distances``,
 smaller is better), so with ``n_<`` negatives strictly closer and ``n_=`` equally close,
 hale_jax's optimistic rank ``1 + n_<``, pessimistic ``1 + n_< + n_=`` and realistic rank, their
-mean, is OGB's rank exactly: the ``realistic`` metrics of :func:`~hale_jax.evaluation.
-metrics_from_ranks` are OGB's MRR and Hits@1/3/10, the other two tie rules bound them.  One
+mean, is OGB's rank exactly: the ``realistic`` metrics of ``metrics_from_ranks``
+(``hale_jax.evaluation``) are OGB's MRR and Hits@1/3/10; the other two tie rules bound them.  One
 departure: a NaN target distance ranks last (``K + 1``) where OGB's comparisons with NaN would
 give rank 1, so that a broken model never looks good.
 
@@ -109,9 +109,9 @@ def _block_ranks(params, heads, rels, candidates, *, model, activation):
 
 
 class OgbEvaluator:
-  """OGB-protocol ranking of one split (module docstring), with :class:`~hale_jax.evaluation.
-  Evaluator`'s interface: ``compile``, ``ranks`` (tail queries first), ``__call__`` (metrics),
-  ``breakdown``, ``num_queries``, ``relations``."""
+  """OGB-protocol ranking of one split (module docstring), with the interface of
+  :class:`~hale_jax.evaluation.Evaluator`: ``compile``, ``ranks`` (tail queries first),
+  ``__call__`` (metrics), ``breakdown``, ``num_queries``, ``relations``."""
 
   def __init__(self, data: KGData, split: str, model: str, chunk: int = 256,
                layout: Layout | None = None,
