@@ -32,6 +32,8 @@ import jax
 from hale_jax import activations, losses, mesh, models, objective, optim
 
 GROUPS = ("model", "objective", "optim", "budget", "run")
+EVAL_PROTOCOLS = ("filtered", "ogb")
+"""``--eval_protocol``: ``hale_jax.evaluation`` (filtered) or ``hale_jax.ogb_eval`` (ogb)."""
 
 
 def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None,  # pylint: disable=redefined-builtin
@@ -184,6 +186,10 @@ class BudgetConfig:
   eval_chunk: int = option(256, "Queries ranked at a time (memory: chunk x entities; on a CPU "
                            "at most 2^24 / entities); halved automatically when the device runs "
                            "out of memory.", resumable=True)
+  eval_protocol: str = option("filtered", "How valid and test are ranked: filtered (against "
+                              "every entity, other known answers removed), or ogb (against the "
+                              "head and tail negatives the dataset ships, as OGB's evaluator: "
+                              "ogbl-wikikg2).", choices=EVAL_PROTOCOLS)
   patience: int = option(0, "Early stopping: end training after this many validations without "
                          "a valid-MRR gain of more than --min_delta over the best (0: off).",
                          resumable=True)
@@ -199,6 +205,7 @@ class BudgetConfig:
       if getattr(self, name) < 0:
         raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
     _check_positive(self, "eval_chunk")
+    _check_choice(self, "eval_protocol")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -46,6 +46,9 @@ class KGData:
     train, valid, test: ``[T, 3]`` int32 triples ``(head, relation, tail)``, relation ids in
       ``[0, |R|)``.
     source: where the data came from (a folder, or a generator description).
+    negatives: for a benchmark that ships them (ogbl-wikikg2), ``{"valid": a, "test": a}``
+      with ``a`` int32 ``[n, 2, K]``: the given candidates each held-out triple is ranked
+      against (``a[i, 0]`` head, ``a[i, 1]`` tail; ``hale_jax.ogb_eval``); else None.
   """
   name: str
   entities: tuple[str, ...]
@@ -54,6 +57,7 @@ class KGData:
   valid: np.ndarray
   test: np.ndarray
   source: str = ""
+  negatives: dict[str, np.ndarray] | None = None
 
   @property
   def num_entities(self) -> int:
@@ -205,6 +209,9 @@ def summary(data: KGData) -> str:
     n_ent, n_tri = unseen_in_train(data, s)
     lines.append(f"  {s}: {n_ent:,} entities unseen in train, in {n_tri:,} triples "
                  f"(ranked with their untrained initial embeddings)")
+  if data.negatives is not None:
+    lines.append(f"  given negatives: {data.negatives['test'].shape[2]:,} head and as many tail "
+                 f"candidates per valid and test triple (--eval_protocol=ogb ranks against them)")
   return "\n".join(lines)
 
 

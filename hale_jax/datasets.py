@@ -1,25 +1,39 @@
-"""Finding a benchmark dataset by name, downloading and caching it on first use; loading the
-data a run was trained on from its data spec.
+"""Finding a benchmark dataset by name, downloading and caching it on first use, loading it.
 
-:func:`resolve` maps a name (``WN18RR``, ``FB15k-237``, ``CoDEx-S``, ``CoDEx-M``, ``CoDEx-L``;
-case, ``-`` and ``_`` are ignored) to a folder holding ``train.txt``, ``valid.txt`` and
-``test.txt``.  It looks, in order, in
+:func:`resolve` maps a name (``WN18RR``, ``FB15k-237``, ``CoDEx-S``, ``CoDEx-M``, ``CoDEx-L``,
+``Wikidata5M``, ``ogbl-wikikg2``; case, ``-`` and ``_`` are ignored) to a folder holding the
+dataset in its installed form (its source's ``form``): ``train.txt``, ``valid.txt`` and
+``test.txt``, or for ogbl-wikikg2 a folder of arrays (``hale_jax.arrayfolder``); :func:`load`
+reads it and :func:`hashes` fingerprints it.  It looks, in order, in
 
-1. ``$HALE_DATA_DIR/<Name>``, if that variable is set and the folder has ``train.txt``;
+1. ``$HALE_DATA_DIR/<Name>``, if that variable is set and the folder is complete;
 2. the cache folder ``<cache>/<Name>``, where ``<cache>`` is the ``cache_dir`` argument, else
    ``$HALE_CACHE_DIR``, else ``$XDG_CACHE_HOME/hale_jax/datasets``, else
    ``~/.cache/hale_jax/datasets``;
 3. otherwise it downloads the canonical public release (:data:`SOURCES`) into the cache with
    :func:`hale_jax.download.fetch_dataset` (staged, size-capped, checksummed, LF line endings,
-   moved into place in one rename; see that module).
+   moved into place in one rename; see that module).  An archive put by hand at
+   ``<cache>/<archive name>`` is installed from there instead.
 
-Sources, pinned to a commit (checksums as in ``shared/datasets/README.md``):
+Sources, pinned to a commit or revision (checksums as in ``shared/datasets/README.md``):
 
 * WN18RR, FB15k-237: ``WN18RR.tar.gz`` / ``FB15k-237.tar.gz`` of github.com/TimDettmers/ConvE;
   the tarball's sha256 is checked, then each split's sha256 after LF normalisation (the
   FB15k-237 files are CRLF in the archive).
 * CoDEx-S, CoDEx-M, CoDEx-L: ``data/triples/codex-{s,m,l}/*.txt`` of github.com/tsafavi/codex,
   one URL per split, checked by sha256 (S, M) or git blob id (L).
+* Wikidata5M, the transductive split (KEPLER, Wang et al.; 4,594,485 entities, 822 relations,
+  20,614,279 / 5,163 / 5,133 triples of tab-separated Wikidata ``Q``/``P`` ids): the archive
+  ``wikidata5m_transductive.tar.gz`` holding ``wikidata5m_transductive_{train,valid,test}.txt``,
+  installed as ``train.txt``, ``valid.txt``, ``test.txt``.  The authors' release is
+  https://www.dropbox.com/s/6sbhm0rwo4l73jq/wikidata5m_transductive.tar.gz?dl=1, linked from
+  https://deepgraphlearning.github.io/project/wikidata5m (PyG's loader uses it too), with no
+  checksum.  hale_jax fetches the copy on Hugging Face (``intfloat/wikidata5m``, by SimKGC's
+  author) at a fixed revision, whose sha256 and size (168,258,214 bytes) are recorded for that
+  revision in public lock files and pinned here; they were not checked against the Dropbox
+  file (written without network).
+* ogbl-wikikg2 (Open Graph Benchmark): OGB's ``wikikg-v2.zip``, converted on install to arrays
+  with its given valid/test negatives; OGB publishes no checksum (``hale_jax.ogb_data``).
 
 Any failure raises :class:`~hale_jax.data.DataError` with a one-line message.
 (:mod:`hale_jax.dataspec` turns a run's data spec back into its data.)
@@ -29,15 +43,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
-from hale_jax import download
-from hale_jax.data import SPLITS, DataError
+from hale_jax import download, ogb_data
+from hale_jax.data import SPLITS, DataError, KGData
 from hale_jax.download import Files, Source, Tarball
 
 _CONVE = "https://github.com/TimDettmers/ConvE/raw/f3c0eb286025410fa5b4c04696c918264163d0ca"
 _CODEX = ("https://raw.githubusercontent.com/tsafavi/codex/"
           "3132e426c2a6b643b70bad679905a3a6270be440/data/triples")
+_WIKIDATA5M = ("https://huggingface.co/datasets/intfloat/wikidata5m/resolve/"
+               "6b2b09672129e280c0c9da97ab58154e9d535e6b/wikidata5m_transductive.tar.gz")
+_WIKIDATA5M_FILES = {f"wikidata5m_transductive_{s}.txt": f"{s}.txt" for s in SPLITS}
 
 
 def _codex(size: str, kind: str, digests: tuple[str, str, str],
@@ -79,6 +96,14 @@ SOURCES: dict[str, Source] = {
         "3e5cec60786324253038169b05ecec82dc1358a8",
         "1303c431701b3f0d2e116467c7fb7b0f210ce869"),
         (11_000_000, 700_000, 700_000)),
+    # unpacked: an upper estimate of the train file (20.6M lines of about 25 bytes).
+    "Wikidata5M": Tarball(_WIKIDATA5M,
+                          "383160990b41c0905fc03f4a8afbb9b12be1ca3591e026bde6cdc94a59542597",
+                          dict.fromkeys(_WIKIDATA5M_FILES), size=168_258_214,
+                          unpacked=1_000_000_000, rename=_WIKIDATA5M_FILES),
+    # size: about 4.1 GB (a listing of the server; the negatives alone are 8.2 GB of int64).
+    "ogbl-wikikg2": ogb_data.OgbZip("https://snap.stanford.edu/ogb/data/linkproppred/"
+                                    "wikikg-v2.zip", size=4_100_000_000),
 }
 
 
@@ -91,6 +116,12 @@ def canonical_name(name: str, known=SOURCES) -> str:
       return canonical
   raise DataError(f"unknown dataset {name!r}; known names are {', '.join(known)}; to train on "
                   f"another folder with train.txt, valid.txt and test.txt, pass --data_dir")
+
+
+def _source(name: str, sources: Mapping[str, Source] | None) -> tuple[str, Source]:
+  sources = SOURCES if sources is None else sources
+  name = canonical_name(name, sources)
+  return name, sources[name]
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -106,22 +137,39 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
 def resolve(name: str, *, cache_dir: str | os.PathLike | None = None,
             sources: Mapping[str, Source] | None = None, timeout: float = 30.0) -> Path:
   """The folder of dataset ``name``, downloading it into the cache if needed (module docs)."""
-  sources = SOURCES if sources is None else sources
-  name = canonical_name(name, sources)
+  name, source = _source(name, sources)
+  form = source.form
   if os.environ.get("HALE_DATA_DIR"):
     root = Path(os.environ["HALE_DATA_DIR"])
     if not root.is_dir():
       raise DataError(f"HALE_DATA_DIR={root} is not a folder; point it at the folder that holds "
-                      f"{name}/ (with train.txt, valid.txt, test.txt), or unset it to look in "
-                      f"the cache {cache_root(cache_dir)} and download there")
+                      f"{name}/ (with {form.expects}), or unset it to look in the cache "
+                      f"{cache_root(cache_dir)} and download there")
     local = root / name
-    if (local / "train.txt").is_file():
+    if form.complete(local):
       return local
   target = cache_root(cache_dir) / name
-  if download.complete(target):
+  if form.complete(target):
     return target
   if target.exists():
-    raise DataError(f"{target} exists but lacks train.txt, valid.txt or test.txt; complete it "
-                    f"or delete it so that {name} is downloaded again")
-  download.fetch_dataset(name, sources[name], target, timeout)
+    missing = [f for f in form.files if not (target / f).is_file()]
+    raise DataError(f"{target} exists but lacks {', '.join(missing)}; complete it or delete "
+                    f"it so that {name} is downloaded again")
+  download.fetch_dataset(name, source, target, timeout)
   return target
+
+
+def load(name: str, *, cache_dir: str | os.PathLike | None = None,
+         sources: Mapping[str, Source] | None = None, timeout: float = 30.0,
+         log: Callable[[str], None] | None = None) -> KGData:
+  """Dataset ``name`` (resolved, downloaded if needed), read in its installed form; the data's
+  name is ``name`` as given.  ``log`` gets the reader's progress lines (text splits)."""
+  folder = resolve(name, cache_dir=cache_dir, sources=sources, timeout=timeout)
+  return _source(name, sources)[1].form.load(folder, name, log=log)
+
+
+def hashes(name: str, *, cache_dir: str | os.PathLike | None = None,
+           sources: Mapping[str, Source] | None = None) -> dict[str, str]:
+  """sha256 of the installed files of dataset ``name`` (what ``run.json`` keeps)."""
+  folder = resolve(name, cache_dir=cache_dir, sources=sources)
+  return _source(name, sources)[1].form.hashes(folder)

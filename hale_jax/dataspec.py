@@ -89,10 +89,10 @@ class Dataset(DataSpec):
   kind: ClassVar[str] = "dataset"
 
   def load(self, log: Log | None = None) -> KGData:
-    return load_folder(datasets.resolve(self.name), name=self.name, log=log)
+    return datasets.load(self.name, log=log)
 
   def hashes(self) -> dict[str, str]:
-    return split_hashes(datasets.resolve(self.name))
+    return datasets.hashes(self.name)
 
   def label_folder(self) -> Path | None:
     return datasets.resolve(self.name)

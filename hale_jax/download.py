@@ -11,12 +11,16 @@ Downloads stream to disk while being hashed; one that grows past :data:`SIZE_FAC
 expected size (or :data:`UNKNOWN_SIZE_CAP` when the source gives none) is stopped.  Each file's
 checksum is checked as soon as it is on disk, before the next file is fetched, and an
 archive's before anything is extracted from it; only regular archive members with a wanted
-basename are extracted, under that basename (links and devices are skipped).  Staging folders
-left by a killed download are removed by the next download once unchanged for
-:data:`STALE_SECONDS`.
+basename are extracted, under that basename or the name ``rename`` gives it (links and devices
+are skipped).  An archive someone put by hand beside the dataset's cache folder
+(``<cache>/<archive name>``, for a machine without network) is checked the same way and
+installed from there, and left in place.  Staging folders left by a killed download are
+removed by the next download once unchanged for :data:`STALE_SECONDS`.
 
-File checksums always apply to the LF form, which is what lands in the cache.  Any failure
-raises :class:`~hale_jax.data.DataError` with a one-line message.
+File checksums apply to the LF form that lands in the cache.  A source has ``fill`` (put the
+files into ``staging``) and a ``form``: how the installed folder is recognised, loaded and
+fingerprinted (:class:`TextFolder`; ``hale_jax.arrayfolder.ArrayFolder`` for OGB's arrays).
+Any failure raises :class:`~hale_jax.data.DataError` with a one-line message.
 """
 
 from __future__ import annotations
@@ -35,9 +39,10 @@ import urllib.error
 import urllib.request
 import zlib
 from pathlib import Path
-from typing import Mapping, Union
+from typing import Any, Callable, ClassVar, Mapping, Protocol
+from urllib.parse import urlsplit
 
-from hale_jax.data import SPLITS, DataError, one_line
+from hale_jax.data import SPLITS, DataError, KGData, load_folder, one_line, split_hashes
 
 Checksum = tuple[str, str]
 """``("sha256", hex)`` or ``("gitblob", hex)`` (the id ``git hash-object`` prints)."""
@@ -54,16 +59,48 @@ _CHUNK = 1 << 20
 _ARCHIVE = ".download"  # the archive's name inside the staging folder; never a split's
 
 
+class TextFolder:
+  """The installed form of :class:`Tarball` and :class:`Files`: ``train.txt``, ``valid.txt``
+  and ``test.txt``, read by :func:`hale_jax.data.load_folder`."""
+  files = tuple(f"{s}.txt" for s in SPLITS)
+  expects = "train.txt, valid.txt and test.txt"
+
+  @staticmethod
+  def complete(folder: Path) -> bool:
+    return complete(folder)
+
+  @staticmethod
+  def load(folder: Path, name: str, log: Callable[[str], None] | None = None) -> KGData:
+    return load_folder(folder, name=name, log=log)
+
+  @staticmethod
+  def hashes(folder: Path) -> dict[str, str]:
+    return split_hashes(folder)
+
+
 @dataclasses.dataclass(frozen=True)
 class Tarball:
-  """One archive holding the splits; each ``files`` key is found anywhere by basename.
+  """One archive holding the splits; each ``files`` key is found anywhere by basename, and
+  checked by its checksum when one is given (``None``: the archive's sha256 vouches for it).
 
-  ``size``: the expected bytes of the archive (an upper bound will do), for the size cap.
+  ``size``: the expected bytes of the archive (an upper bound will do), for the size cap;
+  ``unpacked``: the expected bytes of its largest wanted file, for the cap on each (default:
+  ``size``); ``rename``: the name a file gets in the cache (default: its own).
   """
   url: str
   sha256: str
-  files: Mapping[str, Checksum]
+  files: Mapping[str, Checksum | None]
   size: int | None = None
+  unpacked: int | None = None
+  rename: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  form: ClassVar[Any] = TextFolder
+
+  def fill(self, name: str, staging: Path, target: Path, timeout: float) -> None:
+    archive, _ = fetch_archive(name, self, staging, target, timeout)
+    _extract(name, archive, self, staging, _cap(self.unpacked or self.size),
+             by_hand(name, target, self))
+    if archive.parent == staging:
+      archive.unlink()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,25 +109,49 @@ class Files:
   (for the size cap; a missing entry means the 2 GiB cap)."""
   files: Mapping[str, tuple[str, Checksum]]
   sizes: Mapping[str, int] = dataclasses.field(default_factory=dict)
+  form: ClassVar[Any] = TextFolder
+
+  def fill(self, name: str, staging: Path, target: Path, timeout: float) -> None:
+    """Fetches file by file, each checked before the next is fetched."""
+    for f, (url, checksum) in self.files.items():
+      got = _fetch(name, url, timeout, staging / f, _cap(self.sizes.get(f)), lf=True)
+      _verify(name, f, staging / f, checksum, got)
 
 
-Source = Union[Tarball, Files]
+class Source(Protocol):
+  """What :func:`fetch_dataset` needs of a source (module docstring)."""
+  form: ClassVar[Any]
+
+  def fill(self, name: str, staging: Path, target: Path, timeout: float) -> None: ...
 
 
 class _DownloadFailed(Exception):
   """A URL could not be fetched; ``args == (url, reason)``."""
 
 
-def by_hand(name: str, target: Path | str) -> str:
+def archive_name(url: str) -> str:
+  """The file name of an archive's URL (``.../wikikg-v2.zip`` -> ``wikikg-v2.zip``)."""
+  return urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1] or "archive"
+
+
+def by_hand(name: str, target: Path | str, source: Any = None) -> str:
   """The advice when a dataset cannot be downloaded; it fits every command (only training
-  takes --data_dir)."""
-  return (f"put train.txt, valid.txt and test.txt by hand into {target}, or set HALE_DATA_DIR "
-          f"to a folder holding {name}/, or train with --data_dir <folder>")
+  takes --data_dir, and only for text splits)."""
+  target = Path(target)
+  form = getattr(source, "form", TextFolder)
+  where = f"set HALE_DATA_DIR to a folder holding {name}/ with {form.expects}"
+  if form is TextFolder:
+    where = (f"put {form.expects} by hand into {target}, or {where}, or train with "
+             f"--data_dir <folder>")
+  if getattr(source, "url", None):
+    return (f"download {source.url} by hand to {target.parent / archive_name(source.url)} "
+            f"(the next run checks and installs it from there), or {where}")
+  return where
 
 
 def complete(folder: Path) -> bool:
   """Whether ``folder`` holds all three split files (a usable dataset folder)."""
-  return all((folder / f"{s}.txt").is_file() for s in SPLITS)
+  return all((Path(folder) / f).is_file() for f in TextFolder.files)
 
 
 def fetch_dataset(name: str, source: Source, target: Path, timeout: float) -> None:
@@ -100,13 +161,13 @@ def fetch_dataset(name: str, source: Source, target: Path, timeout: float) -> No
   created = [p for p in (target.parent, *target.parent.parents) if not p.exists()]
   staging = _staging(name, target)
   try:
-    _download(name, source, staging, timeout)
+    source.fill(name, staging, target, timeout)
   except _DownloadFailed as err:
     url, reason = err.args
     raise DataError(f"could not download {name} from {url} ({one_line(reason)}); "
-                    f"{by_hand(name, target)}") from None
+                    f"{by_hand(name, target, source)}") from None
   else:
-    _install(name, staging, target)
+    _install(name, staging, target, source.form)
   finally:
     shutil.rmtree(staging, ignore_errors=True)
     _remove_if_empty(created)
@@ -170,20 +231,35 @@ def _cap(expected: int | None) -> tuple[int, str]:
   return SIZE_FACTOR * expected, f"{SIZE_FACTOR}x the expected {expected:,} bytes"
 
 
-def _download(name: str, source: Source, staging: Path, timeout: float) -> None:
-  """Fills ``staging`` with the LF split files, each checksum verified as soon as it is there
-  (a per-file source stops at the first bad file, before fetching the next)."""
-  if isinstance(source, Tarball):
+def fetch_archive(name: str, source: Any, staging: Path, target: Path,
+                  timeout: float) -> tuple[Path, str]:
+  """``(path, sha256)`` of the archive of ``source`` (its ``url``, ``sha256`` or None, and
+  expected ``size``), checked (size cap; sha256 when known): the one put by hand at
+  ``<target's parent>/<archive name>`` if there is one, else downloaded into ``staging``.
+  Without a known sha256 the archive's own is printed, so that the user can compare it."""
+  cap = _cap(source.size)
+  shown = archive_name(source.url)
+  placed = target.parent / shown
+  if placed.is_file():
+    print(f"installing {name} from {placed} (put there by hand) ...", file=sys.stderr,
+          flush=True)
+    got = _file_digest("sha256", placed) if placed.stat().st_size <= cap[0] else "too large"
+    if got == "too large" or (source.sha256 and got != source.sha256.lower()):
+      raise DataError(f"{name}: {placed} (put there by hand) is not the archive of "
+                      f"{source.url} ({placed.stat().st_size:,} bytes, sha256 {got}; expected "
+                      f"sha256 {source.sha256 or 'unknown'}, at most {cap[0]:,} bytes); "
+                      f"replace or delete it")
+    archive = placed
+  else:
     archive = staging / _ARCHIVE
-    cap = _cap(source.size)
     got = _fetch(name, source.url, timeout, archive, cap, lf=False)
-    _verify(name, source.url.rsplit("/", 1)[-1], archive, ("sha256", source.sha256), got)
-    _extract(name, archive, source.files, staging, cap)
-    archive.unlink()
-    return
-  for f, (url, checksum) in source.files.items():
-    got = _fetch(name, url, timeout, staging / f, _cap(source.sizes.get(f)), lf=True)
-    _verify(name, f, staging / f, checksum, got)
+  if source.sha256:
+    _verify(name, shown, archive, ("sha256", source.sha256), got)
+    return archive, source.sha256.lower()
+  got = got or _file_digest("sha256", archive)
+  print(f"{name}: {shown} has sha256 {got} (no published checksum to compare with; its "
+        f"format is checked as it is installed)", file=sys.stderr, flush=True)
+  return archive, got
 
 
 def _open(url: str, timeout: float):
@@ -230,12 +306,13 @@ def _write(out, chunk: bytes, dest: Path) -> None:
                     f"HALE_CACHE_DIR to another folder") from None
 
 
-def _extract(name: str, archive: Path, wanted: Mapping[str, Checksum], staging: Path,
-             cap: tuple[int, str]) -> None:
-  """Copies the ``wanted`` files, found by basename anywhere in a tar archive, into
-  ``staging`` as LF text, verifying each as it lands.  Members that are not regular files
-  (links, devices, folders) are skipped, and a member is only ever written under its
-  basename, so no member can write outside ``staging``."""
+def _extract(name: str, archive: Path, source: Tarball, staging: Path, cap: tuple[int, str],
+             advice: str) -> None:
+  """Copies the wanted files (``source.files``), found by basename anywhere in a tar archive,
+  into ``staging`` as LF text under their ``source.rename`` names, verifying each as it lands.
+  Members that are not regular files (links, devices, folders) are skipped, and a member is
+  only ever written under a name of ``source``, so no member can write outside ``staging``."""
+  wanted = source.files
   found: set[str] = set()
   limit, why = cap
   try:
@@ -248,16 +325,18 @@ def _extract(name: str, archive: Path, wanted: Mapping[str, Checksum], staging: 
           raise DataError(f"{name}: {member.name} in the downloaded archive has "
                           f"{member.size:,} bytes, over {limit:,} ({why}); the source changed, "
                           f"so nothing was cached")
-        got = _copy_lf(tar.extractfile(member), staging / base)
-        _verify(name, base, staging / base, wanted[base], got)
+        dest = staging / source.rename.get(base, base)
+        got = _copy_lf(tar.extractfile(member), dest)
+        if wanted[base] is not None:
+          _verify(name, base, dest, wanted[base], got)
         found.add(base)
   except (tarfile.TarError, EOFError, zlib.error) as err:
-    raise DataError(f"{name}: the downloaded archive cannot be read ({one_line(err)}); try "
-                    f"again later, or {by_hand(name, staging.parent / name)}") from None
+    raise DataError(f"{name}: the archive cannot be read ({one_line(err)}); try again later, "
+                    f"or {advice}") from None
   missing = [f for f in wanted if f not in found]
   if missing:
-    raise DataError(f"{name}: the downloaded archive lacks {', '.join(missing)}; the source "
-                    f"has changed, so {by_hand(name, staging.parent / name)}")
+    raise DataError(f"{name}: the archive lacks {', '.join(missing)}; the source has "
+                    f"changed, so {advice}")
 
 
 def _copy_lf(source, dest: Path) -> str:
@@ -304,14 +383,14 @@ def _verify(name: str, filename: str, path: Path, checksum: Checksum,
                     f"the download is corrupt or the source changed, so nothing was cached")
 
 
-def _install(name: str, staging: Path, target: Path) -> None:
+def _install(name: str, staging: Path, target: Path, form: Any) -> None:
   """Renames the filled ``staging`` folder to ``target`` in one step."""
   try:
     os.chmod(staging, 0o755)  # mkdtemp makes it private
     try:
       os.rename(staging, target)
     except OSError:
-      if not complete(target):  # else a concurrent download won the race
+      if not form.complete(target):  # else a concurrent download won the race
         raise
   except OSError as err:
     raise DataError(f"cannot write the dataset into {target} ({one_line(err)}); set "

@@ -1,7 +1,8 @@
 """Command line: ``python -m hale_jax.evaluate --workdir=W [--split=test] [--output=FILE]``.
 
-Re-ranks a split with a run's best parameters (:meth:`hale_jax.trained.TrainedModel.evaluate`) and
-prints MRR, MR and Hits@{1,3,10} for the realistic, pessimistic and optimistic tie conventions.
+Re-ranks a split with a run's best parameters (:meth:`hale_jax.trained.TrainedModel.evaluate`) by
+the run's ``--eval_protocol`` (or ``--protocol``) and prints MRR, MR and Hits@{1,3,10} for the
+realistic, pessimistic and optimistic tie conventions.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from absl import flags
 
 from hale_jax import cli, runfiles, trained
+from hale_jax.config import EVAL_PROTOCOLS
 
 FLAGS = flags.FLAGS
 
@@ -18,6 +20,9 @@ def _define_flags() -> None:
   flags.DEFINE_string("workdir", None, "The --workdir of a hale_jax run.", required=True)
   flags.DEFINE_enum("split", "test", ["test", "valid"], "Split to rank.")
   flags.DEFINE_integer("chunk", 256, "Queries ranked at a time (memory: chunk x entities).")
+  flags.DEFINE_enum("protocol", None, list(EVAL_PROTOCOLS), "How to rank: filtered, or ogb "
+                    "(against the negatives the dataset ships); default: the run's "
+                    "--eval_protocol.")
   flags.DEFINE_string("output", None, "Also write the metrics as JSON to this file.")
   flags.DEFINE_bool("overwrite", False, "Replace an existing --output file.")
   flags.DEFINE_enum("breakdown", None, ["direction", "relation"], "Also report the metrics "
@@ -54,12 +59,15 @@ def main(argv):
   if FLAGS.output:
     cli.check_output(FLAGS.output, FLAGS.overwrite)
   model = trained.load(FLAGS.workdir, log=cli.warn)
-  metrics = model.evaluate(FLAGS.split, FLAGS.chunk)
-  print(f"{FLAGS.workdir}: filtered ranking of {FLAGS.split}")
+  protocol = FLAGS.protocol or model.protocol
+  metrics = model.evaluate(FLAGS.split, FLAGS.chunk, protocol=protocol)
+  what = "filtered ranking" if protocol == "filtered" else "OGB protocol (given negatives)"
+  print(f"{FLAGS.workdir}: {what} of {FLAGS.split}")
   print(format_table(metrics))
-  doc = {"workdir": str(FLAGS.workdir), "split": FLAGS.split, "metrics": metrics}
+  doc = {"workdir": str(FLAGS.workdir), "split": FLAGS.split, "protocol": protocol,
+         "metrics": metrics}
   if FLAGS.breakdown:
-    groups = model.evaluate(FLAGS.split, FLAGS.chunk, FLAGS.breakdown)
+    groups = model.evaluate(FLAGS.split, FLAGS.chunk, FLAGS.breakdown, protocol)
     print(f"\nrealistic ties by {FLAGS.breakdown}:")
     print(format_breakdown(groups, FLAGS.breakdown, model.labels.get(FLAGS.breakdown)))
     doc["breakdown"] = {"by": FLAGS.breakdown, "groups": groups}

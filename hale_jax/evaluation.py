@@ -298,19 +298,25 @@ class Evaluator:
     return metrics_from_ranks(*self.ranks(params))
 
   def breakdown(self, params, by: str) -> dict[str, dict[str, Any]]:
-    """Metrics per group of queries, with their ``count``: by ``"direction"`` (``tail``
-    prediction ``(h, r, ?)`` and ``head`` prediction ``(?, r, t)``) or by ``"relation"``
-    (index of ``relation_names``: both directions of each relation)."""
-    opt, pess = self.ranks(params)
-    half = self._count // 2
-    if by == "direction":
-      groups = {"tail": np.arange(half), "head": np.arange(half, self._count)}
-    elif by == "relation":
-      groups = {int(r): np.flatnonzero(self.relations == r) for r in np.unique(self.relations)}
-    else:
-      raise ValueError(f"unknown breakdown {by!r}; choose direction or relation")
-    return {key: {"count": int(len(rows)), **metrics_from_ranks(opt[rows], pess[rows])}
-            for key, rows in groups.items()}
+    """:func:`breakdown_from_ranks` of this split's ranks."""
+    return breakdown_from_ranks(*self.ranks(params), self.relations, by)
+
+
+def breakdown_from_ranks(opt: np.ndarray, pess: np.ndarray, relations: np.ndarray,
+                         by: str) -> dict[Any, dict[str, Any]]:
+  """Metrics per group of queries (tail queries first, then as many head queries; their real
+  relation ids ``relations``), with their ``count``: by ``"direction"`` (``tail`` prediction
+  ``(h, r, ?)`` and ``head`` prediction ``(?, r, t)``) or by ``"relation"`` (the relation
+  id: both directions of each relation)."""
+  count = len(opt)
+  if by == "direction":
+    groups = {"tail": np.arange(count // 2), "head": np.arange(count // 2, count)}
+  elif by == "relation":
+    groups = {int(r): np.flatnonzero(relations == r) for r in np.unique(relations)}
+  else:
+    raise ValueError(f"unknown breakdown {by!r}; choose direction or relation")
+  return {key: {"count": int(len(rows)), **metrics_from_ranks(opt[rows], pess[rows])}
+          for key, rows in groups.items()}
 
 
 def _out_of_memory(err: Exception) -> bool:

@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 import jax
 from jax.experimental import multihost_utils
 
-from hale_jax import dataspec, rundata, rundir, runfiles, tracking
+from hale_jax import dataspec, ogb_eval, rundata, rundir, runfiles, tracking
 from hale_jax.budget import Budget, CheckpointPolicy, SegmentSizer
 from hale_jax.callbacks import EarlyStopping, ProgressPrinter, StallWarning, call_all
 from hale_jax.config import Config
@@ -151,6 +151,7 @@ def train(config: Config, data: KGData, workdir: str | os.PathLike, *,
   if config.optim.batch_size > queries:
     raise ValueError(f"--batch_size {config.optim.batch_size} exceeds the {queries} training "
                      f"queries (2 per triple); lower it")
+  ogb_eval.check_protocol(config.budget.eval_protocol, data)
   layout = Layout.for_run(config, data.num_entities, devices)
   data_spec = None if data_spec is None else dataspec.from_json(data_spec)
   lead = jax.process_index() == 0
@@ -252,9 +253,11 @@ def _finish(trainer: Trainer, workdir: Path, stop: str, extra: dict | None, call
   if lead:
     runfiles.write_npz(workdir / runfiles.PARAMS, best_host)
   log = trainer.log
-  log(f"best valid epoch {trainer.progress.best_epoch}: {_fmt_metrics(valid['realistic'])}")
+  how = ", OGB protocol" if trainer.config.budget.eval_protocol == "ogb" else ""
+  log(f"best valid epoch {trainer.progress.best_epoch}{how}: "
+      f"{_fmt_metrics(valid['realistic'])}")
   for mode in ("realistic", "pessimistic"):
-    log(f"test ({mode} ties): {_fmt_metrics(test[mode])}")
+    log(f"test ({mode} ties{how}): {_fmt_metrics(test[mode])}")
   results = trainer.results(valid, test, stop, extra)
   if lead:
     runfiles.write_json(workdir / runfiles.RESULTS, results)

@@ -72,10 +72,11 @@ def define_launch_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   """The launcher's options that are not part of a run's config."""
   fv = flag_values
   flags.DEFINE_string("dataset", "synthetic",
-                      "Dataset name (WN18RR, FB15k-237, CoDEx-S, CoDEx-M, CoDEx-L), 'synthetic' "
-                      "for the small generated graph, or 'powerlaw:N' for a generated graph of N "
-                      "entities and 10 N triples. Looked up in $HALE_DATA_DIR/<name>, then the "
-                      "user cache, then downloaded.", flag_values=fv)
+                      "Dataset name (WN18RR, FB15k-237, CoDEx-S, CoDEx-M, CoDEx-L, Wikidata5M, "
+                      "ogbl-wikikg2), 'synthetic' for the small generated graph, or 'powerlaw:N' "
+                      "for a generated graph of N entities and 10 N triples. Looked up in "
+                      "$HALE_DATA_DIR/<name>, then the user cache, then downloaded.",
+                      flag_values=fv)
   flags.DEFINE_string("data_dir", None, "A folder with train.txt, valid.txt, test.txt; "
                       "overrides --dataset.", flag_values=fv)
   flags.DEFINE_string("workdir", None, "Output folder; default "

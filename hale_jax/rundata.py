@@ -2,11 +2,14 @@
 
 At the start of a run :func:`keep_data` writes the vocabularies (``entities.tsv``,
 ``relations.tsv``: ``id<TAB>name``), the int32 triples (``triples/{train,valid,test}.npy``,
-memory-mapped on reading, so a large graph loads without re-reading text) and the dataset's
-label files when it has them; at the end the loop writes ``best_params.npz``.
+memory-mapped on reading, so a large graph loads without re-reading text), the given negatives
+of a dataset that ships them (``negatives/{valid,test}.npy``, int32 ``[n, 2, K]``, so that the
+OGB protocol ranks from the folder alone) and the dataset's label files when it has them; at
+the end the loop writes ``best_params.npz``.
 
 Reading back trusts nothing: the vocabularies must be numbered lines, the triples integer
-``[T, 3]`` arrays whose ids lie within the vocabularies, the parameters the tables the run's
+``[T, 3]`` arrays whose ids lie within the vocabularies, the negatives ``[n, 2, K]`` ids of as
+many triples, the parameters the tables the run's
 config implies, of those shapes, finite.  A failure is one line naming the file; for the
 parameters the ``best/`` checkpoint is the fallback (said in a line).  Every file is read from
 inside the folder: a link is refused (labels: ignored with a warning).
@@ -14,13 +17,14 @@ inside the folder: a link is refused (labels: ignored with a warning).
 
 from __future__ import annotations
 
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Callable, Mapping
 
 import numpy as np
 
-from hale_jax import checkpoints, runfiles
+from hale_jax import arrayfolder, checkpoints, runfiles
 from hale_jax.data import SPLITS, DataError, KGData, one_line
 from hale_jax.dataspec import DataSpec
 
@@ -43,6 +47,7 @@ def keep_data(workdir: Path, data: KGData, spec: DataSpec | None) -> None:
   triples.mkdir(exist_ok=True)
   for split in SPLITS:
     runfiles.write_npy(triples / f"{split}.npy", np.asarray(data.split(split), np.int32))
+  _keep_negatives(workdir, data)
   runfiles.write_lines(workdir / runfiles.ENTITIES, _name_lines(data.entities))
   runfiles.write_lines(workdir / runfiles.RELATIONS, _name_lines(data.relations))
   folder = spec.label_folder() if spec is not None else None
@@ -52,6 +57,19 @@ def keep_data(workdir: Path, data: KGData, spec: DataSpec | None) -> None:
       runfiles.write_text(workdir / fname, source.read_text(encoding="utf-8"))
     else:
       (workdir / fname).unlink(missing_ok=True)
+
+
+def _keep_negatives(workdir: Path, data: KGData) -> None:
+  """Writes ``negatives/{valid,test}.npy`` when the data has given negatives; else removes a
+  run's earlier ones."""
+  folder = workdir / runfiles.NEGATIVES
+  if data.negatives is None:
+    if folder.is_dir() and not folder.is_symlink():
+      shutil.rmtree(folder)
+    return
+  folder.mkdir(exist_ok=True)
+  for split in arrayfolder.HELD_OUT:
+    runfiles.write_npy(folder / f"{split}.npy", np.asarray(data.negatives[split], np.int32))
 
 
 # ----------------------------------------------------------------------------- reading data
@@ -112,12 +130,37 @@ def read_triples(workdir: Path, num_entities: int, num_relations: int) -> dict[s
   return {s: np.asarray(a, np.int32) for s, a in splits.items()}
 
 
+def read_negatives(workdir: Path, splits: Mapping[str, np.ndarray], num_entities: int
+                   ) -> dict[str, np.ndarray] | None:
+  """The run's given negatives (None when it has none), memory-mapped and checked against the
+  triples and the vocabulary."""
+  folder = workdir / runfiles.NEGATIVES
+  if not folder.exists() and not folder.is_symlink():
+    return None
+  runfiles.read_inside(workdir, runfiles.NEGATIVES)
+  out = {}
+  for split in arrayfolder.HELD_OUT:
+    try:
+      neg = np.load(runfiles.read_inside(folder, f"{split}.npy"), mmap_mode="r",
+                    allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+      raise DataError(f"{folder}: the {split} negatives cannot be read "
+                      f"({one_line(err)[:160]}); {_DAMAGED}") from None
+    problem = arrayfolder.check_negatives(neg, len(splits[split]), num_entities)
+    if problem:
+      raise DataError(f"{folder / (split + '.npy')}: the {split} negatives {problem}; "
+                      f"{_DAMAGED}")
+    out[split] = neg if neg.dtype == np.int32 else np.asarray(neg, np.int32)
+  return out
+
+
 def read_data(workdir: Path, name: str) -> KGData:
   """The run's :class:`KGData` from the folder alone."""
   entities = read_names(workdir / runfiles.ENTITIES)
   relations = read_names(workdir / runfiles.RELATIONS)
   splits = read_triples(workdir, len(entities), len(relations))
-  return KGData(name, entities, relations, source=str(workdir), **splits)
+  negatives = read_negatives(workdir, splits, len(entities))
+  return KGData(name, entities, relations, source=str(workdir), negatives=negatives, **splits)
 
 
 def read_labels(workdir: Path, log: Log = print) -> dict[str, dict[str, str]]:

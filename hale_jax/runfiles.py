@@ -31,6 +31,7 @@ ENTITIES = "entities.tsv"
 RELATIONS = "relations.tsv"
 LABELS = {"entity": "entity_labels.tsv", "relation": "relation_labels.tsv"}
 TRIPLES = "triples"                  # folder of train.npy, valid.npy, test.npy (int32 [T, 3])
+NEGATIVES = "negatives"              # folder of valid.npy, test.npy (int32 [n, 2, K]), if given
 LEGACY_TRIPLES = "triples.npz"       # the same, compressed, in folders written before
 CHECKPOINTS = "checkpoints"
 BEST = "best"
@@ -41,7 +42,7 @@ EXPORTS = ("export.npz", "export_tsv")
 # What a run writes and ``--overwrite`` clears; run.json goes last, so that a folder whose
 # clearing was interrupted is still known as a run folder.
 OUTPUTS = (CHECKPOINTS, BEST, RESULTS, PREVIOUS_RESULTS, UNREADABLE_RESULTS, PARAMS, METRICS, ENTITIES, RELATIONS,
-           *LABELS.values(), TRIPLES, LEGACY_TRIPLES, RUN)
+           *LABELS.values(), TRIPLES, NEGATIVES, LEGACY_TRIPLES, RUN)
 # Written into a run folder by hale_jax but not by the run itself: kept by ``--overwrite``.
 KEPT = (LOCK, LOG, *EXPORTS)
 _TMP_MARK = ".tmp-"

@@ -3,7 +3,8 @@
 A run folder holds everything a trained model needs, so no dataset folder, ``HALE_DATA_DIR``
 or network is needed to use it, and nothing outside the folder is read: ``run.json`` (the
 config), ``entities.tsv`` and ``relations.tsv`` (the vocabularies), ``triples/`` (the train,
-valid and test triples as int32 ids, for filtering and evaluation), the best-valid parameters
+valid and test triples as int32 ids, for filtering and evaluation; ``negatives/``, the given
+negatives of a dataset that ships them, for the OGB protocol), the best-valid parameters
 (``best_params.npz``, or the ``best/`` checkpoint while the run is unfinished) and, when the
 dataset had them, ``entity_labels.tsv`` / ``relation_labels.tsv`` (``name<TAB>label``).  Each
 is validated as it is read (:mod:`hale_jax.rundata`).
@@ -27,11 +28,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hale_jax import activations, models, objective, rundata, rundir, runfiles, topk
+from hale_jax import activations, models, objective, ogb_eval, rundata, rundir, runfiles, topk
 from hale_jax import config as config_lib
 from hale_jax.config import Config
 from hale_jax.data import DataError, FilterIndex, KGData, one_line
-from hale_jax.evaluation import Evaluator, candidate_distances
+from hale_jax.evaluation import candidate_distances
 
 _QUERY_CHUNK = 256
 _distances = jax.jit(candidate_distances, static_argnames=("model", "activation"))
@@ -105,6 +106,10 @@ def load(workdir: str | os.PathLike, log: Callable[[str], None] = print) -> "Tra
                             f"(runs write run.json when they start)?")
   config = _config(run, path)
   data = rundata.read_data(workdir, str(run.get("dataset", workdir.name)))
+  if config.budget.eval_protocol == "ogb" and data.negatives is None:
+    raise DataError(f"{workdir / runfiles.NEGATIVES}: missing, but the run ranks by the OGB "
+                    f"protocol (its given negatives); the run folder is damaged: restore it "
+                    f"from a copy")
   if rundir.vocabulary_hash(data) != run.get("vocab_sha256"):
     raise DataError(f"{workdir}: the vocabularies do not match the run's ({path}'s "
                     f"vocab_sha256); the run folder was changed after training")
@@ -130,7 +135,8 @@ class TrainedModel:
     self._entity_ids = {n: i for i, n in enumerate(data.entities)}
     self._relation_ids = {n: i for i, n in enumerate(self.relation_names)}
     self._index: FilterIndex | None = None
-    self._evaluators: dict[tuple[str, int], Evaluator] = {}
+    self._evaluators: dict[tuple[str, int, str], Any] = {}
+    self.protocol = cfg.get("eval_protocol", "filtered")  # runs from before the option: filtered
 
   @property
   def entities(self) -> tuple[str, ...]:
@@ -252,20 +258,25 @@ class TrainedModel:
     ids = [self.entity_id(n) for n in self._names(names)]
     return np.asarray(self.params["entity"])[ids]
 
-  def evaluate(self, split: str = "test", chunk: int = 256, breakdown: str | None = None
-               ) -> dict[str, Any]:
-    """Filtered ranking of ``split``: ``{tie rule: {"mr", "mrr", "hits@1", "hits@3",
-    "hits@10"}}`` for the realistic, pessimistic and optimistic tie rules.  With ``breakdown``
-    (``"direction"`` or ``"relation"``): ``{group: {"count": n, tie rule: metrics}}`` with the
-    groups ``tail``/``head`` or the relation names."""
+  def evaluate(self, split: str = "test", chunk: int = 256, breakdown: str | None = None,
+               protocol: str | None = None) -> dict[str, Any]:
+    """Ranking of ``split`` by ``protocol`` (default: the run's ``--eval_protocol``; filtered,
+    or ogb: against the given negatives, ``hale_jax.ogb_eval``): ``{tie rule: {"mr", "mrr",
+    "hits@1", "hits@3", "hits@10"}}`` for the realistic, pessimistic and optimistic tie rules.
+    With ``breakdown`` (``"direction"`` or ``"relation"``): ``{group: {"count": n, tie rule:
+    metrics}}`` with the groups ``tail``/``head`` or the relation names."""
     if split not in ("valid", "test"):
       raise ValueError(f"unknown split {split!r}; choose valid or test")
     if chunk <= 0:
       raise ValueError(f"chunk must be positive, got {chunk}")
-    key = (split, chunk)
-    if key not in self._evaluators:  # compiled once per split and chunk
-      self._evaluators[key] = Evaluator(self.data, split, self.model, chunk, self.filter_index(),
-                                        activation=self.activation, log=self.log)
+    protocol = protocol or self.protocol
+    ogb_eval.check_protocol(protocol, self.data)
+    key = (split, chunk, protocol)
+    if key not in self._evaluators:  # compiled once per split, chunk and protocol
+      index = self.filter_index() if protocol == "filtered" else None
+      self._evaluators[key] = ogb_eval.make_evaluator(protocol, self.data, split, self.model,
+                                                      chunk, index, activation=self.activation,
+                                                      log=self.log)
     evaluator = self._evaluators[key]
     if breakdown is None:
       return evaluator(self.params)

@@ -20,11 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hale_jax import checkpoints, models, objective, rundir, step
+from hale_jax import checkpoints, models, objective, ogb_eval, rundir, step
 from hale_jax.callbacks import ProgressReport, Validation
 from hale_jax.config import Config
 from hale_jax.data import FilterIndex, KGData, with_reciprocals
-from hale_jax.evaluation import Evaluator
 from hale_jax.layout import Layout, put_global, to_host
 
 
@@ -77,6 +76,8 @@ def describe(config: Config, lse_form: str) -> str:
     parts.append(f"matmul {o.matmul}")
   if models.canonical_model(m.model) in models.ROTATION_MODELS:
     parts.append(f"rotation init {m.rotation_init}")
+  if config.budget.eval_protocol != "filtered":
+    parts.append(f"ranked by the {config.budget.eval_protocol} protocol")
   return "  ".join(parts)
 
 
@@ -93,10 +94,12 @@ class Trainer:
     segment_fn, self.steps = layout.segment(config, train_host.shape[0])
     self.state = layout.init_state(config, data.num_relations)
     self.plan = layout.new_plan(config, train_host.shape[0])
-    index = FilterIndex(data)
+    protocol = config.budget.eval_protocol
+    index = FilterIndex(data) if protocol == "filtered" else None  # the OGB protocol has none
     h = objective.activation_of(config.objective)
-    self.evaluators = {split: Evaluator(data, split, config.model.model,
-                                        config.budget.eval_chunk, index, layout, h, log)
+    self.evaluators = {split: ogb_eval.make_evaluator(protocol, data, split, config.model.model,
+                                                      config.budget.eval_chunk, index, layout,
+                                                      h, log)
                        for split in ("valid", "test")}
     t0 = time.perf_counter()
     self._segment = segment_fn.lower(
@@ -285,8 +288,8 @@ class Trainer:
                     "valid": len(data.valid), "test": len(data.test)},
         "metrics": {"valid": valid, "test": test, "best_epoch": p.best_epoch,
                     "epochs": p.epoch, "steps": self.steps_done(), "stop_reason": stop,
-                    "ranking": "filtered (train+valid+test), both directions; headline = "
-                               "realistic ties (mean of optimistic and pessimistic)"},
+                    "protocol": self.config.budget.eval_protocol,
+                    "ranking": ogb_eval.RANKING[self.config.budget.eval_protocol]},
         "curve": p.curve,
         "timings": {"compile_seconds": self.compile_seconds, "train_seconds": p.train_seconds,
                     "eval_seconds": p.eval_seconds,

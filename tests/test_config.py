@@ -13,7 +13,7 @@ import jax
 import pytest
 from absl import flags
 
-from hale_jax import activations, models, objective, optim, options, rundir
+from hale_jax import activations, models, objective, ogb_eval, optim, options, rundir
 from hale_jax import config as config_lib
 from hale_jax.config import Config
 
@@ -57,6 +57,7 @@ REGISTRIES = {
     "optimizer": tuple(optim.OPTIMIZERS),
     "lr_schedule": optim.LR_SCHEDULES,
     "lse": objective.LSE_FORMS,
+    "eval_protocol": tuple(ogb_eval.RANKING),  # each protocol says what it ranks by
 }
 
 # Settings a resumed run may change (how long, how often, where, how the same value is
@@ -67,7 +68,7 @@ RESUMABLE = {"lse_chunk", "lse", "max_seconds", "max_epochs", "eval_every", "eva
 FIXED = {"model", "dim", "init_scale", "rotation_init", "dtype", "loss", "activation", "beta",
          "gamma", "lam", "alpha", "pos_square", "rel_scale", "num_negatives",
          "adv_temperature", "margin", "bias", "nonneg_weight", "matmul", "optimizer",
-         "learning_rate", "lr_schedule", "batch_size", "seed"}
+         "learning_rate", "lr_schedule", "batch_size", "seed", "eval_protocol"}
 
 
 def _all_fields(cls=Config):

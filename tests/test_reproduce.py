@@ -64,7 +64,8 @@ def test_cells_and_paper_numbers():
 
 def test_settings_come_from_the_flagfiles():
   files = cells_lib.flagfiles()
-  assert set(files) == {"WN18RR", "FB15k-237", "CoDEx-S", "CoDEx-M", "CoDEx-L"}
+  assert set(files) == {"WN18RR", "FB15k-237", "CoDEx-S", "CoDEx-M", "CoDEx-L", "Wikidata5M",
+                        "ogbl-wikikg2"}
   for dataset, path in files.items():  # each flagfile keyed by its own --dataset
     assert _flagfile_text(path.name)["dataset"] == dataset
     assert cells_lib.budget_seconds(dataset) == float(_flagfile_text(path.name)["max_seconds"])
