@@ -5,6 +5,7 @@
 #   bash benchmarks/gpu_phases.sh smoke    # a tiny step and a tiny launch: does it run at all?
 #   bash benchmarks/gpu_phases.sh steps    # issue 3: step-time table, plain and chunked LSE
 #   bash benchmarks/gpu_phases.sh scale    # issue 6: 1M (with a full epoch) and 10M graphs
+#   bash benchmarks/gpu_phases.sh large    # large graphs: file to first step, 60 s budget, predict
 #   bash benchmarks/gpu_phases.sh wn18rr   # issue 3: WN18RR RotL-32 within 30 s of training
 #   bash benchmarks/gpu_phases.sh fb15k237 # FB15k-237 RotL-32 within 30 s (epoch time)
 #   bash benchmarks/gpu_phases.sh probe    # WN18RR: the flagfile, batch 2048/4096, lambda 3 (~3 min)
@@ -134,6 +135,12 @@ case "${1:-}" in
     for n in "${ENTITY_LIST[@]:1}"; do scale_one "$n"; done
     table scale "$OUT/scale.jsonl"
     ;;
+  large)  # the large-graph benchmark on the GPU: 1M/5M and 2.5M/17M TSV files to the first step,
+    # a 60 s budget end to end, predict of 100k queries (~8 min; LARGE_SIZES narrows it)
+    box "${BOX:-560}" large "$PY" -m benchmarks.large_graph --sizes="${LARGE_SIZES:-1m,2.5m}" \
+      --phases=first_step,budget,predict --root="$OUT/large" --output="$OUT/large.jsonl" \
+      > "$OUT/large.txt"
+    tail -n 4 "$OUT/large.txt" ;;
   wn18rr) run_dataset wn18rr launch/wn18rr.flags 150 ;;
   fb15k237) run_dataset fb15k237 launch/fb15k237.flags 150 ;;
   fused)
@@ -199,7 +206,7 @@ case "${1:-}" in
     tail -n 30 "$OUT/$1-$2.txt"
     ;;
   *)
-    echo "usage: bash benchmarks/gpu_phases.sh all|smoke|steps|scale|wn18rr|fb15k237|probe|fbgrid|table2|table3|table5|pack" >&2
+    echo "usage: bash benchmarks/gpu_phases.sh all|smoke|steps|scale|large|wn18rr|fb15k237|probe|fbgrid|table2|table3|table5|pack" >&2
     exit 2
     ;;
 esac
