@@ -14,11 +14,11 @@ from typing import Any
 
 from hale_jax._version import __version__  # noqa: F401
 from hale_jax import activations, losses, models  # noqa: E402,F401
-from hale_jax.activations import (Activation, get_activation, halin, hanon, identity,  # noqa: E402,F401
-                                  linear2x, two_arctanh, xexp)
+from hale_jax.activations import (Activation, get_activation, halin,  # noqa: E402,F401
+                                  hanon, identity, linear2x, two_arctanh, xexp)
 from hale_jax.chunked import uniformity_lse  # noqa: E402,F401
-from hale_jax.losses import (alignment_terms, combine, hale_loss, num_sampled_queries,  # noqa: E402,F401
-                             uniformity_terms)
+from hale_jax.losses import (alignment_terms, combine, hale_loss,  # noqa: E402,F401
+                             num_sampled_queries, uniformity_terms)
 
 # Public names imported on first use: {name: module}, and the modules behind them.
 _LAZY = {"load": "hale_jax.trained", "TrainedModel": "hale_jax.trained",

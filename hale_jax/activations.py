@@ -119,7 +119,8 @@ def _canonical(name: str) -> str:
   return name
 
 
-def get_activation(name: str, beta: float | None = None, gamma: float = DEFAULT_GAMMA) -> Activation:
+def get_activation(name: str, beta: float | None = None,
+                   gamma: float = DEFAULT_GAMMA) -> Activation:
   """The named activation with ``beta`` and ``gamma`` bound.
 
   ``beta=None`` takes the paper's default for that function.  Equal arguments give equal

@@ -162,7 +162,8 @@ def _call_arrays(index: FilterIndex, queries: tuple[np.ndarray, ...], plan: _Pla
 
 def candidate_distances(params: dict[str, Array], model: str, heads: ArrayLike,
                         relations: ArrayLike,
-                        activation: activations.ActivationLike = activations.DEFAULT_ACTIVATION) -> Array:
+                        activation: activations.ActivationLike = activations.DEFAULT_ACTIVATION
+                        ) -> Array:
   """What ranking sorts for the queries ``(heads [C], relations [C], ?)``: ``[C, N]``, smaller
   is better (``models.ranking_distances``: the squared distance, or with entity biases
   ``h(c_r d^2) - b_t``, which needs the run's ``activation``)."""
