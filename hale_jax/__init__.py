@@ -1,12 +1,40 @@
 """hale_jax: HaLE (Wang et al., WWW'22) knowledge-graph-embedding training in JAX.
 
 ``hale_jax.load(workdir)`` gives a trained model (``hale_jax.trained``); the pure functions
-(activations, models, losses) work in any JAX or Flax code.
+(activations, models, losses, ``uniformity_lse``) work in any JAX code, and
+``hale_jax.KGEmbedding`` (``hale_jax.nn``) in Flax NNX code.  ``load``, ``TrainedModel`` and
+``KGEmbedding`` are imported when first used, so ``import hale_jax`` stays light (no
+checkpointing library, no Flax).
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from hale_jax._version import __version__  # noqa: F401
 from hale_jax import activations, losses, models  # noqa: E402,F401
-from hale_jax.activations import arctanh, get_activation, halin, hanon, identity, linear2x, xexp  # noqa: E402,F401
-from hale_jax.losses import (alignment_terms, combine, hale_loss, num_sampled_queries,  # noqa: E402,F401
-                             uniformity_terms)
-from hale_jax.trained import TrainedModel, load  # noqa: E402,F401
+from hale_jax.activations import (Activation, get_activation, halin,  # noqa: E402,F401
+                                  hanon, identity, linear2x, two_arctanh, xexp)
+from hale_jax.chunked import uniformity_lse  # noqa: E402,F401
+from hale_jax.losses import (alignment_terms, combine, hale_loss,  # noqa: E402,F401
+                             num_sampled_queries, uniformity_terms)
+
+# Public names imported on first use: {name: module}, and the modules behind them.
+_LAZY = {"load": "hale_jax.trained", "TrainedModel": "hale_jax.trained",
+         "KGEmbedding": "hale_jax.nn"}
+_LAZY_MODULES = ("trained", "nn")
+
+
+def __getattr__(name: str) -> Any:
+  if name in _LAZY_MODULES:
+    return importlib.import_module(f"{__name__}.{name}")
+  if name in _LAZY:
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+  return activations.deprecated_attribute(__name__, name)
+
+
+def __dir__() -> list[str]:
+  return sorted(set(globals()) | set(_LAZY) | set(_LAZY_MODULES))

@@ -11,10 +11,11 @@ and differentiable, and is free of NaN in value and gradient for every finite in
                     §4.1.2's "general NonNeg strategy").
 
 Scores.  The models of ``hale_jax.models`` give a scaled squared distance
-``x = c_r * ||Phi(e, r) - e'||^2 >= 0``.  ``scores_from_scaled(x)`` is the plain score ``-x``
-(the baselines as in §4.1.2) and ``scores_from_scaled(x, h)`` the hardness-aware score ``-h(x)``
-(Eq. 8), so Table 5's "HA + SamNeg" is ``samneg_loss`` fed ``scores_from_scaled(x, h)`` and
-"HA + AllNeg" is ``allneg_loss`` fed the same.  Nothing else changes between the two.
+``x = c_r * ||Phi(e, r) - e'||^2 >= 0``.  ``scores_from_scaled(x, "identity")`` is the plain
+score ``-x`` (the baselines as in §4.1.2) and ``scores_from_scaled(x, h)`` the hardness-aware
+score ``-h(x)`` (Eq. 8; the default, as everywhere in the library, is Hanon), so Table 5's
+"HA + SamNeg" is ``samneg_loss`` fed ``scores_from_scaled(x, h)`` and "HA + AllNeg" is
+``allneg_loss`` fed the same.  Nothing else changes between the two.
 
 Margins.  KGEmb's constant bias and RotatE's ``gamma`` turn a distance into a logit
 ``gamma - distance``.  ``samneg_loss`` and ``advneg_loss`` take ``margin`` (default 0) and use
@@ -26,29 +27,30 @@ margin a positive's probability never exceeds 1/2.  It is irrelevant to the soft
 
 from __future__ import annotations
 
-from typing import Callable
-
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
+
+from hale_jax import activations
 
 Array = jax.Array
 
 
 def scores_from_scaled(scaled: ArrayLike,
-                       activation: Callable[[ArrayLike], Array] | None = None) -> Array:
-  """Triple scores from scaled squared distances: ``-h(x)``, or ``-x`` when ``activation=None``.
+                       activation: activations.ActivationLike = activations.DEFAULT_ACTIVATION
+                       ) -> Array:
+  """Triple scores from scaled squared distances: ``-h(x)``.
 
   Args:
     scaled: any shape, ``x = c_r * ||Phi(e, r) - e'||^2``.
-    activation: elementwise ``h``, e.g. ``activations.get_activation("hanon")``; ``None`` gives
-      the plain negative distance used by the non-HA baselines.
+    activation: ``h``, a name or a callable (``hale_jax.losses``); default (and ``None``) Hanon
+      with the paper's beta and gamma; ``"identity"`` gives the plain negative distance ``-x``
+      used by the non-HA baselines.
 
   Returns:
     Scores of the same shape as ``scaled``.
   """
-  x = jnp.asarray(scaled)
-  return -(x if activation is None else activation(x))
+  return -activations.resolve(activation)(jnp.asarray(scaled))
 
 
 def samneg_loss(pos_score: ArrayLike, neg_score: ArrayLike, margin: float = 0.0) -> Array:

@@ -55,7 +55,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from hale_jax import models
+from hale_jax import activations, models
 
 Array = jax.Array
 Activation = Callable[[ArrayLike], Array]
@@ -184,8 +184,8 @@ _uniformity_lse.defvjp(_uniformity_lse_fwd, _uniformity_lse_bwd)
 
 
 def uniformity_lse(queries: ArrayLike, scale: ArrayLike, entities: ArrayLike,
-                   activation: Activation, chunk: int = 4096, matmul: str = "float32",
-                   bias: ArrayLike | None = None,
+                   activation: activations.ActivationLike, chunk: int = 4096,
+                   matmul: str = "float32", entity_bias: ArrayLike | None = None,
                    curvature: ArrayLike | None = None) -> Array:
   """``lse_j = LSE_i(b_i - h(scale_j * d^2(q_j, e_i)))`` over all entities, chunk by chunk.
 
@@ -193,13 +193,15 @@ def uniformity_lse(queries: ArrayLike, scale: ArrayLike, entities: ArrayLike,
     queries: ``[k, d]``, the sampled queries ``Phi(e_h, r)``.
     scale: ``[k]``, their relation scales ``c_r > 0``.
     entities: ``[N, d]``, the whole entity table.
-    activation: elementwise ``h`` (e.g. ``activations.get_activation("hanon")``); a Python
-      callable, static under ``jit`` (a new callable object means a new trace).
+    activation: ``h``, a name (``"hanon"``) or an elementwise callable (``hale_jax.halin``,
+      ``activations.get_activation("hanon", beta, gamma)``); ``None``: Hanon.  Static under
+      ``jit`` (a new callable object means a new trace).
     chunk: entities per block (static); clamped to ``N``.  Working memory is ``O(k * chunk)``
       in both the forward and the backward pass.
     matmul: precision of the distance matmul, one of ``models.MATMUL_MODES`` (static); the
       log-sum-exp itself always accumulates in the inputs' float type.
-    bias: ``[N]``, learned tail biases ``b_i`` (``hale_jax.losses``, "Tail biases"); None: 0.
+    entity_bias: ``[N]``, learned tail biases ``b_i`` (``hale_jax.losses``, "Tail biases");
+      None: 0.
     curvature: ``[k]``, the curvature of each query's ball for the hyperbolic models
       (``models.ball_curvature``); None: the Euclidean distance.
 
@@ -213,11 +215,21 @@ def uniformity_lse(queries: ArrayLike, scale: ArrayLike, entities: ArrayLike,
   queries, scale, entities = jnp.asarray(queries), jnp.asarray(scale), jnp.asarray(entities)
   curvature = None if curvature is None else jnp.asarray(curvature)
   _check_shapes(queries, scale, entities, curvature)
-  if bias is not None:
-    bias = jnp.asarray(bias)
-    if bias.shape != entities.shape[:1]:
-      raise ValueError(f"expected bias [N] = {entities.shape[:1]}, got {bias.shape}")
+  bias = None if entity_bias is None else jnp.asarray(entity_bias)
+  if bias is not None and bias.shape != entities.shape[:1]:
+    raise ValueError(f"expected entity_bias [N] = {entities.shape[:1]}, got {bias.shape}")
   _layout(entities.shape[0], chunk)  # validates chunk early, with a clear message
   models.check_matmul(matmul)
-  return _uniformity_lse(queries, scale, entities, bias, curvature, activation, int(chunk),
-                         matmul)
+  return _uniformity_lse(queries, scale, entities, bias, curvature,
+                         activations.resolve(activation), int(chunk), matmul)
+
+
+def __getattr__(name: str):
+  """Names this module no longer has: an AttributeError naming what replaced them."""
+  if name == "hale_loss_chunked":
+    raise AttributeError(
+        "hale_jax.chunked.hale_loss_chunked was removed in 0.1.0; use losses.combine("
+        "losses.alignment_terms(pos_scaled, activation, pos_square), "
+        "chunked.uniformity_lse(queries, scale, entities, activation, chunk), lam) (with "
+        "pos_bias=..., entity_bias=... for tail biases), as hale_jax.objective does")
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -111,8 +111,9 @@ class ObjectiveConfig:
   loss: str = option("hale", "Training strategy (paper §4.1.2). The baselines score with "
                      "-activation(x), so --activation=identity gives their plain form.",
                      choices=objective.LOSSES)
-  activation: str = option("hanon", "Hardness-aware activation h.",
-                           choices=tuple(activations.ACTIVATIONS))
+  activation: str = option(activations.DEFAULT_ACTIVATION, "Hardness-aware activation h "
+                           "(arctanh: the earlier name of two_arctanh).",
+                           choices=activations.CHOICES)
   beta: float | None = option(None, "Activation slope; default 3 for hanon, 10 for halin.")
   gamma: float = option(10.0, "Activation upper bound (hanon, halin).")
   lam: float = option(0.3, "Alignment weight lambda.")

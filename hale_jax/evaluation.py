@@ -38,7 +38,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 from jax.typing import ArrayLike
 
-from hale_jax import models
+from hale_jax import activations, models
 from hale_jax.data import FilterIndex, KGData
 from hale_jax.layout import Layout, put_global
 from hale_jax.mesh import single_device_mesh
@@ -162,7 +162,8 @@ def _call_arrays(index: FilterIndex, queries: tuple[np.ndarray, ...], plan: _Pla
 
 def candidate_distances(params: dict[str, Array], model: str, heads: ArrayLike,
                         relations: ArrayLike,
-                        activation: Callable[[ArrayLike], Array] | None = None) -> Array:
+                        activation: activations.ActivationLike = activations.DEFAULT_ACTIVATION
+                        ) -> Array:
   """What ranking sorts for the queries ``(heads [C], relations [C], ?)``: ``[C, N]``, smaller
   is better (``models.ranking_distances``: the squared distance, or with entity biases
   ``h(c_r d^2) - b_t``, which needs the run's ``activation``)."""
@@ -199,7 +200,7 @@ class Evaluator:
 
   def __init__(self, data: KGData, split: str, model: str, chunk: int = 256,
                index: FilterIndex | None = None, layout: Layout | None = None,
-               activation: Callable[[ArrayLike], Array] | None = None,
+               activation: activations.ActivationLike = activations.DEFAULT_ACTIVATION,
                log: Callable[[str], None] = print, progress_every: float = PROGRESS_SECONDS):
     self.model = models.canonical_model(model)
     self.split = split

@@ -156,16 +156,17 @@ def answer_queries(model: TrainedModel, queries: list[tuple[str, str, str]], k: 
 
 def top_k(params: dict[str, Array], model: str, data: KGData, *, head: str | None = None,
           relation: str, tail: str | None = None, k: int = 10, filtered: bool = True,
-          activation: Callable[[ArrayLike], Array] | None = None) -> list[tuple[str, float]]:
+          activation: activations.ActivationLike = activations.DEFAULT_ACTIVATION
+          ) -> list[tuple[str, float]]:
   """The ``k`` entities closest to one query given by names, closest first: give exactly one
   of ``head`` (rank tails of ``(head, relation, ?)``) or ``tail`` (rank heads of
-  ``(?, relation, tail)``).  Returns ``(entity name, distance)`` pairs."""
+  ``(?, relation, tail)``).  ``activation`` (a name or callable; default Hanon) matters only
+  with entity biases.  Returns ``(entity name, distance)`` pairs."""
   if (head is None) == (tail is None):
     raise ValueError("give exactly one of head (to rank tails) and tail (to rank heads)")
   run = {"config": {"model": model}}
   m = TrainedModel(Path("."), run, data, params, {"entity": {}, "relation": {}})
-  if activation is not None:
-    m.activation = activation
+  m.activation = activations.resolve(activation)
   answers = (m.predict_tails(head, relation, k, filtered) if head is not None
              else m.predict_heads(relation, tail, k, filtered))[0]
   return [(a.name, a.distance) for a in answers]

@@ -27,6 +27,12 @@ The loss is not bounded below by 0: once most candidates are far (Hanon saturate
 ``gamma``) each query's LSE tends to ``log(exp(-h(x^+)) + (N - 1) exp(-gamma))``, which is
 negative where ``N < exp(gamma)``; compare losses between runs on the same graph only.
 
+Inputs are *scaled squared distances* (``x >= 0``, not scores): ``pos_scaled [B]`` and
+``sampled_scaled [k, N]``.  ``activation`` is a name (``"hanon"``, ``"halin"``, ...,
+``hale_jax.activations.ACTIVATIONS``), an activation object (``hale_jax.halin``, or
+``hale_jax.get_activation(name, beta, gamma)``) or any elementwise callable; ``None`` is
+``activations.DEFAULT_ACTIVATION`` (Hanon, beta 3, gamma 10), as everywhere in the library.
+
 Per example, as optax exposes its losses: :func:`alignment_terms` gives ``h(x_b^+)^2`` for each
 positive ``[B]`` and :func:`uniformity_terms` the LSE of each sampled query ``[k]``;
 :func:`combine` turns them into the scalar, and :func:`hale_loss` does all three.
@@ -35,8 +41,6 @@ positive ``[B]`` and :func:`uniformity_terms` the LSE of each sampled query ``[k
 from __future__ import annotations
 
 import math
-from typing import Callable
-
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
@@ -44,7 +48,7 @@ from jax.typing import ArrayLike
 from hale_jax import activations
 
 Array = jax.Array
-Activation = Callable[[ArrayLike], Array]
+ActivationLike = activations.ActivationLike
 DEFAULT_LAMBDA = 0.3
 
 
@@ -56,26 +60,31 @@ def num_sampled_queries(batch_size: int, alpha: float = 0.1) -> int:
   return max(1, min(batch_size, math.ceil(alpha * batch_size - 1e-9)))
 
 
-def _activation(activation: Activation | None) -> Activation:
-  return activations.get_activation("hanon") if activation is None else activation
+def _check_rank(name: str, x: Array, ndim: int, shape: str) -> None:
+  """ValueError naming ``name`` and its expected ``shape`` unless ``x`` has rank ``ndim`` (static:
+  works under ``jit``)."""
+  if x.ndim != ndim:
+    raise ValueError(f"{name} must be {shape} (scaled squared distances), got shape "
+                     f"{tuple(x.shape)}")
 
 
-def alignment_terms(pos_scaled: ArrayLike, activation: Activation | None = None,
+def alignment_terms(pos_scaled: ArrayLike, activation: ActivationLike = activations.DEFAULT_ACTIVATION,
                     pos_square: bool = True) -> Array:
   """``h(x_b^+)^2`` (``h(x_b^+)`` without ``pos_square``) per positive: ``[B] -> [B]``.
 
-  ``pos_scaled`` is ``c_r * ||Phi(e_h, r) - e_t||^2``; ``activation`` defaults to Hanon with
-  the paper's ``beta = 3, gamma = 10``.
+  ``pos_scaled`` is ``c_r * ||Phi(e_h, r) - e_t||^2``; ``activation`` a name or callable
+  (module docstring), default Hanon with the paper's ``beta = 3, gamma = 10``.
   """
-  pos = _activation(activation)(jnp.asarray(pos_scaled))
+  pos = activations.resolve(activation)(jnp.asarray(pos_scaled))
   return pos * pos if pos_square else pos
 
 
-def uniformity_terms(sampled_scaled: ArrayLike, activation: Activation | None = None,
+def uniformity_terms(sampled_scaled: ArrayLike,
+                     activation: ActivationLike = activations.DEFAULT_ACTIVATION,
                      entity_bias: ArrayLike | None = None) -> Array:
   """``LSE_i(b_i - h(x_{j,i}))`` per sampled query: ``[k, N] -> [k]`` (``b = 0`` without
   ``entity_bias [N]``)."""
-  scores = -_activation(activation)(jnp.asarray(sampled_scaled))
+  scores = -activations.resolve(activation)(jnp.asarray(sampled_scaled))
   if entity_bias is not None:
     scores = scores + jnp.asarray(entity_bias)[None, :]
   return jax.nn.logsumexp(scores, axis=-1)
@@ -93,16 +102,25 @@ def combine(alignment: ArrayLike, uniformity: ArrayLike, lam: float = DEFAULT_LA
 
 
 def hale_loss(pos_scaled: ArrayLike, sampled_scaled: ArrayLike,
-              activation: Activation | None = None, lam: float = DEFAULT_LAMBDA,
+              activation: ActivationLike = activations.DEFAULT_ACTIVATION,
+              lam: float = DEFAULT_LAMBDA,
               pos_square: bool = True, pos_bias: ArrayLike | None = None,
               entity_bias: ArrayLike | None = None) -> Array:
-  """HaLE loss from scaled squared distances.
+  """HaLE loss from scaled squared distances (not scores).
+
+  Under ``jax.jit`` an activation object passes as an ordinary argument,
+  ``jax.jit(hale_loss)(pos, sampled, activation=hale_jax.halin)``; a name is a string, which
+  ``jit`` must be told is static: ``jax.jit(hale_loss, static_argnames="activation")(pos,
+  sampled, activation="halin")``.  ``grad`` and ``vmap`` take either.
 
   Args:
     pos_scaled: ``[B]``, ``c_r * ||Phi(e, r) - e_p||^2`` of each positive triple.
     sampled_scaled: ``[k, N]``, ``c_r * ||Phi(e, r) - e_i||^2`` of each sampled query against
       every entity.
-    activation: elementwise ``h``; default Hanon with the paper's ``beta = 3, gamma = 10``.
+    activation: a name (``"hanon"``, ``"halin"``, ``"xexp"``, ``"linear2x"``,
+      ``"two_arctanh"``, ``"identity"``), an activation such as ``hale_jax.halin`` or any
+      elementwise callable ``h``; default (and ``None``) Hanon with the paper's
+      ``beta = 3, gamma = 10``.  An unknown name raises ValueError listing the names.
     lam: the alignment weight lambda.
     pos_square: square the activated positive scores (HaLE); ``False`` gives Table 5's
       "w/o PosSquare" ablation, ``lam * mean h(x+)``.
@@ -112,8 +130,19 @@ def hale_loss(pos_scaled: ArrayLike, sampled_scaled: ArrayLike,
 
   Returns:
     The scalar loss.
+
+  Raises:
+    ValueError: an input of the wrong rank (e.g. the two distance arguments swapped), naming
+      the argument and its expected shape; biases given alone or of the wrong shape.
   """
+  pos_scaled, sampled_scaled = jnp.asarray(pos_scaled), jnp.asarray(sampled_scaled)
+  _check_rank("pos_scaled", pos_scaled, 1, "[B]")
+  _check_rank("sampled_scaled", sampled_scaled, 2, "[k, N]")
   check_bias_pair(pos_bias, entity_bias)
+  if pos_bias is not None:
+    _check_shape("pos_bias", jnp.asarray(pos_bias), pos_scaled.shape[:1], "[B]")
+    _check_shape("entity_bias", jnp.asarray(entity_bias), sampled_scaled.shape[1:], "[N]")
+  activation = activations.resolve(activation)
   return combine(alignment_terms(pos_scaled, activation, pos_square),
                  uniformity_terms(sampled_scaled, activation, entity_bias), lam, pos_bias)
 
@@ -122,3 +151,8 @@ def check_bias_pair(pos_bias: ArrayLike | None, entity_bias: ArrayLike | None) -
   """Raises ValueError unless ``pos_bias`` and ``entity_bias`` are both given or both None."""
   if (pos_bias is None) != (entity_bias is None):
     raise ValueError("give both pos_bias [B] and entity_bias [N] (tail biases), or neither")
+
+
+def _check_shape(name: str, x: Array, shape: tuple[int, ...], doc: str) -> None:
+  if tuple(x.shape) != tuple(shape):
+    raise ValueError(f"{name} must be {doc} = {tuple(shape)}, got shape {tuple(x.shape)}")

@@ -52,7 +52,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from hale_jax import models
+from hale_jax import activations, models
 from hale_jax.lse_kernel_blocks import (MIN_BLOCK, Activation, Array, Plan, forward,
                                         grad_entities, grad_queries)
 
@@ -154,31 +154,32 @@ def _check_shapes(queries: Array, scale: Array, entities: Array, bias: Array | N
   if scale.shape != queries.shape[:1]:
     raise ValueError(f"expected scale [k] = {queries.shape[:1]}, got {scale.shape}")
   if bias is not None and bias.shape != entities.shape[:1]:
-    raise ValueError(f"expected bias [N] = {entities.shape[:1]}, got {bias.shape}")
+    raise ValueError(f"expected entity_bias [N] = {entities.shape[:1]}, got {bias.shape}")
   if curvature is not None and curvature.shape != queries.shape[:1]:
     raise ValueError(f"expected curvature [k] = {queries.shape[:1]}, got {curvature.shape}")
 
 
 def uniformity_lse_fused(queries: ArrayLike, scale: ArrayLike, entities: ArrayLike,
-                         activation: Activation, matmul: str = "float32",
-                         bias: ArrayLike | None = None, curvature: ArrayLike | None = None,
+                         activation: activations.ActivationLike, matmul: str = "float32",
+                         entity_bias: ArrayLike | None = None,
+                         curvature: ArrayLike | None = None,
                          *, block_k: int | None = None,
                          block_n: int | None = None, num_splits: int | None = None,
                          interpret: bool | None = None) -> Array:
   """``lse_j = LSE_i(b_i - h(scale_j * ||q_j - e_i||^2))`` over all entities, in Pallas kernels.
 
   The same function as ``chunked.uniformity_lse(queries, scale, entities, activation, chunk,
-  matmul, bias, curvature)`` (see the module docstring for the cost and the ``matmul`` modes, and
+  matmul, entity_bias, curvature)`` (see the module docstring for the cost and the ``matmul`` modes, and
   :mod:`hale_jax.lse_kernel_blocks` for the kernels), without any ``[k, N]`` array in device memory.
 
   Args:
     queries: ``[k, d]``, the sampled queries ``Phi(e_h, r)``.
     scale: ``[k]``, their relation scales ``c_r > 0``.
     entities: ``[N, d]``, the whole entity table.
-    activation: elementwise ``h`` (``activations.get_activation(name)``); static, traced into
-      the kernels together with its ``jax.vjp``.
+    activation: ``h``, a name or an elementwise callable (``activations.get_activation(name)``);
+      static, traced into the kernels together with its ``jax.vjp``.
     matmul: precision of the distance matmul, one of ``models.MATMUL_MODES`` (static).
-    bias: ``[N]``, learned tail biases ``b_i``; None: 0.
+    entity_bias: ``[N]``, learned tail biases ``b_i``; None: 0.
     curvature: ``[k]``, the curvature of each query's ball for the hyperbolic models
       (``models.ball_curvature``); None: the Euclidean distance.
     block_k: queries per tile, a power of two >= 16 (static; default 64, 32 when ``d > 128``);
@@ -196,7 +197,7 @@ def uniformity_lse_fused(queries: ArrayLike, scale: ArrayLike, entities: ArrayLi
     ``entities``, ``bias`` and ``curvature`` (``jax.custom_vjp``; forward mode is not defined).
   """
   queries, scale, entities = jnp.asarray(queries), jnp.asarray(scale), jnp.asarray(entities)
-  bias = None if bias is None else jnp.asarray(bias)
+  bias = None if entity_bias is None else jnp.asarray(entity_bias)
   curvature = None if curvature is None else jnp.asarray(curvature)
   _check_shapes(queries, scale, entities, bias, curvature)
   models.check_matmul(matmul)
@@ -212,4 +213,4 @@ def uniformity_lse_fused(queries: ArrayLike, scale: ArrayLike, entities: ArrayLi
   b = None if bias is None else _pad_to(bias.astype(dtype), (plan.np_,))
   # Padding queries get curvature 1, where the hyperbolic map and its derivatives are finite.
   kappa = None if curvature is None else _pad_to(curvature.astype(dtype), (plan.kp,), 1.0)
-  return _fused(q, c, e, b, kappa, activation, plan)[:k]
+  return _fused(q, c, e, b, kappa, activations.resolve(activation), plan)[:k]

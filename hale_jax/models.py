@@ -94,7 +94,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from hale_jax import hyperbolic
+from hale_jax import activations, hyperbolic
 # The distances live in hale_jax.distances; these names are part of this module's interface.
 from hale_jax.distances import (MATMUL_MODES, check_matmul,  # noqa: F401
                                 pair_squared_distances, squared_distances)
@@ -319,7 +319,7 @@ def has_entity_bias(params: Params) -> bool:
 
 
 def ranking_distances(params: Params, queries: ArrayLike, relations: ArrayLike,
-                      activation: Callable[[ArrayLike], Array] | None = None) -> Array:
+                      activation: activations.ActivationLike = activations.DEFAULT_ACTIVATION) -> Array:
   """What ranking sorts, smaller is better: ``[B, N]`` for ``queries [B, d]``, ``relations [B]``.
 
   Without entity biases: the model's squared distance ``d^2(q_b, e_n)``
@@ -327,13 +327,12 @@ def ranking_distances(params: Params, queries: ArrayLike, relations: ArrayLike,
   ``c_r > 0`` and an increasing ``h`` could not reorder it (only add ties where ``h``
   saturates), so they are left out.  With entity biases (``bias_tail`` in ``params``):
   ``h(c_r d^2(q_b, e_n)) - b_t[n]``, minus the triple's score up to the query's own constant
-  ``b_h``; ``activation=None`` means the identity (plain SamNeg).
+  ``b_h``.  ``activation`` is the run's ``h``, a name or callable; the default (and
+  ``None``) is Hanon, as everywhere in the library; ``"identity"`` for plain SamNeg.
   """
   d = squared_distances(queries, params["entity"],
                         curvature=ball_curvature(params, relations))
   if not has_entity_bias(params):
     return d
-  x = relation_scale(params, relations)[:, None] * d
-  if activation is not None:
-    x = activation(x)
+  x = activations.resolve(activation)(relation_scale(params, relations)[:, None] * d)
   return x - params["bias_tail"][None, :]

@@ -28,7 +28,7 @@ import jax
 from flax import nnx
 from jax.typing import ArrayLike
 
-from hale_jax import losses, models, objective
+from hale_jax import activations, losses, models, objective
 from hale_jax.config import ObjectiveConfig
 
 Array = jax.Array
@@ -61,19 +61,24 @@ class KGEmbedding(nnx.Module):
     """``c_r > 0`` of ``relations [B]`` -> ``[B]``."""
     return models.relation_scale(self.tables(), relations)
 
-  def distances(self, heads: ArrayLike, relations: ArrayLike) -> Array:
+  def distances(self, heads: ArrayLike, relations: ArrayLike,
+                activation: activations.ActivationLike = activations.DEFAULT_ACTIVATION
+                ) -> Array:
     """What ranking sorts for the queries ``(heads, relations, ?)``: ``[B, N]``, smaller is
-    better (``models.ranking_distances``)."""
+    better (``models.ranking_distances``; ``activation``, the training's ``h``, matters only
+    with entity biases)."""
     tables = self.tables()
     return models.ranking_distances(tables, models.transform(self.model_name, tables, heads,
-                                                             relations), relations)
+                                                             relations), relations, activation)
 
   def loss(self, batch: ArrayLike, settings: ObjectiveConfig | None = None,
-           key: Array | None = None, alpha: float = 0.1) -> Array:
+           key: Array | None = None, alpha: float | None = None) -> Array:
     """The training loss of ``batch [B, 3]`` under ``settings`` (default: HaLE with the
-    paper's Hanon, lambda 0.3).  HaLE's uniformity term uses the first
-    ``ceil(alpha * B)`` queries, so shuffle the batches; ``samneg``/``advneg`` need ``key``."""
+    paper's Hanon, lambda 0.3, alpha 0.1).  HaLE's uniformity term uses the first
+    ``ceil(alpha * B)`` queries, so shuffle the batches; ``alpha`` defaults to
+    ``settings.alpha`` (given, it replaces it); ``samneg``/``advneg`` need ``key``."""
     settings = settings or ObjectiveConfig()
+    alpha = settings.alpha if alpha is None else alpha
     num_sampled = losses.num_sampled_queries(int(batch.shape[0]), alpha)
     loss_fn = objective.make_loss(settings, self.model_name, num_sampled)
     return loss_fn(self.tables(), jax.numpy.asarray(batch), key)

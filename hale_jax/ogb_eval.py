@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from hale_jax import models
+from hale_jax import activations, models
 from hale_jax.config import EVAL_PROTOCOLS
 from hale_jax.data import FilterIndex, KGData
 from hale_jax.evaluation import Evaluator, breakdown_from_ranks, metrics_from_ranks
@@ -88,7 +88,7 @@ def ranks_against_negatives(d: ArrayLike) -> tuple[jax.Array, jax.Array]:
 
 def candidate_distances(params: dict[str, jax.Array], model: str, heads: ArrayLike,
                         relations: ArrayLike, candidates: ArrayLike,
-                        activation: Callable[[ArrayLike], jax.Array] | None = None
+                        activation: activations.ActivationLike = activations.DEFAULT_ACTIVATION
                         ) -> jax.Array:
   """What ranking sorts for each query ``(heads [C], relations [C], ?)`` and its own
   ``candidates [C, M]``: ``[C, M]``, ``models.ranking_distances`` on the candidates' rows."""
@@ -115,7 +115,7 @@ class OgbEvaluator:
 
   def __init__(self, data: KGData, split: str, model: str, chunk: int = 256,
                layout: Layout | None = None,
-               activation: Callable[[ArrayLike], jax.Array] | None = None,
+               activation: activations.ActivationLike = activations.DEFAULT_ACTIVATION,
                log: Callable[[str], None] = print):
     check_protocol("ogb", data)
     self.model, self.split, self.chunk, self._log = models.canonical_model(model), split, chunk, log
@@ -186,7 +186,7 @@ class OgbEvaluator:
 
 def make_evaluator(protocol: str, data: KGData, split: str, model: str, chunk: int = 256,
                    index: FilterIndex | None = None, layout: Layout | None = None,
-                   activation: Callable[[ArrayLike], jax.Array] | None = None,
+                   activation: activations.ActivationLike = activations.DEFAULT_ACTIVATION,
                    log: Callable[[str], None] = print) -> Evaluator | OgbEvaluator:
   """The evaluator of ``split`` under ``protocol`` (``--eval_protocol``); ``index`` (the
   filter) matters only to filtered ranking."""

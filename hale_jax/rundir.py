@@ -33,7 +33,7 @@ import numpy as np
 import optax
 
 from hale_jax._version import __version__
-from hale_jax import runfiles
+from hale_jax import activations, runfiles
 from hale_jax.config import Config, resumable_fields
 from hale_jax.data import KGData, one_line
 from hale_jax.dataspec import DataSpec
@@ -183,6 +183,14 @@ def changed_data(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
   return sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
 
 
+def _comparable(key: str, value: Any) -> Any:
+  """A config value as runs compare it: an activation by its current name (a run spec written
+  with ``arctanh`` is the same run as one with ``two_arctanh``)."""
+  if key == "activation" and isinstance(value, str) and value in activations.CHOICES:
+    return activations.canonical_name(value)
+  return value
+
+
 def mismatch(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
   """What differs between two run specs, ignoring the fields a resume may change (and the
   learning rate, when the earlier run diverged)."""
@@ -192,7 +200,7 @@ def mismatch(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
   oc, nc = old.get("config", {}), new.get("config", {})
   free = resumable_fields() | (AFTER_DIVERGENCE if old.get("diverged") else frozenset())
   for key in sorted(set(oc) | set(nc)):
-    if key not in free and oc.get(key) != nc.get(key):
+    if key not in free and _comparable(key, oc.get(key)) != _comparable(key, nc.get(key)):
       diffs.append(f"{key} ({oc.get(key)!r} vs {nc.get(key)!r})")
   return diffs
 

@@ -28,14 +28,12 @@ triples, from their rows alone.
 from __future__ import annotations
 
 import functools
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.typing import ArrayLike
 
-from hale_jax import models
+from hale_jax import activations, models
 from hale_jax.data import FilterIndex
 
 Array = jax.Array
@@ -129,7 +127,7 @@ def _pad(values: np.ndarray, size: int, fill: int) -> np.ndarray:
 
 def top_k(params: dict[str, Array], model: str, entities: np.ndarray, relations: np.ndarray,
           k: int, index: FilterIndex | None = None,
-          activation: Callable[[ArrayLike], Array] | None = None,
+          activation: activations.ActivationLike = activations.DEFAULT_ACTIVATION,
           entity_chunk: int | None = None) -> tuple[np.ndarray, np.ndarray]:
   """The ``min(k, N)`` best candidates of each query ``(entities[i], relations[i], ?)``.
 
@@ -140,7 +138,8 @@ def top_k(params: dict[str, Array], model: str, entities: np.ndarray, relations:
     k: how many candidates a query.
     index: filtered ranking: the query's known answers get distance ``+inf`` (they come last,
       and the caller drops them); None ranks every entity.
-    activation: the run's ``h`` (used only with entity biases, ``models.ranking_distances``).
+    activation: the run's ``h``, a name or callable (default Hanon; used only with entity
+      biases, ``models.ranking_distances``).
     entity_chunk: entities a block at most (default ``ENTITY_CHUNK``, read at the call).
 
   Returns:
@@ -180,14 +179,12 @@ def _pair_distances(params, heads, relations, tails, *, model, activation):
   d = jnp.where(d < 0, jnp.zeros_like(d), d)
   if not models.has_entity_bias(params):
     return d
-  x = models.relation_scale(params, relations) * d
-  if activation is not None:
-    x = activation(x)
+  x = activations.resolve(activation)(models.relation_scale(params, relations) * d)
   return x - params["bias_tail"][tails]
 
 
 def pair_distances(params: dict[str, Array], model: str, triples: np.ndarray,
-                   activation: Callable[[ArrayLike], Array] | None = None) -> np.ndarray:
+                   activation: activations.ActivationLike = activations.DEFAULT_ACTIVATION) -> np.ndarray:
   """What ranking sorts for each ``(entity, relation id, candidate)`` of ``triples [T, 3]``:
   ``[T]``, the value :func:`top_k` and the dense ranking give that candidate (the same
   formula, ``|q|^2 + |e|^2 - 2 q.e`` clamped at 0, read for one pair; ``h(c_r d^2) - b_t``

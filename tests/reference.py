@@ -72,7 +72,7 @@ def np_linear2x(x, beta=None, gamma=None):
   return 2.0 * x
 
 
-def np_arctanh(x, beta=None, gamma=None):
+def np_two_arctanh(x, beta=None, gamma=None):
   return 2.0 * np.arctanh(x)
 
 
@@ -96,7 +96,7 @@ REFERENCE = {
     "halin": (np_halin, np_dhalin),
     "xexp": (np_xexp, lambda x, b=None, g=None: (1.0 + x) * np.exp(x)),
     "linear2x": (np_linear2x, lambda x, b=None, g=None: np.full_like(x, 2.0)),
-    "arctanh": (np_arctanh, lambda x, b=None, g=None: 2.0 / (1.0 - x * x)),
+    "two_arctanh": (np_two_arctanh, lambda x, b=None, g=None: 2.0 / (1.0 - x * x)),
     "identity": (np_identity, lambda x, b=None, g=None: np.ones_like(x)),
 }
 

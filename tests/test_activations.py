@@ -25,7 +25,7 @@ DOMAIN = {
     "halin": (0.0, 4.0),
     "xexp": (-4.0, 4.0),
     "linear2x": (-5.0, 5.0),
-    "arctanh": (-0.95, 0.95),
+    "two_arctanh": (-0.95, 0.95),
     "identity": (-5.0, 5.0),
 }
 
@@ -83,7 +83,7 @@ def _ref_args(name, beta, gamma):
 
 
 def test_registry_holds_the_six_functions():
-  assert set(activations.ACTIVATIONS) == {"hanon", "halin", "xexp", "linear2x", "arctanh",
+  assert set(activations.ACTIVATIONS) == {"hanon", "halin", "xexp", "linear2x", "two_arctanh",
                                           "identity"}
 
 
@@ -185,9 +185,12 @@ def test_get_activation_defaults(rng):
                              np_halin(x.astype(np.float64), 10.0, 10.0), rtol=2e-5, atol=2e-6)
   assert activations.DEFAULT_BETA["hanon"] == 3.0
   assert activations.DEFAULT_BETA["halin"] == 10.0
-  # the same arguments give the same function object (jit's static arguments compile once)
-  assert activations.get_activation("hanon") is activations.get_activation("hanon")
-  assert activations.get_activation("hanon", 2.0) is not activations.get_activation("hanon")
+  # the same arguments give equal, equally hashed activations (jit's static arguments compile
+  # once); other arguments give another one
+  assert activations.get_activation("hanon") == activations.get_activation("hanon", 3, 10)
+  assert hash(activations.get_activation("hanon")) == hash(activations.hanon)
+  assert activations.get_activation("hanon", 2.0) != activations.get_activation("hanon")
+  assert activations.get_activation("arctanh") == activations.two_arctanh
 
 
 def test_get_activation_binds_beta_and_gamma(rng):
@@ -204,8 +207,8 @@ def test_get_activation_binds_beta_and_gamma(rng):
     np.testing.assert_allclose(np.asarray(activations.get_activation(name, 5.0, 1.0)(x)),
                                REFERENCE[name][0](x.astype(np.float64)), rtol=2e-5, atol=2e-6)
   y = rng.uniform(-0.9, 0.9, 33).astype(np.float32)
-  np.testing.assert_allclose(np.asarray(activations.get_activation("arctanh", 5.0, 1.0)(y)),
-                             REFERENCE["arctanh"][0](y.astype(np.float64)), rtol=2e-5, atol=2e-6)
+  np.testing.assert_allclose(np.asarray(activations.get_activation("two_arctanh", 5.0, 1.0)(y)),
+                             REFERENCE["two_arctanh"][0](y.astype(np.float64)), rtol=2e-5, atol=2e-6)
 
 
 @pytest.mark.parametrize("bad", ["Hanon", "tanh", "", "relu"])

@@ -14,7 +14,7 @@ from absl.testing import parameterized
 from jax.test_util import check_grads
 
 from hale_jax import activations, baselines
-from reference import (FD_EPS, np_advneg, np_allneg, np_nonneg, np_samneg, np_sigmoid,
+from reference import (FD_EPS, np_hanon, np_advneg, np_allneg, np_nonneg, np_samneg, np_sigmoid,
                        np_softmax, np_softplus, np_spread_penalty, seeded_rng)
 
 B, M, N, D = 5, 4, 7, 6
@@ -293,7 +293,10 @@ def test_nonneg_regulariser_pushes_inner_entities_out_and_outer_in(rng):
 def test_scores_from_scaled_and_table5_variants(rng):
   x = rng.uniform(0.0, 3.0, (B, N)).astype(np.float32)
   h = activations.get_activation("hanon")
-  np.testing.assert_array_equal(np.asarray(baselines.scores_from_scaled(x)), -x)
+  # the default (and None) is Hanon, as everywhere; "identity" is the plain -x
+  for default in (baselines.scores_from_scaled(x), baselines.scores_from_scaled(x, None)):
+    np.testing.assert_allclose(np.asarray(default), -np_hanon(x.astype(np.float64)), rtol=2e-6)
+  np.testing.assert_array_equal(np.asarray(baselines.scores_from_scaled(x, "identity")), -x)
   np.testing.assert_array_equal(np.asarray(baselines.scores_from_scaled(x, h)),
                                 -np.asarray(h(x)))
   ident = activations.get_activation("identity")

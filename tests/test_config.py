@@ -51,7 +51,7 @@ REGISTRIES = {
     "rotation_init": models.ROTATION_INITS,
     "dtype": ("float32", "float64"),
     "loss": objective.LOSSES,
-    "activation": tuple(activations.ACTIVATIONS),
+    "activation": activations.CHOICES,
     "bias": objective.BIAS_MODES,
     "matmul": models.MATMUL_MODES,
     "optimizer": tuple(optim.OPTIMIZERS),

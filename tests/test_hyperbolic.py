@@ -188,13 +188,13 @@ def _plain(h):
 
 
 def _chunked(h):
-  return lambda q, s, e, b, k, w: jnp.sum(w * chunked.uniformity_lse(q, s, e, h, 7, bias=b,
+  return lambda q, s, e, b, k, w: jnp.sum(w * chunked.uniformity_lse(q, s, e, h, 7, entity_bias=b,
                                                                       curvature=k))
 
 
 def _fused(h):
   return lambda q, s, e, b, k, w: jnp.sum(w * lse_kernel.uniformity_lse_fused(
-      q, s, e, h, bias=b, curvature=k, block_k=16, block_n=16, num_splits=2))
+      q, s, e, h, entity_bias=b, curvature=k, block_k=16, block_n=16, num_splits=2))
 
 
 def _value_and_grads(loss, args):

@@ -24,7 +24,7 @@ from reference import (FD_EPS, np_activation, np_alignment_terms, np_dactivation
                        np_logsumexp, np_uniformity_terms, seeded_rng)
 
 # Scaled squared distances are >= 0; arctanh only makes sense below 1.
-INPUT_HIGH = {"hanon": 4.0, "halin": 3.0, "xexp": 3.0, "linear2x": 5.0, "arctanh": 0.9,
+INPUT_HIGH = {"hanon": 4.0, "halin": 3.0, "xexp": 3.0, "linear2x": 5.0, "two_arctanh": 0.9,
               "identity": 5.0}
 # One set of sizes, so the jitted variants compile once per activation.
 B, K, N = 17, 4, 23
@@ -46,7 +46,7 @@ def _f32(*arrays):
 LOSS_CASES = [("hanon", None, 10.0, True), ("halin", None, 10.0, False),
               ("hanon", 2.0, 5.0, False), ("halin", 4.0, 6.0, True),
               ("xexp", None, 10.0, True), ("linear2x", None, 10.0, False),
-              ("arctanh", None, 10.0, True), ("identity", None, 10.0, False)]
+              ("two_arctanh", None, 10.0, True), ("identity", None, 10.0, False)]
 
 
 def _check_hale_loss(test, name, beta, gamma, pos_square):

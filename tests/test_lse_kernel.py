@@ -29,7 +29,7 @@ def _inputs(rng, act, k, n, d, dtype, bias=True):
   Rows ~ N(0, 1/(2d)) put ``||q - e||^2`` near 1; arctanh (domain < 1) gets smaller scales.
   """
   spread = np.sqrt(0.5 / d)
-  lo, hi = (0.1, 0.6) if act == "arctanh" else (0.5, 2.0)
+  lo, hi = (0.1, 0.6) if act == "two_arctanh" else (0.5, 2.0)
   arrays = (rng.normal(0.0, spread, (k, d)), rng.uniform(lo, hi, k),
             rng.normal(0.0, spread, (n, d)), rng.normal(0.0, 0.5, n) if bias else None,
             rng.uniform(0.5, 1.5, k))
@@ -90,7 +90,7 @@ FLOAT64_CASES = [
     ("halin", 20, 23, 16, True, 16, 16),
     ("xexp", 3, 5, 5, True, None, None),
     ("linear2x", 17, 64, 32, False, 16, 32),
-    ("arctanh", 2, 50, 3, True, None, 16),
+    ("two_arctanh", 2, 50, 3, True, None, 16),
     ("identity", 33, 16, 20, False, 32, 16),
 ]
 
@@ -197,8 +197,8 @@ def test_rejects_bad_arguments():
     lse_kernel.uniformity_lse_fused(q, c, jnp.ones((7, 5)), h)
   with pytest.raises(ValueError, match="expected scale"):
     lse_kernel.uniformity_lse_fused(q, jnp.ones(4), e, h)
-  with pytest.raises(ValueError, match="expected bias"):
-    lse_kernel.uniformity_lse_fused(q, c, e, h, bias=jnp.ones(6))
+  with pytest.raises(ValueError, match="expected entity_bias"):
+    lse_kernel.uniformity_lse_fused(q, c, e, h, entity_bias=jnp.ones(6))
   with pytest.raises(ValueError, match="unknown matmul"):
     lse_kernel.uniformity_lse_fused(q, c, e, h, "fp8")
   for blocks in ({"block_k": 24}, {"block_n": 8}, {"block_n": True}, {"num_splits": 0}):

@@ -14,6 +14,7 @@ from hale_jax import models, objective, synthetic
 from hale_jax.config import ObjectiveConfig
 from hale_jax.data import with_reciprocals
 from hale_jax.nn import KGEmbedding
+from reference import np_activation, np_batch_loss
 
 
 def test_module_applies_the_model_transform(rng):
@@ -59,3 +60,20 @@ def test_nnx_optimizer_lowers_the_loss():
     key, sub = jax.random.split(key)
     train_step(module, optimizer, queries[jax.random.permutation(sub, queries.shape[0])[:64]])
   assert float(module.loss(queries)) < first - 0.6  # 4.23 -> 2.98 at jax 0.10.2
+
+
+def test_loss_samples_settings_alpha(rng):
+  """``settings.alpha`` sets how many queries the uniformity term samples: alpha 0.5 of a batch
+  of 10 is 5 queries (the default 0.1 would be 1), against the float64 NumPy loss."""
+  module = KGEmbedding("TransE", num_entities=11, num_relations=2, dim=4, rngs=nnx.Rngs(2),
+                       init_scale=0.5)
+  batch = np.stack([rng.integers(0, 11, 10), rng.integers(0, 4, 10), rng.integers(0, 11, 10)], 1)
+  settings = ObjectiveConfig(lam=0.7, alpha=0.5)
+  h = np_activation("hanon")
+  want = np_batch_loss("TransE", module.tables(), batch, h, 0.7, 5)
+  assert abs(want - np_batch_loss("TransE", module.tables(), batch, h, 0.7, 1)) > 1e-3
+  np.testing.assert_allclose(float(module.loss(batch, settings)), want, rtol=2e-5)
+  # an explicit alpha replaces the settings' one
+  np.testing.assert_allclose(float(module.loss(batch, settings, alpha=0.1)),
+                             np_batch_loss("TransE", module.tables(), batch, h, 0.7, 1),
+                             rtol=2e-5)

@@ -92,7 +92,7 @@ def test_bias_arguments_come_in_pairs():
     losses.hale_loss(jnp.ones(3), jnp.ones((2, 4)), h, 0.3, True, None, jnp.zeros(4))
   with pytest.raises(ValueError, match="bias"):
     chunked.uniformity_lse(jnp.ones((2, 4)), jnp.ones(2), jnp.ones((5, 4)), h, 2,
-                           bias=jnp.zeros(4))
+                           entity_bias=jnp.zeros(4))
 
 
 @pytest.mark.parametrize("n,chunk", [(37, 8)] + [pytest.param(n, c, marks=pytest.mark.slow)
@@ -105,7 +105,7 @@ def test_chunked_biased_lse_matches_numpy_and_check_grads(rng, x64, n, chunk):
   b = jnp.asarray(rng.normal(0.0, 1.0, n))
   h = activations.get_activation("hanon")
   weights = jnp.asarray(rng.normal(size=k))
-  lse = jax.jit(lambda q, s, e, b: chunked.uniformity_lse(q, s, e, h, chunk, bias=b))
+  lse = jax.jit(lambda q, s, e, b: chunked.uniformity_lse(q, s, e, h, chunk, entity_bias=b))
   np.testing.assert_allclose(np.asarray(lse(q, s, e, b)),
                              np_uniformity_lse(q, s, e, np_activation("hanon"), b), rtol=1e-10)
   f = jax.jit(lambda q, s, e, b: jnp.dot(weights, lse(q, s, e, b)))
