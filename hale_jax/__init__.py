@@ -10,3 +10,4 @@ from hale_jax.activations import arctanh, get_activation, halin, hanon, identity
 from hale_jax.losses import (alignment_terms, combine, hale_loss, num_sampled_queries,  # noqa: E402,F401
                              uniformity_terms)
 from hale_jax.trained import TrainedModel, load  # noqa: E402,F401
+from hale_jax.pipeline import train  # noqa: E402,F401
