@@ -41,11 +41,15 @@ _distances = jax.jit(candidate_distances, static_argnames=("model", "activation"
 
 
 class Prediction(NamedTuple):
-  """One ranked answer: the entity's name, its label (or None), and what ranking sorts
-  (the squared distance, smaller is better; ``h(c_r d^2) - b_t`` for runs with biases)."""
+  """One ranked answer: the entity's name, its label (or None), its ``score`` (higher is
+  better: :meth:`TrainedModel.score` of the triple as asked, ``(entity, relation, answer)``,
+  a head query's being ``(tail, reciprocal relation, answer)``), and ``distance``, what
+  ranking sorts (smaller is better: the squared distance; ``h(c_r d^2) - b_t`` for runs with
+  biases)."""
   name: str
   label: str | None
   distance: float
+  score: float = math.nan
 
 
 def reciprocal_names(relations: Sequence[str]) -> list[str]:
@@ -230,11 +234,25 @@ class TrainedModel:
     best, distances = topk.top_k(self.params, self.model, ents, rels, k,
                                  self.filter_index() if filtered else None, self.activation)
     names = self.data.entities
+    scores = self._scores(np.repeat(ents, best.shape[1]), np.repeat(rels, best.shape[1]),
+                          np.asarray(distances, np.float64).reshape(-1)).reshape(best.shape)
     results = []
-    for row_ids, row in zip(best.tolist(), distances.tolist()):
-      results.append([Prediction(names[i], self.label("entity", names[i]), d)
-                      for i, d in zip(row_ids, row) if not filtered or math.isfinite(d)])
+    for row_ids, row, row_scores in zip(best.tolist(), distances.tolist(), scores.tolist()):
+      results.append([Prediction(names[i], self.label("entity", names[i]), d, s)
+                      for i, d, s in zip(row_ids, row, row_scores)
+                      if not filtered or math.isfinite(d)])
     return results
+
+  def _scores(self, heads: np.ndarray, relations: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """:meth:`score` from what ranking sorts (``d``) of triples ``(heads, relations, .)``."""
+    if models.has_entity_bias(self.params):  # d is h(c_r d^2) - b_t
+      head_bias = np.asarray(self.params.get("bias_head", np.zeros(self.data.num_entities)))
+      return head_bias[heads] - d
+    if not len(d):
+      return np.zeros(0, np.float32)
+    scale = np.asarray(models.relation_scale(self.params, jnp.asarray(relations)))
+    with np.errstate(invalid="ignore"):  # +inf distances of filtered answers
+      return -np.asarray(self.activation(jnp.asarray(scale * d.astype(np.float32))))
 
   def filter_index(self) -> FilterIndex:
     if self._index is None:
@@ -249,11 +267,7 @@ class TrainedModel:
     ids = np.array([(self.entity_id(h), self.relation_id(r), self.entity_id(t))
                     for h, r, t in triples], np.int64).reshape(-1, 3)
     d = topk.pair_distances(self.params, self.model, ids, self.activation)
-    if models.has_entity_bias(self.params):  # d is h(c_r d^2) - b_t
-      head_bias = np.asarray(self.params.get("bias_head", np.zeros(self.data.num_entities)))
-      return head_bias[ids[:, 0]] - d
-    scale = np.asarray(models.relation_scale(self.params, ids[:, 1]))
-    return -np.asarray(self.activation(jnp.asarray(scale * d)))
+    return self._scores(ids[:, 0], ids[:, 1], np.asarray(d))
 
   def embedding(self, names: str | Sequence[str]) -> np.ndarray:
     """The entity vectors ``[n, d]`` of the named entities."""

@@ -30,7 +30,7 @@ from absl import flags
 
 import hale_jax
 from hale_jax import callbacks, dataspec, inference, labels, models, options, plot, rundata
-from hale_jax import rundir, runfiles, synthetic, tracking, trained
+from hale_jax import predict, rundir, runfiles, synthetic, tracking, trained
 from hale_jax.callbacks import Callback, Validation
 from hale_jax.config import Config
 from hale_jax.data import DataError, load_folder
@@ -220,6 +220,23 @@ def test_filtered_predictions_leave_out_known_answers(fake_model):
   assert [a.name for a in top[0]] == filtered[:3] == [a.name for a in top[1]]
   distances = [a.distance for a in m.predict_tails(head, rel, k=n, filtered=False)[0]]
   assert distances == sorted(distances)
+
+
+def test_prediction_scores_are_the_models_scores_best_first(fake_model):
+  """One convention: a prediction's score is ``score()`` of the triple as asked (higher is
+  better), so answers come in decreasing score; a head query asks ``(tail, r^-1, ?)``."""
+  m = fake_model
+  tails = m.predict_tails("t0", "parent_of", k=6, filtered=False)[0]
+  want = m.score([("t0", "parent_of", a.name) for a in tails])
+  np.testing.assert_allclose([a.score for a in tails], want, rtol=1e-6)
+  assert all(x.score >= y.score for x, y in zip(tails, tails[1:]))
+  heads = m.predict_heads("parent_of", "t0.1", k=6, filtered=False)[0]
+  back = m.relation_names[m.data.num_relations + m.relation_id("parent_of")]
+  np.testing.assert_allclose([a.score for a in heads],
+                             m.score([("t0.1", back, a.name) for a in heads]), rtol=1e-6)
+  assert all(x.score >= y.score for x, y in zip(heads, heads[1:]))
+  assert predict.TSV_HEADER.startswith("# head\trelation\ttail\trank\tanswer\tlabel\tscore")
+  assert "higher is better" in predict.TSV_HEADER
 
 
 def test_head_prediction_is_the_reciprocal_tail_prediction(fake_model):
@@ -730,8 +747,9 @@ def test_portable_model_works_without_the_dataset(portable, data_dir, tmp_path,
     moved.rename(data_dir)
   assert predict.returncode == 0, predict.stderr
   assert "1000 queries answered" in predict.stderr
-  expected = "".join(f"{chr(9).join(q)}\t{rank}\t{a.name}\t{a.label or ''}\t{a.distance:.6g}\n"
-                     for q, ans in zip(queries, want) for rank, a in enumerate(ans, start=1))
+  expected = predict.TSV_HEADER + "".join(
+      f"{chr(9).join(q)}\t{rank}\t{a.name}\t{a.label or ''}\t{a.score:.6g}\n"
+      for q, ans in zip(queries, want) for rank, a in enumerate(ans, start=1))
   assert (tmp_path / "answers.tsv").read_text() == expected
   assert evaluate.returncode == 0, evaluate.stderr
   doc = faults.strict_json((tmp_path / "metrics.json").read_text())
