@@ -123,6 +123,7 @@ def test_train_writes_the_launchers_run_folder_and_resumes(tmp_path):
   strip = lambda ls: [l for l in "\n".join(ls).splitlines() if "workdir" not in l and "triples/s" not in l
                       and "compiled in" not in l and "results written" not in l]
   assert strip(lines) == strip(cli.stdout.splitlines())
+  assert any(l.startswith("device: ") and "{" not in l for l in lines), lines
 
   again: list[str] = []
   model2 = hale_jax.train(data_dir=data, dim=8, batch_size=32, max_epochs=2, max_seconds=0,
@@ -134,3 +135,10 @@ def test_train_writes_the_launchers_run_folder_and_resumes(tmp_path):
                  workdir=tmp_path / "py", log=longer.append)
   assert any(l.startswith("resumed from ") for l in longer), longer
   assert json.loads((tmp_path / "py" / "results.json").read_text())["metrics"]["epochs"] == 3
+
+
+def test_the_device_is_one_phrase():
+  from hale_jax import rundir  # pylint: disable=import-outside-toplevel
+  assert rundir.device_phrase({"platform": "cpu", "kind": "cpu", "count": 1}) == "1 cpu"
+  assert rundir.device_phrase({"platform": "gpu", "kind": "NVIDIA H100 80GB HBM3",
+                               "count": 8}) == "8 NVIDIA H100 80GB HBM3 (gpu)"

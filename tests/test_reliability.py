@@ -482,8 +482,8 @@ def test_launcher_input_quirks(wave):
   model = next(i for i, l in enumerate(lines) if l.startswith("model "))
   assert lines[0].startswith("dataset quirky-data")
   report = [l.strip() for l in lines[:model]]
-  assert any(l.startswith("check train: 0 duplicate triples") for l in report), report
-  assert any(l.startswith("check test:") for l in report), report
+  assert any(l.startswith("check") for l in report), report
+  assert not any(" 0 " in l for l in report if l.startswith("check")), report
 
 
 @pytest.mark.slow

@@ -453,19 +453,21 @@ def _start_info(epoch=0, curve=()):
           "steps_per_epoch": 13}
 
 
-def test_progress_line_shows_time_left_and_eta():
+def test_progress_line_shows_labelled_times_and_the_time_left():
   lines = []
   p = callbacks.ProgressPrinter(lines.append, test_fraction=1.0)
   p.on_start(_start_info())
   p.on_validation(_validation(2))  # 2 s per epoch, 8 epochs left; last eval 1 s, final 2 s
-  assert lines[-1].endswith("| left 16s, ETA 18s"), lines
+  assert lines[-1].endswith("| time left 18s"), lines
+  assert "| train time 4.0s, eval time 1.0s | time left" in lines[-1], lines
+  assert lines[-1].count("left") == 1 and "ETA" not in lines[-1]
   p.on_validation(_validation(4, eval_seconds=1.5))  # last eval 0.5 s, final 1 s
-  assert lines[-1].endswith("| left 12s, ETA 13s"), lines
+  assert lines[-1].endswith("| time left 13s"), lines
   resumed = callbacks.ProgressPrinter(lines.append, test_fraction=2.0)
   resumed.on_start(_start_info(epoch=8))
   resumed.on_validation(_validation(9, max_epochs=0, max_seconds=100.0, train_seconds=30.0,
                                     eval_seconds=4.5))  # final: 0.5 s x 3
-  assert lines[-1].endswith("| left 1m10s, ETA 1m12s"), lines
+  assert lines[-1].endswith("| time left 1m12s"), lines
   p = callbacks.ProgressPrinter(lines.append)
   p.on_validation(_validation(1, max_epochs=0, max_seconds=0.0))
   assert "left" not in lines[-1] and "ETA" not in lines[-1]
@@ -823,7 +825,7 @@ def test_early_stopping_ends_training_and_tests_the_best(tracked):
 def test_progress_lines_of_a_run_show_left_and_eta(tracked):
   progress = [l for l in tracked.lines if l.startswith("epoch ")]
   assert len(progress) == 3
-  assert all(" | left " in l and ", ETA " in l for l in progress), progress
+  assert all(" | time left " in l for l in progress), progress
 
 
 @pytest.mark.slow
