@@ -30,7 +30,8 @@ from absl import flags
 
 import hale_jax
 from hale_jax import callbacks, dataspec, inference, labels, models, options, plot, rundata
-from hale_jax import predict, rundir, runfiles, synthetic, tracking, trained
+from hale_jax import rundir, runfiles, synthetic, tracking, trained
+from hale_jax import predict as predict_cli
 from hale_jax.callbacks import Callback, Validation
 from hale_jax.config import Config
 from hale_jax.data import DataError, load_folder
@@ -235,8 +236,8 @@ def test_prediction_scores_are_the_models_scores_best_first(fake_model):
   np.testing.assert_allclose([a.score for a in heads],
                              m.score([("t0.1", back, a.name) for a in heads]), rtol=1e-6)
   assert all(x.score >= y.score for x, y in zip(heads, heads[1:]))
-  assert predict.TSV_HEADER.startswith("# head\trelation\ttail\trank\tanswer\tlabel\tscore")
-  assert "higher is better" in predict.TSV_HEADER
+  assert predict_cli.TSV_HEADER.startswith("# head\trelation\ttail\trank\tanswer\tlabel\tscore")
+  assert "higher is better" in predict_cli.TSV_HEADER
 
 
 def test_head_prediction_is_the_reciprocal_tail_prediction(fake_model):
@@ -749,7 +750,7 @@ def test_portable_model_works_without_the_dataset(portable, data_dir, tmp_path,
     moved.rename(data_dir)
   assert predict.returncode == 0, predict.stderr
   assert "1000 queries answered" in predict.stderr
-  expected = predict.TSV_HEADER + "".join(
+  expected = predict_cli.TSV_HEADER + "".join(
       f"{chr(9).join(q)}\t{rank}\t{a.name}\t{a.label or ''}\t{a.score:.6g}\n"
       for q, ans in zip(queries, want) for rank, a in enumerate(ans, start=1))
   assert (tmp_path / "answers.tsv").read_text() == expected
