@@ -1,10 +1,11 @@
 """hale_jax: HaLE (Wang et al., WWW'22) knowledge-graph-embedding training in JAX.
 
+``hale_jax.train(...)`` trains as the launcher does (``hale_jax.pipeline``) and
 ``hale_jax.load(workdir)`` gives a trained model (``hale_jax.trained``); the pure functions
 (activations, models, losses, ``uniformity_lse``) work in any JAX code, and
-``hale_jax.KGEmbedding`` (``hale_jax.nn``) in Flax NNX code.  ``load``, ``TrainedModel`` and
-``KGEmbedding`` are imported when first used, so ``import hale_jax`` stays light (no
-checkpointing library, no Flax).
+``hale_jax.KGEmbedding`` (``hale_jax.nn``) in Flax NNX code.  ``train``, ``load``,
+``TrainedModel`` and ``KGEmbedding`` are imported when first used, so ``import hale_jax``
+stays light (no checkpointing library, no Flax).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from hale_jax.losses import (alignment_terms, combine, hale_loss,  # noqa: E402,
 
 # Public names imported on first use: {name: module}, and the modules behind them.
 _LAZY = {"load": "hale_jax.trained", "TrainedModel": "hale_jax.trained",
-         "KGEmbedding": "hale_jax.nn"}
+         "KGEmbedding": "hale_jax.nn", "train": "hale_jax.pipeline"}
 _LAZY_MODULES = ("trained", "nn")
 
 

@@ -117,11 +117,12 @@ def remaining_seconds(v: Validation | ProgressReport, epoch_seconds: float) -> f
 
 
 class ProgressPrinter(Callback):
-  """Prints one line per validation: epoch, loss, speed, valid MRR and Hits@10, times, and
-  the training time left with an estimate of when the run ends (training, then the final
-  ranking of valid and test, estimated from the last validation); and when ``every`` seconds
-  (default :data:`PROGRESS_EVERY_SECONDS`) passed without a line, a progress line after a
-  segment: the share of the epoch under way, its loss so far, speed, time spent and left."""
+  """Prints one line per validation: epoch, loss, speed, valid MRR and Hits@10, the training
+  and evaluation time spent, and the time left until the run ends (the training budget left,
+  then the final ranking of valid and test, estimated from the last validation); and when
+  ``every`` seconds (default :data:`PROGRESS_EVERY_SECONDS`) passed without a line, a progress
+  line after a segment: the share of the epoch under way, its loss so far, speed, time spent
+  and left."""
 
   def __init__(self, log: Log = print, test_fraction: float = 1.0, every: float | None = None):
     self._log = log
@@ -139,11 +140,12 @@ class ProgressPrinter(Callback):
     self._printed = time.monotonic()
 
   def _eta(self, v: Validation | ProgressReport, epoch_seconds: float) -> str:
+    """`` | time left 1m41s``: the budget left and the final ranking, or nothing."""
     left = remaining_seconds(v, epoch_seconds)
     if left is None:
       return ""
     final = self._last_eval * (1.0 + self._test_fraction)
-    return f" | left {_duration(left)}, ETA {_duration(left + final)}"
+    return f" | time left {_duration(left + final)}"
 
   def on_validation(self, v: Validation) -> str | None:
     m = v.metrics["realistic"]
@@ -154,8 +156,8 @@ class ProgressPrinter(Callback):
     self._last = (v.train_seconds, v.epochs, v.eval_seconds)
     at = f"{v.epoch:4d}" if not v.epoch_step else f"{v.epochs:7.2f}"
     line = (f"epoch {at} | loss {v.loss:.4f} | {v.triples_per_second:,.0f} triples/s "
-            f"| valid MRR {m['mrr']:.4f} H@10 {m['hits@10']:.4f} | train "
-            f"{v.train_seconds:.1f}s eval {v.eval_seconds:.1f}s")
+            f"| valid MRR {m['mrr']:.4f} H@10 {m['hits@10']:.4f} | train time "
+            f"{v.train_seconds:.1f}s, eval time {v.eval_seconds:.1f}s")
     self._log(line + self._eta(v, self._epoch_seconds))
     self._printed = time.monotonic()
     return None
@@ -172,7 +174,7 @@ class ProgressPrinter(Callback):
     if r.epochs > self._last[1]:
       self._epoch_seconds = (r.train_seconds - self._last[0]) / (r.epochs - self._last[1])
     self._log(f"  training {where} | loss {r.loss:.4f} | {r.triples_per_second:,.0f} "
-              f"triples/s | train {r.train_seconds:.1f}s" + self._eta(r, self._epoch_seconds))
+              f"triples/s | train time {r.train_seconds:.1f}s" + self._eta(r, self._epoch_seconds))
 
 
 class EarlyStopping(Callback):

@@ -207,8 +207,9 @@ def summary(data: KGData) -> str:
   ]
   for s in ("valid", "test"):
     n_ent, n_tri = unseen_in_train(data, s)
-    lines.append(f"  {s}: {n_ent:,} entities unseen in train, in {n_tri:,} triples "
-                 f"(ranked with their untrained initial embeddings)")
+    if n_ent:
+      lines.append(f"  {s}: {n_ent:,} entities unseen in train, in {n_tri:,} triples "
+                   f"(ranked with their untrained initial embeddings)")
   if data.negatives is not None:
     lines.append(f"  given negatives: {data.negatives['test'].shape[2]:,} head and as many tail "
                  f"candidates per valid and test triple (--eval_protocol=ogb ranks against them)")
@@ -254,17 +255,22 @@ class DataReport:
   unseen_relations: dict[str, Finding]
 
   def lines(self) -> list[str]:
-    """One line per split, for the start of a run."""
-    out = [f"  check train: {self.duplicates['train'].text('duplicate triples')}"]
-    for s in ("valid", "test"):
-      parts = [self.duplicates[s].text("duplicate triples"),
-               self.in_train[s].text("triples also in train")]
-      if s == "test":
-        parts.append(self.test_in_valid.text("triples also in valid"))
-      parts += [self.unseen_entities[s].text("entities unseen in train"),
-                self.unseen_relations[s].text("relations unseen in train")]
-      out.append(f"  check {s}: {'; '.join(parts)}")
-    return out
+    """For the start of a run: a line per split with what was found there (nonzero counts
+    only), or one line saying that nothing was."""
+    out = []
+    for s in SPLITS:
+      found = [(self.duplicates[s], "duplicate triples")]
+      if s != "train":
+        found.append((self.in_train[s], "triples also in train"))
+        if s == "test":
+          found.append((self.test_in_valid, "triples also in valid"))
+        found += [(self.unseen_entities[s], "entities unseen in train"),
+                  (self.unseen_relations[s], "relations unseen in train")]
+      parts = [finding.text(what) for finding, what in found if finding.count]
+      if parts:
+        out.append(f"  check {s}: {'; '.join(parts)}")
+    return out or ["  check: no duplicate triples, no valid or test triple in train, every "
+                   "valid and test entity and relation seen in train"]
 
   def clean(self) -> bool:
     """No duplicates, no leakage, nothing unseen."""

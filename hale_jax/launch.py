@@ -2,22 +2,21 @@
 
 With no flags it trains RotL on a small generated knowledge graph (offline, about a minute on
 a 2-core CPU).  This module alone reads absl flags: one per field of
-:class:`hale_jax.config.Config` (``hale_jax.options``), and the launcher's own.
+:class:`hale_jax.config.Config` (``hale_jax.options``), and the launcher's own; the training
+itself is :func:`hale_jax.pipeline.run_training`, as ``hale_jax.train`` does it from Python.
 """
 
 from __future__ import annotations
 
-import datetime
 import sys
-from pathlib import Path
 
 import jax
 from absl import app, flags, logging
 
-from hale_jax import options
+from hale_jax import options, pipeline
 from hale_jax.checkpoints import UnreadableCheckpoints
 from hale_jax.data import DataError
-from hale_jax.loop import Diverged, Interrupted, train
+from hale_jax.loop import Diverged, Interrupted
 from hale_jax.rundir import WorkdirError
 from hale_jax.runfiles import OutputError
 from hale_jax.stopping import StopRequest
@@ -25,22 +24,6 @@ from hale_jax.stopping import StopRequest
 FLAGS = flags.FLAGS
 options.define_config_flags(FLAGS)
 options.define_launch_flags(FLAGS)
-
-
-def _default_workdir(data_name: str, config) -> Path:
-  """``runs/<dataset>-<model>-<dim>d-<time>``, created here; a name taken by another run
-  (two jobs started in the same second) gets a ``-2``, ``-3`` ... suffix."""
-  base = Path("runs") / (f"{data_name}-{config.model.model}-{config.model.dim}d-"
-                         f"{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}")
-  base.parent.mkdir(parents=True, exist_ok=True)
-  for n in range(1, 10_000):
-    path = base if n == 1 else base.with_name(f"{base.name}-{n}")
-    try:
-      path.mkdir()
-      return path
-    except FileExistsError:
-      continue
-  raise ValueError(f"no free run folder name next to {base}; pass --workdir")
 
 
 def _init_distributed() -> None:
@@ -78,19 +61,9 @@ def main(argv):
   try:
     config = options.config_from_flags(FLAGS)
     spec = options.data_spec_from_flags(FLAGS)
-    data = spec.load(log=log)
-    if jax.process_count() > 1 and not FLAGS.workdir:
-      raise ValueError("a multi-host run needs --workdir: a folder that every process sees "
-                       "(each would otherwise make up its own time-stamped name)")
-    workdir = FLAGS.workdir or _default_workdir(data.name, config)
-    try:
-      train(config, data, workdir, log=log, overwrite=FLAGS.overwrite, data_spec=spec,
-            should_stop=stop, allow_changed_data=FLAGS.allow_changed_data,
-            extra={"argv": sys.argv, "flags": FLAGS.flags_into_string()})
-    except ValueError:
-      if not FLAGS.workdir and not any(Path(workdir).iterdir()):
-        Path(workdir).rmdir()  # the name this command made up, refused before any file
-      raise
+    pipeline.run_training(config, spec, FLAGS.workdir, log=log, overwrite=FLAGS.overwrite,
+                          should_stop=stop, allow_changed_data=FLAGS.allow_changed_data,
+                          extra={"argv": sys.argv, "flags": FLAGS.flags_into_string()})
   except Interrupted as err:
     print(f"stopped: {err}", file=sys.stderr)
     sys.exit(stop.exit_code())

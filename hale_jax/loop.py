@@ -226,8 +226,8 @@ def _prepare(config: Config, data: KGData, layout: Layout, workdir: Path, spec: 
   for line in data_report(data):
     log(line)
   log(describe(config, layout.loss(config)[1]))
-  log(f"device {rundir.device()}  layout {layout.describe()['mesh'] or 'one device'}  "
-      f"workdir {workdir}")
+  log(f"device: {rundir.device_phrase(rundir.device())}  layout: "
+      f"{layout.describe()['mesh'] or 'one device'}  workdir: {workdir}")
   trainer = Trainer(config, data, layout, workdir, spec, log)
   # A second signal (hale_jax.stopping.StopRequest) waits for a segment or a checkpoint write.
   trainer.hold = getattr(should_stop, "hold", None) or trainer.hold

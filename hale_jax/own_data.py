@@ -150,6 +150,15 @@ def read_triples_file(path: str | os.PathLike, columns: Columns = DEFAULT_COLUMN
                       delimiter: str | None = None, *, header: bool = False,
                       strip_whitespace: bool = False) -> list[Triple]:
   """``[(head, relation, tail), ...]`` of names, in file order (module docs for the format)."""
+  return [t for _, t in read_numbered_triples(path, columns, delimiter, header=header,
+                                              strip_whitespace=strip_whitespace)]
+
+
+def read_numbered_triples(path: str | os.PathLike, columns: Columns = DEFAULT_COLUMNS,
+                          delimiter: str | None = None, *, header: bool = False,
+                          strip_whitespace: bool = False) -> list[tuple[int, Triple]]:
+  """``[(line number, (head, relation, tail)), ...]``: :func:`read_triples_file` with each
+  triple's line, for messages about the names (an unknown entity at ``file:line``)."""
   path = Path(path)
   positions, width = parse_columns(columns)
   delimiter = parse_delimiter(delimiter, path)
@@ -176,7 +185,7 @@ def read_triples_file(path: str | os.PathLike, columns: Columns = DEFAULT_COLUMN
     if header and index == 0:
       continue
     chosen = [fields[p] for p in positions]
-    triples.append(check_fields(path, number, chosen, strip_whitespace))
+    triples.append((number, check_fields(path, number, chosen, strip_whitespace)))
   if not triples:
     raise DataError(f"{path}: file holds no triples; it needs one triple per line (columns "
                     f"{spec})")

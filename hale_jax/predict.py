@@ -3,11 +3,11 @@ or ``--queries=FILE`` for a whole file of queries.
 
 Prints the ``--k`` best answers of ``(H, R, ?)`` or ``(?, R, T)`` under a run's best
 parameters (:mod:`hale_jax.trained`): rank, name, label (when the run folder has label files)
-and distance (smaller is better; for runs with entity biases ``h(c_r d^2) - b_t``, what their
-ranking sorts).  Names may also be given by an unambiguous label.  With ``--filtered``
+and score (higher is better: ``TrainedModel.score`` of the triple as asked, a head query's
+being ``(tail, reciprocal relation, answer)``).  Names may also be given by an unambiguous label.  With ``--filtered``
 (default) answers already known from train, valid or test are left out.  ``--queries`` takes
 ``head<TAB>relation<TAB>?`` and ``?<TAB>relation<TAB>tail`` lines and writes one answer per
-line (``--format=tsv``) or a JSON list (``--format=json``) to stdout or ``--output``, a batch
+line (``--format=tsv``, after a ``#`` header line naming the columns) or a JSON list (``--format=json``) to stdout or ``--output``, a batch
 at a time (memory does not grow with the file; :mod:`hale_jax.topk` ranks in bounded memory),
 with a progress line on stderr every ``--progress_seconds`` of a long file.
 """
@@ -24,6 +24,9 @@ from hale_jax import cli, inference, runfiles, trained
 from hale_jax.progress import PROGRESS_SECONDS, ProgressLine
 
 FLAGS = flags.FLAGS
+SCORE_MEANING = "score: higher is better (the model's score of the triple, as TrainedModel.score)"
+# The first line of a --format=tsv answer file ("#" lines are comments to the queries reader).
+TSV_HEADER = f"# head\trelation\ttail\trank\tanswer\tlabel\tscore ({SCORE_MEANING})\n"
 
 
 def _define_flags() -> None:
@@ -51,21 +54,19 @@ def _print_one(model: trained.TrainedModel) -> None:
              else model.predict_heads(FLAGS.relation, FLAGS.tail, FLAGS.k, FLAGS.filtered))[0]
   query = (f"({FLAGS.head}, {FLAGS.relation}, ?)" if FLAGS.head is not None
            else f"(?, {FLAGS.relation}, {FLAGS.tail})")
-  measure = ("h(c_r d^2) - b_t (the run learned entity biases)"
-             if "bias_tail" in model.params else "squared distance")
-  print(f"{query}  {'filtered' if FLAGS.filtered else 'unfiltered'}, {measure}")
+  print(f"{query}  {'filtered' if FLAGS.filtered else 'unfiltered'}; {SCORE_MEANING}")
   width = max([len(a.name) for a in answers] + [6])
   labelled = any(a.label for a in answers)
-  print(f"{'rank':>4}  {'entity':<{width}}  " + ("label  " if labelled else "") + "distance")
+  print(f"{'rank':>4}  {'entity':<{width}}  " + ("label  " if labelled else "") + "score")
   for rank, a in enumerate(answers, start=1):
     label = f"{a.label or '':<6} " if labelled else ""
-    print(f"{rank:>4}  {a.name:<{width}}  {label}{a.distance:.6g}")
+    print(f"{rank:>4}  {a.name:<{width}}  {label}{a.score:.6g}")
 
 
 def _tsv_lines(queries, answers):
   for q, ans in zip(queries, answers):
     for rank, a in enumerate(ans, start=1):
-      yield f"{chr(9).join(q)}\t{rank}\t{a.name}\t{a.label or ''}\t{a.distance:.6g}\n"
+      yield f"{chr(9).join(q)}\t{rank}\t{a.name}\t{a.label or ''}\t{a.score:.6g}\n"
 
 
 def _json_items(queries, answers):
@@ -80,8 +81,7 @@ def _write_answers(model: trained.TrainedModel, numbered: list, out) -> None:
   first = True
   progress = ProgressLine(f"answering {FLAGS.queries}", len(numbered), cli.warn,
                           FLAGS.progress_seconds)
-  if FLAGS.format == "json":
-    out.write("[\n")
+  out.write("[\n" if FLAGS.format == "json" else TSV_HEADER)
   for start in range(0, len(numbered), inference.QUERY_BATCH):
     batch = numbered[start:start + inference.QUERY_BATCH]
     inference.check_names(model, batch, FLAGS.queries)

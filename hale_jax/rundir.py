@@ -297,6 +297,13 @@ def device() -> dict[str, Any]:
   return {"platform": devs[0].platform, "kind": devs[0].device_kind, "count": len(devs)}
 
 
+def device_phrase(d: dict[str, Any]) -> str:
+  """:func:`device` in words: ``1 cpu``, ``8 NVIDIA H100 80GB HBM3 (gpu)``."""
+  kind, platform = str(d.get("kind", "")), str(d.get("platform", ""))
+  what = platform if kind.lower() in ("", platform.lower()) else f"{kind} ({platform})"
+  return f"{d.get('count', 1)} {what}"
+
+
 @functools.lru_cache(maxsize=None)
 def git_commit() -> str | None:
   """The source checkout's commit, with ``-dirty`` if it has uncommitted changes.

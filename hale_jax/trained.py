@@ -18,6 +18,7 @@ prediction of the reciprocal query ``(t, r^-1, ?)``.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 import os
@@ -28,7 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hale_jax import activations, models, objective, ogb_eval, rundata, rundir, runfiles, topk
+from hale_jax import (activations, models, objective, ogb_eval, own_data, rundata, rundir,
+                      runfiles, topk)
 from hale_jax import config as config_lib
 from hale_jax.config import Config
 from hale_jax.data import DataError, FilterIndex, KGData, one_line
@@ -39,11 +41,15 @@ _distances = jax.jit(candidate_distances, static_argnames=("model", "activation"
 
 
 class Prediction(NamedTuple):
-  """One ranked answer: the entity's name, its label (or None), and what ranking sorts
-  (the squared distance, smaller is better; ``h(c_r d^2) - b_t`` for runs with biases)."""
+  """One ranked answer: the entity's name, its label (or None), its ``score`` (higher is
+  better: :meth:`TrainedModel.score` of the triple as asked, ``(entity, relation, answer)``,
+  a head query's being ``(tail, reciprocal relation, answer)``), and ``distance``, what
+  ranking sorts (smaller is better: the squared distance; ``h(c_r d^2) - b_t`` for runs with
+  biases)."""
   name: str
   label: str | None
   distance: float
+  score: float = math.nan
 
 
 def reciprocal_names(relations: Sequence[str]) -> list[str]:
@@ -228,11 +234,25 @@ class TrainedModel:
     best, distances = topk.top_k(self.params, self.model, ents, rels, k,
                                  self.filter_index() if filtered else None, self.activation)
     names = self.data.entities
+    scores = self._scores(np.repeat(ents, best.shape[1]), np.repeat(rels, best.shape[1]),
+                          np.asarray(distances, np.float64).reshape(-1)).reshape(best.shape)
     results = []
-    for row_ids, row in zip(best.tolist(), distances.tolist()):
-      results.append([Prediction(names[i], self.label("entity", names[i]), d)
-                      for i, d in zip(row_ids, row) if not filtered or math.isfinite(d)])
+    for row_ids, row, row_scores in zip(best.tolist(), distances.tolist(), scores.tolist()):
+      results.append([Prediction(names[i], self.label("entity", names[i]), d, s)
+                      for i, d, s in zip(row_ids, row, row_scores)
+                      if not filtered or math.isfinite(d)])
     return results
+
+  def _scores(self, heads: np.ndarray, relations: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """:meth:`score` from what ranking sorts (``d``) of triples ``(heads, relations, .)``."""
+    if models.has_entity_bias(self.params):  # d is h(c_r d^2) - b_t
+      head_bias = np.asarray(self.params.get("bias_head", np.zeros(self.data.num_entities)))
+      return head_bias[heads] - d
+    if not len(d):
+      return np.zeros(0, np.float32)
+    scale = np.asarray(models.relation_scale(self.params, jnp.asarray(relations)))
+    with np.errstate(invalid="ignore"):  # +inf distances of filtered answers
+      return -np.asarray(self.activation(jnp.asarray(scale * d.astype(np.float32))))
 
   def filter_index(self) -> FilterIndex:
     if self._index is None:
@@ -247,37 +267,96 @@ class TrainedModel:
     ids = np.array([(self.entity_id(h), self.relation_id(r), self.entity_id(t))
                     for h, r, t in triples], np.int64).reshape(-1, 3)
     d = topk.pair_distances(self.params, self.model, ids, self.activation)
-    if models.has_entity_bias(self.params):  # d is h(c_r d^2) - b_t
-      head_bias = np.asarray(self.params.get("bias_head", np.zeros(self.data.num_entities)))
-      return head_bias[ids[:, 0]] - d
-    scale = np.asarray(models.relation_scale(self.params, ids[:, 1]))
-    return -np.asarray(self.activation(jnp.asarray(scale * d)))
+    return self._scores(ids[:, 0], ids[:, 1], np.asarray(d))
 
   def embedding(self, names: str | Sequence[str]) -> np.ndarray:
     """The entity vectors ``[n, d]`` of the named entities."""
     ids = [self.entity_id(n) for n in self._names(names)]
     return np.asarray(self.params["entity"])[ids]
 
-  def evaluate(self, split: str = "test", chunk: int = 256, breakdown: str | None = None,
+  def triple_ids(self, triples: Any) -> np.ndarray:
+    """``[T, 3]`` int64 ids of ``(head, relation, tail)`` triples given as names (or unique
+    labels) or ids, or as the path of a file of them (one ``head<TAB>relation<TAB>tail`` a
+    line; ``.csv`` comma-separated).  A reciprocal relation ``(h, r^-1, t)`` becomes
+    ``(t, r, h)``.  Raises ValueError (a :class:`DataError`) for an unknown name or id, with
+    ``file:line`` for a file."""
+    if isinstance(triples, (str, os.PathLike)):
+      path = Path(triples)
+      if not path.is_file():
+        raise DataError(f"{path}: no such file; give 'valid', 'test', an array of (head, "
+                        f"relation, tail) triples, or a file of them")
+      numbered = own_data.read_numbered_triples(path)
+      where = [f"{path}:{number}" for number, _ in numbered]
+      rows = np.array([t for _, t in numbered], dtype=object).reshape(-1, 3)
+    else:
+      rows = np.asarray(triples)
+      if rows.ndim != 2 or rows.shape[1] != 3 or not len(rows):
+        raise ValueError(f"expected triples as [T, 3] (head, relation, tail) rows, T > 0; "
+                         f"got an array of shape {rows.shape}")
+      where = [f"triple {i} {tuple(row)}" for i, row in enumerate(rows.tolist())]
+    if rows.dtype.kind in "iu":
+      ids = self._check_ids(rows.astype(np.int64), where)
+    else:
+      ids = np.empty(rows.shape, np.int64)
+      for i, (h, r, t) in enumerate(rows.tolist()):
+        try:
+          ids[i] = (self.entity_id(str(h)), self.relation_id(str(r)), self.entity_id(str(t)))
+        except DataError as err:
+          raise DataError(f"{where[i]}: {err}") from None
+    nr = self.data.num_relations
+    back = ids[:, 1] >= nr  # reciprocal names: the triple the other way round
+    ids[back] = np.stack([ids[back, 2], ids[back, 1] - nr, ids[back, 0]], axis=1)
+    return ids
+
+  def _check_ids(self, ids: np.ndarray, where: list[str]) -> np.ndarray:
+    """Integer triples whose ids are in range (relations ``0 .. 2|R|-1``)."""
+    n, r2 = self.data.num_entities, 2 * self.data.num_relations
+    bad = (ids[:, [0, 2]] < 0).any(1) | (ids[:, [0, 2]] >= n).any(1) | (ids[:, 1] < 0) | (
+        ids[:, 1] >= r2)
+    if bad.any():
+      raise DataError(f"{where[int(np.argmax(bad))]}: ids out of range (entities 0..{n - 1}, "
+                      f"relations 0..{r2 - 1}, reciprocals included)")
+    return ids
+
+  def _evaluator(self, triples: Any, chunk: int, protocol: str) -> Any:
+    """The evaluator of a split (compiled once per split, chunk and protocol), or of given
+    triples (filtered by train, valid, test and the triples themselves)."""
+    if isinstance(triples, str) and triples in ("valid", "test"):
+      key = (triples, chunk, protocol)
+      if key not in self._evaluators:
+        index = self.filter_index() if protocol == "filtered" else None
+        self._evaluators[key] = ogb_eval.make_evaluator(
+            protocol, self.data, triples, self.model, chunk, index, activation=self.activation,
+            log=self.log)
+      return self._evaluators[key]
+    if protocol != "filtered":
+      raise ValueError(f"given triples are ranked by the filtered protocol only (the {protocol} "
+                       f"protocol needs a split's given negatives); pass protocol='filtered'")
+    ids = self.triple_ids(triples).astype(np.int32)
+    known = dataclasses.replace(self.data, test=np.concatenate([self.data.test, ids]),
+                                negatives=None)
+    given = dataclasses.replace(self.data, test=ids, negatives=None)
+    return ogb_eval.make_evaluator("filtered", given, "test", self.model, chunk,
+                                   FilterIndex(known), activation=self.activation, log=self.log)
+
+  def evaluate(self, triples: Any = "test", chunk: int = 256, breakdown: str | None = None,
                protocol: str | None = None) -> dict[str, Any]:
-    """Ranking of ``split`` by ``protocol`` (default: the run's ``--eval_protocol``; filtered,
+    """Ranking of ``triples`` by ``protocol`` (default: the run's ``--eval_protocol``; filtered,
     or ogb: against the given negatives, ``hale_jax.ogb_eval``): ``{tie rule: {"mr", "mrr",
     "hits@1", "hits@3", "hits@10"}}`` for the realistic, pessimistic and optimistic tie rules.
-    With ``breakdown`` (``"direction"`` or ``"relation"``): ``{group: {"count": n, tie rule:
-    metrics}}`` with the groups ``tail``/``head`` or the relation names."""
-    if split not in ("valid", "test"):
-      raise ValueError(f"unknown split {split!r}; choose valid or test")
+    ``triples``: ``"valid"``, ``"test"`` (these names are the splits, never files), or
+    triples of your own (:meth:`triple_ids`: names or
+    ids, or a file), ranked both ways by the filtered protocol with every triple of train,
+    valid, test and the given ones as the known answers.  With ``breakdown``
+    (``"direction"`` or ``"relation"``): ``{group: {"count": n, tie rule: metrics}}`` with the
+    groups ``tail``/``head`` or the relation names."""
     if chunk <= 0:
       raise ValueError(f"chunk must be positive, got {chunk}")
-    protocol = protocol or self.protocol
-    ogb_eval.check_protocol(protocol, self.data)
-    key = (split, chunk, protocol)
-    if key not in self._evaluators:  # compiled once per split, chunk and protocol
-      index = self.filter_index() if protocol == "filtered" else None
-      self._evaluators[key] = ogb_eval.make_evaluator(protocol, self.data, split, self.model,
-                                                      chunk, index, activation=self.activation,
-                                                      log=self.log)
-    evaluator = self._evaluators[key]
+    split = isinstance(triples, str) and triples in ("valid", "test")
+    protocol = protocol or (self.protocol if split else "filtered")
+    if split:
+      ogb_eval.check_protocol(protocol, self.data)
+    evaluator = self._evaluator(triples, chunk, protocol)
     if breakdown is None:
       return evaluator(self.params)
     groups = evaluator.breakdown(self.params, breakdown)

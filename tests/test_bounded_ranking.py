@@ -136,7 +136,8 @@ def test_predict_command_streams_a_queries_file_with_progress(fake, tmp_path):
   lines = [x for x in proc.stderr.splitlines() if x.startswith(f"answering {queries}: ")]
   assert len(lines) == 3, proc.stderr  # batches of 1,024 queries
   assert "1,024/2,500 queries (41%)" in lines[0] and "(100%)" in lines[-1]
-  rows = out.read_text(encoding="utf-8").splitlines()
+  header, *rows = out.read_text(encoding="utf-8").splitlines()
+  assert header.startswith("# head\trelation\ttail\trank\tanswer\tlabel\tscore")
   model = hale_jax.load(workdir, log=_quiet)
   parsed = inference.parse_queries(queries)
   want = inference.answer_queries(model, parsed[-5:], k=3)

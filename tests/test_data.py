@@ -354,8 +354,6 @@ def test_summary_format_is_unchanged(tmp_path):
       f"dataset kg  ({tmp_path / 'kg'})",
       "  entities 6   relations 2 (4 with reciprocals)",
       "  triples  train 3   valid 1   test 2",
-      "  valid: 0 entities unseen in train, in 0 triples (ranked with their untrained initial "
-      "embeddings)",
       "  test: 2 entities unseen in train, in 2 triples (ranked with their untrained initial "
       "embeddings)",
   ]
@@ -390,8 +388,8 @@ def test_data_report_counts_and_examples():
   assert lines == [
       "  check train: 3 duplicate triples [(a, r, b), (c, s, a)]",
       "  check valid: 1 duplicate triple [(a, r, c)]; 1 triple also in train [(b, r, c)]; "
-      "1 entity unseen in train [x]; 0 relations unseen in train",
-      "  check test: 0 duplicate triples; 1 triple also in train [(c, s, a)]; 1 triple also in "
+      "1 entity unseen in train [x]",
+      "  check test: 1 triple also in train [(c, s, a)]; 1 triple also in "
       "valid [(a, r, c)]; 2 entities unseen in train [y, z]; 2 relations unseen in train [q, p]",
   ]
   assert all("\n" not in line for line in lines)
@@ -404,8 +402,8 @@ def test_data_report_limits_examples(rng):
     assert len(finding.examples) == min(2, finding.count)
   many = report.unseen_entities["test"]
   assert many.count > 2 and many.text("entities unseen in train").endswith(", ...]")
-  assert kgdata.check_data(d, examples=0).lines()[0] == (
-      f"  check train: {report.duplicates['train'].count} duplicate triples")
+  assert f"{many.count} entities unseen in train" in kgdata.check_data(
+      d, examples=0).lines()[-1]  # no examples: the count alone
 
 
 @pytest.mark.parametrize("key_limit", [2 ** 62, 1], ids=["int64-keys", "exact-rows"])
@@ -426,7 +424,12 @@ def test_data_report_clean_and_generated_graphs():
   assert kgdata.check_data(synthetic.generate()).clean()
   g = synthetic.power_law(2000, triples_per_entity=3, num_relations=5, held_out=20, seed=1)
   lines = kgdata.data_report(g)  # NumberedNames vocabularies work
-  assert len(lines) == 3 and lines[0].startswith("  check train: ")
+  assert lines and all(l.startswith("  check ") for l in lines)
+  assert not any(" 0 " in l for l in lines), lines  # zero counts are left out
+  assert kgdata.data_report(synthetic.generate()) == [
+      "  check: no duplicate triples, no valid or test triple in train, every valid and test "
+      "entity and relation seen in train"]
+  assert "unseen" not in kgdata.summary(synthetic.generate())
 
 
 def test_split_hashes(tmp_path):

@@ -24,9 +24,12 @@ def test_one_file_and_split_files_load_and_fingerprint(tmp_path, rng):
   path.write_text("".join(f"{h}\t{r} \t{t}\n" for h, r, t in _graph(rng)), encoding="utf-8")
   spec = dataspec.OneFile(str(path), (0.8, 0.1, 0.1), 4,
                           dataspec.Reading(strip_whitespace=True))
-  data = spec.load()
-  ref, _ = own_data.load_triples_file(path, seed=4, strip_whitespace=True)
+  lines = []
+  data = spec.load(log=lines.append)
+  ref, info = own_data.load_triples_file(path, seed=4, strip_whitespace=True)
   assert data.entities == ref.entities
+  assert lines == info.lines()  # the launcher's start: how many triples the split moved
+  assert f"({info.moved:,} moved to train so that every valid and test" in lines[1]
   np.testing.assert_array_equal(data.valid, ref.valid)
   with pytest.raises(DataError, match="strip_whitespace"):
     dataspec.OneFile(str(path), seed=4).load()

@@ -171,17 +171,17 @@ def test_workdir_lock_refuses_a_second_holder(tmp_path):
 
 
 def test_default_workdir_names_in_the_same_second_differ(monkeypatch, tmp_path):
-  from hale_jax import launch  # pylint: disable=import-outside-toplevel  # defines its flags
+  from hale_jax import pipeline  # pylint: disable=import-outside-toplevel
 
   class Frozen(datetime.datetime):
     @classmethod
     def now(cls, tz=None):
       return cls(2026, 12, 1, 6, 0, 0)
 
-  monkeypatch.setattr(launch, "datetime", types.SimpleNamespace(datetime=Frozen))
+  monkeypatch.setattr(pipeline, "datetime", types.SimpleNamespace(datetime=Frozen))
   monkeypatch.chdir(tmp_path)
   config = Config.make(**RUN, max_epochs=1)
-  made = [launch._default_workdir("tiny", config) for _ in range(3)]
+  made = [pipeline.default_workdir("tiny", config) for _ in range(3)]
   base = Path("runs") / "tiny-RotL-8d-20261201-060000"
   assert made == [base, base.with_name(base.name + "-2"), base.with_name(base.name + "-3")]
   assert all((tmp_path / p).is_dir() for p in made)
@@ -482,8 +482,8 @@ def test_launcher_input_quirks(wave):
   model = next(i for i, l in enumerate(lines) if l.startswith("model "))
   assert lines[0].startswith("dataset quirky-data")
   report = [l.strip() for l in lines[:model]]
-  assert any(l.startswith("check train: 0 duplicate triples") for l in report), report
-  assert any(l.startswith("check test:") for l in report), report
+  assert any(l.startswith("check") for l in report), report
+  assert not any(" 0 " in l for l in report if l.startswith("check")), report
 
 
 @pytest.mark.slow

@@ -197,11 +197,11 @@ def test_progress_lines_inside_an_epoch():
                     "eval_seconds": 0.0})
   printer.on_progress(_report())  # 1.25 epochs in 30 s: 24 s an epoch, 2.75 left
   assert lines[-1] == ("  training epoch 2: 25.0% (5/20 steps) | loss 0.5000 | 1,234 triples/s "
-                       "| train 30.0s | left 1m06s, ETA 1m06s"), lines
+                       "| train time 30.0s | time left 1m06s"), lines
   printer.on_progress(_report(epoch=2, epoch_step=0, train_seconds=48.0, max_epochs=0,
                               max_seconds=100.0))
   assert lines[-1].startswith("  training epoch 2: done | ") and lines[-1].endswith(
-      "| left 52s, ETA 52s"), lines
+      "| time left 52s"), lines
   quiet = callbacks.ProgressPrinter(lines.append)  # the default: after 10 s without a line
   quiet.on_progress(_report())
   assert len(lines) == 2

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import shutil
 import struct
 import subprocess
@@ -30,6 +31,7 @@ from absl import flags
 import hale_jax
 from hale_jax import callbacks, dataspec, inference, labels, models, options, plot, rundata
 from hale_jax import rundir, runfiles, synthetic, tracking, trained
+from hale_jax import predict as predict_cli
 from hale_jax.callbacks import Callback, Validation
 from hale_jax.config import Config
 from hale_jax.data import DataError, load_folder
@@ -146,15 +148,19 @@ def _np_score(p: dict, triples: np.ndarray) -> np.ndarray:
   return -_np_hanon(c_r * d2)
 
 
-def _np_ranks(model: trained.TrainedModel, split: str) -> tuple[np.ndarray, np.ndarray]:
-  """Filtered optimistic and pessimistic ranks of a split, tail queries first, from the
-  model's distances and a plain NumPy filter (the evaluator not involved)."""
-  tr, nr = model.data.split(split), model.data.num_relations
+def _np_ranks(model: trained.TrainedModel, split: str | np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray]:
+  """Filtered optimistic and pessimistic ranks of a split (or of given id triples, which
+  then join the known answers), tail queries first, from the model's distances and a plain
+  NumPy filter (the evaluator not involved)."""
+  given = not isinstance(split, str)
+  tr, nr = (np.asarray(split) if given else model.data.split(split)), model.data.num_relations
   ents = np.concatenate([tr[:, 0], tr[:, 2]])
   rels = np.concatenate([tr[:, 1], tr[:, 1] + nr])
   targets = np.concatenate([tr[:, 2], tr[:, 0]])
   known = {}
-  for h, r, t in np.concatenate([model.data.train, model.data.valid, model.data.test]):
+  for h, r, t in np.concatenate([model.data.train, model.data.valid, model.data.test,
+                                 tr if given else tr[:0]]):
     known.setdefault((h, r), set()).add(t)
     known.setdefault((t, r + nr), set()).add(h)
   d = model.query_distances(ents, rels)
@@ -215,6 +221,23 @@ def test_filtered_predictions_leave_out_known_answers(fake_model):
   assert [a.name for a in top[0]] == filtered[:3] == [a.name for a in top[1]]
   distances = [a.distance for a in m.predict_tails(head, rel, k=n, filtered=False)[0]]
   assert distances == sorted(distances)
+
+
+def test_prediction_scores_are_the_models_scores_best_first(fake_model):
+  """One convention: a prediction's score is ``score()`` of the triple as asked (higher is
+  better), so answers come in decreasing score; a head query asks ``(tail, r^-1, ?)``."""
+  m = fake_model
+  tails = m.predict_tails("t0", "parent_of", k=6, filtered=False)[0]
+  want = m.score([("t0", "parent_of", a.name) for a in tails])
+  np.testing.assert_allclose([a.score for a in tails], want, rtol=1e-6)
+  assert all(x.score >= y.score for x, y in zip(tails, tails[1:]))
+  heads = m.predict_heads("parent_of", "t0.1", k=6, filtered=False)[0]
+  back = m.relation_names[m.data.num_relations + m.relation_id("parent_of")]
+  np.testing.assert_allclose([a.score for a in heads],
+                             m.score([("t0.1", back, a.name) for a in heads]), rtol=1e-6)
+  assert all(x.score >= y.score for x, y in zip(heads, heads[1:]))
+  assert predict_cli.TSV_HEADER.startswith("# head\trelation\ttail\trank\tanswer\tlabel\tscore")
+  assert "higher is better" in predict_cli.TSV_HEADER
 
 
 def test_head_prediction_is_the_reciprocal_tail_prediction(fake_model):
@@ -322,6 +345,47 @@ def test_breakdown_adds_up_and_agrees_with_separate_ranks(fake_model):
     m.evaluate("test", breakdown="entity")
 
 
+def test_evaluate_given_triples_by_name_id_or_file(fake_model, tmp_path):
+  """Triples of one's own: ranked as the NumPy reference with them among the known answers;
+  names, ids and a file give the same metrics; unknown names are one line with file:line."""
+  m = fake_model
+  rng = np.random.default_rng(7)
+  n, nr = m.data.num_entities, m.data.num_relations
+  ids = np.stack([rng.integers(0, n, 12), rng.integers(0, nr, 12), rng.integers(0, n, 12)], 1)
+  ids[3] = ids[5]  # a repeated triple: still ranked twice
+  opt, pess = _np_ranks(m, ids)
+  want = metrics_from_ranks(opt, pess)
+  got = m.evaluate(ids)
+  for mode in ("realistic", "pessimistic", "optimistic"):
+    assert got[mode] == pytest.approx(want[mode], rel=1e-12)
+  names = [(m.entities[h], m.relations[r], m.entities[t]) for h, r, t in ids]
+  assert m.evaluate(names) == got
+  path = tmp_path / "mine.tsv"
+  path.write_text("".join(f"{h}\t{r}\t{t}\n" for h, r, t in names))
+  assert m.evaluate(path) == got and m.evaluate(str(path)) == got
+  flipped = [(t, m.relation_names[nr + m.relation_id(r)], h) for h, r, t in names]
+  assert m.evaluate(flipped) == got  # (t, r^-1, h) is (h, r, t)
+  assert m.evaluate(m.data.test) == m.evaluate("test")  # test is known already
+  groups = m.evaluate(ids, breakdown="direction")
+  assert [g["count"] for g in groups.values()] == [12, 12]
+
+  path.write_text(f"{names[0][0]}\t{names[0][1]}\t{names[0][2]}\n"
+                  f"{names[1][0]}\tno_such_relation\t{names[1][2]}\n")
+  with pytest.raises(DataError, match=re.escape(f"{path}:2: unknown relation 'no_such_relation'")):
+    m.evaluate(path)
+  with pytest.raises(DataError, match=r"triple 1 \('t0', 'parent_of', 'nobody'\): unknown "
+                                      r"entity 'nobody'"):
+    m.evaluate([names[0], ("t0", "parent_of", "nobody")])
+  with pytest.raises(DataError, match=r"triple 0 .*ids out of range"):
+    m.evaluate(np.array([[n, 0, 0]]))
+  with pytest.raises(ValueError, match=r"\[T, 3\]"):
+    m.evaluate(np.zeros((4, 2), np.int64))
+  with pytest.raises(DataError, match="no such file; give 'valid', 'test'"):
+    m.evaluate("tset")
+  with pytest.raises(ValueError, match="filtered protocol only"):
+    m.evaluate(ids, protocol="ogb")
+
+
 def _oom_after_compile(monkeypatch, above: int, calls: list):
   """Makes every compiled ranking function raise XLA's out-of-memory error while the
   evaluator's chunk is larger than ``above``."""
@@ -390,19 +454,21 @@ def _start_info(epoch=0, curve=()):
           "steps_per_epoch": 13}
 
 
-def test_progress_line_shows_time_left_and_eta():
+def test_progress_line_shows_labelled_times_and_the_time_left():
   lines = []
   p = callbacks.ProgressPrinter(lines.append, test_fraction=1.0)
   p.on_start(_start_info())
   p.on_validation(_validation(2))  # 2 s per epoch, 8 epochs left; last eval 1 s, final 2 s
-  assert lines[-1].endswith("| left 16s, ETA 18s"), lines
+  assert lines[-1].endswith("| time left 18s"), lines
+  assert "| train time 4.0s, eval time 1.0s | time left" in lines[-1], lines
+  assert lines[-1].count("left") == 1 and "ETA" not in lines[-1]
   p.on_validation(_validation(4, eval_seconds=1.5))  # last eval 0.5 s, final 1 s
-  assert lines[-1].endswith("| left 12s, ETA 13s"), lines
+  assert lines[-1].endswith("| time left 13s"), lines
   resumed = callbacks.ProgressPrinter(lines.append, test_fraction=2.0)
   resumed.on_start(_start_info(epoch=8))
   resumed.on_validation(_validation(9, max_epochs=0, max_seconds=100.0, train_seconds=30.0,
                                     eval_seconds=4.5))  # final: 0.5 s x 3
-  assert lines[-1].endswith("| left 1m10s, ETA 1m12s"), lines
+  assert lines[-1].endswith("| time left 1m12s"), lines
   p = callbacks.ProgressPrinter(lines.append)
   p.on_validation(_validation(1, max_epochs=0, max_seconds=0.0))
   assert "left" not in lines[-1] and "ETA" not in lines[-1]
@@ -684,8 +750,9 @@ def test_portable_model_works_without_the_dataset(portable, data_dir, tmp_path,
     moved.rename(data_dir)
   assert predict.returncode == 0, predict.stderr
   assert "1000 queries answered" in predict.stderr
-  expected = "".join(f"{chr(9).join(q)}\t{rank}\t{a.name}\t{a.label or ''}\t{a.distance:.6g}\n"
-                     for q, ans in zip(queries, want) for rank, a in enumerate(ans, start=1))
+  expected = predict_cli.TSV_HEADER + "".join(
+      f"{chr(9).join(q)}\t{rank}\t{a.name}\t{a.label or ''}\t{a.score:.6g}\n"
+      for q, ans in zip(queries, want) for rank, a in enumerate(ans, start=1))
   assert (tmp_path / "answers.tsv").read_text() == expected
   assert evaluate.returncode == 0, evaluate.stderr
   doc = faults.strict_json((tmp_path / "metrics.json").read_text())
@@ -759,7 +826,7 @@ def test_early_stopping_ends_training_and_tests_the_best(tracked):
 def test_progress_lines_of_a_run_show_left_and_eta(tracked):
   progress = [l for l in tracked.lines if l.startswith("epoch ")]
   assert len(progress) == 3
-  assert all(" | left " in l and ", ETA " in l for l in progress), progress
+  assert all(" | time left " in l for l in progress), progress
 
 
 @pytest.mark.slow
