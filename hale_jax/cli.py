@@ -8,6 +8,7 @@ importing one leaves absl's global flags alone.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -22,10 +23,23 @@ from hale_jax.data import one_line
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, runfiles.OutputError)
 
 
+def exit_now(status: int) -> None:
+  """Ends the process with ``status`` once stdout and stderr are flushed, skipping the
+  interpreter's teardown: a command that stops on an error has nothing left to finish, and the
+  teardown of the native thread pools behind JAX and the checkpoint library can (rarely) abort
+  after the message, turning exit status 2 into a crash."""
+  for stream in (sys.stdout, sys.stderr):
+    try:
+      stream.flush()
+    except (OSError, ValueError):  # a closed or broken pipe: nothing more can be said
+      pass
+  os._exit(status)  # pylint: disable=protected-access
+
+
 def fail(err: BaseException, status: int = 2) -> None:
   """Prints ``error: <one line>`` to stderr and exits with ``status``."""
   print(f"error: {one_line(err)}", file=sys.stderr)
-  sys.exit(status)
+  exit_now(status)
 
 
 def warn(line: str) -> None:

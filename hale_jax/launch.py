@@ -13,7 +13,7 @@ import sys
 import jax
 from absl import app, flags, logging
 
-from hale_jax import options, pipeline
+from hale_jax import cli, options, pipeline
 from hale_jax.checkpoints import UnreadableCheckpoints
 from hale_jax.data import DataError
 from hale_jax.loop import Diverged, Interrupted
@@ -54,7 +54,7 @@ def main(argv):
     _init_distributed()
   except ValueError as err:
     print(f"error: {err}", file=sys.stderr)
-    sys.exit(2)
+    cli.exit_now(2)
   # Progress lines from process 0 only; errors from every process.
   log = print if jax.process_index() == 0 else (lambda line: None)
   stop = StopRequest()
@@ -66,17 +66,17 @@ def main(argv):
                           extra={"argv": sys.argv, "flags": FLAGS.flags_into_string()})
   except Interrupted as err:
     print(f"stopped: {err}", file=sys.stderr)
-    sys.exit(stop.exit_code())
+    cli.exit_now(stop.exit_code())
   except Diverged as err:
     print(f"error: {err}", file=sys.stderr)
-    sys.exit(3)
+    cli.exit_now(3)
   except OutputError as err:
     print(f"error: {err}; once it can be written, rerun the same command: the run resumes "
           f"from its last checkpoint", file=sys.stderr)
-    sys.exit(2)
+    cli.exit_now(2)
   except (DataError, ValueError, FileExistsError, WorkdirError, UnreadableCheckpoints) as err:
     print(f"error: {err}", file=sys.stderr)
-    sys.exit(2)
+    cli.exit_now(2)
 
 
 def run():

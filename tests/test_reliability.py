@@ -207,8 +207,9 @@ class _NoSignals:
 
 
 def _launch_in_process(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-  from hale_jax import launch  # pylint: disable=import-outside-toplevel  # defines its flags
+  from hale_jax import cli, launch  # pylint: disable=import-outside-toplevel  # defines its flags
   monkeypatch.setattr(launch, "StopRequest", _NoSignals)
+  monkeypatch.setattr(cli, "exit_now", sys.exit)  # not os._exit: pytest runs in this process
   capsys.readouterr()
   try:
     launch.FLAGS(["launch", *args])
