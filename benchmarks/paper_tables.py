@@ -6,8 +6,9 @@ WWW '22.  :data:`EXPERIMENTS` lists each table's datasets, models and dimension,
 ``benchmarks.reproduce`` trains the cells; ``benchmarks.reproduce_report`` sets ours beside
 these.  The models are ``hale_jax.models.PAPER_MODELS`` (the library's other models, the
 hyperbolic RotH, RefH and AttH, are not in the paper's tables; ``--models`` may still name them,
-with no paper numbers beside them) and the Fig. 2 strategies ``hale_jax.objective.LOSSES``, so a
-paper model or loss the library renames shows up here.
+with no paper numbers beside them) and the Fig. 2 strategies ``hale_jax.objective.PAPER_LOSSES``:
+fixed lists, so a model or loss added to the library changes no table, and a paper model or loss
+the library renames shows up here.
 """
 
 from __future__ import annotations
@@ -32,16 +33,17 @@ def _v(key, label, paper=None, **overrides) -> Variant:
 
 
 HALE = dict(loss="hale", activation="hanon", pos_square=True, rel_scale=True)
-# The paper's names of the training strategies (Fig. 2, upper); every loss has one.
+# The paper's names of its training strategies (Fig. 2, upper), one per PAPER_LOSSES.
 LOSS_LABELS = {"hale": "HaLE", "samneg": "SamNeg", "advneg": "AdvNeg", "allneg": "AllNeg",
                "nonneg": "NonNeg"}
-assert set(LOSS_LABELS) == set(objective.LOSSES), "name the paper's label of each loss"
+assert set(LOSS_LABELS) == set(objective.PAPER_LOSSES), "name the paper's label of each loss"
 
 
 def _fig2_losses() -> list[Variant]:
-  """Each baseline of ``objective.LOSSES`` in its plain form (identity activation), then HaLE."""
+  """Each baseline of ``objective.PAPER_LOSSES`` in its plain form (identity activation), then
+  HaLE."""
   baselines = [_v(loss, LOSS_LABELS[loss], "samneg" if loss == "samneg" else None, loss=loss,
-                  activation="identity") for loss in objective.LOSSES if loss != "hale"]
+                  activation="identity") for loss in objective.PAPER_LOSSES if loss != "hale"]
   return baselines + [_v("hale", "HaLE", "hale", **HALE)]
 
 

@@ -12,8 +12,8 @@ Experiments (``benchmarks.paper_tables``; paper: Wang, Liu & Sheng, WWW '22):
 - ``table3``: the same models x {CoDEx-S, CoDEx-M, CoDEx-L} x {SamNeg, HaLE}, 256d;
 - ``table5``: RotL-32 on {CoDEx-M, FB15k-237, WN18RR} x the ablations of Appendix A.3
   (HaLE, w/o Activation, w/o PosSquare, w/o RelRatio, HA + SamNeg, HA + AllNeg);
-- ``fig2_losses``: RotE-32 on {WN18RR, FB15k-237, CoDEx-M} x every loss of
-  ``hale_jax.objective.LOSSES`` (SamNeg, AdvNeg, AllNeg, NonNeg, HaLE); the plain baselines
+- ``fig2_losses``: RotE-32 on {WN18RR, FB15k-237, CoDEx-M} x every loss of the paper,
+  ``hale_jax.objective.PAPER_LOSSES`` (SamNeg, AdvNeg, AllNeg, NonNeg, HaLE); the plain baselines
   score with the identity activation;
 - ``fig2_activations``: RotE-32 HaLE on the same datasets x {Hanon, Halin, xe^x, 2x, 2Arctanh}.
 

@@ -37,11 +37,14 @@ EVAL_PROTOCOLS = ("filtered", "ogb")
 
 
 def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None,  # pylint: disable=redefined-builtin
-           resumable: bool = False) -> Any:
+           resumable: bool = False, registry: str | None = None) -> Any:
   """A config field: its default, a one-line ``help`` for the flag, the allowed values, and
-  whether a resumed run may change it (a budget may grow; the loss may not)."""
+  whether a resumed run may change it (a budget may grow; the loss may not).  ``registry``
+  names the tuple ``choices`` comes from when that one grows as models, losses or activations
+  are added: ``docs/flags.md`` then names it instead of listing it, so it stays current."""
   return dataclasses.field(default=default, metadata={"help": help, "choices": choices,
-                                                      "resumable": resumable})
+                                                      "resumable": resumable,
+                                                      "registry": registry})
 
 
 def _check_choice(group: Any, name: str) -> None:
@@ -81,7 +84,7 @@ class ModelConfig:
   """The embedding model and its initialisation."""
   model: str = option("RotL", "KGE model: the paper's five, or the hyperbolic RotH, RefH, "
                       "AttH (Chami et al. 2020; Poincaré distance, a curvature per relation).",
-                      choices=models.MODEL_NAMES)
+                      choices=models.MODEL_NAMES, registry="hale_jax.models.MODEL_NAMES")
   dim: int = option(32, "Embedding dimension (even for the models with Givens rotations or "
                     "reflections).")
   init_scale: float = option(1e-3, "Std of the Gaussian initialisation of the entity and "
@@ -110,10 +113,11 @@ class ObjectiveConfig:
   """The training loss (paper Eq. 9, or a baseline of §4.1.2) and its hyperparameters."""
   loss: str = option("hale", "Training strategy (paper §4.1.2). The baselines score with "
                      "-activation(x), so --activation=identity gives their plain form.",
-                     choices=objective.LOSSES)
+                     choices=objective.LOSSES, registry="hale_jax.objective.LOSSES")
   activation: str = option(activations.DEFAULT_ACTIVATION, "Hardness-aware activation h "
                            "(arctanh: the earlier name of two_arctanh).",
-                           choices=activations.CHOICES)
+                           choices=activations.CHOICES,
+                           registry="hale_jax.activations.CHOICES")
   beta: float | None = option(None, "Activation slope; default 3 for hanon, 10 for halin.")
   gamma: float = option(10.0, "Activation upper bound (hanon, halin).")
   lam: float = option(0.3, "Alignment weight lambda.")

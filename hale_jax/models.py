@@ -197,29 +197,28 @@ def _atth(p: Params, e: Array, r: Array) -> Array:
   return _ball_translate(p, hyperbolic.expmap0(attended, c), r, c)
 
 
-_TRANSFORMS: dict[str, Callable[[Params, Array, Array], Array]] = {
-    "transe": _transe,
-    "distmult": _distmult,
-    "rotate": _rotate,
-    "rote": _rote,
-    "rotl": _rotl,
-    "roth": _roth,
-    "refh": _refh,
-    "atth": _atth,
+Transform = Callable[[Params, Array, Array], Array]
+# The registry: a model's name -> its transform and its relation tables (``[R2, d]`` each,
+# drawn by init_params).  MODEL_NAMES, the ``--model`` choices, follow from it.
+_MODELS: dict[str, tuple[Transform, tuple[str, ...]]] = {
+    "TransE": (_transe, ("translation",)),
+    "DistMult": (_distmult, ("diagonal",)),
+    "RotatE": (_rotate, ("rotation",)),
+    "RotE": (_rote, ("rotation", "translation")),
+    "RotL": (_rotl, ("rotation", "translation")),
+    "RotH": (_roth, ("rotation", "pre_translation", "translation")),
+    "RefH": (_refh, ("reflection", "translation")),
+    "AttH": (_atth, ("rotation", "reflection", "context", "translation")),
 }
-_RELATION_TABLES = {
-    "transe": ("translation",),
-    "distmult": ("diagonal",),
-    "rotate": ("rotation",),
-    "rote": ("rotation", "translation"),
-    "rotl": ("rotation", "translation"),
-    "roth": ("rotation", "pre_translation", "translation"),
-    "refh": ("reflection", "translation"),
-    "atth": ("rotation", "reflection", "context", "translation"),
-}
-PAPER_MODELS = ("TransE", "DistMult", "RotatE", "RotE", "RotL")  # the HaLE paper's tables
+MODEL_NAMES = tuple(_MODELS)
+_TRANSFORMS = {name.lower(): transform for name, (transform, _) in _MODELS.items()}
+_RELATION_TABLES = {name.lower(): tables for name, (_, tables) in _MODELS.items()}
+# The models of the HaLE paper's tables (benchmarks/paper_tables.py): a fixed list, not every
+# registered model.
+PAPER_MODELS = ("TransE", "DistMult", "RotatE", "RotE", "RotL")
+# The models on a Poincaré ball: a curvature table, and their own distance (hale_jax.distances).
 HYPERBOLIC_MODELS = ("RotH", "RefH", "AttH")
-MODEL_NAMES = PAPER_MODELS + HYPERBOLIC_MODELS
+assert set(PAPER_MODELS + HYPERBOLIC_MODELS) <= set(MODEL_NAMES)
 GIVENS_TABLES = ("rotation", "reflection")  # act on 2-d planes, drawn as rotation_init says
 # The models with a Givens table: their dimension must be even.
 ROTATION_MODELS = tuple(m for m, tables in _RELATION_TABLES.items()

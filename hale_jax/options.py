@@ -170,8 +170,11 @@ def flags_markdown() -> str:
     lines += [f"## {group}: {doc}", "", "| flag | default | help |", "|---|---|---|"]
     for g, f, _ in fields:
       if g == group:
-        lines.append(_flag_row(f.name, f.default, f.metadata.get("help", ""),
-                               f.metadata.get("choices"), f.metadata.get("resumable")))
+        choices = f.metadata.get("choices")
+        if f.metadata.get("registry"):  # grows with the library: named, not listed
+          choices = f"the names in `{f.metadata['registry']}` (`--helpfull` lists them)"
+        lines.append(_flag_row(f.name, f.default, f.metadata.get("help", ""), choices,
+                               f.metadata.get("resumable")))
     lines.append("")
   fv = flags.FlagValues()
   define_launch_flags(fv)
@@ -181,9 +184,13 @@ def flags_markdown() -> str:
   return "\n".join(lines) + "\n"
 
 
-def _flag_row(name: str, default: Any, help_text: str, choices: Sequence[str] | None,
+def _flag_row(name: str, default: Any, help_text: str, choices: Sequence[str] | str | None,
               resumable: bool) -> str:
-  extra = f" One of: {', '.join(choices)}." if choices else ""
+  """A table row; ``choices`` a list of values, or a phrase naming where they are listed."""
+  if isinstance(choices, str):
+    extra = f" One of {choices}."
+  else:
+    extra = f" One of: {', '.join(choices)}." if choices else ""
   extra += " *Resumable.*" if resumable else ""
   value = "" if default is None else f"`{default}`"
   return f"| `--{name}` | {value} | {help_text.replace('|', '/')}{extra} |"

@@ -229,7 +229,16 @@ def test_wall_clock_budget_counts_seconds_already_spent(tmp_path):
   # The budget covers both processes: no more than one epoch beyond it.
   per_epoch = res["timings"]["seconds_per_epoch"]
   assert res["timings"]["train_seconds"] <= cfg.budget.max_seconds + 3 * per_epoch + 0.5
-  assert res["curve"][0]["epoch"] <= 3 or res["curve"][0]["train_seconds"] >= spent
+  # Nothing validated before the interruption (eval_every=50); after it, every 50 epochs counted
+  # from the start of the run and once at the end, each point past epoch 3, numbered by steps,
+  # and counting the seconds spent before it.
+  assert meta["curve"] == []
+  epochs = [point["epoch"] for point in res["curve"]]
+  assert epochs and epochs[:-1] == list(range(50, 50 * len(epochs), 50)), epochs
+  assert epochs[-1] > 3 and epochs == sorted(set(epochs)), epochs
+  seconds = [point["train_seconds"] for point in res["curve"]]
+  assert spent <= seconds[0] and seconds == sorted(seconds), (spent, seconds)
+  assert [point["step"] for point in res["curve"]] == [e * meta["steps_per_epoch"] for e in epochs]
 
 
 def test_vocabulary_meta_names_or_hash(monkeypatch):

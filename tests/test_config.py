@@ -6,6 +6,7 @@ Everything here is pure Python: no training, no compilation.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 from pathlib import Path
 
@@ -211,6 +212,17 @@ def test_every_field_has_a_flag_of_its_type_default_and_choices():
   assert enums == set(REGISTRIES), "give each enum field its registry in REGISTRIES"
   for name, registry in REGISTRIES.items():
     assert list(fv[name].parser.enum_values) == list(registry), name
+  # the registries that grow as the library does: docs/flags.md names them instead of listing
+  # their values (a model, loss or activation added leaves it current), and the name is right
+  named = {f.name: f.metadata["registry"] for _, f in fields if f.metadata["registry"]}
+  assert named == {"model": "hale_jax.models.MODEL_NAMES", "loss": "hale_jax.objective.LOSSES",
+                   "activation": "hale_jax.activations.CHOICES"}
+  for name, path in named.items():
+    module, attr = path.rsplit(".", 1)
+    assert getattr(importlib.import_module(module), attr) is REGISTRIES[name], name
+  markdown = options.flags_markdown()
+  assert "`hale_jax.models.MODEL_NAMES`" in markdown and "RotH, RefH, AttH." not in markdown
+  assert "One of: float32, float64." in markdown  # a fixed enum is still listed
 
 
 def test_flags_give_the_config_and_refuse_bad_values():

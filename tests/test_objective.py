@@ -98,7 +98,8 @@ def test_each_loss_matches_numpy(request, loss):
 
 def test_registry():
   assert tuple(objective.BUILDERS) == objective.LOSSES == tuple(LOSS_CASES)
-  assert set(objective.BIASED_LOSSES) == set(objective.LOSSES) - {"nonneg"}
+  assert set(objective.PAPER_LOSSES) - set(objective.BIASED_LOSSES) == {"nonneg"}
+  assert set(objective.BIASED_LOSSES) <= set(objective.LOSSES)
   cfg = _config()
   bogus = types.SimpleNamespace(**{**dataclasses.asdict(cfg.objective), "loss": "bogus"})
   with pytest.raises(ValueError, match="unknown loss 'bogus'"):

@@ -57,7 +57,7 @@ def test_cells_and_paper_numbers():
   assert exps["table2"]["models"] == exps["table3"]["models"] == models.PAPER_MODELS
   assert not set(models.HYPERBOLIC_MODELS) & set(models.PAPER_MODELS)
   assert sorted(v.overrides["loss"] for v in paper_tables.VARIANTS["fig2_losses"]) == sorted(
-      objective.LOSSES)
+      objective.PAPER_LOSSES)
   assert [v.label for v in paper_tables.VARIANTS["fig2_losses"]] == [
       "SamNeg", "AdvNeg", "AllNeg", "NonNeg", "HaLE"]
 
