@@ -142,6 +142,7 @@ def test_distance_matches_reference(rng, x64, dtype):
   assert (want >= 4.0 * euclid * (1 - 1e-12)).all() and (want > 40.0 * euclid).any()
 
 
+@pytest.mark.slow
 def test_distance_gradients_float64(rng, x64):
   q, e, c = (jnp.asarray(a) for a in _inputs(rng, 3, 4, 4))
   w = jnp.asarray(rng.normal(size=(3, 4)))
@@ -201,7 +202,7 @@ def _value_and_grads(loss, args):
   return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4)))(*args)
 
 
-@pytest.mark.parametrize("path", ["chunked", "fused"])
+@pytest.mark.parametrize("path", ["chunked", pytest.param("fused", marks=pytest.mark.slow)])
 def test_lse_paths_equal_plain_float64(rng, x64, path):
   """Value and gradients (queries, scales, entities, biases, curvatures) to float64 rounding;
   the plain value against NumPy from the definition."""
@@ -305,7 +306,8 @@ def test_baselines_use_the_hyperbolic_distance(rng, loss):
   np.testing.assert_allclose(got, want, rtol=2e-5)
 
 
-@pytest.mark.parametrize("model", ["AttH", pytest.param("RotH", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["AttH", "RotH"])
 def test_evaluator_matches_brute_force(rng, model):
   data = from_named_triples("tiny", SPLITS)
   params = random_params(rng, model, data.num_entities, data.num_relations, 4, 1.0)
@@ -346,8 +348,8 @@ def _boundary_inputs(rng):
   return jnp.asarray(q), jnp.asarray(e), jnp.asarray(c)
 
 
-@pytest.mark.parametrize("path", ["plain", pytest.param("chunked", marks=pytest.mark.slow),
-                                  pytest.param("fused", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("path", ["plain", "chunked", "fused"])
 def test_float32_boundary_values_and_gradients_are_finite(rng, path):
   q, e, c = _boundary_inputs(rng)
   assert np.allclose(np.linalg.norm(np.asarray(q[:5]), axis=1) * np.sqrt(np.asarray(c[:5])),
@@ -370,8 +372,8 @@ def test_float32_boundary_values_and_gradients_are_finite(rng, path):
   assert d.max() <= 4.0 / float(c.min()) * np.arctanh(np.float32(1 - 1e-5)) ** 2 * (1 + 1e-5)
 
 
-@pytest.mark.parametrize("model", ["AttH", pytest.param("RotH", marks=pytest.mark.slow),
-                                   pytest.param("RefH", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["AttH", "RotH", "RefH"])
 def test_transforms_stay_in_the_ball_with_finite_gradients(rng, model):
   """Huge tangent vectors: every query is projected inside its ball (float32), and the HaLE
   loss keeps finite gradients."""
