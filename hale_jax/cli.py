@@ -22,7 +22,7 @@ from hale_jax.data import one_line
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, runfiles.OutputError)
 
 
-def fail(err: BaseException, status: int = 2) -> None:
+def fail(err: BaseException | str, status: int = 2) -> None:
   """Prints ``error: <one line>`` to stderr and exits with ``status``."""
   print(f"error: {one_line(err)}", file=sys.stderr)
   sys.exit(status)

@@ -38,6 +38,7 @@ from hale_jax.rundir import WorkdirError, WorkdirLock
 from hale_jax.trainer import Trainer
 
 from benchmarks import faults
+from tests import helpers
 
 REPO = Path(__file__).resolve().parents[1]
 RENAME = {"child_of": "parent_of_reverse"}  # collides with parent_of's default reciprocal name
@@ -207,7 +208,7 @@ class _NoSignals:
 
 
 def _launch_in_process(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-  from hale_jax import launch  # pylint: disable=import-outside-toplevel  # defines its flags
+  launch = helpers.launcher()
   monkeypatch.setattr(launch, "StopRequest", _NoSignals)
   capsys.readouterr()
   try:
@@ -285,7 +286,7 @@ def test_full_disk_at_the_end_is_one_line_and_a_rerun_finishes(data_dir, tmp_pat
   assert code == 2 and len(err.strip().splitlines()) == 1, err
   assert "results.json: cannot be written (no space left" in err and "rerun the same" in err
   monkeypatch.setattr(runfiles, "write_json", real)
-  from hale_jax import launch  # pylint: disable=import-outside-toplevel
+  launch = helpers.launcher()
   try:
     launch.FLAGS(["launch", *args])
     launch.main(["launch"])  # returns: no exit status but 0
@@ -578,7 +579,7 @@ def test_truncated_params_file_falls_back_to_the_best_checkpoint(wave, tmp_path)
   params = copy / runfiles.PARAMS
   params.write_bytes(params.read_bytes()[:len(params.read_bytes()) // 2])
   results = faults.strict_json((copy / "results.json").read_text())
-  assert inference.evaluate_run(copy) == results["metrics"]["test"]
+  assert hale_jax.load(copy).evaluate() == results["metrics"]["test"]
 
 
 @pytest.mark.slow
