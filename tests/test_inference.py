@@ -215,3 +215,32 @@ def test_self_rank_agrees_with_the_evaluator(run_dir):
   assert got["queries"] == 2 * len(data.test)
   assert got["hits@1"] == pytest.approx(trained.load(run_dir).evaluate()["optimistic"]["hits@1"])
   assert sum(n for n, _, _ in got["relations"].values()) == got["queries"]
+
+
+def test_malformed_query_line_names_file_and_line(tmp_path):
+  path = tmp_path / "queries.tsv"
+  path.write_text("# a comment\nt0\tparent_of\t?\n\n?\tparent_of\tt0.1\n"
+                  "t0\tparent_of\tt0.1\n", encoding="utf-8")
+  with pytest.raises(DataError) as err:
+    inference.parse_queries(path)
+  assert str(err.value).startswith(f"{path}:5: expected head<TAB>relation<TAB>?")
+  for bad in ("?\tparent_of\t?", "t0\t?\tt1", "t0 parent_of ?", "t0\tparent_of\t?\textra"):
+    path.write_text(f"t0\tparent_of\t?\n{bad}\n", encoding="utf-8")
+    with pytest.raises(DataError, match=f"{path.name}:2: "):
+      inference.parse_queries(path)
+  path.write_text("\ufefft0\tparent_of\t?\n?\tsibling_of\tt1.0\n", encoding="utf-8")
+  assert inference.parse_queries(path) == [("t0", "parent_of", "?"), ("?", "sibling_of", "t1.0")]
+
+
+def test_answer_queries_keeps_the_order_of_both_slot_kinds(fake_model):
+  queries = [("?", "sibling_of", "t1.0"), ("t0", "parent_of", "?"), ("?", "has child", "t0.1"),
+             ("Root One", "at_level", "?")]
+  answers = inference.answer_queries(fake_model, queries, k=3)
+  alone = [fake_model.predict_heads("sibling_of", "t1.0", 3)[0],
+           fake_model.predict_tails("t0", "parent_of", 3)[0],
+           fake_model.predict_heads("parent_of", "t0.1", 3)[0],
+           fake_model.predict_tails("t1", "at_level", 3)[0]]
+  for got, want in zip(answers, alone, strict=True):
+    # Distances may differ in the last bit between batch sizes (compiled per shape).
+    assert [(a.name, a.label) for a in got] == [(a.name, a.label) for a in want]
+    assert [a.distance for a in got] == pytest.approx([a.distance for a in want], rel=1e-6)
