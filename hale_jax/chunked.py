@@ -38,10 +38,8 @@ are those of the plain version up to floating-point summation order.
 
 Memory: besides the inputs and the outputs (the ``[N, d]`` entity gradient among them), the
 working set is a few ``[k, chunk]`` blocks: ``O(k * chunk)`` instead of ``O(k * N)``, in both the
-forward and the backward pass.  Measured with ``compiled.memory_analysis()`` on CPU for
-``jit(grad(loss))`` at ``k = 64, N = 200_000, d = 16, chunk = 4096``: 4.5 MB of temporaries
-against 256 MB for the plain version (``k * N * 4`` = 51 MB); see ``tests/test_chunked.py``.
-The price is recomputing the distances once in the backward pass (about ``2 k N d`` extra
+forward and the backward pass (``tests/test_chunked.py`` checks it with
+``compiled.memory_analysis()``).  The price is recomputing the distances once in the backward pass (about ``2 k N d`` extra
 FLOPs) and a sequential loop of ``ceil(N / chunk)`` steps.
 """
 

@@ -1,7 +1,6 @@
 """Command line: ``python -m hale_jax.launch [--flagfile=launch/wn18rr.flags] [--flags]``.
 
-With no flags it trains RotL on a small generated knowledge graph (offline, about a minute on
-a 2-core CPU).  This module alone reads absl flags: one per field of
+With no flags it trains RotL on a small generated knowledge graph (offline).  This module alone reads absl flags: one per field of
 :class:`hale_jax.config.Config` (``hale_jax.options``), and the launcher's own; the training
 itself is :func:`hale_jax.pipeline.run_training`, as ``hale_jax.train`` does it from Python.
 """

@@ -58,10 +58,10 @@ def bias_tables(loss: str, bias: str) -> str:
 def default_lse_chunk(backend: str | None = None) -> int:
   """The uniformity LSE's chunk when ``lse_chunk`` is None: 4096 on CPU, 65536 elsewhere.
 
-  On a 2-core CPU chunks of 4096 halve the WN18RR step against the plain ``[k, N]`` block (the
-  blocks stay in cache).  On a GPU a loop's control runs on the host, so chunking makes small
-  graphs' steps host-bound; 65536 keeps WN18RR, FB15k-237 and CoDEx plain and bounds a
-  1M-entity step's blocks (``benchmarks/RESULTS.md`` has the measurements).
+  On a CPU, chunks that stay in cache make the step faster than the plain ``[k, N]`` block.  On
+  a GPU a loop's control runs on the host, so chunking makes small graphs' steps host-bound;
+  65536 keeps WN18RR, FB15k-237 and CoDEx plain and bounds a 1M-entity step's blocks
+  (``benchmarks/RESULTS.md`` has the measurements).
   """
   return 4096 if (backend or jax.default_backend()) == "cpu" else 65536
 
