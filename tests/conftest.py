@@ -90,22 +90,22 @@ def pytest_runtest_makereport(item, call):
 
 # ----------------------------------------------- run folders shared by several test files
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def labelled_data_dir(tmp_path_factory):
   return helpers.labelled_dataset(tmp_path_factory.mktemp("workflow-data") / "tiny")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def fake(labelled_data_dir, tmp_path_factory):
   return helpers.fake_run(tmp_path_factory.mktemp("fake") / "run", labelled_data_dir)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def fake_model(fake):
   return hale_jax.load(fake)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def portable(labelled_data_dir, tmp_path_factory):
   """A trained run on the tiny folder (3 epochs, a checkpoint per epoch)."""
   workdir = tmp_path_factory.mktemp("portable") / "run"
@@ -117,7 +117,7 @@ def portable(labelled_data_dir, tmp_path_factory):
   return workdir, config, results, lines
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def tracked(labelled_data_dir, tmp_path_factory):
   """The portable run's settings (so the same first three epochs) with TensorBoard, a fake
   W&B, a metrics.jsonl reader, early stopping (``patience=2`` and ``min_delta=1``: no gain
@@ -139,18 +139,18 @@ def tracked(labelled_data_dir, tmp_path_factory):
                                stdout=stdout.getvalue().splitlines())
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def data_dir(tmp_path_factory):
   return faults.write_folder(helpers.tiny_graph(), tmp_path_factory.mktemp("reliability-data") / "tiny",
                              helpers.RENAME)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def cache(tmp_path_factory):
   return tmp_path_factory.getbasetemp() / "jax-cache"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def wave(data_dir, cache, tmp_path_factory):
   """The independent command-line runs, started together: a run with a checkpoint per epoch
   (alone first, so that the cache holds its compiled functions before the others start), a

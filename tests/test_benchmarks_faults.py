@@ -1,6 +1,4 @@
 """``benchmarks/faults.py``: SIGKILLs at random moments lose nothing.
-
-The end-to-end tests (``slow``) share trained runs through session fixtures (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -17,7 +15,7 @@ from tests import helpers
 
 @pytest.mark.slow
 def test_fault_injection_kills_lose_nothing(tmp_path):
-  """benchmarks/faults.py with 2 SIGKILLs (issue 33's acceptance runs it with 10)."""
+  """benchmarks/faults.py with 2 SIGKILLs (the benchmark's default is 10)."""
   proc = subprocess.run([sys.executable, "-m", "benchmarks.faults", "--kills=2", "--seed=0",
                          f"--workdir={tmp_path}"], cwd=helpers.REPO, env=faults.launcher_env(),
                         capture_output=True, text=True, timeout=600)

@@ -1,6 +1,7 @@
 """Training callbacks: the progress line, early stopping and the stall warning, alone and in a run.
 
-The end-to-end tests (``slow``) share trained runs through session fixtures (tests/conftest.py).
+The end-to-end tests (``slow``) share run folders with other test files through fixtures in
+``tests/conftest.py``, built once per test run.
 """
 
 from __future__ import annotations

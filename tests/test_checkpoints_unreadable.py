@@ -1,6 +1,7 @@
 """Checkpoints that cannot be restored: named, kept or set aside, never lost.
 
-The end-to-end tests (``slow``) share trained runs through session fixtures (tests/conftest.py).
+The end-to-end tests (``slow``) share run folders with other test files through fixtures in
+``tests/conftest.py``, built once per test run.
 """
 
 from __future__ import annotations

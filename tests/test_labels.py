@@ -1,6 +1,4 @@
 """``hale_jax.labels``: label files for a dataset folder's ids.
-
-The end-to-end tests (``slow``) share trained runs through session fixtures (tests/conftest.py).
 """
 
 from __future__ import annotations

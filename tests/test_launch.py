@@ -1,7 +1,8 @@
 """The launcher's command line: bad input is one line and exit status 2 (through ``launch.main``
 in this process, before anything compiles), a full disk, input quirks.
 
-The end-to-end tests (``slow``) share trained runs through session fixtures (tests/conftest.py).
+The end-to-end tests (``slow``) share run folders with other test files through fixtures in
+``tests/conftest.py``, built once per test run.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from tests import helpers
                                   "read-only folder", "trailing space",
                                   "split not summing to 1"])
 def test_launcher_refuses_bad_input_with_exit_2(case, data_dir, tmp_path, monkeypatch, capsys):
-  """Item 9 and the launcher's data wiring: through ``launch.main`` itself (in-process; it
+  """Bad input and the launcher's data wiring: through ``launch.main`` itself (in-process; it
   exits before compiling anything)."""
   afile = tmp_path / "afile"
   afile.write_text("x")

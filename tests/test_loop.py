@@ -1,6 +1,7 @@
 """The training loop's divergence: exit status 3, and a rerun from the last finite checkpoint.
 
-The end-to-end tests (``slow``) share trained runs through session fixtures (tests/conftest.py).
+The end-to-end tests (``slow``) share run folders with other test files through fixtures in
+``tests/conftest.py``, built once per test run.
 """
 
 from __future__ import annotations

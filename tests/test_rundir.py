@@ -1,7 +1,8 @@
 """The run folder as a whole: taking it (a file, a read-only folder, the lock), extending a
 finished run, and data that changed under a run.
 
-The end-to-end tests (``slow``) share trained runs through session fixtures (tests/conftest.py).
+The end-to-end tests (``slow``) share run folders with other test files through fixtures in
+``tests/conftest.py``, built once per test run.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 label, embeddings, evaluation of a split or of any triples, reciprocal relation names, and a
 run folder used without its dataset.
 
-The end-to-end tests (``slow``) share trained runs through session fixtures (tests/conftest.py).
+The end-to-end tests (``slow``) share run folders with other test files through fixtures in
+``tests/conftest.py``, built once per test run.
 """
 
 from __future__ import annotations
