@@ -48,7 +48,7 @@ compilation cache is used, so a ``compile`` kill lands in a real compile.  About
 The epoch budget is 4 more than the kills aimed before the end (each of those moves the run on
 by one epoch at most).  The helpers :func:`write_folder`, :func:`launcher_env`,
 :func:`compilation_cache` and :func:`strict_json` are shared with the tests
-(``tests/test_reliability.py`` and the others of issues 32 and 33).
+(``tests/conftest.py``, ``tests/helpers.py`` and the test files that train on the command line).
 """
 
 from __future__ import annotations
@@ -234,7 +234,7 @@ class Timing:
   numbered by steps)."""
 
   def __init__(self, process: Process, results: dict[str, Any]):
-    t_device = process.wait_line(lambda l: l.startswith("device "), 0)
+    t_device = process.wait_line(lambda l: l.startswith("device: "), 0)
     t_compiled = process.wait_line(lambda l: l.startswith("compiled in"), 0)
     compiled = next(l for _, l in process.lines if l.startswith("compiled in"))
     self.steps = int(compiled.split("; ")[1].split()[0])  # "...; 489 steps of 32 per epoch"
@@ -266,7 +266,7 @@ def kill_once(cmd: list[str], env: dict[str, str], workdir: Path, phase: str, rn
   record: dict[str, Any] = {"phase": phase, "killed": False, "landed": None}
   delay = 0.0
   if phase == "compile":
-    if process.wait_line(lambda l: l.startswith("device ")) is not None:
+    if process.wait_line(lambda l: l.startswith("device: ")) is not None:
       delay = rng.uniform(0.0, 0.8 * timing.compile)
       time.sleep(delay)
       record["landed"] = "compile" if not process.seen("compiled in") else "after compile"

@@ -19,7 +19,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from hale_jax import activations, chunked, lse_kernel, models
+from hale_jax import activations, chunked, distances, lse_kernel
 
 
 def inputs(k: int, n: int, d: int):
@@ -34,7 +34,7 @@ def forms(chunk: int):
   """``{name: lse(q, c, e, b, matmul, h)}`` of the three ways to compute the term."""
   return {
       "plain": lambda q, c, e, b, m, h: jax.nn.logsumexp(
-          b - h(c[:, None] * models.squared_distances(q, e, m)), -1),
+          b - h(c[:, None] * distances.squared_distances(q, e, m)), -1),
       "chunked": lambda q, c, e, b, m, h: chunked.uniformity_lse(q, c, e, h, chunk, m, b),
       "fused": lambda q, c, e, b, m, h: lse_kernel.uniformity_lse_fused(q, c, e, h, m, b)}
 
@@ -52,7 +52,7 @@ def check(k: int, n: int, d: int, chunk: int) -> list[dict]:
   x, f = inputs(k, n, d), forms(chunk)
   rows = []
   for act in activations.ACTIVATIONS:
-    for mode in models.MATMUL_MODES:
+    for mode in distances.MATMUL_MODES:
       h = activations.get_activation(act)
       (v1, g1), (v2, g2) = value_and_grads(f["fused"], mode, h)(*x), value_and_grads(
           f["chunked"], mode, h)(*x)
@@ -77,7 +77,7 @@ def timings(entities: list[int], k: int, d: int, chunk: int, repeats: int) -> li
   rows = []
   for n in entities:
     x = inputs(k, n, d)
-    for mode in models.MATMUL_MODES:
+    for mode in distances.MATMUL_MODES:
       for name, fn in forms(chunk).items():
         row = {"entities": n, "k": k, "dim": d, "matmul": mode, "form": name,
                "device": jax.devices()[0].device_kind}

@@ -40,13 +40,13 @@ def top1_breakdown(workdir: str, split: str = "test", chunk: int = 512,
                    min_queries: int = 50) -> dict:
   """``{"queries", "hits@1", "self@1", "relations": {name: (n, hits@1, self@1)}}``."""
   import jax  # pylint: disable=import-outside-toplevel
-  from hale_jax import evaluation, inference, models  # pylint: disable=import-outside-toplevel
+  from hale_jax import evaluation, trained  # pylint: disable=import-outside-toplevel
   from hale_jax.data import FilterIndex  # pylint: disable=import-outside-toplevel
-  run, data, params = inference.load_run(workdir)
+  loaded = trained.load(workdir)
+  data, params = loaded.data, loaded.params
   # one compiled function for every chunk: the last chunk is padded to the same shape
   distances = jax.jit(evaluation.candidate_distances, static_argnums=(1, 4))
-  model = models.canonical_model(run["config"]["model"])
-  activation = inference.run_activation(run)
+  model, activation = loaded.model, loaded.activation
   triples = data.split(split)
   nr = data.num_relations
   heads = np.concatenate([triples[:, 0], triples[:, 2]])
@@ -89,9 +89,9 @@ def relation_geometry(workdir: str, min_triples: int = 50) -> dict:
   without those tables."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from hale_jax import inference, models  # pylint: disable=import-outside-toplevel
-  run, data, params = inference.load_run(workdir)
-  model = models.canonical_model(run["config"]["model"])
+  from hale_jax import distances, models, trained  # pylint: disable=import-outside-toplevel
+  loaded = trained.load(workdir)
+  data, params, model = loaded.data, loaded.params, loaded.model
   transform = jax.jit(models.transform, static_argnums=0)
   entity = np.asarray(params["entity"], np.float64)
   nr = data.num_relations
@@ -111,7 +111,7 @@ def relation_geometry(workdir: str, min_triples: int = 50) -> dict:
       if ball is None:
         d = np.sum((q - entity[targets]) ** 2, axis=1)
       else:  # the hyperbolic models' distance, in the parameters' dtype
-        d = np.asarray(models.pair_squared_distances(q, entity[targets], ball))
+        d = np.asarray(distances.pair_squared_distances(q, entity[targets], ball))
       return float(np.median(c * d))
     geo = {"triples": len(rows), "identity_planes": None, "translation_norm": None,
            "own_median": median(heads), "target_median": median(tails)}

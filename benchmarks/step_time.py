@@ -31,7 +31,7 @@ Reported per case (one JSON line on stdout, also appended to ``--output``):
   output + temp - alias (``benchmarks.xla_analysis``);
 - the device, measured once per run (:func:`measure_device`): ``device_peak_flops`` (best of a
   few ``n x n`` float32 matmuls at JAX's default precision, ``n`` = 4096 on GPU, 1024 on CPU),
-  ``matmul_rate`` (the same for ``models.squared_distances`` at the ``--matmul`` precision
+  ``matmul_rate`` (the same for ``distances.squared_distances`` at the ``--matmul`` precision
   training uses: float32 exact, tf32 or bf16 inputs) and ``device_bandwidth`` (best of a few
   ``x + 1`` over 256 MiB on GPU / 64 MiB on CPU, counting a read and a write);
 - the XLA floor ``floor_s = max(flops / device_peak_flops, bytes_accessed / device_bandwidth)``,
@@ -78,7 +78,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.xla_analysis import cost_numbers, memory_numbers
-from hale_jax import models, step
+from hale_jax import distances, models, step
 from hale_jax.config import Config
 from hale_jax.layout import Layout, to_host
 
@@ -137,7 +137,7 @@ def measure_device(matmul_n: int = 0, copy_mib: int = 0,
   """Measured matmul rates (FLOP/s) and device-to-device copy bandwidth (bytes/s).
 
   ``device_peak_flops`` is ``jnp.matmul`` of float32 at JAX's default precision;
-  ``matmul_rates[mode]`` is ``models.squared_distances`` at each training precision of
+  ``matmul_rates[mode]`` is ``distances.squared_distances`` at each training precision of
   ``modes`` (its ``2 n^3`` FLOPs; the norms and the sum add ``O(n^2)``).
   """
   dev = jax.devices()[0]
@@ -149,7 +149,7 @@ def measure_device(matmul_n: int = 0, copy_mib: int = 0,
   b = jax.random.normal(kb, (n, n), jnp.float32)
   flops = 2.0 * n ** 3
   peak = flops / _best_seconds(jax.jit(jnp.matmul), a, b)
-  rates = {m: flops / _best_seconds(jax.jit(lambda x, y, m=m: models.squared_distances(x, y, m)),
+  rates = {m: flops / _best_seconds(jax.jit(lambda x, y, m=m: distances.squared_distances(x, y, m)),
                                     a, b) for m in modes}
   del a, b
   return {"platform": dev.platform, "device_kind": dev.device_kind, "device_peak_flops": peak,
@@ -335,7 +335,7 @@ def _define_flags(fv=None):
   define("enum", "lse", "auto", list(LSE_MODES), "Uniformity LSE: training's default for the "
          "backend, the plain [k, N] block, chunks of --chunk entities, or the fused kernel.")
   define("integer", "chunk", 4096, "Entities per chunk with --lse=chunked.")
-  define("enum", "matmul", d.objective.matmul, list(models.MATMUL_MODES),
+  define("enum", "matmul", d.objective.matmul, list(distances.MATMUL_MODES),
          "Precision of the distance matmuls (the strict floor uses its rate).")
   define("string", "mesh", d.run.mesh, "Device layout, as training's --mesh.")
   define("integer", "steps", Timing.steps, "Steps per timed epoch.")

@@ -8,7 +8,7 @@ queries, a log-sum-exp over *all* ``N`` entities::
 (for the hyperbolic models ``||q_j - e_i||^2`` is their squared distance, under the curvature
 of each query's ball, ``hale_jax.distances``).
 
-Written plainly (``models.squared_distances`` then ``losses.hale_loss``) XLA materialises the
+Written plainly (``distances.squared_distances`` then ``losses.hale_loss``) XLA materialises the
 ``[k, N]`` matrix of scaled distances, and under ``jax.grad`` keeps it (and its activation and
 softmax) alive for the backward pass: ``O(k * N)`` memory, which dominates a training step once
 ``N`` reaches 10^5-10^6 entities.
@@ -31,17 +31,15 @@ softmax) alive for the backward pass: ``O(k * N)`` memory, which dominates a tra
   ``d scale`` (and ``d curvature``) are accumulated in the scan carry, ``d entities`` is added in place into the
   ``[N, d]`` gradient chunk by chunk (``lax.dynamic_update_slice``).
 
-Squared distances use the matmul form of :func:`hale_jax.models.squared_distances`
+Squared distances use the matmul form of :func:`hale_jax.distances.squared_distances`
 (``|q|^2 + |e|^2 - 2 q.e``, clamped at 0, or the hyperbolic map of ``q.e`` and the norms); the
 per-chunk function calls that very function, so values and derivatives (including the clamps)
 are those of the plain version up to floating-point summation order.
 
 Memory: besides the inputs and the outputs (the ``[N, d]`` entity gradient among them), the
 working set is a few ``[k, chunk]`` blocks: ``O(k * chunk)`` instead of ``O(k * N)``, in both the
-forward and the backward pass.  Measured with ``compiled.memory_analysis()`` on CPU for
-``jit(grad(loss))`` at ``k = 64, N = 200_000, d = 16, chunk = 4096``: 4.5 MB of temporaries
-against 256 MB for the plain version (``k * N * 4`` = 51 MB); see ``tests/test_chunked.py``.
-The price is recomputing the distances once in the backward pass (about ``2 k N d`` extra
+forward and the backward pass (``tests/test_chunked.py`` checks it with
+``compiled.memory_analysis()``).  The price is recomputing the distances once in the backward pass (about ``2 k N d`` extra
 FLOPs) and a sequential loop of ``ceil(N / chunk)`` steps.
 """
 
@@ -55,7 +53,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from hale_jax import activations, models
+from hale_jax import activations, distances, models
 
 Array = jax.Array
 Activation = Callable[[ArrayLike], Array]
@@ -66,8 +64,8 @@ def _chunk_scores(queries: Array, scale: Array, entities: Array, bias: Array | N
                   matmul: str = "float32") -> Array:
   """``b_i - h(scale_j * d^2(q_j, e_i))`` for one chunk (``b = 0`` when ``bias`` is None):
   ``[k, d], [k], [c, d], [c], [k] -> [k, c]``."""
-  distances = models.squared_distances(queries, entities, matmul, curvature)
-  scores = -activation(scale[:, None] * distances)
+  d2 = distances.squared_distances(queries, entities, matmul, curvature)
+  scores = -activation(scale[:, None] * d2)
   return scores if bias is None else scores + bias[None, :]
 
 
@@ -198,7 +196,7 @@ def uniformity_lse(queries: ArrayLike, scale: ArrayLike, entities: ArrayLike,
       ``jit`` (a new callable object means a new trace).
     chunk: entities per block (static); clamped to ``N``.  Working memory is ``O(k * chunk)``
       in both the forward and the backward pass.
-    matmul: precision of the distance matmul, one of ``models.MATMUL_MODES`` (static); the
+    matmul: precision of the distance matmul, one of ``distances.MATMUL_MODES`` (static); the
       log-sum-exp itself always accumulates in the inputs' float type.
     entity_bias: ``[N]``, learned tail biases ``b_i`` (``hale_jax.losses``, "Tail biases");
       None: 0.
@@ -207,7 +205,7 @@ def uniformity_lse(queries: ArrayLike, scale: ArrayLike, entities: ArrayLike,
 
   Returns:
     ``[k]``, equal to ``logsumexp(b[None, :] - h(scale[:, None] *
-    models.squared_distances(queries, entities, matmul, curvature)), axis=-1)`` up to
+    distances.squared_distances(queries, entities, matmul, curvature)), axis=-1)`` up to
     summation order.  Differentiable in reverse mode (``grad``, ``vjp``) with respect to
     ``queries``, ``scale``, ``entities``, ``bias`` and ``curvature``; forward mode (``jvp``) is
     not defined (``jax.custom_vjp``).
@@ -219,7 +217,7 @@ def uniformity_lse(queries: ArrayLike, scale: ArrayLike, entities: ArrayLike,
   if bias is not None and bias.shape != entities.shape[:1]:
     raise ValueError(f"expected entity_bias [N] = {entities.shape[:1]}, got {bias.shape}")
   _layout(entities.shape[0], chunk)  # validates chunk early, with a clear message
-  models.check_matmul(matmul)
+  distances.check_matmul(matmul)
   return _uniformity_lse(queries, scale, entities, bias, curvature,
                          activations.resolve(activation), int(chunk), matmul)
 

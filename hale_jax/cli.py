@@ -36,7 +36,7 @@ def exit_now(status: int) -> None:
   os._exit(status)  # pylint: disable=protected-access
 
 
-def fail(err: BaseException, status: int = 2) -> None:
+def fail(err: BaseException | str, status: int = 2) -> None:
   """Prints ``error: <one line>`` to stderr and exits with ``status``."""
   print(f"error: {one_line(err)}", file=sys.stderr)
   exit_now(status)

@@ -29,7 +29,7 @@ from typing import Any
 
 import jax
 
-from hale_jax import activations, losses, mesh, models, objective, optim
+from hale_jax import activations, distances, losses, mesh, models, objective, optim
 
 GROUPS = ("model", "objective", "optim", "budget", "run")
 EVAL_PROTOCOLS = ("filtered", "ogb")
@@ -142,7 +142,7 @@ class ObjectiveConfig:
                     resumable=True)
   matmul: str = option("float32", "Precision of training's distance matmuls: float32, or "
                        "inputs rounded to tf32 / bf16 with float32 sums. Ranking always uses "
-                       "float32.", choices=models.MATMUL_MODES)
+                       "float32.", choices=distances.MATMUL_MODES)
 
   def __post_init__(self):
     _check_finite(self)

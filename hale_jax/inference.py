@@ -12,48 +12,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable
 
 import jax
 import numpy as np
-from jax.typing import ArrayLike
 
-from hale_jax import activations, cli, export_tsv, runfiles, trained
-from hale_jax.data import DataError, KGData
-from hale_jax.trained import Prediction, TrainedModel, relation_names  # noqa: F401
+from hale_jax import cli, export_tsv, runfiles, trained
+from hale_jax.data import DataError
+from hale_jax.trained import Prediction, TrainedModel, relation_names
 
-Array = jax.Array
 QUERY_BATCH = 1024  # queries answered at a time by a queries file
 # Keys of an npz export that are not parameter tables.
 EXPORT_META_KEYS = ("entity_names", "relation_names", "model", "dim", "c_r")
-
-
-def load_run(workdir: str | os.PathLike, log: Callable[[str], None] = print
-             ) -> tuple[dict[str, Any], KGData, dict[str, Array]]:
-  """``(run, data, params)`` of a run folder: ``run.json``, the run's data, and its best-valid
-  parameters (see :func:`hale_jax.trained.load` for the errors)."""
-  model = trained.load(workdir, log)
-  return model.run, model.data, model.params
-
-
-def evaluate_run(workdir: str | os.PathLike, split: str = "test", chunk: int = 256,
-                 breakdown: str | None = None) -> dict[str, Any]:
-  """Filtered ranking of ``split`` with the run's best parameters: ``{tie rule: metrics}``
-  for the realistic, pessimistic and optimistic rules (as ``results.json["metrics"]``), or
-  per group with ``breakdown`` (``TrainedModel.evaluate``)."""
-  if split not in ("valid", "test"):
-    raise ValueError(f"unknown split {split!r}; choose valid or test")
-  if chunk <= 0:
-    raise ValueError(f"chunk must be positive, got {chunk}")
-  return trained.load(workdir).evaluate(split, chunk, breakdown)
-
-
-def run_activation(run: dict[str, Any]) -> Callable[[ArrayLike], Array]:
-  """The activation ``h`` of a run spec's config (ranking needs it when the run learned
-  entity biases; ``models.ranking_distances``)."""
-  cfg = run["config"]
-  return activations.get_activation(cfg.get("activation", "hanon"), cfg.get("beta"),
-                                    cfg.get("gamma", 10.0))
 
 
 def export_run(workdir: str | os.PathLike, fmt: str, output: str | os.PathLike,
@@ -81,8 +50,9 @@ def export_run(workdir: str | os.PathLike, fmt: str, output: str | os.PathLike,
   cli.check_output(output, overwrite)
   if fmt == "tsv":
     export_tsv.check_target(output)
-  run, data, params = load_run(workdir, cli.warn)
-  params = {k: np.asarray(v) for k, v in params.items()}
+  model = trained.load(workdir, cli.warn)
+  data = model.data
+  params = {k: np.asarray(v) for k, v in model.params.items()}
   c_r = np.asarray(jax.nn.softplus(params["scale"]))
   rel_names = relation_names(data)
   output.parent.mkdir(parents=True, exist_ok=True)
@@ -92,7 +62,7 @@ def export_run(workdir: str | os.PathLike, fmt: str, output: str | os.PathLike,
   arrays = dict(params)
   arrays.update(entity_names=np.array(data.entities, dtype=str),
                 relation_names=np.array(rel_names, dtype=str), c_r=c_r,
-                model=np.array(run["config"]["model"]), dim=np.array(params["entity"].shape[1]))
+                model=np.array(model.run["config"]["model"]), dim=np.array(params["entity"].shape[1]))
   runfiles.write_npz(output, arrays)
   return output
 
@@ -154,19 +124,18 @@ def answer_queries(model: TrainedModel, queries: list[tuple[str, str, str]], k: 
   return out
 
 
-def top_k(params: dict[str, Array], model: str, data: KGData, *, head: str | None = None,
-          relation: str, tail: str | None = None, k: int = 10, filtered: bool = True,
-          activation: activations.ActivationLike = activations.DEFAULT_ACTIVATION
-          ) -> list[tuple[str, float]]:
-  """The ``k`` entities closest to one query given by names, closest first: give exactly one
-  of ``head`` (rank tails of ``(head, relation, ?)``) or ``tail`` (rank heads of
-  ``(?, relation, tail)``).  ``activation`` (a name or callable; default Hanon) matters only
-  with entity biases.  Returns ``(entity name, distance)`` pairs."""
-  if (head is None) == (tail is None):
-    raise ValueError("give exactly one of head (to rank tails) and tail (to rank heads)")
-  run = {"config": {"model": model}}
-  m = TrainedModel(Path("."), run, data, params, {"entity": {}, "relation": {}})
-  m.activation = activations.resolve(activation)
-  answers = (m.predict_tails(head, relation, k, filtered) if head is not None
-             else m.predict_heads(relation, tail, k, filtered))[0]
-  return [(a.name, a.distance) for a in answers]
+
+_REMOVED = {
+    "load_run": "hale_jax.load(workdir), whose .run, .data and .params are the three values",
+    "evaluate_run": "hale_jax.load(workdir).evaluate(split, chunk, breakdown)",
+    "run_activation": "hale_jax.load(workdir).activation",
+    "top_k": "hale_jax.load(workdir).predict_tails(head, relation, k, filtered) or "
+             ".predict_heads(relation, tail, k, filtered)",
+}
+
+
+def __getattr__(name: str):
+  """Names this module no longer has: an AttributeError naming what replaced them."""
+  if name in _REMOVED:
+    raise AttributeError(f"hale_jax.inference.{name} was removed; use {_REMOVED[name]}")
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

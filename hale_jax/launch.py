@@ -1,7 +1,6 @@
 """Command line: ``python -m hale_jax.launch [--flagfile=launch/wn18rr.flags] [--flags]``.
 
-With no flags it trains RotL on a small generated knowledge graph (offline, about a minute on
-a 2-core CPU).  This module alone reads absl flags: one per field of
+With no flags it trains RotL on a small generated knowledge graph (offline).  This module alone reads absl flags: one per field of
 :class:`hale_jax.config.Config` (``hale_jax.options``), and the launcher's own; the training
 itself is :func:`hale_jax.pipeline.run_training`, as ``hale_jax.train`` does it from Python.
 """
@@ -11,19 +10,23 @@ from __future__ import annotations
 import sys
 
 import jax
-from absl import app, flags, logging
+from absl import flags
 
 from hale_jax import cli, options, pipeline
 from hale_jax.checkpoints import UnreadableCheckpoints
-from hale_jax.data import DataError
 from hale_jax.loop import Diverged, Interrupted
 from hale_jax.rundir import WorkdirError
 from hale_jax.runfiles import OutputError
 from hale_jax.stopping import StopRequest
 
 FLAGS = flags.FLAGS
-options.define_config_flags(FLAGS)
-options.define_launch_flags(FLAGS)
+
+
+def define_flags() -> None:
+  """The launcher's flags: one per config field, and its own (data, run folder, processes).
+  Defined only when it runs as a command, so importing this module leaves absl's FLAGS alone."""
+  options.define_config_flags(FLAGS)
+  options.define_launch_flags(FLAGS)
 
 
 def _init_distributed() -> None:
@@ -46,15 +49,10 @@ def _init_distributed() -> None:
                              process_id=FLAGS.process_id)
 
 
+@cli.user_errors
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  logging.set_verbosity(logging.WARNING)  # keep orbax's INFO lines out of the progress output
-  try:
-    _init_distributed()
-  except ValueError as err:
-    print(f"error: {err}", file=sys.stderr)
-    cli.exit_now(2)
+  cli.no_arguments(argv)
+  _init_distributed()
   # Progress lines from process 0 only; errors from every process.
   log = print if jax.process_index() == 0 else (lambda line: None)
   stop = StopRequest()
@@ -68,19 +66,16 @@ def main(argv):
     print(f"stopped: {err}", file=sys.stderr)
     cli.exit_now(stop.exit_code())
   except Diverged as err:
-    print(f"error: {err}", file=sys.stderr)
-    cli.exit_now(3)
+    cli.fail(err, status=3)
   except OutputError as err:
-    print(f"error: {err}; once it can be written, rerun the same command: the run resumes "
-          f"from its last checkpoint", file=sys.stderr)
-    cli.exit_now(2)
-  except (DataError, ValueError, FileExistsError, WorkdirError, UnreadableCheckpoints) as err:
-    print(f"error: {err}", file=sys.stderr)
-    cli.exit_now(2)
+    cli.fail(f"{err}; once it can be written, rerun the same command: the run resumes from "
+             f"its last checkpoint")
+  except (WorkdirError, UnreadableCheckpoints) as err:  # the other user errors: cli.user_errors
+    cli.fail(err)
 
 
 def run():
-  app.run(main)
+  cli.run(main, define_flags)
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from hale_jax import activations, models
+from hale_jax import activations, distances, models
 from hale_jax.lse_kernel_blocks import (MIN_BLOCK, Activation, Array, Plan, forward,
                                         grad_entities, grad_queries)
 
@@ -178,7 +178,7 @@ def uniformity_lse_fused(queries: ArrayLike, scale: ArrayLike, entities: ArrayLi
     entities: ``[N, d]``, the whole entity table.
     activation: ``h``, a name or an elementwise callable (``activations.get_activation(name)``);
       static, traced into the kernels together with its ``jax.vjp``.
-    matmul: precision of the distance matmul, one of ``models.MATMUL_MODES`` (static).
+    matmul: precision of the distance matmul, one of ``distances.MATMUL_MODES`` (static).
     entity_bias: ``[N]``, learned tail biases ``b_i``; None: 0.
     curvature: ``[k]``, the curvature of each query's ball for the hyperbolic models
       (``models.ball_curvature``); None: the Euclidean distance.
@@ -200,7 +200,7 @@ def uniformity_lse_fused(queries: ArrayLike, scale: ArrayLike, entities: ArrayLi
   bias = None if entity_bias is None else jnp.asarray(entity_bias)
   curvature = None if curvature is None else jnp.asarray(curvature)
   _check_shapes(queries, scale, entities, bias, curvature)
-  models.check_matmul(matmul)
+  distances.check_matmul(matmul)
   (k, d), n = queries.shape, entities.shape[0]
   optional = [x for x in (bias, curvature) if x is not None]
   dtype = jnp.result_type(queries, scale, entities, *optional)

@@ -94,10 +94,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from hale_jax import activations, hyperbolic
-# The distances live in hale_jax.distances; these names are part of this module's interface.
-from hale_jax.distances import (MATMUL_MODES, check_matmul,  # noqa: F401
-                                pair_squared_distances, squared_distances)
+from hale_jax import activations, distances, hyperbolic
 
 Array = jax.Array
 Params = dict[str, Array]
@@ -322,16 +319,27 @@ def ranking_distances(params: Params, queries: ArrayLike, relations: ArrayLike,
   """What ranking sorts, smaller is better: ``[B, N]`` for ``queries [B, d]``, ``relations [B]``.
 
   Without entity biases: the model's squared distance ``d^2(q_b, e_n)``
-  (:func:`squared_distances`, under each query's curvature for the hyperbolic models).
+  (:func:`hale_jax.distances.squared_distances`, under each query's curvature for the hyperbolic models).
   ``c_r > 0`` and an increasing ``h`` could not reorder it (only add ties where ``h``
   saturates), so they are left out.  With entity biases (``bias_tail`` in ``params``):
   ``h(c_r d^2(q_b, e_n)) - b_t[n]``, minus the triple's score up to the query's own constant
   ``b_h``.  ``activation`` is the run's ``h``, a name or callable; the default (and
   ``None``) is Hanon, as everywhere in the library; ``"identity"`` for plain SamNeg.
   """
-  d = squared_distances(queries, params["entity"],
-                        curvature=ball_curvature(params, relations))
+  d = distances.squared_distances(queries, params["entity"],
+                                  curvature=ball_curvature(params, relations))
   if not has_entity_bias(params):
     return d
   x = activations.resolve(activation)(relation_scale(params, relations)[:, None] * d)
   return x - params["bias_tail"][None, :]
+
+
+_MOVED_TO_DISTANCES = ("MATMUL_MODES", "check_matmul", "squared_distances", "pair_squared_distances")
+
+
+def __getattr__(name: str):
+  """Names this module no longer has: an AttributeError naming what replaced them."""
+  if name in _MOVED_TO_DISTANCES:
+    raise AttributeError(f"hale_jax.models.{name} was removed; use hale_jax.distances.{name} "
+                         f"(from hale_jax import distances)")
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

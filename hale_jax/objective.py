@@ -30,7 +30,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from hale_jax import activations, baselines, chunked, losses, lse_kernel, models
+from hale_jax import activations, baselines, chunked, distances, losses, lse_kernel, models
 
 Array = jax.Array
 LossFn = Callable[[dict[str, Array], Array, Array], Array]
@@ -60,10 +60,10 @@ def bias_tables(loss: str, bias: str) -> str:
 def default_lse_chunk(backend: str | None = None) -> int:
   """The uniformity LSE's chunk when ``lse_chunk`` is None: 4096 on CPU, 65536 elsewhere.
 
-  On a 2-core CPU chunks of 4096 halve the WN18RR step against the plain ``[k, N]`` block (the
-  blocks stay in cache).  On a GPU a loop's control runs on the host, so chunking makes small
-  graphs' steps host-bound; 65536 keeps WN18RR, FB15k-237 and CoDEx plain and bounds a
-  1M-entity step's blocks (``benchmarks/RESULTS.md`` has the measurements).
+  On a CPU, chunks that stay in cache make the step faster than the plain ``[k, N]`` block.  On
+  a GPU a loop's control runs on the host, so chunking makes small graphs' steps host-bound;
+  65536 keeps WN18RR, FB15k-237 and CoDEx plain and bounds a 1M-entity step's blocks
+  (``benchmarks/RESULTS.md`` has the measurements).
   """
   return 4096 if (backend or jax.default_backend()) == "cpu" else 65536
 
@@ -81,7 +81,7 @@ def activation_of(cfg: Any) -> Callable:
 def plain_uniformity(activation: Callable, matmul: str = "float32") -> Uniformity:
   """The LSE over the materialised ``[k, N]`` block of scaled distances."""
   def lse(queries, scale, entities, bias, curvature):
-    sampled = scale[:, None] * models.squared_distances(queries, entities, matmul, curvature)
+    sampled = scale[:, None] * distances.squared_distances(queries, entities, matmul, curvature)
     return losses.uniformity_terms(sampled, activation, bias)
   return lse
 
@@ -134,7 +134,7 @@ def score_batch(params: dict[str, Array], batch: Array, model: str, rel_scale: b
   scale = (models.relation_scale(params, rels) if rel_scale
            else jnp.ones(rels.shape, queries.dtype))
   curvature = models.ball_curvature(params, rels)
-  pos = scale * models.pair_squared_distances(queries, params["entity"][tails], curvature)
+  pos = scale * distances.pair_squared_distances(queries, params["entity"][tails], curvature)
   biased = models.has_entity_bias(params)
   return Scored(heads, tails, queries, scale, pos,
                 params["bias_tail"][tails] if biased else None,
@@ -167,9 +167,8 @@ def _allneg(cfg: Any, model: str, num_sampled: int, uniformity: Uniformity) -> L
   def loss(params, batch, key=None):
     del key
     s = score_batch(params, batch, model, cfg.rel_scale)
-    distances = models.squared_distances(s.queries, params["entity"], cfg.matmul,
-                                         s.curvature)
-    scores = baselines.scores_from_scaled(s.scale[:, None] * distances, h)
+    d2 = distances.squared_distances(s.queries, params["entity"], cfg.matmul, s.curvature)
+    scores = baselines.scores_from_scaled(s.scale[:, None] * d2, h)
     if s.entity_bias is not None:  # b_h is the same for every candidate: softmax ignores it
       scores = scores + s.entity_bias[None, :]
     return baselines.allneg_loss(scores, s.tails)
@@ -192,7 +191,7 @@ def _sampled_negatives(cfg: Any, model: str, adversarial: bool) -> LossFn:
     entity = params["entity"]
     pos_score = _positive_scores(params, s, h)
     negs = jax.random.randint(key, (batch.shape[0], cfg.num_negatives), 0, entity.shape[0])
-    neg = models.pair_squared_distances(s.queries[:, None, :], entity[negs],  # [B, m]
+    neg = distances.pair_squared_distances(s.queries[:, None, :], entity[negs],  # [B, m]
                                         None if s.curvature is None else s.curvature[:, None])
     neg_score = baselines.scores_from_scaled(s.scale[:, None] * neg, h)
     if s.pos_bias is not None:

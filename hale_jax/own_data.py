@@ -330,9 +330,3 @@ def load_split_files(train_file: str | os.PathLike, valid_file: str | os.PathLik
                                  strip_whitespace=strip_whitespace) for s, p in paths.items()}
   return from_named_triples(name, splits, source=source)
 
-
-def split_file_hashes(train_file: str | os.PathLike, valid_file: str | os.PathLike,
-                      test_file: str | os.PathLike) -> dict[str, str]:
-  """``{"train": sha256, ...}`` of three split files' bytes, as
-  :func:`~hale_jax.data.split_hashes` for a folder."""
-  return {s: file_sha256(p) for s, p in zip(SPLITS, (train_file, valid_file, test_file))}

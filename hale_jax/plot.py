@@ -3,9 +3,8 @@
 Plots validation MRR against training seconds and against epochs for one or several runs,
 from ``results.json`` of finished runs or ``metrics.jsonl`` of running ones, each labelled by
 the settings in which the runs differ.  Needs matplotlib (``pip install hale_jax[plot]``).
-``docs/plot-example.png`` is its output for two WN18RR RotL-32 runs of 600 s on a 2-core CPU
-(2026-12-01, commit f994cb2): ``launch/wn18rr.flags`` and the same with ``--nopos_square
---lr_schedule=cosine``.
+``docs/plot-example.png`` is an example of its output (two WN18RR runs that differ in two
+settings).
 """
 
 from __future__ import annotations

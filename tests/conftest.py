@@ -36,8 +36,21 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
 
+import contextlib  # noqa: E402
+import io  # noqa: E402
+import shutil  # noqa: E402
+import types  # noqa: E402
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+import hale_jax  # noqa: E402
+from hale_jax.config import Config  # noqa: E402
+from hale_jax.data import load_folder  # noqa: E402
+from hale_jax.loop import train  # noqa: E402
+
+from benchmarks import faults  # noqa: E402
+from tests import helpers  # noqa: E402
 
 _SEED_KEY = "rng_seed"
 
@@ -73,3 +86,93 @@ def pytest_runtest_makereport(item, call):
         report.sections.append(
             ("rng seed", f"np.random.default_rng({value})  (HALE_TEST_SEED="
                          f"{os.environ.get('HALE_TEST_SEED', '0')}, node {item.nodeid})"))
+
+
+# ----------------------------------------------- run folders shared by several test files
+
+@pytest.fixture(scope="package")
+def labelled_data_dir(tmp_path_factory):
+  return helpers.labelled_dataset(tmp_path_factory.mktemp("workflow-data") / "tiny")
+
+
+@pytest.fixture(scope="package")
+def fake(labelled_data_dir, tmp_path_factory):
+  return helpers.fake_run(tmp_path_factory.mktemp("fake") / "run", labelled_data_dir)
+
+
+@pytest.fixture(scope="package")
+def fake_model(fake):
+  return hale_jax.load(fake)
+
+
+@pytest.fixture(scope="package")
+def portable(labelled_data_dir, tmp_path_factory):
+  """A trained run on the tiny folder (3 epochs, a checkpoint per epoch)."""
+  workdir = tmp_path_factory.mktemp("portable") / "run"
+  config = Config.make(**helpers.RUN, max_epochs=3, eval_every=1, checkpoint_every_epochs=1)
+  lines = []
+  with faults.compilation_cache(helpers.compile_cache_dir(tmp_path_factory)):
+    results = train(config, load_folder(labelled_data_dir), workdir, log=lines.append,
+                    data_spec=helpers.folder_spec(labelled_data_dir))
+  return workdir, config, results, lines
+
+
+@pytest.fixture(scope="package")
+def tracked(labelled_data_dir, tmp_path_factory):
+  """The portable run's settings (so the same first three epochs) with TensorBoard, a fake
+  W&B, a metrics.jsonl reader, early stopping (``patience=2`` and ``min_delta=1``: no gain
+  can count, so it stops after 3 validations), and ranking chunks of 32 that run out of
+  device memory above 16 (every compiled ranking function raises XLA's error)."""
+  base = tmp_path_factory.mktemp("tracked")
+  workdir, tb = base / "run", base / "tb"
+  config = Config.make(**helpers.RUN, max_epochs=10, eval_every=1, patience=2, min_delta=1.0,
+                       tensorboard_dir=str(tb), wandb_project="hale-test", eval_chunk=32)
+  fake, reader, lines, calls, stdout = helpers.FakeWandb(), helpers.MetricsReader(workdir), [], [], io.StringIO()
+  with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(stdout), \
+      faults.compilation_cache(helpers.compile_cache_dir(tmp_path_factory)):
+    mp.setitem(sys.modules, "wandb", fake.module)
+    helpers.oom_after_compile(mp, 16, calls)
+    results = train(config, load_folder(labelled_data_dir), workdir, log=lines.append,
+                    data_spec=helpers.folder_spec(labelled_data_dir), callbacks=[reader])
+  return types.SimpleNamespace(workdir=workdir, tb=tb, config=config, results=results,
+                               lines=lines, wandb=fake, reader=reader, oom_calls=calls,
+                               stdout=stdout.getvalue().splitlines())
+
+
+@pytest.fixture(scope="package")
+def data_dir(tmp_path_factory):
+  return faults.write_folder(helpers.tiny_graph(), tmp_path_factory.mktemp("reliability-data") / "tiny",
+                             helpers.RENAME)
+
+
+@pytest.fixture(scope="package")
+def cache(tmp_path_factory):
+  return tmp_path_factory.getbasetemp() / "jax-cache"
+
+
+@pytest.fixture(scope="package")
+def wave(data_dir, cache, tmp_path_factory):
+  """The independent command-line runs, started together: a run with a checkpoint per epoch
+  (alone first, so that the cache holds its compiled functions before the others start), a
+  run that diverges, a run whose data will change, and the quirky dataset with
+  --strip_whitespace.  (Refusals that need no training, bad workdirs and fields with
+  spaces, run through the launcher's main in-process: the quick tests above.)"""
+  base = tmp_path_factory.mktemp("wave")
+  env = faults.launcher_env(cache)
+  changing = base / "changing-data"
+  shutil.copytree(data_dir, changing)
+  quirky = helpers.quirky_dataset(base / "quirky-data")
+  dirs = {name: base / name for name in ("ckpt", "nan", "changing", "quirky")}
+  (ckpt,) = helpers.cli_many([helpers.launch_args(data_dir, dirs["ckpt"], "--max_epochs=3", "--eval_every=1",
+                               "--checkpoint_every_epochs=1", "--max_to_keep=3")], env)
+  names = ["nan", "changing", "quirky"]
+  procs = helpers.cli_many([
+      helpers.launch_args(data_dir, dirs["nan"], "--max_epochs=3", "--eval_every=1",
+              "--checkpoint_every_epochs=1", "--activation=linear2x", "--learning_rate=1e3"),
+      helpers.launch_args(changing, dirs["changing"], "--max_epochs=3", "--eval_every=1",
+              "--checkpoint_every_epochs=1"),
+      helpers.launch_args(quirky, dirs["quirky"], "--max_epochs=2", "--strip_whitespace"),
+  ], env)
+  out = dict(zip(names, procs), ckpt=ckpt)
+  return types.SimpleNamespace(base=base, env=env, dirs=dirs, procs=out, changing=changing,
+                               quirky=quirky)

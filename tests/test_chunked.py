@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from hale_jax import activations, chunked, config, losses, models, rundir
+from hale_jax import activations, chunked, config, distances, losses, rundir
 from reference import FD_EPS, np_activation, np_uniformity_lse, rel_err
 
 ACTS = ["hanon", "halin", "xexp", "identity"]
@@ -27,7 +27,7 @@ def _inputs(rng, k, n, d, dtype=np.float32, spread=0.3):
 
 
 def plain_loss(pos, q, s, e, h, lam, pos_square=True):
-  return losses.hale_loss(pos, s[:, None] * models.squared_distances(q, e), h, lam, pos_square)
+  return losses.hale_loss(pos, s[:, None] * distances.squared_distances(q, e), h, lam, pos_square)
 
 
 def chunked_loss(pos, q, s, e, h, lam, chunk, pos_square=True):
@@ -54,7 +54,7 @@ def test_lse_loss_and_gradients_match_plain_and_numpy(rng, act, n, chunk):
 
   def plain(q, s, e):  # (loss, per-query LSE)
     return (plain_loss(pos, q, s, e, h, lam, pos_square),
-            jax.nn.logsumexp(-h(s[:, None] * models.squared_distances(q, e)), axis=-1))
+            jax.nn.logsumexp(-h(s[:, None] * distances.squared_distances(q, e)), axis=-1))
 
   def fused(q, s, e):
     return (chunked_loss(pos, q, s, e, h, lam, chunk, pos_square),
@@ -109,7 +109,7 @@ def test_clamped_distance_gradient_matches_plain(rng):
   q = q.at[1].set(e[7])
   h = activations.get_activation("halin")
   f_plain = jax.jit(jax.grad(lambda q, s, e: jnp.sum(jax.nn.logsumexp(
-      -h(s[:, None] * models.squared_distances(q, e)), axis=-1)), (0, 1, 2)))
+      -h(s[:, None] * distances.squared_distances(q, e)), axis=-1)), (0, 1, 2)))
   f_chunk = jax.jit(jax.grad(lambda q, s, e: jnp.sum(chunked.uniformity_lse(q, s, e, h, 3)),
                              (0, 1, 2)))
   for gc, gp in zip(f_chunk(q, s, e), f_plain(q, s, e)):

@@ -14,9 +14,10 @@ import jax
 import pytest
 from absl import flags
 
-from hale_jax import activations, models, objective, ogb_eval, optim, options, rundir
+from hale_jax import activations, distances, models, objective, ogb_eval, optim, options, rundir
 from hale_jax import config as config_lib
 from hale_jax.config import Config
+from tests import helpers
 
 REPO = Path(__file__).resolve().parents[1]
 FLAGFILES = sorted(p.name for p in (REPO / "launch").glob("*.flags"))
@@ -54,7 +55,7 @@ REGISTRIES = {
     "loss": objective.LOSSES,
     "activation": activations.CHOICES,
     "bias": objective.BIAS_MODES,
-    "matmul": models.MATMUL_MODES,
+    "matmul": distances.MATMUL_MODES,
     "optimizer": tuple(optim.OPTIMIZERS),
     "lr_schedule": optim.LR_SCHEDULES,
     "lse": objective.LSE_FORMS,
@@ -331,7 +332,7 @@ def test_flagfiles_give_the_launchers_config(flagfile):
   assert config.model.model == "RotL" and config.budget.max_seconds > 0
   assert set(written) <= set(fv), set(written) - set(fv)
   # The launcher itself reads the same file into the same config.
-  from hale_jax import launch  # pylint: disable=import-outside-toplevel  # defines its flags
+  launch = helpers.launcher()
   try:
     launch.FLAGS(["launch", f"--flagfile={path}"])
     assert options.config_from_flags(launch.FLAGS) == config

@@ -15,7 +15,8 @@ import pytest
 from absl.testing import parameterized
 from jax.test_util import check_grads
 
-from hale_jax import activations, config, evaluation, inference, models, objective
+from hale_jax import (activations, config, distances, evaluation, inference, models, objective,
+                      trained)
 from hale_jax.data import from_named_triples
 from reference import (SPLITS, known_answers, np_activation, np_advneg, np_allneg,
                        np_biased_scores, np_ranks, np_samneg, np_softplus, np_transform,
@@ -117,7 +118,7 @@ def test_ranking_distances_with_and_without_bias(rng):
   np.testing.assert_allclose(got, head_bias - cand, rtol=1e-5, atol=1e-5)
   plain = {k: v for k, v in params.items() if not k.startswith("bias_")}
   np.testing.assert_allclose(np.asarray(ranking(plain, q, rels, None)),
-                             np.asarray(models.squared_distances(q, params["entity"])), rtol=1e-6)
+                             np.asarray(distances.squared_distances(q, params["entity"])), rtol=1e-6)
 
 
 def test_tail_bias_decides_a_hand_made_ranking():
@@ -190,8 +191,8 @@ def test_config_bias_modes():
 
 @pytest.mark.slow
 def test_samneg_run_learns_biases_and_ranks_with_them(tmp_path):
-  """A short SamNeg run end to end: the biases are trained, saved, and used by evaluate_run
-  and top_k exactly as by the training-time evaluator."""
+  """A short SamNeg run end to end: the biases are trained, saved, and used by
+  ``TrainedModel.evaluate`` and ``predict_tails`` exactly as by the training-time evaluator."""
   from hale_jax import synthetic  # pylint: disable=import-outside-toplevel
   from hale_jax.loop import train  # pylint: disable=import-outside-toplevel
   data = synthetic.generate()
@@ -200,18 +201,18 @@ def test_samneg_run_learns_biases_and_ranks_with_them(tmp_path):
                            eval_every=3, learning_rate=0.01, checkpoint_every_seconds=0)
   spec = {"kind": "synthetic"}
   results = train(cfg, data, tmp_path / "run", log=lambda s: None, data_spec=spec)
-  run, data2, params = inference.load_run(tmp_path / "run")
+  model = trained.load(tmp_path / "run")
+  data2, params = model.data, model.params
   assert sorted(k for k in params if k.startswith("bias")) == ["bias_head", "bias_tail"]
   assert np.any(np.asarray(params["bias_tail"]) != 0.0)
   assert np.any(np.asarray(params["bias_head"]) != 0.0)
-  again = inference.evaluate_run(tmp_path / "run", "test")
+  again = model.evaluate("test")
   assert again["realistic"]["mrr"] == pytest.approx(results["metrics"]["test"]["realistic"]["mrr"],
                                                     rel=1e-6)
   name = data2.entities[int(data2.test[0, 0])]
   rel = data2.relations[int(data2.test[0, 1])]
-  h = inference.run_activation(run)
-  top = inference.top_k(params, "RotE", data2, head=name, relation=rel, k=5, filtered=False,
-                        activation=h)
+  h = model.activation
+  top = [(a.name, a.distance) for a in model.predict_tails(name, rel, k=5, filtered=False)[0]]
   d = np.asarray(evaluation.candidate_distances(params, "rote", jnp.array([int(data2.test[0, 0])]),
                                                 jnp.array([int(data2.test[0, 1])]), h))[0]
   assert [n for n, _ in top] == [data2.entities[i] for i in np.argsort(d, kind="stable")[:5]]

@@ -10,6 +10,9 @@ from hale_jax import evaluation
 from hale_jax.data import from_named_triples
 from reference import (SPLITS, known_answers, np_ranks, np_transform, random_params,
                        split_queries)
+from hale_jax.evaluation import Evaluator
+
+from tests import helpers
 
 INF = np.inf
 NAN = np.nan
@@ -217,3 +220,49 @@ def test_candidate_distances_are_what_ranking_sorts(rng):
   q = np_transform("RotE", params, heads, rels)
   want = np.sum((q[:, None, :] - np.asarray(params["entity"], np.float64)[None]) ** 2, axis=-1)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_ranking_halves_its_chunk_when_out_of_device_memory(fake_model, monkeypatch):
+  m = fake_model
+  act = m.activation
+  normal = Evaluator(m.data, "test", "RotL", 32, m.filter_index(), activation=act,
+                     log=helpers.quiet)(m.params)
+  calls, lines = [], []
+  helpers.oom_after_compile(monkeypatch, 16, calls)
+  ev = Evaluator(m.data, "test", "RotL", 32, m.filter_index(), activation=act,
+                 log=lines.append)
+  assert ev(m.params) == normal
+  assert ev.chunk == 16 and calls == [32, 16]
+  assert len(lines) == 1, lines
+  assert "out of device memory with chunks of 32 queries; retrying with 16" in lines[0]
+  assert "--eval_chunk" in lines[0]
+  assert ev(m.params) == normal and calls == [32, 16, 16] and len(lines) == 1  # stays at 16
+
+
+def test_ranking_gives_up_on_other_errors_and_at_chunk_one(fake_model, monkeypatch):
+  m = fake_model
+  calls, lines = [], []
+  helpers.oom_after_compile(monkeypatch, 0, calls)
+  ev = Evaluator(m.data, "valid", "RotL", 2, m.filter_index(), activation=m.activation,
+                 log=lines.append)
+  with pytest.raises(RuntimeError, match="RESOURCE_EXHAUSTED"):
+    ev(m.params)
+  assert calls == [2, 1] and len(lines) == 1
+
+
+@pytest.mark.slow
+def test_out_of_memory_during_training_retries_once_per_split(tracked, portable):
+  said = [l for l in tracked.lines + tracked.stdout if "out of device memory" in l]
+  assert sorted(l.split(":")[0] for l in said) == ["ranking test", "ranking valid"], said
+  assert set(tracked.oom_calls) == {32, 16}
+  # The same three epochs as the portable run, ranked in chunks of 16 instead of 256.
+  want = portable[2]
+  assert tracked.results["metrics"]["valid"] == want["metrics"]["valid"]
+  assert tracked.results["metrics"]["test"] == want["metrics"]["test"]
+  assert [c["valid_mrr"] for c in tracked.results["curve"]] == \
+      [c["valid_mrr"] for c in want["curve"]]
+
+
+@pytest.mark.slow
+def test_out_of_memory_retry_is_in_the_runs_log(tracked):
+  assert any("out of device memory" in l for l in tracked.lines), tracked.lines

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from hale_jax import (activations, chunked, config, evaluation, hyperbolic, lse_kernel, models,
-                      objective)
+from hale_jax import (activations, chunked, config, distances, evaluation, hyperbolic, lse_kernel,
+                      models, objective)
 from hale_jax.data import from_named_triples
 from reference import (FD_EPS, SPLITS, known_answers, np_activation, np_batch_loss,
                        np_biased_scores, np_allneg, np_expmap0, np_hyperbolic_distance2,
@@ -127,10 +127,10 @@ def test_distance_matches_reference(rng, x64, dtype):
   q, e, c = _inputs(rng)
   want = _np_all_pairs(q, e, c)
   dt = jnp.dtype(dtype)
-  got = models.squared_distances(jnp.asarray(q, dt), jnp.asarray(e, dt),
+  got = distances.squared_distances(jnp.asarray(q, dt), jnp.asarray(e, dt),
                                  curvature=jnp.asarray(c, dt))
   assert got.dtype == dt and got.shape == (K, N)
-  pair = models.pair_squared_distances(jnp.asarray(q, dt), jnp.asarray(e[:K], dt),
+  pair = distances.pair_squared_distances(jnp.asarray(q, dt), jnp.asarray(e[:K], dt),
                                        jnp.asarray(c, dt))
   assert pair.shape == (K,)
   rtol = 1e-10 if dtype == "float64" else 2e-4
@@ -146,9 +146,9 @@ def test_distance_matches_reference(rng, x64, dtype):
 def test_distance_gradients_float64(rng, x64):
   q, e, c = (jnp.asarray(a) for a in _inputs(rng, 3, 4, 4))
   w = jnp.asarray(rng.normal(size=(3, 4)))
-  check_grads(jax.jit(lambda a, b, k: jnp.sum(w * models.squared_distances(a, b, curvature=k))),
+  check_grads(jax.jit(lambda a, b, k: jnp.sum(w * distances.squared_distances(a, b, curvature=k))),
               (q, e, c), order=1, modes=("rev",), eps=FD_EPS)
-  check_grads(jax.jit(lambda a, b, k: jnp.sum(w[:, 0] * models.pair_squared_distances(a, b, k))),
+  check_grads(jax.jit(lambda a, b, k: jnp.sum(w[:, 0] * distances.pair_squared_distances(a, b, k))),
               (q, e[:3], c), order=1, modes=("rev",), eps=FD_EPS)
 
 
@@ -161,7 +161,7 @@ def test_float32_gradients_at_the_initial_scale(rng, x64):
   w = rng.normal(size=(K, N))
 
   def grads(dtype):
-    f = lambda a, b, k: jnp.sum(jnp.asarray(w, dtype) * models.squared_distances(
+    f = lambda a, b, k: jnp.sum(jnp.asarray(w, dtype) * distances.squared_distances(
         a, b, curvature=k))
     return jax.jit(jax.grad(f, argnums=(0, 1, 2)))(*(jnp.asarray(a, dtype) for a in (q, e, c)))
 
@@ -183,7 +183,7 @@ def _lse_args(rng, dtype):
 
 def _plain(h):
   def loss(q, s, e, b, k, w):
-    d = models.squared_distances(q, e, curvature=k)
+    d = distances.squared_distances(q, e, curvature=k)
     return jnp.sum(w * jax.nn.logsumexp(b[None, :] - h(s[:, None] * d), axis=-1))
   return loss
 
@@ -363,10 +363,10 @@ def test_float32_boundary_values_and_gradients_are_finite(rng, path):
     assert np.isfinite(np.asarray(g)).all()
   if path != "plain":
     return
-  pair = lambda a, b, k: jnp.sum(models.pair_squared_distances(a, b, k))
+  pair = lambda a, b, k: jnp.sum(distances.pair_squared_distances(a, b, k))
   value, grads = jax.jit(jax.value_and_grad(pair, argnums=(0, 1, 2)))(q, e[:6], c)
   assert np.isfinite(float(value)) and all(np.isfinite(np.asarray(g)).all() for g in grads)
-  d = np.asarray(models.squared_distances(q, e, curvature=c))
+  d = np.asarray(distances.squared_distances(q, e, curvature=c))
   assert (d >= 0).all() and np.isfinite(d).all()
   # the saturated entities are at the artanh clamp's distance, no farther
   assert d.max() <= 4.0 / float(c.min()) * np.arctanh(np.float32(1 - 1e-5)) ** 2 * (1 + 1e-5)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hale_jax import inference, rundir, synthetic
+from hale_jax import inference, rundir, synthetic, trained
 from hale_jax.config import Config
 from hale_jax.data import DataError, FilterIndex, load_folder
 from hale_jax.evaluation import Evaluator
@@ -46,22 +46,22 @@ def run_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def loaded(run_dir):
-  return inference.load_run(run_dir)
+  return trained.load(run_dir)
 
 
 def _results(run_dir):
   return json.loads((run_dir / "results.json").read_text())
 
 
-def test_evaluate_run_reproduces_results_json(run_dir):
+def test_evaluate_reproduces_results_json(run_dir):
   results = _results(run_dir)
-  assert inference.evaluate_run(run_dir, "test") == results["metrics"]["test"]
-  assert inference.evaluate_run(run_dir, "valid", chunk=128)["realistic"]["mrr"] == pytest.approx(
+  assert trained.load(run_dir).evaluate("test") == results["metrics"]["test"]
+  assert trained.load(run_dir).evaluate("valid", chunk=128)["realistic"]["mrr"] == pytest.approx(
       results["metrics"]["valid"]["realistic"]["mrr"], abs=1e-6)
 
 
 def test_export_npz_round_trips(run_dir, loaded, tmp_path):
-  run, data, params = loaded
+  data, params = loaded.data, loaded.params
   out = inference.export_run(run_dir, "npz", tmp_path / "emb.npz")
   with np.load(out) as f:
     arrays = {k: f[k] for k in f.files}
@@ -85,7 +85,7 @@ def test_export_npz_round_trips(run_dir, loaded, tmp_path):
 
 
 def test_export_tsv(run_dir, loaded, tmp_path):
-  run, data, params = loaded
+  data, params = loaded.data, loaded.params
   out = inference.export_run(run_dir, "tsv", tmp_path / "tsv")
   lines = (out / "entities.tsv").read_text(encoding="utf-8").splitlines()
   assert len(lines) == data.num_entities
@@ -112,27 +112,29 @@ def _sample(data, relation, n=20):
   return triples[np.random.default_rng(0).choice(len(triples), n, replace=False)]
 
 
+def _names(answers):
+  return [(a.name, a.distance) for a in answers[0]]
+
+
 def test_top_k_tails_and_heads(loaded):
-  run, data, params = loaded
+  data = loaded.data
   index = FilterIndex(data)
   nr = data.num_relations
   sample = _sample(data, "parent_of")
   tail_hits = head_hits = 0
   for h, r, t in sample:
     hn, tn = data.entities[h], data.entities[t]
-    top = inference.top_k(params, "RotL", data, head=hn, relation="parent_of", k=10,
-                          filtered=False)
+    top = _names(loaded.predict_tails(hn, "parent_of", k=10, filtered=False))
     assert len(top) == 10 and [d for _, d in top] == sorted(d for _, d in top)
     tail_hits += tn in [n for n, _ in top]
-    top = inference.top_k(params, "RotL", data, tail=tn, relation="parent_of", k=10,
-                          filtered=False)
+    top = _names(loaded.predict_heads("parent_of", tn, k=10, filtered=False))
     head_hits += hn in [n for n, _ in top]
     # filtered: no known answer of the query survives
     _, known = index.answers(np.array([h]), np.array([r]))
-    top = inference.top_k(params, "RotL", data, head=hn, relation="parent_of", k=50)
+    top = _names(loaded.predict_tails(hn, "parent_of", k=50))
     assert not {data.entities[i] for i in known} & {n for n, _ in top}
     _, known = index.answers(np.array([t]), np.array([r + nr]))
-    top = inference.top_k(params, "RotL", data, tail=tn, relation="parent_of", k=50)
+    top = _names(loaded.predict_heads("parent_of", tn, k=50))
     assert hn not in [n for n, _ in top] and not {data.entities[i] for i in known} & {
         n for n, _ in top}
   assert tail_hits >= 16, tail_hits
@@ -140,27 +142,26 @@ def test_top_k_tails_and_heads(loaded):
 
 
 def test_top_k_rejects_bad_queries(loaded):
-  run, data, params = loaded
   with pytest.raises(DataError, match="did you mean 'parent_of'"):
-    inference.top_k(params, "RotL", data, head="t0", relation="parent_off")
+    loaded.predict_tails("t0", "parent_off")
   with pytest.raises(DataError, match="unknown entity 'nobody'"):
-    inference.top_k(params, "RotL", data, head="nobody", relation="parent_of")
-  with pytest.raises(ValueError, match="exactly one"):
-    inference.top_k(params, "RotL", data, head="t0", tail="t1", relation="parent_of")
+    loaded.predict_tails("nobody", "parent_of")
+  with pytest.raises(DataError, match="unknown entity 'nobody'"):
+    loaded.predict_heads("parent_of", "nobody")
 
 
-def test_load_run_refuses_other_vocabulary_and_missing_spec(run_dir, tmp_path):
+def test_load_refuses_other_vocabulary_and_missing_spec(run_dir, tmp_path):
   other = tmp_path / "copy"
   shutil.copytree(run_dir, other)
   run = rundir.read_run(other)
   run["vocab_sha256"] = "0" * 64
   rundir.write_run(other, run)
   with pytest.raises(DataError, match="vocabularies do not match") as err:
-    inference.load_run(other)
+    trained.load(other)
   assert "\n" not in str(err.value)
   (other / "run.json").unlink()
   with pytest.raises(FileNotFoundError, match="run.json"):
-    inference.load_run(other)
+    trained.load(other)
 
 
 def _cli(module, *args):
@@ -183,8 +184,7 @@ def test_cli_evaluate(run_dir, tmp_path):
 
 @pytest.mark.slow
 def test_cli_predict(run_dir, loaded):
-  run, data, params = loaded
-  expected = inference.top_k(params, "RotL", data, head="t0", relation="parent_of", k=3)
+  expected = _names(loaded.predict_tails("t0", "parent_of", k=3))
   proc = _cli("predict", f"--workdir={run_dir}", "--relation=parent_of", "--head=t0", "--k=3")
   assert proc.returncode == 0, proc.stderr
   rows = [line.split() for line in proc.stdout.splitlines()[2:]]
@@ -211,7 +211,36 @@ def test_self_rank_agrees_with_the_evaluator(run_dir):
   finally:
     sys.path.pop(0)
   got = self_rank.top1_breakdown(str(run_dir), "test", chunk=64, min_queries=1)
-  data = inference.load_run(run_dir)[1]
+  data = trained.load(run_dir).data
   assert got["queries"] == 2 * len(data.test)
-  assert got["hits@1"] == pytest.approx(inference.evaluate_run(run_dir)["optimistic"]["hits@1"])
+  assert got["hits@1"] == pytest.approx(trained.load(run_dir).evaluate()["optimistic"]["hits@1"])
   assert sum(n for n, _, _ in got["relations"].values()) == got["queries"]
+
+
+def test_malformed_query_line_names_file_and_line(tmp_path):
+  path = tmp_path / "queries.tsv"
+  path.write_text("# a comment\nt0\tparent_of\t?\n\n?\tparent_of\tt0.1\n"
+                  "t0\tparent_of\tt0.1\n", encoding="utf-8")
+  with pytest.raises(DataError) as err:
+    inference.parse_queries(path)
+  assert str(err.value).startswith(f"{path}:5: expected head<TAB>relation<TAB>?")
+  for bad in ("?\tparent_of\t?", "t0\t?\tt1", "t0 parent_of ?", "t0\tparent_of\t?\textra"):
+    path.write_text(f"t0\tparent_of\t?\n{bad}\n", encoding="utf-8")
+    with pytest.raises(DataError, match=f"{path.name}:2: "):
+      inference.parse_queries(path)
+  path.write_text("\ufefft0\tparent_of\t?\n?\tsibling_of\tt1.0\n", encoding="utf-8")
+  assert inference.parse_queries(path) == [("t0", "parent_of", "?"), ("?", "sibling_of", "t1.0")]
+
+
+def test_answer_queries_keeps_the_order_of_both_slot_kinds(fake_model):
+  queries = [("?", "sibling_of", "t1.0"), ("t0", "parent_of", "?"), ("?", "has child", "t0.1"),
+             ("Root One", "at_level", "?")]
+  answers = inference.answer_queries(fake_model, queries, k=3)
+  alone = [fake_model.predict_heads("sibling_of", "t1.0", 3)[0],
+           fake_model.predict_tails("t0", "parent_of", 3)[0],
+           fake_model.predict_heads("parent_of", "t0.1", 3)[0],
+           fake_model.predict_tails("t1", "at_level", 3)[0]]
+  for got, want in zip(answers, alone, strict=True):
+    # Distances may differ in the last bit between batch sizes (compiled per shape).
+    assert [(a.name, a.label) for a in got] == [(a.name, a.label) for a in want]
+    assert [a.distance for a in got] == pytest.approx([a.distance for a in want], rel=1e-6)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hale_jax import activations, chunked, lse_kernel, lse_kernel_blocks, models
+from hale_jax import activations, chunked, distances, lse_kernel, lse_kernel_blocks
 
 ACTS = sorted(activations.ACTIVATIONS)
 
@@ -39,7 +39,7 @@ def _inputs(rng, act, k, n, d, dtype, bias=True):
 def _reference_loss(h, matmul="float32"):
   """``sum_j w_j logsumexp_i(b_i - h(c_j d2_ji))``, the plain [k, N] form."""
   def loss(q, c, e, b, w):
-    scores = -h(c[:, None] * models.squared_distances(q, e, matmul))
+    scores = -h(c[:, None] * distances.squared_distances(q, e, matmul))
     scores = scores if b is None else scores + b[None, :]
     return jnp.sum(w * jax.nn.logsumexp(scores, axis=-1))
   return loss
@@ -172,7 +172,7 @@ def _export_for_cuda(fn, *shapes):
 
 
 @pytest.mark.parametrize("matmul", [m if m == "float32" else pytest.param(m, marks=pytest.mark.slow)
-                                    for m in models.MATMUL_MODES])
+                                    for m in distances.MATMUL_MODES])
 def test_lowers_to_triton_without_k_by_n_arrays(matmul):
   """Forward and backward of every activation lower to three Triton kernels, and no array of
   ``k x N`` elements (in any layout) exists outside them."""

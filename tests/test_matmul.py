@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hale_jax import activations, chunked, config, models, objective
+from hale_jax import activations, chunked, config, distances, models, objective
 from reference import np_round_mantissa, np_squared_distances, random_batch, random_params
 
 K, N, D = 9, 70, 16
@@ -30,7 +30,7 @@ def test_np_round_mantissa_reference():
 def test_squared_distances_per_mode(rng, matmul, bits):
   q = rng.normal(0, 1, (K, D)).astype(np.float32)
   e = rng.normal(0, 1, (N, D)).astype(np.float32)
-  got = np.asarray(models.squared_distances(q, e, matmul))
+  got = np.asarray(distances.squared_distances(q, e, matmul))
   want = np_squared_distances(q, e, bits)
   # float32 sums of D products of size ~1: a few ulps of |q|^2 + |e|^2 ~ 2 D
   np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * 2 * D)
@@ -42,18 +42,18 @@ def test_default_asks_for_highest_precision():
   """On a GPU the default precision may round float32 inputs to TF32; ranking and the default
   training matmul must ask for HIGHEST (checked in the jaxpr, as the CPU computes f32 anyway)."""
   q, e = jnp.ones((3, 4)), jnp.ones((5, 4))
-  jaxpr = str(jax.make_jaxpr(models.squared_distances)(q, e))
+  jaxpr = str(jax.make_jaxpr(distances.squared_distances)(q, e))
   assert "HIGHEST" in jaxpr
   params = random_params(np.random.default_rng(0), "TransE", 5, 1, 4)
   ranking = str(jax.make_jaxpr(models.ranking_distances)(params, q, jnp.zeros(3, jnp.int32)))
   assert "HIGHEST" in ranking
-  bf16 = str(jax.make_jaxpr(functools.partial(models.squared_distances, matmul="bf16"))(q, e))
+  bf16 = str(jax.make_jaxpr(functools.partial(distances.squared_distances, matmul="bf16"))(q, e))
   assert "bf16" in bf16 and "preferred_element_type=float32" in bf16
 
 
 def test_unknown_mode_is_refused():
   with pytest.raises(ValueError, match="unknown matmul mode"):
-    models.squared_distances(jnp.ones((2, 2)), jnp.ones((3, 2)), "fp8")
+    distances.squared_distances(jnp.ones((2, 2)), jnp.ones((3, 2)), "fp8")
   with pytest.raises(ValueError, match="unknown matmul"):
     config.Config.make(matmul="half")
   with pytest.raises(ValueError, match="unknown matmul mode"):
@@ -74,7 +74,7 @@ def test_chunked_lse_matches_plain_in_each_mode(rng, matmul):
   h = activations.get_activation("hanon")
 
   def plain(q, c, e, mode=matmul):
-    return jnp.sum(jax.nn.logsumexp(-h(c[:, None] * models.squared_distances(q, e, mode)), -1))
+    return jnp.sum(jax.nn.logsumexp(-h(c[:, None] * distances.squared_distances(q, e, mode)), -1))
 
   def fused(q, c, e):
     return jnp.sum(chunked.uniformity_lse(q, c, e, h, chunk=16, matmul=matmul))
@@ -120,7 +120,7 @@ def test_objective_takes_the_mode(rng):
 @pytest.mark.parametrize("loss_name", ["hale", "allneg"])
 def test_objective_takes_every_mode(rng, loss_name):
   loss = _objective_loss(rng, loss_name)
-  values = {m: loss(m) for m in models.MATMUL_MODES}
+  values = {m: loss(m) for m in distances.MATMUL_MODES}
   assert values["tf32"] != values["float32"] != values["bf16"]
   for m in ("tf32", "bf16"):
     assert abs(values[m] - values["float32"]) < 1e-2 * abs(values["float32"])

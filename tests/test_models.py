@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from hale_jax import config, models, rundir
+from hale_jax import config, distances, models, rundir
 from reference import FD_EPS, np_givens, np_softplus, np_transform, random_params, to_f64
 
 MODELS = ("TransE", "DistMult", "RotatE", "RotE", "RotL", "RotH", "RefH", "AttH")
@@ -179,11 +179,11 @@ def test_relation_scale_is_softplus(rng):
 def test_squared_distances_matches_numpy(rng):
   q = rng.normal(size=(7, 6)).astype(np.float32)
   e = rng.normal(size=(11, 6)).astype(np.float32)
-  got = np.asarray(models.squared_distances(jnp.asarray(q), jnp.asarray(e)))
+  got = np.asarray(distances.squared_distances(jnp.asarray(q), jnp.asarray(e)))
   want = np.sum((q[:, None, :].astype(np.float64) - e[None, :, :]) ** 2, axis=-1)
   assert got.shape == (7, 11)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-  pair = np.asarray(models.pair_squared_distances(jnp.asarray(q), jnp.asarray(e[:7])))
+  pair = np.asarray(distances.pair_squared_distances(jnp.asarray(q), jnp.asarray(e[:7])))
   assert pair.shape == (7,)
   np.testing.assert_allclose(pair, np.sum((q.astype(np.float64) - e[:7]) ** 2, axis=-1),
                              rtol=1e-6)
@@ -194,12 +194,12 @@ def test_squared_distance_to_itself_is_clamped_at_zero(rng):
   # Large vectors: |q|^2 + |q|^2 - 2 q.q cancels catastrophically in float32.
   q = (1e3 + rng.normal(size=(64, 16)) * 50).astype(np.float32)
   qj = jnp.asarray(q)
-  got = np.asarray(models.squared_distances(qj, qj))
+  got = np.asarray(distances.squared_distances(qj, qj))
   assert (got >= 0).all()
   assert not np.isnan(got).any()
   # the self distances are cancellation noise: tiny next to |q|^2 (about 1.6e7)
   assert np.max(np.diag(got)) < 1e-3 * float(np.min(np.sum(q.astype(np.float64) ** 2, axis=1)))
-  np.testing.assert_array_equal(np.asarray(models.pair_squared_distances(qj, qj)), 0.0)
+  np.testing.assert_array_equal(np.asarray(distances.pair_squared_distances(qj, qj)), 0.0)
   # Guard that this input really exercises the clamp: without it some entries go negative.
   q2 = jnp.sum(qj * qj, axis=-1)
   raw = np.asarray(q2[:, None] + q2[None, :] - 2.0 * (qj @ qj.T))
@@ -248,9 +248,9 @@ def test_transform_gradients(rng, x64, model):
 def test_distance_gradients(rng, x64):
   q = jnp.asarray(rng.normal(size=(3, 4)))
   e = jnp.asarray(rng.normal(size=(5, 4)))
-  check_grads(jax.jit(lambda a, b: jnp.sum(jnp.sin(models.squared_distances(a, b)))), (q, e),
+  check_grads(jax.jit(lambda a, b: jnp.sum(jnp.sin(distances.squared_distances(a, b)))), (q, e),
               order=1, modes=("rev", "fwd"), eps=FD_EPS)
-  check_grads(jax.jit(lambda a, b: jnp.sum(jnp.sin(models.pair_squared_distances(a, b)))),
+  check_grads(jax.jit(lambda a, b: jnp.sum(jnp.sin(distances.pair_squared_distances(a, b)))),
               (q, e[:3]), order=1, modes=("rev", "fwd"), eps=FD_EPS)
 
 

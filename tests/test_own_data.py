@@ -11,6 +11,11 @@ import pytest
 from hale_jax import data as kgdata
 from hale_jax import own_data
 from hale_jax.data import DataError
+import hale_jax
+from hale_jax import rundir, synthetic
+
+from benchmarks import faults
+from tests import helpers
 
 TRIPLES = [("paris", "capital_of", "france"), ("berlin", "capital_of", "germany"),
            ("france", "borders", "germany"), ("rome", "capital_of", "italy")]
@@ -339,3 +344,32 @@ def test_load_split_files(tmp_path):
   with pytest.raises(DataError) as err:
     own_data.load_split_files(*(folder / f"{s}.txt" for s in kgdata.SPLITS))
   _one_line(err, folder / "test.txt", 1)
+
+
+@pytest.mark.slow
+def test_data_file_with_columns_split_and_seed(tmp_path, tmp_path_factory):
+  g = synthetic.generate(seed=0, num_trees=2, branching=3, depth=3)
+  everything = np.concatenate([g.train, g.valid, g.test])
+  csv = tmp_path / "kg.csv"
+  csv.write_text("relation,tail,head\n" + "".join(
+      f"{g.relations[r]},{g.entities[t]},{g.entities[h]}\n" for h, r, t in everything))
+  common = [f"--data_file={csv}", "--columns=relation,tail,head", "--header",
+            "--dim=8", "--batch_size=64", "--max_epochs=2", "--max_seconds=0"]
+  env = faults.launcher_env(helpers.compile_cache_dir(tmp_path_factory))
+  (ok,) = helpers.cli_many([
+      ("launch", *common, "--split=0.7,0.15,0.15", "--split_seed=3",
+       f"--workdir={tmp_path / 'run'}")], env)
+  assert ok.returncode == 0, ok.stderr
+  from hale_jax import own_data  # pylint: disable=import-outside-toplevel
+  want, info = own_data.load_triples_file(csv, "relation,tail,head", fractions="0.7,0.15,0.15",
+                                          seed=3, header=True)
+  results = faults.strict_json((tmp_path / "run" / "results.json").read_text())
+  ds = results["dataset"]
+  assert (ds["train"], ds["valid"], ds["test"]) == (len(want.train), len(want.valid),
+                                                    len(want.test))
+  assert ds["entities"] == g.num_entities and info.read == len(everything)
+  assert abs(ds["valid"] - 0.15 * len(everything)) <= 5
+  spec = rundir.read_run(tmp_path / "run")["data"]
+  assert spec["kind"] == "file" and spec["seed"] == 3 and spec["fractions"] == [0.7, 0.15, 0.15]
+  model = hale_jax.load(tmp_path / "run")
+  np.testing.assert_array_equal(model.data.test, want.test)

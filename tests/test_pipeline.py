@@ -15,6 +15,10 @@ from absl import flags
 import hale_jax
 from hale_jax import dataspec, options, pipeline, synthetic
 from hale_jax.config import Config
+import types
+import datetime
+
+from tests import helpers
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -142,3 +146,20 @@ def test_the_device_is_one_phrase():
   assert rundir.device_phrase({"platform": "cpu", "kind": "cpu", "count": 1}) == "1 cpu"
   assert rundir.device_phrase({"platform": "gpu", "kind": "NVIDIA H100 80GB HBM3",
                                "count": 8}) == "8 NVIDIA H100 80GB HBM3 (gpu)"
+
+
+def test_default_workdir_names_in_the_same_second_differ(monkeypatch, tmp_path):
+  from hale_jax import pipeline  # pylint: disable=import-outside-toplevel
+
+  class Frozen(datetime.datetime):
+    @classmethod
+    def now(cls, tz=None):
+      return cls(2026, 12, 1, 6, 0, 0)
+
+  monkeypatch.setattr(pipeline, "datetime", types.SimpleNamespace(datetime=Frozen))
+  monkeypatch.chdir(tmp_path)
+  config = Config.make(**helpers.RUN, max_epochs=1)
+  made = [pipeline.default_workdir("tiny", config) for _ in range(3)]
+  base = Path("runs") / "tiny-RotL-8d-20261201-060000"
+  assert made == [base, base.with_name(base.name + "-2"), base.with_name(base.name + "-3")]
+  assert all((tmp_path / p).is_dir() for p in made)

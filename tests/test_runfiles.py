@@ -12,6 +12,8 @@ import pytest
 from hale_jax import dataspec, rundata, rundir, runfiles, synthetic
 from hale_jax.config import Config
 from hale_jax.data import DataError
+from benchmarks import faults
+from tests import helpers
 
 
 def _one_line(err) -> str:
@@ -257,3 +259,29 @@ def test_memory_estimate_refuses_an_impossible_table():
     Layout.for_run(config, 1_000)
   msg = _one_line(err)
   assert "--dim 100000000 with 1,000 entities" in msg and "TB" in msg and "lower --dim" in msg
+
+
+def test_params_file_is_replaced_atomically(tmp_path, monkeypatch):
+  path = tmp_path / runfiles.PARAMS
+  runfiles.write_npz(path, {"entity": np.ones((3, 2), np.float32)})
+  assert sorted(p.name for p in tmp_path.iterdir()) == [runfiles.PARAMS]
+
+  def crash(f, **arrays):
+    f.write(b"PK\x03\x04 half an archive")
+    raise OSError("disk full")
+  monkeypatch.setattr(np, "savez", crash)
+  with pytest.raises(runfiles.OutputError, match="cannot be written .disk full"):
+    runfiles.write_npz(path, {"entity": np.zeros((3, 2), np.float32)})
+  with np.load(path) as f:  # the earlier file is whole
+    np.testing.assert_array_equal(f["entity"], 1.0)
+  assert sorted(p.name for p in tmp_path.iterdir()) == [runfiles.PARAMS]  # no temporary left
+
+
+@pytest.mark.slow
+def test_outputs_are_complete_and_no_temporary_file_is_left(wave):
+  workdir = wave.dirs["ckpt"]
+  helpers.assert_ok(wave.procs["ckpt"])
+  assert not [p for p in workdir.rglob("*") if any(m in p.name for m in faults.TMP_MARKERS)]
+  helpers.assert_strict_outputs(workdir)
+  with np.load(workdir / runfiles.PARAMS) as f:
+    assert sorted(f.files) == ["alpha", "entity", "rotation", "scale", "translation"]

@@ -1,4 +1,4 @@
-"""Strict JSON everywhere (issue 33): every ``.json`` and ``.jsonl`` file that a training run,
+"""Strict JSON everywhere: every ``.json`` and ``.jsonl`` file that a training run,
 a sweep, ``evaluate --output`` and ``predict --format=json`` write parses with
 ``json.loads(text, parse_constant=<raise>)``, i.e. holds no ``NaN`` or ``Infinity``."""
 
