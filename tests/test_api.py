@@ -181,6 +181,7 @@ def test_exports():
   assert {"load", "KGEmbedding", "hale_loss", "two_arctanh"} <= set(dir(hale_jax))
 
 
+@pytest.mark.slow
 def test_import_hale_jax_does_not_import_orbax():
   code = ("import hale_jax, sys; names = ' '.join(sys.modules); "
           "assert 'orbax' not in names, [m for m in sys.modules if 'orbax' in m]; "

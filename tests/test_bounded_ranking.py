@@ -90,6 +90,7 @@ def fake(tmp_path_factory):
   return root / "run", queries
 
 
+@pytest.mark.slow
 def test_fake_run_loads_and_predicts_as_the_dense_ranking(fake, monkeypatch):
   workdir, queries = fake
   model = hale_jax.load(workdir, log=_quiet)

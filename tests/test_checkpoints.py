@@ -254,6 +254,7 @@ def test_vocabulary_meta_names_or_hash(monkeypatch):
   assert rundir.vocabulary_hash(other) != sha and len(sha) == 64
 
 
+@pytest.mark.slow
 def test_vocabulary_hash_is_the_sha256_of_the_names_one_a_line(rng):
   import hashlib
 

@@ -222,6 +222,7 @@ def test_candidate_distances_are_what_ranking_sorts(rng):
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_ranking_halves_its_chunk_when_out_of_device_memory(fake_model, monkeypatch):
   m = fake_model
   act = m.activation

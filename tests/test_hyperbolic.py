@@ -106,6 +106,7 @@ def test_series_functions_match_their_definitions(x64):
       np.testing.assert_allclose(np.asarray(g, np.float64), w, rtol=rtol, atol=rtol * 1e-3)
 
 
+@pytest.mark.slow
 def test_ball_maps_match_reference(rng, x64):
   q, _, c = _inputs(rng)
   u = _tangents(rng, K, D, 1e-3, 8.0)
@@ -121,7 +122,7 @@ def test_ball_maps_match_reference(rng, x64):
                                np_project(far, c, eps), rtol=rtol)
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("dtype", ["float64", pytest.param("float32", marks=pytest.mark.slow)])
 def test_distance_matches_reference(rng, x64, dtype):
   """All pairs (the matmul form, as every LSE and ranking computes it) and row by row."""
   q, e, c = _inputs(rng)

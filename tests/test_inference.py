@@ -53,6 +53,7 @@ def _results(run_dir):
   return json.loads((run_dir / "results.json").read_text())
 
 
+@pytest.mark.slow
 def test_evaluate_reproduces_results_json(run_dir):
   results = _results(run_dir)
   assert trained.load(run_dir).evaluate("test") == results["metrics"]["test"]
@@ -116,6 +117,7 @@ def _names(answers):
   return [(a.name, a.distance) for a in answers[0]]
 
 
+@pytest.mark.slow
 def test_top_k_tails_and_heads(loaded):
   data = loaded.data
   index = FilterIndex(data)
@@ -232,6 +234,7 @@ def test_malformed_query_line_names_file_and_line(tmp_path):
   assert inference.parse_queries(path) == [("t0", "parent_of", "?"), ("?", "sibling_of", "t1.0")]
 
 
+@pytest.mark.slow
 def test_answer_queries_keeps_the_order_of_both_slot_kinds(fake_model):
   queries = [("?", "sibling_of", "t1.0"), ("t0", "parent_of", "?"), ("?", "has child", "t0.1"),
              ("Root One", "at_level", "?")]

@@ -130,6 +130,7 @@ def _np_lse(q, c, e, b, h_np, bits):
   return m + np.log(np.sum(np.exp(s - m[:, None]), axis=-1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("matmul,bits", [("tf32", 10), pytest.param("bf16", 7,
                                                                     marks=pytest.mark.slow)])
 def test_reduced_precision_modes(rng, matmul, bits):

@@ -32,6 +32,7 @@ def test_module_applies_the_model_transform(rng):
   np.testing.assert_allclose(d, want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_loss_is_the_library_objective(rng):
   module = KGEmbedding("TransE", num_entities=11, num_relations=2, dim=4, rngs=nnx.Rngs(0),
                        init_scale=0.5)

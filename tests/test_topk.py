@@ -156,6 +156,7 @@ def test_chunk_sizes_bound_the_block():
     topk.top_k(_tie_params([[0.0]]), "TransE", [0], [0], 0)
 
 
+@pytest.mark.slow
 def test_query_counts_compile_few_sizes(rng):
   """Every count of queries runs on a few padded sizes (the compiled programs, which would
   otherwise pile up one per count, are what made memory grow with a queries file)."""
@@ -169,6 +170,7 @@ def test_query_counts_compile_few_sizes(rng):
   assert topk._chunk_top_k._cache_size() == 4  # 1, 8, 64, 256  # pylint: disable=protected-access
 
 
+@pytest.mark.slow
 def test_pair_distances_match_float64_and_the_dense_rows(rng, monkeypatch):
   monkeypatch.setattr(topk, "PAIR_CHUNK", 32)  # several calls, the last one padded
   data = _graph(seed=3)

@@ -73,6 +73,7 @@ def learned(small_graph, tmp_path_factory):
   return workdir, results, recorder, lines
 
 
+@pytest.mark.slow
 def test_training_learns_far_above_chance(small_graph, learned):
   workdir, res, _, _ = learned
   test = res["metrics"]["test"]
@@ -149,6 +150,7 @@ def _params(workdir):
     return {k: f[k] for k in f.files}
 
 
+@pytest.mark.slow
 def test_a_callback_stops_training_early(stopped):
   workdir, res, stopper, ends = stopped
   assert stopper.seen == [20]
@@ -242,6 +244,7 @@ def test_every_model_and_baseline_loss_trains(small_graph, tmp_path, model, loss
     assert mrr > 0.0
 
 
+@pytest.mark.slow
 def test_baseline_losses_match_numpy(small_graph):
   # Jitted: one compilation each instead of one per eager op.
   params = jax.jit(models.init_params, static_argnums=(0, 2, 3, 4, 5))(

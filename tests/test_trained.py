@@ -214,6 +214,7 @@ def test_breakdown_adds_up_and_agrees_with_separate_ranks(fake_model):
     m.evaluate("test", breakdown="entity")
 
 
+@pytest.mark.slow
 def test_evaluate_given_triples_by_name_id_or_file(fake_model, tmp_path):
   """Triples of one's own: ranked as the NumPy reference with them among the known answers;
   names, ids and a file give the same metrics; unknown names are one line with file:line."""
