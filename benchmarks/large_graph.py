@@ -211,19 +211,20 @@ def budget(data: Path, work: Path) -> dict[str, Any]:
 def signals(data: Path, work: Path) -> dict[str, Any]:
   """SIGTERM inside an epoch, a rerun killed with SIGKILL after resuming, a second rerun."""
   run, logs = work / "signals", work
-  first = _launch(data, run, logs / "signals-1.log", "--max_epochs=1", "--overwrite")
+  first = _launch(data, run, logs / "signals-1.log", "--max_epochs=1", "--max_seconds=0",
+                  "--overwrite")
   seen = first.wait_for("training epoch 1:", timeout=1800)
   sigterm_s = first.finish(signal.SIGTERM, timeout=300)
   out = {"trained_before_sigterm": seen is not None, "sigterm_exit_s": round(sigterm_s, 1),
          "sigterm_exit": first.proc.returncode,
          "sigterm_line": _line(first, "checkpoint")}
-  second = _launch(data, run, logs / "signals-2.log", "--max_epochs=1")
+  second = _launch(data, run, logs / "signals-2.log", "--max_epochs=1", "--max_seconds=0")
   resumed = second.wait_for("resumed from", timeout=1800)
   out["resumed_1"] = _line(second, "resumed from")
   if resumed is not None:
     second.wait_for("training epoch 1:", timeout=600, after=resumed)
   second.finish(signal.SIGKILL)
-  third = _launch(data, run, logs / "signals-3.log", "--max_epochs=1")
+  third = _launch(data, run, logs / "signals-3.log", "--max_epochs=1", "--max_seconds=0")
   third.wait_for("resumed from", timeout=1800)
   out["resumed_2"] = _line(third, "resumed from")
   third.finish(signal.SIGTERM, timeout=300)

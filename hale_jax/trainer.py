@@ -31,6 +31,9 @@ def _all_finite(tree: Any) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
+# From this many training queries on, drawing an epoch's order is announced (seconds on a CPU).
+DRAW_NOTICE_QUERIES = 4_000_000
+
 # What a checkpoint's metadata must hold for a resume (later fields have defaults).
 RESUME_NEEDS = ("epoch", "train_seconds", "eval_seconds", "best", "best_epoch", "curve")
 
@@ -188,16 +191,28 @@ class Trainer:
     if not self._drawn:  # the rate of the epoch under way, as when it started
       p.learning_rate = step.learning_rate_at(self.config, p.epoch, p.epoch_started_at)
       self.state = step.set_learning_rate(self.state, p.learning_rate)
-    args = self._scalars(p.epoch_step, count, not self._drawn)
     with self.hold():
       t0 = time.perf_counter()
+      if not self._drawn:
+        self._draw_epoch()
       self.state, self.plan, loss = self._segment(self.state, self.plan, self.train_queries,
-                                                  *args)
+                                                  *self._scalars(p.epoch_step, count, False))
       self.host_seconds += time.perf_counter() - t0  # the host's share: dispatching one call
       self.steps_here += count
-      self._drawn = True
       loss = float(to_host(loss))  # waits for the segment
       return loss, time.perf_counter() - t0
+
+  def _draw_epoch(self) -> None:
+    """Draws the order of the epoch under way into the plan: the segment with no steps and
+    ``fresh`` (the same computation as drawing inside the first segment).  On a large graph
+    the draw (a permutation of every training query) takes a while on a CPU, so it is its own
+    call, announced, and the first segment's steps report soon after."""
+    p, queries = self.progress, self.steps * self.config.optim.batch_size
+    if queries >= DRAW_NOTICE_QUERIES:
+      self.log(f"  epoch {p.epoch + 1}: drawing the order of {queries:,} training queries")
+    self.state, self.plan, _ = self._segment(self.state, self.plan, self.train_queries,
+                                             *self._scalars(p.epoch_step, 0, True))
+    self._drawn = True
 
   def advance(self, count: int, seconds: float, loss: float) -> bool:
     """Records a segment of ``count`` steps that took ``seconds`` (as every process agrees,
