@@ -37,6 +37,7 @@ from hale_jax.data import DataError, FilterIndex, KGData, one_line
 from hale_jax.evaluation import candidate_distances
 
 _QUERY_CHUNK = 256
+_SCORE_CHUNK = 1 << 16  # scores computed at a time (padded to a power of two up to this)
 _distances = jax.jit(candidate_distances, static_argnames=("model", "activation"))
 
 
@@ -248,11 +249,16 @@ class TrainedModel:
     if models.has_entity_bias(self.params):  # d is h(c_r d^2) - b_t
       head_bias = np.asarray(self.params.get("bias_head", np.zeros(self.data.num_entities)))
       return head_bias[heads] - d
-    if not len(d):
-      return np.zeros(0, np.float32)
-    scale = np.asarray(models.relation_scale(self.params, jnp.asarray(relations)))
-    with np.errstate(invalid="ignore"):  # +inf distances of filtered answers
-      return -np.asarray(self.activation(jnp.asarray(scale * d.astype(np.float32))))
+    out = np.zeros(len(d), np.float32)
+    size = min(_SCORE_CHUNK, 1 << max(4, (len(d) - 1).bit_length()))
+    for lo in range(0, len(d), size):  # padded: a few array sizes, each compiled once
+      part = slice(lo, min(lo + size, len(d)))
+      rels, dist = np.zeros(size, np.int32), np.zeros(size, np.float32)
+      rels[:part.stop - lo], dist[:part.stop - lo] = relations[part], d[part]
+      scale = np.asarray(models.relation_scale(self.params, jnp.asarray(rels)))
+      with np.errstate(invalid="ignore"):  # +inf distances of filtered answers
+        out[part] = -np.asarray(self.activation(jnp.asarray(scale * dist)))[:part.stop - lo]
+    return out
 
   def filter_index(self) -> FilterIndex:
     if self._index is None:
