@@ -111,7 +111,7 @@ def test_train_on_mesh_matches_one_device(graph, single_run, tmp_path):
   with jax.enable_x64(True):
     res = train(_config(mesh=mesh), graph, tmp_path / "run", log=lines.append)
   assert res["layout"] == {"mesh": mesh, "processes": 1}
-  assert any(f"layout {mesh}" in line for line in lines)
+  assert any(f"layout: {mesh}" in line for line in lines)
   _same_metrics(res, _results(single_run))
   _same_params(tmp_path / "run", single_run)
 
@@ -167,7 +167,7 @@ def test_resume_on_other_meshes_and_on_one_device(graph, single_run, tmp_path):
             log=lines.append, devices=jax.devices()[:3], should_stop=_stop_after(40))
     assert any(l.startswith(f"resumed from {workdir / 'checkpoints' / '10'}: epoch 0, step 10 "
                             f"of 40 of epoch 1,") for l in lines), lines
-    assert any("layout data:1,model:3" in line for line in lines), lines
+    assert any("layout: data:1,model:3" in line for line in lines), lines
     lines = []
     res = train(_config(mesh="none"), graph, workdir, log=lines.append)
   assert any(l.startswith(f"resumed from {workdir / 'checkpoints' / '57'}: epoch 1, step 17 "
