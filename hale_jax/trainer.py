@@ -89,13 +89,17 @@ class Trainer:
     self.wall0, self.commit = time.perf_counter(), rundir.git_commit()
     self.config, self.data, self.layout, self.spec, self.log = config, data, layout, spec, log
     self.optimizer = step.make_optimizer(config)
-    train_host = with_reciprocals(data.train, data.num_relations).astype(np.int32)
-    self.train_queries = layout.place_training_set(train_host)
-    segment_fn, self.steps = layout.segment(config, train_host.shape[0])
-    self.state = layout.init_state(config, data.num_relations)
-    self.plan = layout.new_plan(config, train_host.shape[0])
     protocol = config.budget.eval_protocol
-    index = FilterIndex(data) if protocol == "filtered" else None  # the OGB protocol has none
+    # The filter index first: its sort's scratch memory is freed before the training set and
+    # the state take theirs, so the two never add up.  The OGB protocol has no index.
+    index = FilterIndex(data) if protocol == "filtered" else None
+    train_host = with_reciprocals(data.train, data.num_relations)
+    num_queries = train_host.shape[0]
+    self.train_queries = layout.place_training_set(train_host)
+    del train_host  # the device holds the training set now
+    segment_fn, self.steps = layout.segment(config, num_queries)
+    self.state = layout.init_state(config, data.num_relations)
+    self.plan = layout.new_plan(config, num_queries)
     h = objective.activation_of(config.objective)
     self.evaluators = {split: ogb_eval.make_evaluator(protocol, data, split, config.model.model,
                                                       config.budget.eval_chunk, index, layout,
