@@ -20,10 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hale_jax import checkpoints, models, objective, ogb_eval, rundir, step
+from hale_jax import checkpoints, evaluation, models, objective, ogb_eval, rundir, step
 from hale_jax.callbacks import ProgressReport, Validation
 from hale_jax.config import Config
-from hale_jax.data import FilterIndex, KGData, with_reciprocals
+from hale_jax.data import KGData, with_reciprocals
 from hale_jax.layout import Layout, put_global, to_host
 
 
@@ -90,9 +90,9 @@ class Trainer:
     self.config, self.data, self.layout, self.spec, self.log = config, data, layout, spec, log
     self.optimizer = step.make_optimizer(config)
     protocol = config.budget.eval_protocol
-    # The filter index first: its sort's scratch memory is freed before the training set and
-    # the state take theirs, so the two never add up.  The OGB protocol has no index.
-    index = FilterIndex(data) if protocol == "filtered" else None
+    # The filter index of the validation and test queries (the OGB protocol has none), built
+    # before the training set and the state take their memory.
+    index = evaluation.filter_index_for(data) if protocol == "filtered" else None
     train_host = with_reciprocals(data.train, data.num_relations)
     num_queries = train_host.shape[0]
     self.train_queries = layout.place_training_set(train_host)
