@@ -90,15 +90,16 @@ class Trainer:
     self.config, self.data, self.layout, self.spec, self.log = config, data, layout, spec, log
     self.optimizer = step.make_optimizer(config)
     protocol = config.budget.eval_protocol
-    # The filter index of the validation and test queries (the OGB protocol has none), built
-    # before the training set and the state take their memory.
+    # One large allocation after the other, each one's scratch memory freed before the next:
+    # the filter index of the validation and test queries (the OGB protocol has none), the
+    # state (waited for), then the training queries, whose host copy goes once placed.
     index = evaluation.filter_index_for(data) if protocol == "filtered" else None
+    self.state = jax.block_until_ready(layout.init_state(config, data.num_relations))
     train_host = with_reciprocals(data.train, data.num_relations)
     num_queries = train_host.shape[0]
     self.train_queries = layout.place_training_set(train_host)
-    del train_host  # the device holds the training set now
+    del train_host
     segment_fn, self.steps = layout.segment(config, num_queries)
-    self.state = layout.init_state(config, data.num_relations)
     self.plan = layout.new_plan(config, num_queries)
     h = objective.activation_of(config.objective)
     self.evaluators = {split: ogb_eval.make_evaluator(protocol, data, split, config.model.model,
