@@ -91,9 +91,19 @@ def read_triples(paths: Sequence[Path], formats: Sequence[Format], *,
   except _Fallback as why:
     say(f"  {why}; reading the files line by line instead")
     return None
+  finally:
+    files = None
+    release_arrow_memory()
   say(f"  ids of {len(out.entities):,} entities and {len(out.relations):,} relations in "
       f"{time.perf_counter() - start:.1f} s")
   return out
+
+
+def release_arrow_memory() -> None:
+  """Hands the memory pyarrow's pool keeps for reuse back to the system: the string columns
+  of a large file are gone once encoded, and the rest of a run allocates through NumPy and
+  XLA, which would otherwise add to it."""
+  pa.default_memory_pool().release_unused()
 
 
 def _size(path) -> int:

@@ -366,7 +366,7 @@ def check_data(data: KGData, examples: int = 3) -> DataReport:
   held = ("valid", "test")
   # held-out keys that train holds: one pass over train against the (smaller) held-out sets
   in_train = keys["train"][member(keys["train"], np.concatenate([keys[s] for s in held]))]
-  return DataReport(
+  report = DataReport(
       duplicates={s: _duplicates(data, data.split(s), keys[s], examples) for s in SPLITS},
       in_train={s: _finding(data, data.split(s), member(keys[s], in_train), examples)
                 for s in held},
@@ -375,6 +375,8 @@ def check_data(data: KGData, examples: int = 3) -> DataReport:
                                   seen_entities, examples) for s in held},
       unseen_relations={s: _unseen(data.relations, data.split(s)[:, 1], seen_relations,
                                    examples) for s in held})
+  columnar.release_arrow_memory()  # member's hash tables
+  return report
 
 
 def data_report(data: KGData, examples: int = 3) -> list[str]:

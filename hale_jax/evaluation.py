@@ -28,9 +28,10 @@ split size, and long rankings report progress between calls.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -39,7 +40,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from jax.typing import ArrayLike
 
 from hale_jax import activations, models
-from hale_jax.data import FilterIndex, KGData
+from hale_jax.data import FilterIndex, KGData, member
 from hale_jax.layout import Layout, put_global
 from hale_jax.mesh import single_device_mesh
 from hale_jax.progress import PROGRESS_SECONDS, ProgressLine
@@ -111,6 +112,30 @@ def _split_queries(data: KGData, split: str) -> tuple[np.ndarray, np.ndarray, np
   rels = np.concatenate([triples[:, 1], triples[:, 1] + nr])
   targets = np.concatenate([triples[:, 2], triples[:, 0]])
   return tuple(a.astype(np.int32) for a in (heads, rels, targets))
+
+
+def filter_index_for(data: KGData, splits: Sequence[str] = ("valid", "test")) -> FilterIndex:
+  """The :class:`~hale_jax.data.FilterIndex` of ``data`` kept to what the queries of
+  ``splits`` need: built from only the triples that answer one of them (in their order), it
+  gives those queries the same answers in the same order as the index of all triples, while
+  its size and build time follow the held-out splits, not the training set."""
+  nr = data.num_relations
+  wanted = np.unique(np.concatenate(
+      [_query_keys(*_split_queries(data, s)[:2], nr) for s in splits]))
+
+  def answering(triples: np.ndarray) -> np.ndarray:
+    tail_queries = member(_query_keys(triples[:, 0], triples[:, 1], nr), wanted)
+    tail_queries |= member(_query_keys(triples[:, 2], triples[:, 1] + nr, nr), wanted)
+    return triples[tail_queries]
+
+  return FilterIndex(dataclasses.replace(
+      data, train=answering(data.train), valid=answering(data.valid),
+      test=answering(data.test)))
+
+
+def _query_keys(entities: np.ndarray, relations: np.ndarray, num_relations: int) -> np.ndarray:
+  """One int64 per query ``(entity, relation id)``, relation ids in ``[0, 2 |R|)``."""
+  return entities.astype(np.int64) * (2 * num_relations) + relations
 
 
 class _Plan(NamedTuple):
@@ -223,7 +248,7 @@ class Evaluator:
     if layout.mesh.devices.flat[0].platform == "cpu":
       chunk = min(chunk, max(1, CPU_CHUNK_DISTANCES // self._columns()))
     self.chunk = chunk
-    self._index = self._index or FilterIndex(self._data)
+    self._index = self._index or filter_index_for(self._data, (self.split,))
     self._plan = _plan(self._index, *self._queries[:2], chunk, self._columns())
     rep = layout.replicated()
     rows = (NamedSharding(layout.mesh, P(None, "data"))

@@ -221,8 +221,9 @@ class Layout:
     and padded with zeros to a multiple of its size (the permutation never draws padding)."""
     queries = np.asarray(queries)
     data = int(self.mesh.shape["data"])
-    return put_global(_pad_rows(queries, -(-queries.shape[0] // data) * data, 0),
-                      self.training_set_sharding())
+    rows = -(-queries.shape[0] // data) * data
+    padded = queries if rows == queries.shape[0] else _pad_rows(queries, rows, 0)
+    return put_global(padded, self.training_set_sharding())
 
   # --------------------------------------------------------------------------- compiled
 

@@ -20,10 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hale_jax import checkpoints, models, objective, ogb_eval, rundir, step
+from hale_jax import checkpoints, evaluation, models, objective, ogb_eval, rundir, step
 from hale_jax.callbacks import ProgressReport, Validation
 from hale_jax.config import Config
-from hale_jax.data import FilterIndex, KGData, with_reciprocals
+from hale_jax.data import KGData, with_reciprocals
 from hale_jax.layout import Layout, put_global, to_host
 
 
@@ -92,13 +92,18 @@ class Trainer:
     self.wall0, self.commit = time.perf_counter(), rundir.git_commit()
     self.config, self.data, self.layout, self.spec, self.log = config, data, layout, spec, log
     self.optimizer = step.make_optimizer(config)
-    train_host = with_reciprocals(data.train, data.num_relations).astype(np.int32)
-    self.train_queries = layout.place_training_set(train_host)
-    segment_fn, self.steps = layout.segment(config, train_host.shape[0])
-    self.state = layout.init_state(config, data.num_relations)
-    self.plan = layout.new_plan(config, train_host.shape[0])
     protocol = config.budget.eval_protocol
-    index = FilterIndex(data) if protocol == "filtered" else None  # the OGB protocol has none
+    # One large allocation after the other, each one's scratch memory freed before the next:
+    # the filter index of the validation and test queries (the OGB protocol has none), the
+    # state (waited for), then the training queries, whose host copy goes once placed.
+    index = evaluation.filter_index_for(data) if protocol == "filtered" else None
+    self.state = jax.block_until_ready(layout.init_state(config, data.num_relations))
+    train_host = with_reciprocals(data.train, data.num_relations)
+    num_queries = train_host.shape[0]
+    self.train_queries = layout.place_training_set(train_host)
+    del train_host
+    segment_fn, self.steps = layout.segment(config, num_queries)
+    self.plan = layout.new_plan(config, num_queries)
     h = objective.activation_of(config.objective)
     self.evaluators = {split: ogb_eval.make_evaluator(protocol, data, split, config.model.model,
                                                       config.budget.eval_chunk, index, layout,

@@ -267,3 +267,29 @@ def test_out_of_memory_during_training_retries_once_per_split(tracked, portable)
 @pytest.mark.slow
 def test_out_of_memory_retry_is_in_the_runs_log(tracked):
   assert any("out of device memory" in l for l in tracked.lines), tracked.lines
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_filter_index_for_answers_held_out_queries_as_the_full_index(seed):
+  # a dense little graph: duplicates, triples shared across splits, reciprocal collisions
+  from hale_jax.data import FilterIndex, KGData
+  rng = np.random.default_rng(seed)
+  n, r = 12, 3
+  def draw(count):
+    return np.stack([rng.integers(0, n, count), rng.integers(0, r, count),
+                     rng.integers(0, n, count)], axis=1).astype(np.int32)
+  train = draw(300)
+  valid = np.concatenate([draw(15), train[:3]])
+  test = np.concatenate([draw(15), valid[:2], train[5:6]])
+  data = KGData("g", tuple(f"e{i}" for i in range(n)), tuple(f"r{i}" for i in range(r)),
+                train, valid, test)
+  full = FilterIndex(data)
+  every_e, every_r = (a.ravel() for a in np.meshgrid(np.arange(n), np.arange(2 * r)))
+  for splits in (("valid", "test"), ("valid",), ("test",)):
+    kept = evaluation.filter_index_for(data, splits)
+    assert kept.counts(every_e, every_r).sum() < full.counts(every_e, every_r).sum()
+    for split in splits:
+      heads, rels, _ = evaluation._split_queries(data, split)
+      np.testing.assert_array_equal(kept.counts(heads, rels), full.counts(heads, rels))
+      for got, want in zip(kept.answers(heads, rels), full.answers(heads, rels)):
+        np.testing.assert_array_equal(got, want)  # the same answers in the same order
