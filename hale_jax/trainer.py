@@ -213,11 +213,16 @@ class Trainer:
     the draw (a permutation of every training query) takes a while on a CPU, so it is its own
     call, announced, and the first segment's steps report soon after."""
     p, queries = self.progress, self.steps * self.config.optim.batch_size
-    if queries >= DRAW_NOTICE_QUERIES:
+    announce = queries >= DRAW_NOTICE_QUERIES
+    if announce:
       self.log(f"  epoch {p.epoch + 1}: drawing the order of {queries:,} training queries")
+    t0 = time.perf_counter()
     self.state, self.plan, _ = self._segment(self.state, self.plan, self.train_queries,
                                              *self._scalars(p.epoch_step, 0, True))
     self._drawn = True
+    if announce:
+      jax.block_until_ready(self.plan.order)
+      self.log(f"  epoch {p.epoch + 1}: order drawn in {time.perf_counter() - t0:.1f}s")
 
   def advance(self, count: int, seconds: float, loss: float) -> bool:
     """Records a segment of ``count`` steps that took ``seconds`` (as every process agrees,

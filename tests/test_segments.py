@@ -423,3 +423,19 @@ def test_a_second_signal_exits_with_one_line_and_no_traceback(cache, tmp_path):
   assert "Traceback" not in err and "KeyboardInterrupt" not in err
   assert len([l for l in err.splitlines() if "SIGTERM received again: stopping" in l]) == 1, err
   assert not (workdir / "results.json").exists()
+
+
+@pytest.mark.slow
+def test_drawing_a_large_epoch_is_announced_and_changes_nothing(tmp_path, monkeypatch):
+  """Each epoch's draw of a graph with many training queries gets a line before and after;
+  the run's numbers are those of a run without the lines."""
+  from hale_jax import trainer as trainer_module  # pylint: disable=import-outside-toplevel
+  quiet_res = train(_config(max_epochs=2), _graph(), tmp_path / "quiet", log=lambda line: None)
+  monkeypatch.setattr(trainer_module, "DRAW_NOTICE_QUERIES", 1)
+  lines = []
+  res = train(_config(max_epochs=2), _graph(), tmp_path / "loud", log=lines.append)
+  announced = [l.split(":")[0].strip() for l in lines if "order" in l]
+  assert announced == ["epoch 1"] * 2 + ["epoch 2"] * 2
+  assert any("drawing the order of" in l for l in lines) and any("order drawn in" in l for l in lines)
+  assert res["metrics"]["test"] == quiet_res["metrics"]["test"]
+  assert [c["loss"] for c in res["curve"]] == [c["loss"] for c in quiet_res["curve"]]
