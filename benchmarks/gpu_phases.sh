@@ -5,7 +5,8 @@
 #   bash benchmarks/gpu_phases.sh smoke    # a tiny step and a tiny launch: does it run at all?
 #   bash benchmarks/gpu_phases.sh steps    # issue 3: step-time table, plain and chunked LSE
 #   bash benchmarks/gpu_phases.sh scale    # issue 6: 1M (with a full epoch) and 10M graphs
-#   bash benchmarks/gpu_phases.sh large    # large graphs: file to first step, 60 s budget, predict
+#   bash benchmarks/gpu_phases.sh large    # large graphs: file to first step, 60 s budget, predict,
+#     and a 1M-entity epoch cut by SIGTERM and SIGKILL against an uninterrupted one
 #   bash benchmarks/gpu_phases.sh wn18rr   # issue 3: WN18RR RotL-32 within 30 s of training
 #   bash benchmarks/gpu_phases.sh fb15k237 # FB15k-237 RotL-32 within 30 s (epoch time)
 #   bash benchmarks/gpu_phases.sh probe    # WN18RR: the flagfile, batch 2048/4096, lambda 3 (~3 min)
@@ -140,7 +141,9 @@ case "${1:-}" in
     box "${BOX:-560}" large "$PY" -m benchmarks.large_graph --sizes="${LARGE_SIZES:-1m,2.5m}" \
       --phases=first_step,budget,predict --root="$OUT/large" --output="$OUT/large.jsonl" \
       > "$OUT/large.txt"
-    tail -n 4 "$OUT/large.txt" ;;
+    box "${BOX:-560}" large-equal "$PY" -m benchmarks.large_graph --sizes=1m-lite \
+      --phases=resume_equal --root="$OUT/large" --output="$OUT/large.jsonl" >> "$OUT/large.txt"
+    tail -n 6 "$OUT/large.txt" ;;
   wn18rr) run_dataset wn18rr launch/wn18rr.flags 150 ;;
   fb15k237) run_dataset fb15k237 launch/fb15k237.flags 150 ;;
   fused)

@@ -6,10 +6,11 @@ and prediction, each measured on the command line a user would type.
     python -m benchmarks.large_graph --sizes=tiny             # a dry run in a few minutes
 
 Sizes (``SIZES``): ``1m`` (1,000,000 entities, 5,000,000 train triples), ``2.5m``
-(2,500,000 entities, 17,000,000 train triples: the size of ogbl-wikikg2), ``tiny`` (20,000 /
-100,000). Each graph is ``hale_jax.synthetic.power_law`` (500 relations, 1,000 valid and 1,000
-test triples) written once as ``train.txt``/``valid.txt``/``test.txt`` with Wikidata-like
-names (``Q<id>``, ``P<id>``) under ``--root``. The phases, each a fresh process of the launcher,
+(2,500,000 entities, 17,000,000 train triples: the size of ogbl-wikikg2), ``1m-lite``
+(1,000,000 / 500,000), ``tiny`` (20,000 / 100,000). Each graph is
+``hale_jax.synthetic.power_law`` (500 relations, 1,000 valid and 1,000 test triples) written
+once as ``train.txt``/``valid.txt``/``test.txt`` with Wikidata-like names (``Q<id>``,
+``P<id>``) under ``--root``. The phases, each a fresh process of the launcher,
 ``predict`` or ``evaluate`` (``python -m hale_jax.<command>``, RotL-32, defaults otherwise):
 
 - ``first_step``: ``launch --data_dir`` killed as soon as it prints ``compiled in``, the line
@@ -26,7 +27,11 @@ names (``Q<id>``, ``P<id>``) under ``--root``. The phases, each a fresh process 
   the epoch again; the last run is stopped with SIGTERM;
 - ``predict``: ``predict --queries`` of 100,000 queries (half ``h r ?``, half ``? r t``, heads
   and relations of random train triples) on the ``budget`` phase's run folder, k = 10: wall
-  seconds and peak memory.
+  seconds and peak memory;
+- ``resume_equal`` (meant for ``1m-lite``, whose 1M-entity epoch takes minutes on a GPU and
+  about 13 minutes on a 2-core CPU): one epoch uninterrupted, and the same epoch stopped by SIGTERM inside it,
+  rerun and killed with SIGKILL after resuming, and rerun to its end; whether the two runs'
+  valid and test metrics are equal.
 
 One JSON line per phase and size on stdout and in ``--output``; a markdown table at the end.
 Measure on an idle machine: the figures are wall-clock.
@@ -51,8 +56,8 @@ from benchmarks import faults
 from hale_jax import synthetic
 
 SIZES = {"tiny": (20_000, 100_000), "1m": (1_000_000, 5_000_000),
-         "2.5m": (2_500_000, 17_000_000)}
-PHASES = ("first_step", "budget", "signals", "predict")
+         "2.5m": (2_500_000, 17_000_000), "1m-lite": (1_000_000, 500_000)}
+PHASES = ("first_step", "budget", "signals", "predict", "resume_equal")
 RELATIONS, HELD_OUT = 500, 1000
 TRAIN_ARGS = ("--model=RotL", "--dim=32", "--eval_every=1")
 
@@ -231,6 +236,34 @@ def signals(data: Path, work: Path) -> dict[str, Any]:
   # "resumed from ...: epoch 0, step 1,234 of 9,765 of epoch 1, ..." inside an epoch
   out["resumed_inside_epoch"] = all(", step " in (out[k] or "") and " of epoch " in out[k]
                                     for k in ("resumed_1", "resumed_2"))
+  return out
+
+
+def resume_equal(data: Path, work: Path) -> dict[str, Any]:
+  """One epoch uninterrupted, and the same epoch stopped by SIGTERM inside it, rerun and killed
+  with SIGKILL after resuming, and rerun to its end: the two ``results.json`` must agree."""
+  args = ("--max_epochs=1", "--max_seconds=0")
+  whole = _launch(data, work / "equal-whole", work / "equal-whole.log", *args, "--overwrite")
+  whole.finish(timeout=3600)
+  run = work / "equal-cut"
+  cut = _launch(data, run, work / "equal-cut-1.log", *args, "--overwrite")
+  cut.wait_for("training epoch 1:", timeout=1800)
+  cut.finish(signal.SIGTERM, timeout=300)
+  again = _launch(data, run, work / "equal-cut-2.log", *args)
+  resumed = again.wait_for("resumed from", timeout=1800)
+  if resumed is not None:
+    again.wait_for("training epoch 1:", timeout=600, after=resumed)
+  again.finish(signal.SIGKILL)
+  last = _launch(data, run, work / "equal-cut-3.log", *args)
+  last.finish(timeout=3600)
+  out = {"equal_resumed_at": _line(last, "resumed from"), "equal_exit": last.proc.returncode}
+  try:
+    a, b = (json.loads((w / "results.json").read_text())["metrics"]
+            for w in (work / "equal-whole", run))
+    out["equal_metrics"] = a["valid"] == b["valid"] and a["test"] == b["test"]
+    out["equal_test_mrr"] = a["test"]["realistic"]["mrr"]
+  except (OSError, KeyError, ValueError) as err:
+    out["equal_metrics"] = f"not compared: {err}"
   return out
 
 
