@@ -24,6 +24,8 @@ import dataclasses
 import time
 from typing import Any, Callable
 
+from hale_jax.progress import duration
+
 Log = Callable[[str], None]
 
 
@@ -96,15 +98,6 @@ class Callback:
     """With the final results."""
 
 
-def _duration(seconds: float) -> str:
-  seconds = max(0, int(round(seconds)))
-  if seconds < 60:
-    return f"{seconds}s"
-  if seconds < 3600:
-    return f"{seconds // 60}m{seconds % 60:02d}s"
-  return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
-
-
 def remaining_seconds(v: Validation | ProgressReport, epoch_seconds: float) -> float | None:
   """Training seconds left under the budget (the tighter of the two), or None when neither
   budget is set."""
@@ -145,7 +138,7 @@ class ProgressPrinter(Callback):
     if left is None:
       return ""
     final = self._last_eval * (1.0 + self._test_fraction)
-    return f" | time left {_duration(left + final)}"
+    return f" | time left {duration(left + final)}"
 
   def on_validation(self, v: Validation) -> str | None:
     m = v.metrics["realistic"]

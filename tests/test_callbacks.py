@@ -36,7 +36,7 @@ def test_progress_line_shows_labelled_times_and_the_time_left():
   p = callbacks.ProgressPrinter(lines.append)
   p.on_validation(helpers.make_validation(1, max_epochs=0, max_seconds=0.0))
   assert "left" not in lines[-1] and "ETA" not in lines[-1]
-  assert callbacks._duration(3 * 3600 + 61) == "3h01m"
+  assert callbacks.duration(3 * 3600 + 61) == "3h01m"
 
 
 def test_early_stopping_counts_validations_without_gain():
