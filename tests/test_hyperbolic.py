@@ -122,7 +122,8 @@ def test_ball_maps_match_reference(rng, x64):
                                np_project(far, c, eps), rtol=rtol)
 
 
-@pytest.mark.parametrize("dtype", ["float64", pytest.param("float32", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_distance_matches_reference(rng, x64, dtype):
   """All pairs (the matmul form, as every LSE and ranking computes it) and row by row."""
   q, e, c = _inputs(rng)
@@ -203,7 +204,8 @@ def _value_and_grads(loss, args):
   return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4)))(*args)
 
 
-@pytest.mark.parametrize("path", ["chunked", pytest.param("fused", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("path", ["chunked", "fused"])
 def test_lse_paths_equal_plain_float64(rng, x64, path):
   """Value and gradients (queries, scales, entities, biases, curvatures) to float64 rounding;
   the plain value against NumPy from the definition."""

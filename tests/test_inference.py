@@ -61,6 +61,7 @@ def test_evaluate_reproduces_results_json(run_dir):
       results["metrics"]["valid"]["realistic"]["mrr"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_export_npz_round_trips(run_dir, loaded, tmp_path):
   data, params = loaded.data, loaded.params
   out = inference.export_run(run_dir, "npz", tmp_path / "emb.npz")

@@ -17,6 +17,7 @@ from hale_jax.nn import KGEmbedding
 from reference import np_activation, np_batch_loss
 
 
+@pytest.mark.slow
 def test_module_applies_the_model_transform(rng):
   module = KGEmbedding("RotE", num_entities=13, num_relations=3, dim=8, rngs=nnx.Rngs(1),
                        init_scale=0.3)
@@ -63,6 +64,7 @@ def test_nnx_optimizer_lowers_the_loss():
   assert float(module.loss(queries)) < first - 0.6  # 4.23 -> 2.98 at jax 0.10.2
 
 
+@pytest.mark.slow
 def test_loss_samples_settings_alpha(rng):
   """``settings.alpha`` sets how many queries the uniformity term samples: alpha 0.5 of a batch
   of 10 is 5 queries (the default 0.1 would be 1), against the float64 NumPy loss."""

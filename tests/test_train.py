@@ -97,6 +97,7 @@ def test_training_learns_far_above_chance(small_graph, learned):
   assert run["config"] == on_disk["config"] and run["dataset"] == small_graph.name
 
 
+@pytest.mark.slow
 def test_callbacks_see_the_start_every_validation_and_the_results(small_graph, learned):
   workdir, res, recorder, lines = learned
   assert len(recorder.starts) == 1
@@ -166,6 +167,7 @@ def test_a_callback_stops_training_early(stopped):
       [str(res["metrics"]["steps"])]  # numbered by the optimiser steps done
 
 
+@pytest.mark.slow
 def test_same_seed_same_result(learned, stopped):
   """The ``stopped`` run is the ``learned`` config again: its first 20 epochs are the same
   bits (losses, validation, parameters)."""
