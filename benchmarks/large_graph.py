@@ -179,6 +179,11 @@ def _line(cmd: Command, text: str) -> str | None:
   return next((line.strip() for _, line in cmd.lines if text in line), None)
 
 
+def _time_of(cmd: Command, text: str) -> float | None:
+  """Seconds since the start of the first line holding ``text`` (the process has ended)."""
+  return next((t for t, line in cmd.lines if text in line), None)
+
+
 def _gaps(cmd: Command, start: float) -> list[float]:
   times = [t for t, _ in cmd.lines if t >= start]
   return [b - a for a, b in zip(times, times[1:])]
@@ -191,11 +196,12 @@ def budget(data: Path, work: Path) -> dict[str, Any]:
   compiled = cmd.wait_for("compiled in", timeout=1800) or 0.0
   cmd.finish(timeout=3600)
   trained = [t for t, line in cmd.lines if line.lstrip().startswith("training epoch")]
-  stopped = cmd.wait_for("stopped after", 0) or cmd.lines[-1][0]
+  stopped = _time_of(cmd, "stopped after") or cmd.lines[-1][0]
+  gaps = _gaps(cmd, compiled)
   out = {"budget_wall_s": round(cmd.lines[-1][0], 1), "budget_exit": cmd.proc.returncode,
          "budget_peak_gb": cmd.peak_gb,
-         "max_gap_after_compile_s": round(max(_gaps(cmd, compiled)[:-1] or [0]), 1),
-         "max_gap_while_training_s": round(max(_gaps(cmd, compiled)[:len(trained) + 1] or [0]), 1),
+         "max_gap_after_compile_s": round(max(gaps[:-1] or [0]), 1),
+         "max_gap_while_training_s": round(max(gaps[:len(trained) + 1] or [0]), 1),
          "progress_lines": len(trained),
          "checkpoints": sorted(p.name for p in (run / "checkpoints").glob("[0-9]*")),
          "compiled_at_s": round(compiled, 1), "stopped_at_s": round(stopped, 1)}
