@@ -1,7 +1,8 @@
 """Shared test setup.
 
 The environment is set at import time, before any test module (or hale_jax) imports jax:
-8 virtual CPU devices, the CPU platform and a fast-compiling XLA backend.  Nothing else is enabled globally; tests that need
+8 virtual CPU devices, the CPU platform, a fast-compiling XLA backend and one persistent
+compilation cache for the whole run (below).  Nothing else is enabled globally; tests that need
 float64 use the ``x64`` fixture.
 
 ``rng`` gives each test its own ``np.random.default_rng(seed)``; the seed is derived from the
@@ -12,9 +13,14 @@ the report of a failing test.
 
 from __future__ import annotations
 
+import atexit
 import os
+import re
+import shutil
 import sys
+import tempfile
 import zlib
+from pathlib import Path
 
 _DEVICE_FLAG = "--xla_force_host_platform_device_count=8"
 if "jax" in sys.modules:  # pragma: no cover - only if something imported jax before pytest
@@ -31,6 +37,16 @@ for _flag in (_DEVICE_FLAG, _FAST_COMPILE):
 os.environ["XLA_FLAGS"] = _flags
 os.environ["JAX_PLATFORMS"] = "cpu"
 
+# One persistent compilation cache for the run, in a new folder that the process creating it
+# removes at exit: the commands the tests start, the xdist workers (which inherit this
+# environment) and tests that rebuild a jitted function all compile the same programs, and
+# each program is compiled once.  A cached executable is the compiled one: no result changes.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="hale-jax-tests-xla-")
+  atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
 # Make `import hale_jax` work however pytest is invoked (the package lives one level up).
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
@@ -38,7 +54,6 @@ if _ROOT not in sys.path:
 
 import contextlib  # noqa: E402
 import io  # noqa: E402
-import shutil  # noqa: E402
 import types  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -86,6 +101,34 @@ def pytest_runtest_makereport(item, call):
         report.sections.append(
             ("rng seed", f"np.random.default_rng({value})  (HALE_TEST_SEED="
                          f"{os.environ.get('HALE_TEST_SEED', '0')}, node {item.nodeid})"))
+
+
+# Trained runs that several files share (package scope).  Under pytest-xdist with
+# ``--dist loadfile`` (the README's command) each file runs in one worker, and the files whose
+# tests take any of these runs run in the same worker, so that each run is trained once.
+SHARED_RUNS = ("wave", "portable", "tracked")
+_TEST_SIGNATURE = re.compile(r"^def (test_\w+)\(([^)]*)\)", re.M)
+
+
+def files_sharing_runs(folder: Path = Path(__file__).parent) -> set[str]:
+  """Names of the test files with a test function that takes one of :data:`SHARED_RUNS`."""
+  return {path.name for path in folder.glob("test_*.py")
+          if any(set(re.findall(r"\w+", args)) & set(SHARED_RUNS)
+                 for _, args in _TEST_SIGNATURE.findall(path.read_text(encoding="utf-8")))}
+
+
+def pytest_xdist_make_scheduler(config, log):
+  """``--dist loadfile``, with the files of :func:`files_sharing_runs` as one unit."""
+  if config.getvalue("dist") != "loadfile":
+    return None
+  from xdist.scheduler import LoadFileScheduling  # pylint: disable=import-outside-toplevel
+  sharing = files_sharing_runs()
+
+  class SharedRunsScheduling(LoadFileScheduling):
+    def _split_scope(self, nodeid: str) -> str:
+      path = nodeid.split("::", 1)[0]
+      return "shared-runs" if Path(path).name in sharing else path
+  return SharedRunsScheduling(config, log)
 
 
 # ----------------------------------------------- run folders shared by several test files
