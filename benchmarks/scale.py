@@ -8,8 +8,9 @@ For each size ``N`` in ``--entities`` it generates ``hale_jax.synthetic.power_la
 (``10 N`` train triples, so ``20 N`` training queries with reciprocals; 1,000 valid and 1,000
 test triples) and lays the run out as training does (``Layout.for_run`` with ``--mesh``:
 ``none`` is one device, ``auto`` training's choice, ``data:D,model:M`` a mesh; the row's
-``mesh`` is ``layout.describe()``'s).  The epochs are ``layout.epoch``, the state
-``layout.init_state``, the ranking ``evaluation.Evaluator`` on the same layout:
+``mesh`` is ``layout.describe()``'s).  The epochs are ``program.epoch``, the state
+``program.init_state`` (``hale_jax.program.Program``), the ranking ``evaluation.Evaluator`` on
+the same layout:
 
 - **memory**: compiles the *full* epoch (all ``20 N / B`` steps, the whole training set as its
   argument) against shapes only, without running it, and reports
@@ -37,9 +38,10 @@ import numpy as np
 
 from benchmarks.xla_analysis import memory_numbers
 from hale_jax import data as kgdata
-from hale_jax import evaluation, objective, step, synthetic
+from hale_jax import evaluation, objective, synthetic
 from hale_jax.config import Config
 from hale_jax.layout import Layout, to_host
+from hale_jax.program import Program
 
 
 def _device_peak() -> int | None:
@@ -57,35 +59,32 @@ def _timed(fn, *args):
   return out, time.perf_counter() - t0
 
 
-def state_shapes(layout: Layout, config: Config, num_relations: int):
-  """The shapes and shardings of ``layout.init_state``'s state, nothing allocated."""
-  shapes = jax.eval_shape(lambda: layout.init_state(config, num_relations))
-  shardings = layout.state_shardings(step.make_optimizer(config), shapes.params)
+def state_shapes(program: Program):
+  """The shapes and shardings of ``program.init_state()``'s state, nothing allocated."""
   return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                      shapes, shardings)
+                      jax.eval_shape(program.init), program.shardings)
 
 
-def full_epoch_memory(layout: Layout, config: Config, num_relations: int,
-                      num_queries: int) -> dict[str, Any]:
+def full_epoch_memory(program: Program, num_queries: int) -> dict[str, Any]:
   """Compiles the full epoch against shapes; its steps, compile time and memory analysis."""
-  epoch, steps = layout.epoch(config, num_queries)
+  layout = program.layout
+  epoch, steps = program.epoch(num_queries)
   data_size = int(layout.mesh.shape["data"])
   train = jax.ShapeDtypeStruct((-(-num_queries // data_size) * data_size, 3), np.int32,
                                sharding=layout.training_set_sharding())
   t0 = time.perf_counter()
-  compiled = epoch.lower(state_shapes(layout, config, num_relations), train).compile()
+  compiled = epoch.lower(state_shapes(program), train).compile()
   out = {"compile_full_epoch_s": round(time.perf_counter() - t0, 2), "steps_per_epoch": steps}
   out.update({f"epoch_{k}": v for k, v in memory_numbers(compiled).items()})
   return out
 
 
-def time_epochs(layout: Layout, config: Config, data: kgdata.KGData, train_host: np.ndarray,
-                steps: int, full_epoch: bool):
+def time_epochs(program: Program, train_host: np.ndarray, steps: int, full_epoch: bool):
   """Times a ``steps``-step epoch (and a full one with ``full_epoch``); returns the state and
   the row's timing fields."""
-  b = config.optim.batch_size
-  short, short_steps = layout.epoch(config, steps * b)
-  state = layout.init_state(config, data.num_relations)
+  layout, b = program.layout, program.config.optim.batch_size
+  short, short_steps = program.epoch(steps * b)
+  state = program.init_state()
   subset = layout.place_training_set(train_host[:steps * b])
   t0 = time.perf_counter()
   compiled = short.lower(state, subset).compile()
@@ -102,7 +101,7 @@ def time_epochs(layout: Layout, config: Config, data: kgdata.KGData, train_host:
   row["epoch_s_projected"] = round(row["step_s"] * full_steps + row["permutation_s"], 2)
   del subset
   if full_epoch:
-    epoch, _ = layout.epoch(config, queries)
+    epoch, _ = program.epoch(queries)
     train = layout.place_training_set(train_host)
     full = epoch.lower(state, train).compile()
     (state, _), seconds = _timed(full, state, train)
@@ -134,17 +133,18 @@ def run_size(config: Config, num_entities: int, steps: int = 10, compile_only: b
   generate_s = time.perf_counter() - t0
   train_host = kgdata.with_reciprocals(data.train, data.num_relations).astype(np.int32)
   layout = Layout.for_run(config, num_entities)
+  program = Program.build(config, layout, data.num_relations)
   device = jax.devices()[0]
   row = {"entities": num_entities, "train_triples": int(data.train.shape[0]),
          "training_queries": int(train_host.shape[0]), "model": config.model.model,
          "dim": config.model.dim, "batch_size": config.optim.batch_size, **layout.describe(),
-         "lse": layout.loss(config)[1], "generate_s": round(generate_s, 2),
+         "lse": program.lse_form, "generate_s": round(generate_s, 2),
          "devices": layout.mesh.size, "device_kind": device.device_kind,
          "platform": device.platform}
-  row.update(full_epoch_memory(layout, config, data.num_relations, train_host.shape[0]))
+  row.update(full_epoch_memory(program, train_host.shape[0]))
   if compile_only:
     return row
-  state, timing = time_epochs(layout, config, data, train_host, steps, full_epoch)
+  state, timing = time_epochs(program, train_host, steps, full_epoch)
   row.update(timing)
   row.update(time_evaluation(layout, config, data, state.params))
   row["device_peak_bytes"] = _device_peak()

@@ -6,9 +6,9 @@
 
 What is timed is training's step loop: for every model in ``--models`` and size in
 ``--sizes`` the config (``hale_jax.config.Config``, defaults as in training) goes through
-``Layout.for_run`` and ``layout.epoch(config, steps * batch_size)`` (training's segment,
-``step.segment_fn``, over a whole epoch in one call), the state comes from
-``layout.init_state`` and the training set, ``steps * batch_size`` random queries of the
+``Layout.for_run`` and ``Program.build`` (``program.epoch(steps * batch_size)``: training's
+segment, ``step.segment_fn``, over a whole epoch in one call), the state comes from
+``program.init_state`` and the training set, ``steps * batch_size`` random queries of the
 size's ``N`` entities and ``2 |R|`` relation ids, from ``layout.place_training_set``.  Each
 epoch shuffles it on the device and loops over ``--steps`` optax steps (loss, gradient, Adam).
 ``--lse`` picks the uniformity LSE: ``auto`` (training's default chunk for the backend),
@@ -81,6 +81,7 @@ from benchmarks.xla_analysis import cost_numbers, memory_numbers
 from hale_jax import distances, models, step
 from hale_jax.config import Config
 from hale_jax.layout import Layout, to_host
+from hale_jax.program import Program
 
 # name -> (entities N, relations |R|); relation ids incl. reciprocals are 2 |R|.
 SIZES: dict[str, tuple[int, int]] = {
@@ -231,12 +232,13 @@ def _time_epochs(compiled, state, train, timing: Timing, steps: int):
   return state, loss, per_step
 
 
-def _step_cost(layout: Layout, config: Config, state, queries: np.ndarray):
+def _step_cost(program: Program, state, queries: np.ndarray):
   """``(flops, bytes, source)`` of one step: the epoch compiled for one step (plain LSE)."""
+  config, layout = program.config, program.layout
   one = config.replace(lse_chunk=0, lse="auto")
-  source = "one-step epoch" if layout.loss(config)[1] == "plain" else (
-      "one-step epoch, plain LSE")
-  epoch, _ = layout.epoch(one, config.optim.batch_size)
+  source = "one-step epoch" if program.lse_form == "plain" else "one-step epoch, plain LSE"
+  plain = program if one == config else Program.build(one, layout, program.num_relations)
+  epoch, _ = plain.epoch(config.optim.batch_size)
   train = layout.place_training_set(queries[:config.optim.batch_size])
   flops, nbytes = cost_numbers(epoch.lower(state, train).compile())
   return flops, nbytes, source
@@ -248,9 +250,10 @@ def run_case(config: Config, size: str, device: dict[str, Any], timing: Timing,
   n, num_rel = SIZES[size]
   b = config.optim.batch_size
   layout = Layout.for_run(config, n)
-  epoch, steps = layout.epoch(config, timing.steps * b)
+  program = Program.build(config, layout, num_rel)
+  epoch, steps = program.epoch(timing.steps * b)
   queries = random_queries(np.random.default_rng(seed), steps * b, n, 2 * num_rel)
-  state = layout.init_state(config, num_rel)
+  state = program.init_state()
   train = layout.place_training_set(queries)
   t0 = time.perf_counter()
   lowered = epoch.lower(state, train)
@@ -259,14 +262,14 @@ def run_case(config: Config, size: str, device: dict[str, Any], timing: Timing,
   t2 = time.perf_counter()
   state, loss, per_step = _time_epochs(compiled, state, train, timing, steps)
   p25, median, p75 = (float(v) for v in np.percentile(per_step, [25, 50, 75]))
-  flops, nbytes, cost_source = _step_cost(layout, config, state, queries)
+  flops, nbytes, cost_source = _step_cost(program, state, queries)
   strict = strict_cost(config, n, num_rel)
   matmul = config.objective.matmul
   row = {
       "model": config.model.model, "size": size, "num_entities": n, "num_relations": num_rel,
       "dim": config.model.dim, "batch_size": b, "alpha": config.objective.alpha,
       "num_sampled": config.num_sampled, "activation": config.objective.activation,
-      "lse_chunk": config.objective.lse_chunk, "lse_form": layout.loss(config)[1],
+      "lse_chunk": config.objective.lse_chunk, "lse_form": program.lse_form,
       "matmul": matmul, **layout.describe(), "platform": device["platform"],
       "device_kind": device["device_kind"], "jax_version": jax.__version__,
       "lower_s": t1 - t0, "compile_s": t2 - t1, **dataclasses.asdict(timing),

@@ -50,7 +50,7 @@ would fix that if the data axis ever dominates.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -225,65 +225,7 @@ class Layout:
     padded = queries if rows == queries.shape[0] else _pad_rows(queries, rows, 0)
     return put_global(padded, self.training_set_sharding())
 
-  # --------------------------------------------------------------------------- compiled
-
-  def init_state(self, config: Config, num_relations: int) -> step.TrainState:
-    """The initial state created directly in its layout (``jit`` with ``out_shardings``): the
-    entity table and its moments are born row-sharded, never whole on one device."""
-    init = step.init_fn(config, self.num_entities, num_relations, self.pad_params)
-    shapes = jax.eval_shape(init)
-    shardings = self.state_shardings(step.make_optimizer(config), shapes.params)
-    return jax.jit(init, out_shardings=shardings)()
-
-  def loss(self, config: Config) -> tuple[Callable, str]:
-    """The run's loss on the real rows, and its LSE form.  The chunked LSE slices the entity
-    axis, which would gather a row-sharded table, so it runs on one device only."""
-    loss_fn, form = step.make_loss(config, self.num_entities, allow_chunks=self.single_device)
-    return (lambda params, batch, key=None: loss_fn(self.real_rows(params), batch, key)), form
-
-  def _training(self, config: Config) -> tuple[step.TrainState, step.Constrain]:
-    """The state shardings of a run and the constraints its steps put on the batch and the
-    carry."""
-    shapes = jax.eval_shape(step.init_fn(config, self.num_entities, 1, self.pad_params))
-    shardings = self.state_shardings(step.make_optimizer(config), shapes.params)
-    carry = (shardings.params, shardings.opt_state)
-    rows = self.batch_sharding()
-
-    def constrain(batch, state):
-      if batch is not None:
-        batch = jax.lax.with_sharding_constraint(batch, rows)
-      if state is not None:
-        state = jax.lax.with_sharding_constraint(state, carry)
-      return batch, state
-
-    return shardings, constrain
-
-  def epoch(self, config: Config, num_queries: int) -> tuple[Callable, int]:
-    """The jitted epoch ``(state, train) -> (state, mean_loss)`` (state donated) for a state
-    from :meth:`init_state` and a training set from :meth:`place_training_set` holding
-    ``num_queries`` real queries, and its number of steps: :meth:`segment` over a whole epoch
-    in one call."""
-    shardings, constrain = self._training(config)
-    epoch, steps = step.epoch_fn(config, self.loss(config)[0], num_queries, constrain)
-    return jax.jit(epoch, in_shardings=(shardings, self.training_set_sharding()),
-                   out_shardings=(shardings, self.replicated()), donate_argnums=0), steps
-
-  def segment(self, config: Config, num_queries: int) -> tuple[Callable, int]:
-    """The jitted segment ``(state, plan, train, start, count, fresh) -> (state, plan, loss)``
-    of ``step.segment_fn`` (state and plan donated; the plan replicated, the scalars global
-    arrays from :meth:`scalar`), and the number of steps of an epoch."""
-    shardings, constrain = self._training(config)
-    segment, steps = step.segment_fn(config, self.loss(config)[0], num_queries, constrain)
-    rep = self.replicated()
-    plan = step.EpochPlan(rep, rep, rep)
-    return jax.jit(segment, in_shardings=(shardings, plan, self.training_set_sharding(), rep,
-                                          rep, rep),
-                   out_shardings=(shardings, plan, rep), donate_argnums=(0, 1)), steps
-
-  def new_plan(self, config: Config, num_queries: int) -> step.EpochPlan:
-    """A zero plan for :meth:`segment`, replicated."""
-    return jax.tree.map(lambda s: put_global(np.zeros(s.shape, s.dtype), self.replicated()),
-                        step.empty_plan(config, num_queries))
+  # --------------------------------------------------------------------------- arguments
 
   def scalar(self, value: Any, dtype: Any) -> Array:
     """A replicated scalar argument (a global array, so that it also works across processes;

@@ -27,6 +27,7 @@ from hale_jax.config import Config
 from hale_jax.data import KGData, data_report, summary
 from hale_jax.dataspec import DataSpec
 from hale_jax.layout import Layout, agree
+from hale_jax.program import Program
 from hale_jax.trainer import Progress, Trainer, describe
 
 
@@ -225,10 +226,11 @@ def _prepare(config: Config, data: KGData, layout: Layout, workdir: Path, spec: 
   log(summary(data))
   for line in data_report(data):
     log(line)
-  log(describe(config, layout.loss(config)[1]))
+  program = Program.build(config, layout, data.num_relations)
+  log(describe(config, program.lse_form))
   log(f"device: {rundir.device_phrase(rundir.device())}  layout: "
       f"{layout.describe()['mesh'] or 'one device'}  workdir: {workdir}")
-  trainer = Trainer(config, data, layout, workdir, spec, log)
+  trainer = Trainer(program, data, workdir, spec, log)
   # A second signal (hale_jax.stopping.StopRequest) waits for a segment or a checkpoint write.
   trainer.hold = getattr(should_stop, "hold", None) or trainer.hold
   log(f"compiled in {trainer.compile_seconds:.1f}s; {trainer.steps} steps of "

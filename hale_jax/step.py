@@ -10,8 +10,8 @@ epoch ends, so the numbers do not depend on how an epoch is cut.  Each step take
 are separate queries).  The last ``2T mod batch_size`` queries of each epoch's permutation are
 dropped, so every step has the same shape; the permutation changes every epoch.
 
-Nothing here knows where arrays live: :mod:`hale_jax.layout` jits these functions with the
-shardings of its mesh and may constrain the batch and the carry through ``constrain``.
+Nothing here knows where arrays live: :mod:`hale_jax.program` jits these functions with the
+shardings of its layout and may constrain the batch and the carry through ``constrain``.
 """
 
 from __future__ import annotations
@@ -67,13 +67,15 @@ def make_loss(config: Config, num_entities: int, allow_chunks: bool = True
   return loss, form
 
 
-def init_fn(config: Config, num_entities: int, num_relations: int,
+def init_fn(config: Config, num_entities: int, num_relations: int, *,
+            optimizer: optax.GradientTransformation | None = None,
             pad: Callable[[dict[str, Array]], dict[str, Array]] | None = None
             ) -> Callable[[], TrainState]:
   """The function that creates the initial state (to be jitted): parameters from
-  ``config.optim.seed``, optionally padded by ``pad`` (``hale_jax.layout``), and the optimiser
-  state.  One function for every layout, so each starts from the same bits."""
-  optimizer = make_optimizer(config)
+  ``config.optim.seed``, optionally padded by ``pad`` (``hale_jax.layout``), and the state of
+  ``optimizer`` (default: :func:`make_optimizer`).  One function for every layout, so each
+  starts from the same bits."""
+  optimizer = optimizer or make_optimizer(config)
   m = config.model
 
   def init() -> TrainState:
@@ -107,7 +109,8 @@ def _draw(key: Array, num_queries: int, steps: int, batch_size: int
 
 
 def segment_fn(config: Config, loss_fn: objective.LossFn, num_queries: int,
-               constrain: Constrain | None = None):
+               constrain: Constrain | None = None, *,
+               optimizer: optax.GradientTransformation | None = None):
   """The un-jitted segment ``(state, plan, train [Q, 3], start, count, fresh) -> (state, plan,
   loss)`` and the number of steps of an epoch.
 
@@ -119,9 +122,9 @@ def segment_fn(config: Config, loss_fn: objective.LossFn, num_queries: int,
   segments is the same computation as in one.  ``loss`` is the mean loss of the epoch's steps
   so far (at the epoch's end, the mean of all its steps).  ``num_queries`` is the number of
   real training queries (the rows the permutation draws from; the array may hold padding rows
-  beyond).
+  beyond).  ``optimizer`` defaults to :func:`make_optimizer`.
   """
-  optimizer = make_optimizer(config)
+  optimizer = optimizer or make_optimizer(config)
   batch_size = config.optim.batch_size
   steps = num_queries // batch_size
   if steps == 0:
@@ -169,10 +172,11 @@ def empty_plan(config: Config, num_queries: int) -> EpochPlan:
 
 
 def epoch_fn(config: Config, loss_fn: objective.LossFn, num_queries: int,
-             constrain: Constrain | None = None):
+             constrain: Constrain | None = None, *,
+             optimizer: optax.GradientTransformation | None = None):
   """The un-jitted whole epoch ``(state, train [Q, 3]) -> (state, mean_loss)`` and its step
   count: the segment of :func:`segment_fn` over all steps (what the benchmarks time)."""
-  segment, steps = segment_fn(config, loss_fn, num_queries, constrain)
+  segment, steps = segment_fn(config, loss_fn, num_queries, constrain, optimizer=optimizer)
   shapes = empty_plan(config, num_queries)
 
   def epoch(state: TrainState, train: Array) -> tuple[TrainState, Array]:

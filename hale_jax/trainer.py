@@ -24,7 +24,8 @@ from hale_jax import checkpoints, evaluation, models, objective, ogb_eval, rundi
 from hale_jax.callbacks import ProgressReport, Validation
 from hale_jax.config import Config
 from hale_jax.data import KGData, with_reciprocals
-from hale_jax.layout import Layout, put_global, to_host
+from hale_jax.layout import put_global, to_host
+from hale_jax.program import Program
 
 
 def _all_finite(tree: Any) -> jax.Array:
@@ -87,23 +88,24 @@ def describe(config: Config, lse_form: str) -> str:
 class Trainer:
   """The state of one run on its layout, with its compiled segment and evaluators."""
 
-  def __init__(self, config: Config, data: KGData, layout: Layout, workdir: Path,
-               spec: dict[str, Any], log: Callable[[str], None]):
+  def __init__(self, program: Program, data: KGData, workdir: Path, spec: dict[str, Any],
+               log: Callable[[str], None]):
     self.wall0, self.commit = time.perf_counter(), rundir.git_commit()
-    self.config, self.data, self.layout, self.spec, self.log = config, data, layout, spec, log
-    self.optimizer = step.make_optimizer(config)
+    config, layout = program.config, program.layout
+    self.program, self.config, self.layout = program, config, layout
+    self.data, self.spec, self.log = data, spec, log
     protocol = config.budget.eval_protocol
     # One large allocation after the other, each one's scratch memory freed before the next:
     # the filter index of the validation and test queries (the OGB protocol has none), the
     # state (waited for), then the training queries, whose host copy goes once placed.
     index = evaluation.filter_index_for(data) if protocol == "filtered" else None
-    self.state = jax.block_until_ready(layout.init_state(config, data.num_relations))
+    self.state = jax.block_until_ready(program.init_state())
     train_host = with_reciprocals(data.train, data.num_relations)
     num_queries = train_host.shape[0]
     self.train_queries = layout.place_training_set(train_host)
     del train_host
-    segment_fn, self.steps = layout.segment(config, num_queries)
-    self.plan = layout.new_plan(config, num_queries)
+    segment_fn, self.steps = program.segment(num_queries)
+    self.plan = program.new_plan(num_queries)
     h = objective.activation_of(config.objective)
     self.evaluators = {split: ogb_eval.make_evaluator(protocol, data, split, config.model.model,
                                                       config.budget.eval_chunk, index, layout,
@@ -146,8 +148,8 @@ class Trainer:
     self.resumed = True
     p = self.progress
     self.saved_at, self.loss = (p.epoch, p.epoch_step), p.loss
-    state = self.layout.unpad_state(arrays["state"], self.optimizer)
-    self.state = self.layout.place_state(state, self.optimizer)
+    state = self.layout.unpad_state(arrays["state"], self.program.optimizer)
+    self.state = self.layout.place_state(state, self.program.optimizer)
     self.best_params = self.layout.place_params(self.layout.real_rows(arrays["best_params"]))
     if p.epoch_step:
       self._restore_epoch(meta, restored.partial)

@@ -13,6 +13,7 @@ from hale_jax import data as kgdata
 from hale_jax import synthetic
 from hale_jax.config import Config
 from hale_jax.layout import Layout
+from hale_jax.program import Program
 
 
 @pytest.mark.slow
@@ -33,7 +34,8 @@ def test_sharded_memory_and_one_device_times():
   data = synthetic.power_law(1001)
   train = kgdata.with_reciprocals(data.train, data.num_relations).astype(np.int32)
   layout = Layout.for_run(one, 1001)
-  state, row = scale.time_epochs(layout, one, data, train, 2, full_epoch=False)
+  program = Program.build(one, layout, data.num_relations)
+  state, row = scale.time_epochs(program, train, 2, full_epoch=False)
   row.update(scale.time_evaluation(layout, one, data, state.params))
   for key in ("step_s", "loss", "epoch_s_projected", "eval_s", "test_mrr"):
     assert math.isfinite(row[key]) and row[key] >= 0, (key, row[key])

@@ -18,6 +18,7 @@ from absl import flags
 from hale_jax import checkpoints, dataspec, options, rundata, rundir, synthetic
 from hale_jax.config import Config
 from hale_jax.layout import Layout
+from hale_jax.program import Program
 from hale_jax.loop import Interrupted, train
 from hale_jax.mesh import single_device_mesh
 
@@ -212,7 +213,8 @@ def test_wall_clock_budget_counts_seconds_already_spent(tmp_path):
   with pytest.raises(Interrupted, match="rerun the same command"):
     train(cfg, data, tmp_path / "w", log=_quiet, should_stop=stop_after_three_epochs)
   ckpt = checkpoints.Checkpointer(tmp_path / "w", log=_quiet)
-  template = Layout(single_device_mesh(), data.num_entities).init_state(cfg, data.num_relations)
+  template = Program.build(cfg, Layout(single_device_mesh(), data.num_entities),
+                           data.num_relations).init_state()
   _, meta, step, partial = ckpt.restore_latest({"state": template, "best_params": template.params})
   ckpt.close()
   assert step == 3 * meta["steps_per_epoch"] and meta["epoch"] == 3  # numbered by steps

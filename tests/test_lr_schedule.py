@@ -12,6 +12,7 @@ from hale_jax import optim, step, synthetic
 from hale_jax.config import Config
 from hale_jax.data import with_reciprocals
 from hale_jax.layout import Layout
+from hale_jax.program import Program
 from hale_jax.loop import Interrupted, train
 from hale_jax.mesh import single_device_mesh
 
@@ -79,9 +80,10 @@ def test_unknown_schedule_is_a_clear_error():
 def _single(data, cfg):
   """A one-device layout's initial state, training set and jitted epoch for ``cfg``."""
   layout = Layout(single_device_mesh(), data.num_entities)
+  program = Program.build(cfg, layout, data.num_relations)
   queries = with_reciprocals(data.train, data.num_relations).astype(np.int32)
-  epoch, _ = layout.epoch(cfg, queries.shape[0])
-  return layout.init_state(cfg, data.num_relations), layout.place_training_set(queries), epoch
+  epoch, _ = program.epoch(queries.shape[0])
+  return program.init_state(), layout.place_training_set(queries), epoch
 
 
 @pytest.mark.slow
@@ -107,12 +109,11 @@ def test_the_rate_set_between_epochs_is_the_rate_used(small_graph, optimizer, x6
 
 def test_constant_schedule_keeps_the_plain_optimiser_state(small_graph):
   cfg = _config(lr_schedule="constant")
-  state = Layout(single_device_mesh(), small_graph.num_entities).init_state(
-      cfg, small_graph.num_relations)
+  layout = Layout(single_device_mesh(), small_graph.num_entities)
+  state = Program.build(cfg, layout, small_graph.num_relations).init_state()
   assert not hasattr(state.opt_state, "hyperparams")
   assert step.set_learning_rate(state, 1.0).opt_state is state.opt_state
-  cosine = Layout(single_device_mesh(), small_graph.num_entities).init_state(
-      _config(), small_graph.num_relations)
+  cosine = Program.build(_config(), layout, small_graph.num_relations).init_state()
   rate = cosine.opt_state.hyperparams["learning_rate"]
   changed = step.set_learning_rate(cosine, 0.5).opt_state.hyperparams["learning_rate"]
   assert float(changed) == 0.5 and changed.dtype == rate.dtype

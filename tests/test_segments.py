@@ -27,6 +27,7 @@ from hale_jax.callbacks import ProgressReport
 from hale_jax.config import Config
 from hale_jax.data import with_reciprocals
 from hale_jax.layout import Layout, to_host
+from hale_jax.program import Program
 from hale_jax.loop import Interrupted, train
 from hale_jax.mesh import single_device_mesh
 from hale_jax.trainer import Progress, Trainer
@@ -151,16 +152,16 @@ def test_an_epoch_in_any_segments_is_the_epoch_bit_for_bit(rng):
   layout = Layout(single_device_mesh(), data.num_entities)
   queries = with_reciprocals(data.train, data.num_relations).astype(np.int32)
   train_set = layout.place_training_set(queries)
-  segment, steps = layout.segment(cfg, queries.shape[0])
+  program = Program.build(cfg, layout, data.num_relations)
+  segment, steps = program.segment(queries.shape[0])
 
   def run(state, plan, start, count, fresh):
     return segment(state, plan, train_set, layout.scalar(start, np.int32),
                    layout.scalar(count, np.int32), layout.scalar(fresh, np.bool_))
 
-  whole, whole_plan = (layout.init_state(cfg, data.num_relations),
-                       layout.new_plan(cfg, queries.shape[0]))
+  whole, whole_plan = program.init_state(), program.new_plan(queries.shape[0])
   key0 = to_host(whole.key)
-  parts, plan = layout.init_state(cfg, data.num_relations), layout.new_plan(cfg, queries.shape[0])
+  parts, plan = program.init_state(), program.new_plan(queries.shape[0])
   for _ in range(2):
     whole, whole_plan, whole_loss = run(whole, whole_plan, 0, steps, True)
     start, fresh = 0, True
@@ -297,8 +298,8 @@ def test_resume_inside_an_epoch_is_exact(fake_clock, cache, tmp_path):
       train(parts, data, tmp_path / "parts", log=_quiet, callbacks=[StopAtEpoch(3)],
             should_stop=_stop_after(5))
     ckpt = checkpoints.Checkpointer(tmp_path / "parts", log=_quiet)
-    template = Layout(single_device_mesh(), data.num_entities).init_state(parts,
-                                                                          data.num_relations)
+    template = Program.build(parts, Layout(single_device_mesh(), data.num_entities),
+                             data.num_relations).init_state()
     restored = ckpt.restore_latest({"state": template, "best_params": template.params},
                                    {"losses": np.zeros(0, np.float32)})
     ckpt.close()

@@ -24,6 +24,7 @@ from hale_jax.config import Config
 from hale_jax.data import with_reciprocals
 from hale_jax.evaluation import Evaluator
 from hale_jax.layout import Layout, pad_entities, to_host
+from hale_jax.program import Program
 from hale_jax.mesh import make_mesh, single_device_mesh
 
 MESHES = ["data:8,model:1", "data:4,model:2", "data:1,model:8"]
@@ -121,8 +122,9 @@ def _single_run():
   layout = _one_device()
   with jax.enable_x64(True):
     queries = layout.place_training_set(_queries())
-    epoch, _ = layout.epoch(cfg, _queries().shape[0])
-    state = layout.init_state(cfg, data.num_relations)
+    program = Program.build(cfg, layout, data.num_relations)
+    epoch, _ = program.epoch(_queries().shape[0])
+    state = program.init_state()
     initial = to_host(state)
     epoch_losses = []
     for _ in range(EPOCHS):
@@ -139,11 +141,11 @@ def _sharded_run(spec: str):
   epoch's HLO text, the placed queries, the final state and the losses."""
   cfg = _f64_config()
   layout = _layout(spec)
-  optimizer = step.make_optimizer(cfg)
   with jax.enable_x64(True):
     queries = layout.place_training_set(_queries())
-    epoch, _ = layout.epoch(cfg, _queries().shape[0])
-    state = layout.place_state(_single_run()[4], optimizer)
+    program = Program.build(cfg, layout, _graph().num_relations)
+    epoch, _ = program.epoch(_queries().shape[0])
+    state = layout.place_state(_single_run()[4], program.optimizer)
     compiled = epoch.lower(state, queries).compile()
     epoch_losses = []
     for _ in range(EPOCHS):
@@ -218,7 +220,7 @@ def test_padding_and_param_shardings():
 def _fresh_state(spec: str | None, loss: str = "hale"):
   """The initial float32 state of ``_config(loss=loss)`` on ``spec`` (None: one device)."""
   layout = _one_device() if spec is None else _layout(spec)
-  return layout.init_state(_config(loss=loss), _graph().num_relations)
+  return Program.build(_config(loss=loss), layout, _graph().num_relations).init_state()
 
 
 def _batch(cfg) -> np.ndarray:
@@ -253,7 +255,7 @@ def test_loss_and_grads_match_single_device(loss, spec):
   for k, v in to_host(single.params).items():
     np.testing.assert_allclose(host[k], v, rtol=3e-7, atol=0, err_msg=k)
 
-  grad_sharded = jax.jit(jax.value_and_grad(layout.loss(cfg)[0]))
+  grad_sharded = jax.jit(jax.value_and_grad(Program.build(cfg, layout, data.num_relations).loss))
   loss_s, grads_s = grad_sharded(state.params,
                                  jax.device_put(_batch(cfg), layout.batch_sharding()),
                                  jax.random.PRNGKey(3))
@@ -312,7 +314,6 @@ def test_epochs_match_single_device(spec):
 @pytest.mark.slow
 @pytest.mark.parametrize("spec", MESHES)
 def test_entity_table_and_moments_are_row_sharded(spec):
-  data = _graph()
   layout = _layout(spec)
   mesh = layout.mesh
   m = mesh.shape["model"]

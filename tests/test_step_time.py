@@ -10,7 +10,7 @@ import pytest
 from absl import flags
 
 from benchmarks import step_time
-from hale_jax.layout import Layout
+from hale_jax.program import Program
 
 POSITIVE = ("lower_s", "compile_s", "step_median_s", "step_p25_s", "step_p75_s", "step_min_s",
             "triples_per_s", "flops", "bytes_accessed", "footprint_bytes", "argument_bytes",
@@ -63,16 +63,16 @@ def test_lse_modes_and_xla_floor():
   assert step_time.xla_floor(None, None, device)["floor_s"] is None
 
 
-def test_epoch_is_the_layout_epoch(monkeypatch):
-  """run_case times what Layout.epoch returns (training's segment over an epoch), not a copy of
-  its own."""
+def test_epoch_is_the_programs_epoch(monkeypatch):
+  """run_case times what Program.epoch returns (training's segment over an epoch), not a copy
+  of its own."""
   seen = []
 
-  def spy(self, config, num_queries):
-    seen.append((config.model.model, num_queries))
+  def spy(self, num_queries):
+    seen.append((self.config.model.model, num_queries))
     raise RuntimeError("stop here")
 
-  monkeypatch.setattr(Layout, "epoch", spy)
+  monkeypatch.setattr(Program, "epoch", spy)
   config = step_time.make_config("RotL", "plain", batch_size=64)
   with pytest.raises(RuntimeError, match="stop here"):
     step_time.run_case(config, "tiny", {}, step_time.Timing(steps=3, repeats=1, warmup=0))
