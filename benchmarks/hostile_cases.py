@@ -198,7 +198,7 @@ def newline_in_name(lab: Lab) -> str:
 _OPENS = """
 import os, sys
 import jax, jax.numpy as jnp
-import hale_jax, hale_jax.trained
+import hale_jax, hale_jax.trained_model
 jax.devices(); jnp.zeros(1).block_until_ready()
 run = os.path.realpath(sys.argv[1])
 opened = []

@@ -9,7 +9,7 @@ For each size ``N`` in ``--entities`` it generates ``hale_jax.synthetic.power_la
 test triples) and lays the run out as training does (``Layout.for_run`` with ``--mesh``:
 ``none`` is one device, ``auto`` training's choice, ``data:D,model:M`` a mesh; the row's
 ``mesh`` is ``layout.describe()``'s).  The epochs are ``program.epoch``, the state
-``program.init_state`` (``hale_jax.program.Program``), the ranking ``evaluation.Evaluator`` on
+``program.init_state`` (``hale_jax.program.Program``), the ranking ``ranking.Evaluator`` on
 the same layout:
 
 - **memory**: compiles the *full* epoch (all ``20 N / B`` steps, the whole training set as its
@@ -38,7 +38,7 @@ import numpy as np
 
 from benchmarks.xla_analysis import memory_numbers
 from hale_jax import data as kgdata
-from hale_jax import evaluation, objective, synthetic
+from hale_jax import objective, ranking, synthetic
 from hale_jax.config import Config
 from hale_jax.layout import Layout, to_host
 from hale_jax.program import Program
@@ -112,7 +112,7 @@ def time_epochs(program: Program, train_host: np.ndarray, steps: int, full_epoch
 def time_evaluation(layout: Layout, config: Config, data: kgdata.KGData,
                     params) -> dict[str, Any]:
   """Compiles and times the filtered ranking of the test split on ``layout``."""
-  test_eval = evaluation.Evaluator(data, "test", config.model.model, config.budget.eval_chunk,
+  test_eval = ranking.Evaluator(data, "test", config.model.model, config.budget.eval_chunk,
                                    kgdata.FilterIndex(data), layout,
                                    objective.activation_of(config.objective))
   row: dict[str, Any] = {"eval_compile_s": round(test_eval.compile(params), 2)}

@@ -40,12 +40,12 @@ def top1_breakdown(workdir: str, split: str = "test", chunk: int = 512,
                    min_queries: int = 50) -> dict:
   """``{"queries", "hits@1", "self@1", "relations": {name: (n, hits@1, self@1)}}``."""
   import jax  # pylint: disable=import-outside-toplevel
-  from hale_jax import evaluation, trained  # pylint: disable=import-outside-toplevel
+  from hale_jax import ranking, trained_model  # pylint: disable=import-outside-toplevel
   from hale_jax.data import FilterIndex  # pylint: disable=import-outside-toplevel
-  loaded = trained.load(workdir)
+  loaded = trained_model.load(workdir)
   data, params = loaded.data, loaded.params
   # one compiled function for every chunk: the last chunk is padded to the same shape
-  distances = jax.jit(evaluation.candidate_distances, static_argnums=(1, 4))
+  distances = jax.jit(ranking.candidate_distances, static_argnums=(1, 4))
   model, activation = loaded.model, loaded.activation
   triples = data.split(split)
   nr = data.num_relations
@@ -89,8 +89,8 @@ def relation_geometry(workdir: str, min_triples: int = 50) -> dict:
   without those tables."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from hale_jax import distances, models, trained  # pylint: disable=import-outside-toplevel
-  loaded = trained.load(workdir)
+  from hale_jax import distances, models, trained_model  # pylint: disable=import-outside-toplevel
+  loaded = trained_model.load(workdir)
   data, params, model = loaded.data, loaded.params, loaded.model
   transform = jax.jit(models.transform, static_argnums=0)
   entity = np.asarray(params["entity"], np.float64)

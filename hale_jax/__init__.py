@@ -1,7 +1,7 @@
 """hale_jax: HaLE (Wang et al., WWW'22) knowledge-graph-embedding training in JAX.
 
 ``hale_jax.train(...)`` trains as the launcher does (``hale_jax.pipeline``) and
-``hale_jax.load(workdir)`` gives a trained model (``hale_jax.trained``); the pure functions
+``hale_jax.load(workdir)`` gives a trained model (``hale_jax.trained_model``); the pure functions
 (activations, models, losses, ``uniformity_lse``) work in any JAX code, and
 ``hale_jax.KGEmbedding`` (``hale_jax.nn``) in Flax NNX code.  ``train``, ``load``,
 ``TrainedModel`` and ``KGEmbedding`` are imported when first used, so ``import hale_jax``
@@ -22,9 +22,9 @@ from hale_jax.losses import (alignment_terms, combine, hale_loss,  # noqa: E402,
                              num_sampled_queries, uniformity_terms)
 
 # Public names imported on first use: {name: module}, and the modules behind them.
-_LAZY = {"load": "hale_jax.trained", "TrainedModel": "hale_jax.trained",
+_LAZY = {"load": "hale_jax.trained_model", "TrainedModel": "hale_jax.trained_model",
          "KGEmbedding": "hale_jax.nn", "train": "hale_jax.pipeline"}
-_LAZY_MODULES = ("trained", "nn")
+_LAZY_MODULES = ("trained_model", "nn")
 
 
 def __getattr__(name: str) -> Any:

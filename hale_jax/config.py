@@ -33,7 +33,7 @@ from hale_jax import activations, distances, losses, mesh, models, objective, op
 
 GROUPS = ("model", "objective", "optim", "budget", "run")
 EVAL_PROTOCOLS = ("filtered", "ogb")
-"""``--eval_protocol``: ``hale_jax.evaluation`` (filtered) or ``hale_jax.ogb_eval`` (ogb)."""
+"""``--eval_protocol``: ``hale_jax.ranking`` (filtered) or ``hale_jax.ogb_eval`` (ogb)."""
 
 
 def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None,  # pylint: disable=redefined-builtin

@@ -12,7 +12,7 @@ by :mod:`hale_jax.columnar` (pyarrow) and, when it declines, line by line.
 
 :func:`data_report` lists duplicates, train/valid/test overlap and valid/test names unseen in
 train; :func:`split_hashes` fingerprints a folder's raw files.  For your own files in other
-layouts see :mod:`hale_jax.own_data`.
+layouts see :mod:`hale_jax.data_file`.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ tell that the files changed), and say which folder may hold ``entity_labels.tsv`
 :func:`from_json` are the ``run.json`` form (``{"kind": ..., ...}``).
 
 Only training uses a spec: a trained run loads from its run folder alone and never resolves a
-dataset name (``hale_jax.trained``).
+dataset name (``hale_jax.trained_model``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping
 
-from hale_jax import datasets, own_data, synthetic
+from hale_jax import data_file, datasets, synthetic
 from hale_jax.data import SPLITS, DataError, KGData, file_sha256, load_folder, split_hashes
 
 Log = Callable[[str], None]
@@ -27,8 +27,8 @@ Log = Callable[[str], None]
 
 @dataclasses.dataclass(frozen=True)
 class Reading:
-  """How the lines of one's own files are read (``hale_jax.own_data``)."""
-  columns: str = own_data.DEFAULT_COLUMNS
+  """How the lines of one's own files are read (``hale_jax.data_file``)."""
+  columns: str = data_file.DEFAULT_COLUMNS
   delimiter: str | None = None
   header: bool = False
   strip_whitespace: bool = False
@@ -118,16 +118,16 @@ class Folder(DataSpec):
 class OneFile(DataSpec):
   """One file of triples split into train, valid and test by ``fractions`` and ``seed``."""
   path: str
-  fractions: tuple[float, float, float] = own_data.DEFAULT_FRACTIONS
+  fractions: tuple[float, float, float] = data_file.DEFAULT_FRACTIONS
   seed: int = 0
   reading: Reading = Reading()
   name: str | None = None
   kind: ClassVar[str] = "file"
 
   def load(self, log: Log | None = None) -> KGData:
-    """The split data; ``log`` also gets what the split did (:meth:`own_data.SplitInfo.lines`:
+    """The split data; ``log`` also gets what the split did (:meth:`data_file.SplitInfo.lines`:
     triples read, duplicates dropped, the split's sizes and the triples moved to train)."""
-    data, info = own_data.load_triples_file(self.path, fractions=self.fractions, seed=self.seed,
+    data, info = data_file.load_triples_file(self.path, fractions=self.fractions, seed=self.seed,
                                             name=self.name, log=log, **self.reading.kwargs())
     for line in info.lines() if log else ():
       log(line)
@@ -150,7 +150,7 @@ class SplitFiles(DataSpec):
   kind: ClassVar[str] = "files"
 
   def load(self, log: Log | None = None) -> KGData:
-    return own_data.load_split_files(self.train, self.valid, self.test, name=self.name,
+    return data_file.load_split_files(self.train, self.valid, self.test, name=self.name,
                                      log=log, **self.reading.kwargs())
 
   def hashes(self) -> dict[str, str]:

@@ -1,6 +1,6 @@
 """Command line: ``python -m hale_jax.evaluate --workdir=W [--split=test] [--output=FILE]``.
 
-Re-ranks a split with a run's best parameters (:meth:`hale_jax.trained.TrainedModel.evaluate`) by
+Re-ranks a split with a run's best parameters (:meth:`hale_jax.trained_model.TrainedModel.evaluate`) by
 the run's ``--eval_protocol`` (or ``--protocol``) and prints MRR, MR and Hits@{1,3,10} for the
 realistic, pessimistic and optimistic tie conventions.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from hale_jax import cli, runfiles, trained
+from hale_jax import cli, runfiles, trained_model
 from hale_jax.config import EVAL_PROTOCOLS
 
 FLAGS = flags.FLAGS
@@ -58,7 +58,7 @@ def main(argv):
   cli.no_arguments(argv)
   if FLAGS.output:
     cli.check_output(FLAGS.output, FLAGS.overwrite)
-  model = trained.load(FLAGS.workdir, log=cli.warn)
+  model = trained_model.load(FLAGS.workdir, log=cli.warn)
   protocol = FLAGS.protocol or model.protocol
   metrics = model.evaluate(FLAGS.split, FLAGS.chunk, protocol=protocol)
   what = "filtered ranking" if protocol == "filtered" else "OGB protocol (given negatives)"

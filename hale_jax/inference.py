@@ -1,8 +1,8 @@
 """Using a finished run: re-evaluate it, export its embeddings, answer queries by name.
 
-Library code (no flags) over :mod:`hale_jax.trained`; ``hale_jax.evaluate``,
+Library code (no flags) over :mod:`hale_jax.trained_model`; ``hale_jax.evaluate``,
 ``hale_jax.export`` and ``hale_jax.predict`` are the command lines over it.  Everything works
-from the run folder alone (``hale_jax.trained.load``).
+from the run folder alone (``hale_jax.trained_model.load``).
 
 Shapes: ``N`` entities, ``|R|`` relations, ``R2 = 2 |R|`` relation ids (reciprocal ``r + |R|``),
 ``d`` dimensions.  Distances are what ranking sorts (smaller is better).
@@ -16,9 +16,9 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from hale_jax import cli, export_tsv, runfiles, trained
+from hale_jax import cli, export_tsv, runfiles, trained_model
 from hale_jax.data import DataError
-from hale_jax.trained import Prediction, TrainedModel, relation_names
+from hale_jax.trained_model import Prediction, TrainedModel, relation_names
 
 QUERY_BATCH = 1024  # queries answered at a time by a queries file
 # Keys of an npz export that are not parameter tables.
@@ -50,7 +50,7 @@ def export_run(workdir: str | os.PathLike, fmt: str, output: str | os.PathLike,
   cli.check_output(output, overwrite)
   if fmt == "tsv":
     export_tsv.check_target(output)
-  model = trained.load(workdir, cli.warn)
+  model = trained_model.load(workdir, cli.warn)
   data = model.data
   params = {k: np.asarray(v) for k, v in model.params.items()}
   c_r = np.asarray(jax.nn.softplus(params["scale"]))

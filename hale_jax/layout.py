@@ -32,7 +32,7 @@ filled with **NaN** beyond ``N``, and handled exactly:
   jitted step, so the LSE runs over real entities only (XLA masks the uneven last shard) and
   the padding rows get an exact zero gradient.  Adam's moments of those rows stay 0 and their
   update is exactly 0, so the real rows follow the single-device trajectory.
-- ranking: :class:`hale_jax.evaluation.Evaluator` masks the columns ``>= N`` out of the
+- ranking: :class:`hale_jax.ranking.Evaluator` masks the columns ``>= N`` out of the
   competition whatever their values (NaN comparing False is not enough: XLA's CPU backend may
   compile a ``max(d, 0)`` inside a loop to an instruction that turns NaN into 0).
 - anything that reduces over a raw table (a norm, an export) must use :meth:`unpad_params`

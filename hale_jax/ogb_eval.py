@@ -19,7 +19,7 @@ directions' lists).  Here the score is minus what ranking sorts (``models.rankin
 smaller is better), so with ``n_<`` negatives strictly closer and ``n_=`` equally close,
 hale_jax's optimistic rank ``1 + n_<``, pessimistic ``1 + n_< + n_=`` and realistic rank, their
 mean, is OGB's rank exactly: the ``realistic`` metrics of ``metrics_from_ranks``
-(``hale_jax.evaluation``) are OGB's MRR and Hits@1/3/10; the other two tie rules bound them.  One
+(``hale_jax.ranking``) are OGB's MRR and Hits@1/3/10; the other two tie rules bound them.  One
 departure: a NaN target distance ranks last (``K + 1``) where OGB's comparisons with NaN would
 give rank 1, so that a broken model never looks good.
 
@@ -45,7 +45,7 @@ from jax.typing import ArrayLike
 from hale_jax import activations, models
 from hale_jax.config import EVAL_PROTOCOLS
 from hale_jax.data import FilterIndex, KGData
-from hale_jax.evaluation import Evaluator, breakdown_from_ranks, metrics_from_ranks
+from hale_jax.ranking import Evaluator, breakdown_from_ranks, metrics_from_ranks
 from hale_jax.layout import Layout, put_global
 from hale_jax.mesh import single_device_mesh
 
@@ -110,7 +110,7 @@ def _block_ranks(params, heads, rels, candidates, *, model, activation):
 
 class OgbEvaluator:
   """OGB-protocol ranking of one split (module docstring), with the interface of
-  :class:`~hale_jax.evaluation.Evaluator`: ``compile``, ``ranks`` (tail queries first),
+  :class:`~hale_jax.ranking.Evaluator`: ``compile``, ``ranks`` (tail queries first),
   ``__call__`` (metrics), ``breakdown``, ``num_queries``, ``relations``."""
 
   def __init__(self, data: KGData, split: str, model: str, chunk: int = 256,

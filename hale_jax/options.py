@@ -19,7 +19,7 @@ from typing import Any, Sequence
 from absl import flags
 
 from hale_jax import config as config_lib
-from hale_jax import dataspec, own_data
+from hale_jax import data_file, dataspec
 from hale_jax.config import Config
 
 _DEFINE = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float,
@@ -134,7 +134,7 @@ def data_spec_from_flags(fv: flags.FlagValues = flags.FLAGS) -> dataspec.DataSpe
     return dataspec.SplitFiles(train, valid, test, _reading(fv))
   if fv.data_file:
     return dataspec.OneFile(str(Path(fv.data_file).resolve()),
-                            own_data.parse_fractions(fv.split), fv.split_seed, _reading(fv))
+                            data_file.parse_fractions(fv.split), fv.split_seed, _reading(fv))
   if fv.data_dir:
     return dataspec.Folder(str(Path(fv.data_dir).resolve()), fv.strip_whitespace)
   if fv.dataset.lower() == "synthetic":

@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 from absl import flags
 
-from hale_jax import dataspec, loop, options, trained
+from hale_jax import dataspec, loop, options, trained_model
 from hale_jax.config import Config
 from hale_jax.data import KGData
 from hale_jax.dataspec import DataSpec
@@ -161,7 +161,7 @@ def train(config: Config | None = None, *, data: Any = None,
           workdir: str | os.PathLike | None = None, overwrite: bool = False,
           allow_changed_data: bool = False, log: Log = print, callbacks: Sequence[Any] = (),
           should_stop: Callable[[], str | None] | None = None,
-          **settings: Any) -> trained.TrainedModel:
+          **settings: Any) -> trained_model.TrainedModel:
   """Trains as ``python -m hale_jax.launch`` does and returns the trained model.
 
   Args:
@@ -193,4 +193,4 @@ def train(config: Config | None = None, *, data: Any = None,
                          allow_changed_data=allow_changed_data, should_stop=should_stop,
                          callbacks=callbacks,
                          extra={"python": "hale_jax.train", "settings": _jsonable(settings)})
-  return trained.load(path, log=log)
+  return trained_model.load(path, log=log)

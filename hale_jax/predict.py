@@ -2,7 +2,7 @@
 or ``--queries=FILE`` for a whole file of queries.
 
 Prints the ``--k`` best answers of ``(H, R, ?)`` or ``(?, R, T)`` under a run's best
-parameters (:mod:`hale_jax.trained`): rank, name, label (when the run folder has label files)
+parameters (:mod:`hale_jax.trained_model`): rank, name, label (when the run folder has label files)
 and score (higher is better: ``TrainedModel.score`` of the triple as asked, a head query's
 being ``(tail, reciprocal relation, answer)``).  Names may also be given by an unambiguous label.  With ``--filtered``
 (default) answers already known from train, valid or test are left out.  ``--queries`` takes
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from absl import flags
 
-from hale_jax import cli, inference, runfiles, trained
+from hale_jax import cli, inference, runfiles, trained_model
 from hale_jax.progress import PROGRESS_SECONDS, ProgressLine
 
 FLAGS = flags.FLAGS
@@ -45,7 +45,7 @@ def _define_flags() -> None:
                      "lines on stderr (a file answered sooner prints none).")
 
 
-def _print_one(model: trained.TrainedModel) -> None:
+def _print_one(model: trained_model.TrainedModel) -> None:
   if FLAGS.relation is None or (FLAGS.head is None) == (FLAGS.tail is None):
     raise ValueError("give --relation and exactly one of --head (to rank tails) and --tail (to "
                      "rank heads), or --queries=FILE")
@@ -75,7 +75,7 @@ def _json_items(queries, answers):
                      allow_nan=False)
 
 
-def _write_answers(model: trained.TrainedModel, numbered: list, out) -> None:
+def _write_answers(model: trained_model.TrainedModel, numbered: list, out) -> None:
   """Answers the queries ``QUERY_BATCH`` at a time, writing each batch as it is done (only a
   batch's answers are held); a long file reports progress on stderr."""
   first = True
@@ -98,7 +98,7 @@ def _write_answers(model: trained.TrainedModel, numbered: list, out) -> None:
     out.write("\n]\n")
 
 
-def _answer_file(model: trained.TrainedModel) -> None:
+def _answer_file(model: trained_model.TrainedModel) -> None:
   numbered = inference.parse_query_lines(FLAGS.queries)
   if FLAGS.output is None:
     _write_answers(model, numbered, sys.stdout)
@@ -114,7 +114,7 @@ def main(argv):
   cli.no_arguments(argv)
   if FLAGS.queries and FLAGS.output is not None:
     cli.check_output(FLAGS.output, FLAGS.overwrite)
-  model = trained.load(FLAGS.workdir, log=cli.warn)
+  model = trained_model.load(FLAGS.workdir, log=cli.warn)
   if FLAGS.queries:
     _answer_file(model)
   else:

@@ -3,7 +3,7 @@ only names that occur in train.
 
 :func:`split_where` works on int id triples (millions of rows in a second or so);
 :func:`split_triples` applies it to ``(head, relation, tail)`` name triples.  Both give the
-same split for the same triples, fractions and seed (module :mod:`hale_jax.own_data` reads a
+same split for the same triples, fractions and seed (module :mod:`hale_jax.data_file` reads a
 file and calls them).
 """
 

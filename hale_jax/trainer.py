@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hale_jax import checkpoints, evaluation, models, objective, ogb_eval, rundir, step
+from hale_jax import checkpoints, models, objective, ogb_eval, ranking, rundir, step
 from hale_jax.callbacks import ProgressReport, Validation
 from hale_jax.config import Config
 from hale_jax.data import KGData, with_reciprocals
@@ -98,7 +98,7 @@ class Trainer:
     # One large allocation after the other, each one's scratch memory freed before the next:
     # the filter index of the validation and test queries (the OGB protocol has none), the
     # state (waited for), then the training queries, whose host copy goes once placed.
-    index = evaluation.filter_index_for(data) if protocol == "filtered" else None
+    index = ranking.filter_index_for(data) if protocol == "filtered" else None
     self.state = jax.block_until_ready(program.init_state())
     train_host = with_reciprocals(data.train, data.num_relations)
     num_queries = train_host.shape[0]

@@ -21,7 +21,7 @@ from hale_jax import rundir, runfiles, synthetic
 from hale_jax.callbacks import Callback, Validation
 from hale_jax.config import Config
 from hale_jax.data import load_folder
-from hale_jax.evaluation import Evaluator
+from hale_jax.ranking import Evaluator
 
 from benchmarks import faults
 

@@ -4,6 +4,7 @@ names, and a light ``import hale_jax``."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -173,11 +174,23 @@ def test_removed_name_says_what_replaced_it():
     chunked.nothing  # pylint: disable=pointless-statement
 
 
+@pytest.mark.parametrize("old, new", [("evaluation", "ranking"), ("trained", "trained_model"),
+                                      ("own_data", "data_file")])
+def test_renamed_module_names_its_new_home(old, new):
+  module = importlib.import_module(f"hale_jax.{old}")
+  public = next(n for n in dir(importlib.import_module(f"hale_jax.{new}")) if n[0].isupper())
+  with pytest.raises(ImportError, match=rf"hale_jax\.{old} was renamed hale_jax\.{new} after "
+                     rf"0\.1\.0: use hale_jax\.{new}\.{public}"):
+    getattr(module, public)
+  with pytest.raises(AttributeError):
+    module.__all__  # pylint: disable=pointless-statement  (tools probe dunders)
+
+
 def test_exports():
   assert hale_jax.uniformity_lse is chunked.uniformity_lse
-  from hale_jax import nn, trained  # pylint: disable=import-outside-toplevel
+  from hale_jax import nn, trained_model  # pylint: disable=import-outside-toplevel
   assert hale_jax.KGEmbedding is nn.KGEmbedding
-  assert hale_jax.load is trained.load and hale_jax.TrainedModel is trained.TrainedModel
+  assert hale_jax.load is trained_model.load and hale_jax.TrainedModel is trained_model.TrainedModel
   assert {"load", "KGEmbedding", "hale_loss", "two_arctanh"} <= set(dir(hale_jax))
 
 

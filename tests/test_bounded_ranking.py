@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 import hale_jax
-from hale_jax import evaluation, inference, progress, synthetic, topk
+from hale_jax import inference, progress, ranking, synthetic, topk
 from hale_jax.data import FilterIndex
-from hale_jax.evaluation import Evaluator
+from hale_jax.ranking import Evaluator
 from tests.reference import random_params
 
 from benchmarks import fake_run
@@ -39,8 +39,8 @@ def test_evaluator_in_several_calls_gives_the_same_ranks(graph, rng, monkeypatch
   assert one._plan.calls == 1  # pylint: disable=protected-access
   want = one.ranks(params)
   assert lines == []  # a short ranking says nothing
-  monkeypatch.setattr(evaluation, "CALL_DISTANCES", 2 * 4 * graph.num_entities)
-  monkeypatch.setattr(evaluation, "KEEP_BYTES", 0)  # arrays built when due
+  monkeypatch.setattr(ranking, "CALL_DISTANCES", 2 * 4 * graph.num_entities)
+  monkeypatch.setattr(ranking, "KEEP_BYTES", 0)  # arrays built when due
   many = Evaluator(graph, "test", "RotL", 4, index, log=lines.append, progress_every=0.0)
   plan = many._plan  # pylint: disable=protected-access
   assert plan.per_call == 2 and plan.calls == 10 and many._kept is None  # noqa: SLF001
@@ -57,8 +57,8 @@ def test_calls_hold_few_filter_pairs_and_the_cpu_caps_the_chunk(graph, rng, monk
   params = random_params(rng, "TransE", graph.num_entities, graph.num_relations, 4)
   index = FilterIndex(graph)
   want = Evaluator(graph, "valid", "TransE", 8, index).ranks(params)
-  monkeypatch.setattr(evaluation, "CALL_PAIRS", 1)  # one chunk a call
-  monkeypatch.setattr(evaluation, "CPU_CHUNK_DISTANCES", 3 * graph.num_entities + 2)
+  monkeypatch.setattr(ranking, "CALL_PAIRS", 1)  # one chunk a call
+  monkeypatch.setattr(ranking, "CPU_CHUNK_DISTANCES", 3 * graph.num_entities + 2)
   ev = Evaluator(graph, "valid", "TransE", 8, index, log=_quiet)
   assert ev.chunk == 3 and ev._plan.per_call == 1  # pylint: disable=protected-access
   assert ev._plan.calls == 27  # 80 queries in chunks of 3  # pylint: disable=protected-access

@@ -15,7 +15,7 @@ import io
 import numpy as np
 import pytest
 
-from hale_jax import columnar, own_data
+from hale_jax import columnar, data_file
 from hale_jax import data as kgdata
 from hale_jax.data import DataError
 
@@ -97,7 +97,7 @@ def _write_plain(path, rows, delimiter, rng, *, header=None, crlf=False, bom=Fal
                  trailing="\n", pad=False, gz=False):
   """``rows`` of fields joined by ``delimiter`` (or runs of spaces and tabs for whitespace)."""
   def join(fields):
-    if delimiter == own_data.WHITESPACE:
+    if delimiter == data_file.WHITESPACE:
       runs = ["".join(rng.choice(list(_WS_ASCII)) for _ in range(rng.integers(1, 4)))
               for _ in range(len(fields) + 1)]
       lead = runs[0] if rng.random() < 0.3 else ""
@@ -168,8 +168,8 @@ def test_folder_matches_line_by_line(tmp_path, rng, monkeypatch, chunks, crlf, b
 ])
 def test_split_files_match_line_by_line(tmp_path, rng, monkeypatch, chunks, delimiter, suffix,
                                         columns, header, gz):
-  char = own_data.parse_delimiter(delimiter, f"x{suffix}")
-  whitespace = char == own_data.WHITESPACE
+  char = data_file.parse_delimiter(delimiter, f"x{suffix}")
+  whitespace = char == data_file.WHITESPACE
   banned = ("\u00a0 \t" if whitespace else "\t" + char)
   splits = {s: _triples(rng, n, banned=banned, inner_space=not whitespace)
             for s, n in zip(kgdata.SPLITS, (100, 12, 12))}
@@ -178,7 +178,7 @@ def test_split_files_match_line_by_line(tmp_path, rng, monkeypatch, chunks, deli
     paths.append(_write_plain(tmp_path / f"{s}{suffix}", _rows(splits[s], columns, rng), char,
                               rng, header=columns.split(",") if header else None, gz=gz,
                               crlf=bool(rng.random() < 0.5), bom=bool(rng.random() < 0.5)))
-  fast, exact, used = _both(monkeypatch, lambda: own_data.load_split_files(
+  fast, exact, used = _both(monkeypatch, lambda: data_file.load_split_files(
       *paths, columns=columns, delimiter=delimiter, header=header))
   assert used, "the columnar reader fell back on good input"
   _same(fast, exact)
@@ -204,7 +204,7 @@ def test_csv_matches_line_by_line(tmp_path, rng, monkeypatch, chunks, delimiter,
     paths.append(_write_csv(tmp_path / f"{s}{suffix}", rows, delimiter,
                             header=columns.split(",") if header else None, quote_all=quote_all,
                             crlf=bool(rng.random() < 0.5), bom=bool(rng.random() < 0.5)))
-  fast, exact, used = _both(monkeypatch, lambda: own_data.load_split_files(
+  fast, exact, used = _both(monkeypatch, lambda: data_file.load_split_files(
       *paths, columns=columns, delimiter=delimiter, header=header, strip_whitespace=strip))
   assert used, "the columnar reader fell back on good input"
   _same(fast, exact)
@@ -218,7 +218,7 @@ def test_one_file_matches_line_by_line(tmp_path, rng, monkeypatch, chunks, fract
   triples = _triples(rng, 300, banned="\t,")
   triples += triples[:20]  # duplicates, dropped before the split
   path = _write_plain(tmp_path / "kg.tsv", [list(t) for t in triples], "\t", rng)
-  fast, exact, used = _both(monkeypatch, lambda: own_data.load_triples_file(
+  fast, exact, used = _both(monkeypatch, lambda: data_file.load_triples_file(
       path, fractions=fractions, seed=seed))
   if fractions.endswith(",0"):  # an empty test split: the same error both ways
     assert fast == exact and fast[0] == "error" and "leaves test empty" in fast[1]
@@ -264,7 +264,7 @@ def test_layouts_left_to_the_line_by_line_pass(tmp_path, monkeypatch, name, text
                                                columns):
   path = tmp_path / name
   path.write_text(text, encoding="utf-8")
-  fast, exact, used = _both(monkeypatch, lambda: own_data.load_split_files(
+  fast, exact, used = _both(monkeypatch, lambda: data_file.load_split_files(
       path, path, path, delimiter=delimiter, columns=columns))
   assert not used
   _same(fast, exact)
@@ -318,7 +318,7 @@ def test_bad_files_errors_are_unchanged(tmp_path, monkeypatch, name, content, kw
   path.write_bytes(content)
   good = tmp_path / "good.tsv"
   good.write_text(GOOD)
-  fast, exact, used = _both(monkeypatch, lambda: own_data.load_split_files(
+  fast, exact, used = _both(monkeypatch, lambda: data_file.load_split_files(
       path, good, good, **{"columns": "head,relation,tail", **kwargs}))
   assert not used
   assert fast == exact and fast[0] == "error" and str(path) in fast[1], fast
@@ -359,7 +359,7 @@ def test_line_breaks_in_quoted_csv_fields_are_refused(tmp_path, monkeypatch, tex
   path = tmp_path / "kg.csv"
   path.write_bytes(text.encode("utf-8"))
   header = text.startswith("h,")
-  fast, exact, _ = _both(monkeypatch, lambda: own_data.load_triples_file(path, header=header))
+  fast, exact, _ = _both(monkeypatch, lambda: data_file.load_triples_file(path, header=header))
   assert fast == exact and fast[0] == "error"
   assert fast[1].startswith(f"{path}:{line}: the tail field ") and what in fast[1], fast[1]
   assert "\n" not in fast[1]
@@ -368,7 +368,7 @@ def test_line_breaks_in_quoted_csv_fields_are_refused(tmp_path, monkeypatch, tex
 def test_strip_whitespace_does_not_strip_a_byte_order_mark(tmp_path, monkeypatch):
   path = tmp_path / "kg.tsv"
   path.write_text("a\tr\tb\n\ufeff c\tr\td\n", encoding="utf-8")
-  fast, exact, _ = _both(monkeypatch, lambda: own_data.load_split_files(
+  fast, exact, _ = _both(monkeypatch, lambda: data_file.load_split_files(
       path, path, path, strip_whitespace=True))
   assert fast == exact and "byte-order mark" in fast[1] and f"{path}:2:" in fast[1]
 
@@ -439,12 +439,12 @@ def test_random_files_read_alike(tmp_path, rng, monkeypatch, chunks, mode):
     settings = {"delimiter": delimiter, "columns": columns, "header": bool(rng.random() < 0.2),
                 "strip_whitespace": bool(rng.random() < 0.3)}
     if rng.random() < 0.3:
-      fast, exact, used = _both(monkeypatch, lambda: own_data.load_triples_file(
+      fast, exact, used = _both(monkeypatch, lambda: data_file.load_triples_file(
           path, fractions=(0.5, 0.25, 0.25), **settings))
       fast, exact = (fast if fast[0] == "error" else fast[0]), (
           exact if exact[0] == "error" else exact[0])
     else:
-      fast, exact, used = _both(monkeypatch, lambda: own_data.load_split_files(
+      fast, exact, used = _both(monkeypatch, lambda: data_file.load_split_files(
           path, path, path, **settings))
     if isinstance(exact, tuple):
       assert fast == exact

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from hale_jax import data as kgdata
-from hale_jax import dataspec, own_data
+from hale_jax import data_file, dataspec
 from hale_jax.data import DataError
 
 
@@ -26,14 +26,14 @@ def test_one_file_and_split_files_load_and_fingerprint(tmp_path, rng):
                           dataspec.Reading(strip_whitespace=True))
   lines = []
   data = spec.load(log=lines.append)
-  ref, info = own_data.load_triples_file(path, seed=4, strip_whitespace=True)
+  ref, info = data_file.load_triples_file(path, seed=4, strip_whitespace=True)
   assert data.entities == ref.entities
   assert lines == info.lines()  # the launcher's start: how many triples the split moved
   assert f"({info.moved:,} moved to train so that every valid and test" in lines[1]
   np.testing.assert_array_equal(data.valid, ref.valid)
   with pytest.raises(DataError, match="strip_whitespace"):
     dataspec.OneFile(str(path), seed=4).load()
-  folder = own_data.write_splits({s: [(data.entities[h], data.relations[r], data.entities[t])
+  folder = data_file.write_splits({s: [(data.entities[h], data.relations[r], data.entities[t])
                                       for h, r, t in data.split(s)] for s in kgdata.SPLITS},
                                  tmp_path / "splits")
   files = dataspec.SplitFiles(*(str(folder / f"{s}.txt") for s in kgdata.SPLITS))

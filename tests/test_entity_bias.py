@@ -15,8 +15,8 @@ import pytest
 from absl.testing import parameterized
 from jax.test_util import check_grads
 
-from hale_jax import (activations, config, distances, evaluation, inference, models, objective,
-                      trained)
+from hale_jax import (activations, config, distances, ranking, inference, models, objective,
+                      trained_model)
 from hale_jax.data import from_named_triples
 from reference import (SPLITS, known_answers, np_activation, np_advneg, np_allneg,
                        np_biased_scores, np_ranks, np_samneg, np_softplus, np_transform,
@@ -136,7 +136,7 @@ def test_tail_bias_decides_a_hand_made_ranking():
   params["scale"] = jnp.full((2,), np.log(np.expm1(1.0)), jnp.float32)  # c_r = 1
   params["bias_tail"] = jnp.zeros((4,), jnp.float32)
   identity = activations.get_activation("identity")
-  ev = evaluation.Evaluator(data, "test", "TransE", chunk=2, activation=identity)
+  ev = ranking.Evaluator(data, "test", "TransE", chunk=2, activation=identity)
   # (a, r, d): unfiltered competitors are a (distance 0) only; b, c are known answers
   assert ev.ranks(params)[0][0] == 2
   params["bias_tail"] = params["bias_tail"].at[e["d"]].set(9.5)  # 9 - 9.5 < 0 - 0
@@ -155,7 +155,7 @@ def test_evaluator_with_bias_matches_brute_force(rng):
                          entity_bias="tail")
   params["bias_tail"] = jnp.asarray(rng.normal(0, 2.0, data.num_entities), jnp.float32)
   act = "halin"
-  ev = evaluation.Evaluator(data, "test", "RotE", chunk=4,
+  ev = ranking.Evaluator(data, "test", "RotE", chunk=4,
                             activation=activations.get_activation(act))
   opt, pess = ev.ranks(params)
   p = {k: np.asarray(v, np.float64) for k, v in params.items()}
@@ -201,7 +201,7 @@ def test_samneg_run_learns_biases_and_ranks_with_them(tmp_path):
                            eval_every=3, learning_rate=0.01, checkpoint_every_seconds=0)
   spec = {"kind": "synthetic"}
   results = train(cfg, data, tmp_path / "run", log=lambda s: None, data_spec=spec)
-  model = trained.load(tmp_path / "run")
+  model = trained_model.load(tmp_path / "run")
   data2, params = model.data, model.params
   assert sorted(k for k in params if k.startswith("bias")) == ["bias_head", "bias_tail"]
   assert np.any(np.asarray(params["bias_tail"]) != 0.0)
@@ -213,7 +213,7 @@ def test_samneg_run_learns_biases_and_ranks_with_them(tmp_path):
   rel = data2.relations[int(data2.test[0, 1])]
   h = model.activation
   top = [(a.name, a.distance) for a in model.predict_tails(name, rel, k=5, filtered=False)[0]]
-  d = np.asarray(evaluation.candidate_distances(params, "rote", jnp.array([int(data2.test[0, 0])]),
+  d = np.asarray(ranking.candidate_distances(params, "rote", jnp.array([int(data2.test[0, 0])]),
                                                 jnp.array([int(data2.test[0, 1])]), h))[0]
   assert [n for n, _ in top] == [data2.entities[i] for i in np.argsort(d, kind="stable")[:5]]
 

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from hale_jax import (activations, chunked, config, distances, evaluation, hyperbolic, lse_kernel,
+from hale_jax import (activations, chunked, config, distances, ranking, hyperbolic, lse_kernel,
                       models, objective)
 from hale_jax.data import from_named_triples
 from reference import (FD_EPS, SPLITS, known_answers, np_activation, np_batch_loss,
@@ -314,7 +314,7 @@ def test_baselines_use_the_hyperbolic_distance(rng, loss):
 def test_evaluator_matches_brute_force(rng, model):
   data = from_named_triples("tiny", SPLITS)
   params = random_params(rng, model, data.num_entities, data.num_relations, 4, 1.0)
-  opt, pess = evaluation.Evaluator(data, "test", model, chunk=4).ranks(params)
+  opt, pess = ranking.Evaluator(data, "test", model, chunk=4).ranks(params)
   heads, rels, targets = split_queries(data, "test")
   q = np_transform(model, params, heads, rels)
   c = np.log1p(np.exp(np.asarray(params["curvature"], np.float64)[rels]))
@@ -326,7 +326,7 @@ def test_evaluator_matches_brute_force(rng, model):
   np.testing.assert_array_equal(pess, want_pess)
   # Most of these points lie near their ball's boundary, where float32 loses digits: a relative
   # error eps of z = sqrt(c) |(-x) (+) y| near 1 becomes eps / (1 - z) in artanh(z).
-  got = evaluation.candidate_distances(params, model, heads, rels)
+  got = ranking.candidate_distances(params, model, heads, rels)
   np.testing.assert_allclose(np.asarray(got), d, rtol=3e-3)
 
 

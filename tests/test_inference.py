@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hale_jax import inference, rundir, synthetic, trained
+from hale_jax import inference, rundir, synthetic, trained_model
 from hale_jax.config import Config
 from hale_jax.data import DataError, FilterIndex, load_folder
-from hale_jax.evaluation import Evaluator
+from hale_jax.ranking import Evaluator
 from hale_jax.loop import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,7 +46,7 @@ def run_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def loaded(run_dir):
-  return trained.load(run_dir)
+  return trained_model.load(run_dir)
 
 
 def _results(run_dir):
@@ -56,8 +56,8 @@ def _results(run_dir):
 @pytest.mark.slow
 def test_evaluate_reproduces_results_json(run_dir):
   results = _results(run_dir)
-  assert trained.load(run_dir).evaluate("test") == results["metrics"]["test"]
-  assert trained.load(run_dir).evaluate("valid", chunk=128)["realistic"]["mrr"] == pytest.approx(
+  assert trained_model.load(run_dir).evaluate("test") == results["metrics"]["test"]
+  assert trained_model.load(run_dir).evaluate("valid", chunk=128)["realistic"]["mrr"] == pytest.approx(
       results["metrics"]["valid"]["realistic"]["mrr"], abs=1e-6)
 
 
@@ -160,11 +160,11 @@ def test_load_refuses_other_vocabulary_and_missing_spec(run_dir, tmp_path):
   run["vocab_sha256"] = "0" * 64
   rundir.write_run(other, run)
   with pytest.raises(DataError, match="vocabularies do not match") as err:
-    trained.load(other)
+    trained_model.load(other)
   assert "\n" not in str(err.value)
   (other / "run.json").unlink()
   with pytest.raises(FileNotFoundError, match="run.json"):
-    trained.load(other)
+    trained_model.load(other)
 
 
 def _cli(module, *args):
@@ -214,9 +214,9 @@ def test_self_rank_agrees_with_the_evaluator(run_dir):
   finally:
     sys.path.pop(0)
   got = self_rank.top1_breakdown(str(run_dir), "test", chunk=64, min_queries=1)
-  data = trained.load(run_dir).data
+  data = trained_model.load(run_dir).data
   assert got["queries"] == 2 * len(data.test)
-  assert got["hits@1"] == pytest.approx(trained.load(run_dir).evaluate()["optimistic"]["hits@1"])
+  assert got["hits@1"] == pytest.approx(trained_model.load(run_dir).evaluate()["optimistic"]["hits@1"])
   assert sum(n for n, _, _ in got["relations"].values()) == got["queries"]
 
 

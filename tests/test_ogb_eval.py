@@ -9,7 +9,7 @@ import pytest
 
 from hale_jax import activations, ogb_eval
 from hale_jax.data import KGData
-from hale_jax.evaluation import metrics_from_ranks
+from hale_jax.ranking import metrics_from_ranks
 from reference import np_activation, np_biased_scores, np_transform, random_params
 
 NAN = np.nan

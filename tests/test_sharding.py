@@ -22,7 +22,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from hale_jax import losses, models, step, synthetic
 from hale_jax.config import Config
 from hale_jax.data import with_reciprocals
-from hale_jax.evaluation import Evaluator
+from hale_jax.ranking import Evaluator
 from hale_jax.layout import Layout, pad_entities, to_host
 from hale_jax.program import Program
 from hale_jax.mesh import make_mesh, single_device_mesh

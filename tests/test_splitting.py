@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from hale_jax import data as kgdata
-from hale_jax import own_data, splitting
+from hale_jax import data_file, splitting
 
 
 def reference_split(triples, fractions, seed):
@@ -56,7 +56,7 @@ def test_split_matches_the_sequential_algorithm(rng, entities, relations, fracti
   want, want_moved, want_where = reference_split(triples, fractions, seed)
   got, moved = splitting.split_triples(triples, fractions, seed)
   assert got == want and moved == want_moved
-  assert own_data.split_triples is splitting.split_triples
+  assert data_file.split_triples is splitting.split_triples
   # on ids (any numbering of the names gives the same split)
   names = sorted({x for h, _, t in triples for x in (h, t)}, key=lambda _: rng.random())
   eid = {n: i for i, n in enumerate(names)}
@@ -91,7 +91,7 @@ def test_first_copies_match_dict_order(rng):
 
 def reference_load(path, fractions, seed):
   """load_triples_file as the line-by-line original: names, dict dedup, reference split."""
-  triples = own_data.read_triples_file(path)
+  triples = data_file.read_triples_file(path)
   distinct = list(dict.fromkeys(triples))
   splits, moved, _ = reference_split(distinct, fractions, seed)
   return kgdata.from_named_triples("kg", splits), len(triples) - len(distinct), moved
@@ -104,7 +104,7 @@ def test_load_triples_file_matches_the_original(tmp_path, rng, fractions, seed):
   triples = [triples[i] for i in rng.permutation(len(triples))]
   path = tmp_path / "kg.tsv"
   path.write_text("".join(f"{h}\t{r}\t{t}\n" for h, r, t in triples), encoding="utf-8")
-  data, info = own_data.load_triples_file(path, fractions=fractions, seed=seed)
+  data, info = data_file.load_triples_file(path, fractions=fractions, seed=seed)
   want, duplicates, moved = reference_load(path, fractions, seed)
   assert data.entities == want.entities and data.relations == want.relations
   for s in kgdata.SPLITS:

@@ -9,7 +9,7 @@ import pytest
 
 from hale_jax import activations, synthetic, topk
 from hale_jax.data import FilterIndex, KGData
-from hale_jax.evaluation import candidate_distances
+from hale_jax.ranking import candidate_distances
 from tests.reference import np_activation, np_softplus, np_transform, random_params, to_f64
 
 

@@ -1,4 +1,4 @@
-"""hale_jax.own_data: one file of triples (tsv/csv, any column order) split here, or three files."""
+"""hale_jax.data_file: one file of triples (tsv/csv, any column order) split here, or three files."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from hale_jax import data as kgdata
-from hale_jax import own_data
+from hale_jax import data_file
 from hale_jax.data import DataError
 import hale_jax
 from hale_jax import rundir, synthetic
@@ -56,7 +56,7 @@ def _graph(rng, entities=40, relations=5, count=300):
     (("tail", "head", "relation"), (1, 2, 0), 3),
 ])
 def test_parse_columns(columns, positions, width):
-  assert own_data.parse_columns(columns) == (positions, width)
+  assert data_file.parse_columns(columns) == (positions, width)
 
 
 @pytest.mark.parametrize("columns,hint", [
@@ -68,7 +68,7 @@ def test_parse_columns(columns, positions, width):
 ])
 def test_parse_columns_refuses(columns, hint):
   with pytest.raises(DataError) as err:
-    own_data.parse_columns(columns)
+    data_file.parse_columns(columns)
   msg = _one_line(err)
   assert hint in msg and "head,relation,tail" in msg
 
@@ -78,10 +78,10 @@ def test_parse_columns_refuses(columns, hint):
     (None, "kg.tsv.gz", "\t"), (None, "kg.csv.gz", ","), ("tab", "kg.csv", "\t"),
     ("\\t", "kg", "\t"), ("\t", "kg", "\t"),
     ("comma", "kg", ","), ("Semicolon", "kg", ";"), ("space", "kg", " "), ("|", "kg", "|"),
-    ("whitespace", "kg.tsv", own_data.WHITESPACE),
+    ("whitespace", "kg.tsv", data_file.WHITESPACE),
 ])
 def test_parse_delimiter(delimiter, name, expected):
-  assert own_data.parse_delimiter(delimiter, name) == expected
+  assert data_file.parse_delimiter(delimiter, name) == expected
 
 
 @pytest.mark.parametrize("delimiter,name,hint", [
@@ -90,7 +90,7 @@ def test_parse_delimiter(delimiter, name, expected):
 ])
 def test_parse_delimiter_refuses(delimiter, name, hint):
   with pytest.raises(DataError) as err:
-    own_data.parse_delimiter(delimiter, name)
+    data_file.parse_delimiter(delimiter, name)
   assert hint in _one_line(err)
 
 
@@ -99,7 +99,7 @@ def test_parse_delimiter_refuses(delimiter, name, hint):
     ([1, 0, 0], (1.0, 0.0, 0.0)), ("0.5, 0.25, 0.2500005", (0.5, 0.25, 0.2500005)),
 ])
 def test_parse_fractions(given, expected):
-  assert own_data.parse_fractions(given) == pytest.approx(expected)
+  assert data_file.parse_fractions(given) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("given", [
@@ -108,7 +108,7 @@ def test_parse_fractions(given, expected):
 ])
 def test_parse_fractions_refuses(given):
   with pytest.raises(DataError) as err:
-    own_data.parse_fractions(given)
+    data_file.parse_fractions(given)
   msg = _one_line(err)
   assert "sum to 1" in msg and "0.8,0.1,0.1" in msg
 
@@ -119,7 +119,7 @@ def test_parse_fractions_refuses(given):
 
 def test_read_tsv_default(tmp_path):
   path = _write(tmp_path / "kg.tsv", "".join("\t".join(t) + "\n" for t in TRIPLES))
-  assert own_data.read_triples_file(path) == TRIPLES
+  assert data_file.read_triples_file(path) == TRIPLES
 
 
 def test_read_csv_with_header_quotes_and_reordered_columns(tmp_path):
@@ -128,34 +128,34 @@ def test_read_csv_with_header_quotes_and_reordered_columns(tmp_path):
           '2,"said ""hi""",y,x,1\r\n'
           '\r\n')
   path = _write(tmp_path / "kg.csv", text)
-  got = own_data.read_triples_file(path, "id,relation,tail,head,weight", header=True)
+  got = data_file.read_triples_file(path, "id,relation,tail,head,weight", header=True)
   assert got == [("x", "capital_of", "Paris, France"), ("x", 'said "hi"', "y")]
   # without header=True the header line is a triple
-  assert own_data.read_triples_file(path, "x,relation,tail,head,x")[0] == (
+  assert data_file.read_triples_file(path, "x,relation,tail,head,x")[0] == (
       "head", "relation", "tail")
 
 
 def test_read_other_delimiters_and_gzip(tmp_path):
   semi = _write(tmp_path / "kg.data", "a;r;b\nc;r;\"d;e\"\n")
-  assert own_data.read_triples_file(semi, delimiter="semicolon") == [("a", "r", "b"),
+  assert data_file.read_triples_file(semi, delimiter="semicolon") == [("a", "r", "b"),
                                                                       ("c", "r", "d;e")]
   spaced = _write(tmp_path / "kg.txt", "a  r\tb\n c r   d \n")
-  assert own_data.read_triples_file(spaced, delimiter="whitespace") == [("a", "r", "b"),
+  assert data_file.read_triples_file(spaced, delimiter="whitespace") == [("a", "r", "b"),
                                                                        ("c", "r", "d")]
   piped = _write(tmp_path / "kg.psv", 'a|"r"|b\n')  # no quoting for other delimiters
-  assert own_data.read_triples_file(piped, delimiter="|") == [("a", '"r"', "b")]
+  assert data_file.read_triples_file(piped, delimiter="|") == [("a", '"r"', "b")]
   packed = tmp_path / "kg.tsv.gz"
   packed.write_bytes(gzip.compress("\ufeffa\tr\tb\n".encode()))
-  assert own_data.read_triples_file(packed) == [("a", "r", "b")]
+  assert data_file.read_triples_file(packed) == [("a", "r", "b")]
 
 
 def test_read_drops_byte_order_mark(tmp_path):
   for name in ("kg.tsv", "kg.csv"):
     sep = "\t" if name.endswith("tsv") else ","
     path = _write(tmp_path / name, "\ufeff" + sep.join(TRIPLES[0]) + "\n", "utf-8")
-    assert own_data.read_triples_file(path) == [TRIPLES[0]]
+    assert data_file.read_triples_file(path) == [TRIPLES[0]]
   path = _write(tmp_path / "h.csv", "\ufeffhead,relation,tail\na,r,b\n")
-  assert own_data.read_triples_file(path, header=True) == [("a", "r", "b")]
+  assert data_file.read_triples_file(path, header=True) == [("a", "r", "b")]
 
 
 @pytest.mark.parametrize("name,content,line,hints", [
@@ -174,7 +174,7 @@ def test_read_bad_line_raises(tmp_path, name, content, line, hints):
   path = tmp_path / name
   path.write_bytes(content.encode("latin-1") if "\xff" in content else content.encode())
   with pytest.raises(DataError) as err:
-    own_data.read_triples_file(path)
+    data_file.read_triples_file(path)
   msg = _one_line(err, path, line).lower()
   for hint in hints:
     assert hint.lower() in msg, msg
@@ -183,23 +183,23 @@ def test_read_bad_line_raises(tmp_path, name, content, line, hints):
 def test_read_header_with_wrong_width_raises(tmp_path):
   path = _write(tmp_path / "kg.csv", "head,relation\na,r,b\n")
   with pytest.raises(DataError) as err:
-    own_data.read_triples_file(path, header=True)
+    data_file.read_triples_file(path, header=True)
   assert "the header has 2" in _one_line(err, path, 1)
 
 
 def test_read_strip_whitespace(tmp_path):
   path = _write(tmp_path / "kg.csv", "a , r,b\n")
-  assert own_data.read_triples_file(path, strip_whitespace=True) == [("a", "r", "b")]
+  assert data_file.read_triples_file(path, strip_whitespace=True) == [("a", "r", "b")]
 
 
 def test_read_missing_and_empty_files(tmp_path):
   with pytest.raises(DataError) as err:
-    own_data.read_triples_file(tmp_path / "none.tsv")
+    data_file.read_triples_file(tmp_path / "none.tsv")
   assert "no such file" in _one_line(err, tmp_path / "none.tsv")
   for text in ("", "\n\n", "head\trelation\ttail\n"):
     path = _write(tmp_path / "empty.tsv", text)
     with pytest.raises(DataError) as err:
-      own_data.read_triples_file(path, header=True)
+      data_file.read_triples_file(path, header=True)
     assert "no triples" in _one_line(err, path)
 
 
@@ -209,7 +209,7 @@ def test_read_missing_and_empty_files(tmp_path):
 
 def _check_split(triples, splits):
   assert sorted(splits["train"] + splits["valid"] + splits["test"]) == sorted(triples)
-  for s in own_data.SPLITS:  # input order kept
+  for s in data_file.SPLITS:  # input order kept
     index = [triples.index(t) for t in splits[s]]
     assert index == sorted(index)
   entities = {x for h, _, t in splits["train"] for x in (h, t)}
@@ -221,7 +221,7 @@ def _check_split(triples, splits):
 
 def test_split_covers_valid_and_test_names(rng):
   triples = _graph(rng, entities=150, count=200)
-  splits, moved = own_data.split_triples(triples, (0.6, 0.2, 0.2), seed=3)
+  splits, moved = data_file.split_triples(triples, (0.6, 0.2, 0.2), seed=3)
   _check_split(triples, splits)
   n = len(triples)
   drawn = int(0.2 * n + 0.5)
@@ -235,7 +235,7 @@ def test_split_sizes_when_nothing_moves():
   triples = list(dict.fromkeys(triples)) + [(f"e{i}", "s", f"e{j}") for i in range(10)
                                             for j in range(10)]
   triples = list(dict.fromkeys(triples))
-  splits, moved = own_data.split_triples(triples, (0.8, 0.1, 0.1), seed=0)
+  splits, moved = data_file.split_triples(triples, (0.8, 0.1, 0.1), seed=0)
   _check_split(triples, splits)
   n = len(triples)
   assert moved == 0
@@ -244,20 +244,20 @@ def test_split_sizes_when_nothing_moves():
 
 def test_split_is_seeded(rng):
   triples = _graph(rng)
-  a, moved_a = own_data.split_triples(triples, "0.8,0.1,0.1", seed=5)
-  b, moved_b = own_data.split_triples(triples, (0.8, 0.1, 0.1), seed=5)
-  c, _ = own_data.split_triples(triples, (0.8, 0.1, 0.1), seed=6)
+  a, moved_a = data_file.split_triples(triples, "0.8,0.1,0.1", seed=5)
+  b, moved_b = data_file.split_triples(triples, (0.8, 0.1, 0.1), seed=5)
+  c, _ = data_file.split_triples(triples, (0.8, 0.1, 0.1), seed=6)
   assert a == b and moved_a == moved_b
   assert a["test"] != c["test"]
 
 
 def test_split_edge_cases():
-  assert own_data.split_triples([], seed=0) == ({"train": [], "valid": [], "test": []}, 0)
+  assert data_file.split_triples([], seed=0) == ({"train": [], "valid": [], "test": []}, 0)
   one = [("a", "r", "b")]
-  assert own_data.split_triples(one, (0, 0.5, 0.5)) == ({"train": one, "valid": [], "test": []},
+  assert data_file.split_triples(one, (0, 0.5, 0.5)) == ({"train": one, "valid": [], "test": []},
                                                          1)
   with pytest.raises(DataError, match="sum to 1"):
-    own_data.split_triples(one, (0.5, 0.5, 0.5))
+    data_file.split_triples(one, (0.5, 0.5, 0.5))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -266,8 +266,8 @@ def test_split_edge_cases():
 
 def test_write_splits_round_trip(tmp_path, rng):
   triples = _graph(rng) + [("New York", "in country", "United States")]
-  splits, _ = own_data.split_triples(triples, seed=1)
-  folder = own_data.write_splits(splits, tmp_path / "run" / "data")
+  splits, _ = data_file.split_triples(triples, seed=1)
+  folder = data_file.write_splits(splits, tmp_path / "run" / "data")
   assert sorted(p.name for p in folder.iterdir()) == ["test.txt", "train.txt", "valid.txt"]
   back = kgdata.load_folder(folder)
   direct = kgdata.from_named_triples("x", splits)
@@ -280,7 +280,7 @@ def test_write_splits_round_trip(tmp_path, rng):
 def test_write_splits_refuses_names_a_tsv_cannot_hold(tmp_path, bad):
   splits = {"train": [("x", "r", "y")], "valid": [(bad, "r", "y")], "test": []}
   with pytest.raises(DataError) as err:
-    own_data.write_splits(splits, tmp_path / "out")
+    data_file.write_splits(splits, tmp_path / "out")
   assert "valid" in _one_line(err, tmp_path / "out")
   assert not (tmp_path / "out").exists()
 
@@ -290,7 +290,7 @@ def test_load_triples_file(tmp_path, rng):
   lines = [f"{r},{h},{t}" for h, r, t in triples]
   lines += lines[:7]  # duplicates, dropped before the split
   path = _write(tmp_path / "my-kg.csv", "relation,head,tail\n" + "\n".join(lines) + "\n")
-  data, info = own_data.load_triples_file(path, "relation,head,tail", fractions="0.7,0.15,0.15",
+  data, info = data_file.load_triples_file(path, "relation,head,tail", fractions="0.7,0.15,0.15",
                                           seed=2, header=True)
   assert data.name == "my-kg"
   assert info.read == len(triples) + 7 and info.duplicates == 7
@@ -298,7 +298,7 @@ def test_load_triples_file(tmp_path, rng):
   assert info.fractions == (0.7, 0.15, 0.15) and info.seed == 2
   assert info.sizes == {s: len(data.split(s)) for s in kgdata.SPLITS}
   assert sum(info.sizes.values()) == len(triples)
-  splits, moved = own_data.split_triples(triples, (0.7, 0.15, 0.15), seed=2)
+  splits, moved = data_file.split_triples(triples, (0.7, 0.15, 0.15), seed=2)
   assert moved == info.moved
   names = {s: [(data.entities[h], data.relations[r], data.entities[t]) for h, r, t in
                data.split(s)] for s in kgdata.SPLITS}
@@ -308,7 +308,7 @@ def test_load_triples_file(tmp_path, rng):
   lines = info.lines()
   assert len(lines) == 2 and "7 duplicates dropped" in lines[0] and "moved to train" in lines[1]
   assert info.as_dict()["sizes"] == info.sizes
-  again, _ = own_data.load_triples_file(path, "relation,head,tail", fractions="0.7,0.15,0.15",
+  again, _ = data_file.load_triples_file(path, "relation,head,tail", fractions="0.7,0.15,0.15",
                                         seed=2, header=True, name="other")
   assert again.name == "other" and again.entities == data.entities
   np.testing.assert_array_equal(again.test, data.test)
@@ -317,7 +317,7 @@ def test_load_triples_file(tmp_path, rng):
 def test_load_triples_file_refuses_an_empty_valid_split(tmp_path):
   path = _write(tmp_path / "tiny.tsv", "a\tr\tb\nb\tr\tc\nc\tr\ta\n")
   with pytest.raises(DataError) as err:
-    own_data.load_triples_file(path, fractions=(0.9, 0.05, 0.05))
+    data_file.load_triples_file(path, fractions=(0.9, 0.05, 0.05))
   assert "leaves valid empty" in _one_line(err, path)
 
 
@@ -325,7 +325,7 @@ def test_load_split_files(tmp_path):
   _write(tmp_path / "tr.csv", "h,r,t\na,r1,b\nb,r2,c\n")
   _write(tmp_path / "va.csv", "h,r,t\na,r2,c\n")
   _write(tmp_path / "te.csv", "h,r,t\nc,r1,a\n")
-  data = own_data.load_split_files(tmp_path / "tr.csv", tmp_path / "va.csv", tmp_path / "te.csv",
+  data = data_file.load_split_files(tmp_path / "tr.csv", tmp_path / "va.csv", tmp_path / "te.csv",
                                    columns="head,relation,tail", header=True, name="mine")
   assert data.name == "mine" and data.entities == ("a", "b", "c")
   assert data.relations == ("r1", "r2") and len(data.train) == 2
@@ -335,14 +335,14 @@ def test_load_split_files(tmp_path):
   for s, text in (("train", "a\tr1\tb\nb\tr2\tc\n"), ("valid", "a\tr2\tc\n"),
                   ("test", "c\tr1\ta\n")):
     _write(folder / f"{s}.txt", text)
-  files = own_data.load_split_files(*(folder / f"{s}.txt" for s in kgdata.SPLITS))
+  files = data_file.load_split_files(*(folder / f"{s}.txt" for s in kgdata.SPLITS))
   ref = kgdata.load_folder(folder)
   assert files.name == "kg" and files.entities == ref.entities
   for s in kgdata.SPLITS:
     np.testing.assert_array_equal(files.split(s), ref.split(s))
   _write(folder / "test.txt", "c\tr1\n")
   with pytest.raises(DataError) as err:
-    own_data.load_split_files(*(folder / f"{s}.txt" for s in kgdata.SPLITS))
+    data_file.load_split_files(*(folder / f"{s}.txt" for s in kgdata.SPLITS))
   _one_line(err, folder / "test.txt", 1)
 
 
@@ -360,8 +360,8 @@ def test_data_file_with_columns_split_and_seed(tmp_path, tmp_path_factory):
       ("launch", *common, "--split=0.7,0.15,0.15", "--split_seed=3",
        f"--workdir={tmp_path / 'run'}")], env)
   assert ok.returncode == 0, ok.stderr
-  from hale_jax import own_data  # pylint: disable=import-outside-toplevel
-  want, info = own_data.load_triples_file(csv, "relation,tail,head", fractions="0.7,0.15,0.15",
+  from hale_jax import data_file  # pylint: disable=import-outside-toplevel
+  want, info = data_file.load_triples_file(csv, "relation,tail,head", fractions="0.7,0.15,0.15",
                                           seed=3, header=True)
   results = faults.strict_json((tmp_path / "run" / "results.json").read_text())
   ds = results["dataset"]

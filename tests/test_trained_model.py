@@ -16,10 +16,10 @@ import pytest
 
 import hale_jax
 from hale_jax import inference, models
-from hale_jax import runfiles, trained
+from hale_jax import runfiles, trained_model
 from hale_jax import predict as predict_cli
 from hale_jax.data import DataError
-from hale_jax.evaluation import metrics_from_ranks
+from hale_jax.ranking import metrics_from_ranks
 
 from benchmarks import faults
 from tests import helpers
@@ -50,7 +50,7 @@ def _np_score(p: dict, triples: np.ndarray) -> np.ndarray:
   return -_np_hanon(c_r * d2)
 
 
-def _np_ranks(model: trained.TrainedModel, split: str | np.ndarray
+def _np_ranks(model: trained_model.TrainedModel, split: str | np.ndarray
               ) -> tuple[np.ndarray, np.ndarray]:
   """Filtered optimistic and pessimistic ranks of a split (or of given id triples, which
   then join the known answers), tail queries first, from the model's distances and a plain
@@ -320,10 +320,10 @@ def test_portable_model_works_without_the_dataset(portable, labelled_data_dir, t
 
 
 def test_reciprocal_names_pick_a_free_suffix():
-  assert trained.reciprocal_names(["X", "Y"]) == ["X_reverse", "Y_reverse"]
-  assert trained.reciprocal_names(["X", "X_reverse"]) == ["X_inverse", "X_reverse_inverse"]
+  assert trained_model.reciprocal_names(["X", "Y"]) == ["X_reverse", "Y_reverse"]
+  assert trained_model.reciprocal_names(["X", "X_reverse"]) == ["X_inverse", "X_reverse_inverse"]
   taken = ["X", "X_reverse", "X_inverse", "X^-1", "X_reverse_inverse"]
-  names = trained.reciprocal_names(taken)
+  names = trained_model.reciprocal_names(taken)
   assert names == [n + "_reciprocal" for n in taken]
   assert not set(names) & set(taken) and len(set(names)) == len(names)
 

@@ -6,11 +6,11 @@ import jax
 import numpy as np
 import pytest
 
-from hale_jax import evaluation
+from hale_jax import ranking
 from hale_jax.data import from_named_triples
 from reference import (SPLITS, known_answers, np_ranks, np_transform, random_params,
                        split_queries)
-from hale_jax.evaluation import Evaluator
+from hale_jax.ranking import Evaluator
 
 from tests import helpers
 
@@ -18,7 +18,7 @@ INF = np.inf
 NAN = np.nan
 
 # compiled once per shape; the hand-made cases share shapes by padding the filter to 8 pairs
-jit_ranks = jax.jit(evaluation.ranks_from_distances)
+jit_ranks = jax.jit(ranking.ranks_from_distances)
 
 
 def ranks(distances, targets, pairs=(), n=None):
@@ -94,7 +94,7 @@ def test_columns_beyond_num_candidates_never_compete():
   d = np.array([[1.0, 2.0, 1.0, 0.0, 1.0], [0.5, NAN, 3.0, NAN, 0.1]], np.float32)
   rows = np.zeros(8, np.int32)
   cols = np.full(8, 3, np.int32)
-  opt, pess = jax.jit(evaluation.ranks_from_distances, static_argnums=4)(
+  opt, pess = jax.jit(ranking.ranks_from_distances, static_argnums=4)(
       d, np.array([0, 1], np.int32), rows, cols, 3)
   assert np.asarray(opt).tolist() == [1, 3]  # a NaN target ranks num_candidates, not 5
   assert np.asarray(pess).tolist() == [2, 3]
@@ -124,7 +124,7 @@ def test_random_against_brute_force(rng):
 def test_metrics_from_ranks(rng):
   opt = rng.integers(1, 30, 50)
   pess = opt + rng.integers(0, 5, 50)
-  m = evaluation.metrics_from_ranks(opt, pess)
+  m = ranking.metrics_from_ranks(opt, pess)
   assert set(m) == {"realistic", "pessimistic", "optimistic"}
   for mode, r in (("realistic", (opt + pess) / 2.0), ("pessimistic", pess.astype(float)),
                   ("optimistic", opt.astype(float))):
@@ -137,7 +137,7 @@ def test_metrics_from_ranks(rng):
 
 def test_metrics_realistic_half_ranks():
   # opt 1, pess 2 -> realistic 1.5: not a hit@1, MRR 2/3
-  m = evaluation.metrics_from_ranks(np.array([1, 3]), np.array([2, 3]))
+  m = ranking.metrics_from_ranks(np.array([1, 3]), np.array([2, 3]))
   assert m["realistic"]["hits@1"] == 0.0
   assert m["optimistic"]["hits@1"] == 0.5
   assert m["realistic"]["mrr"] == pytest.approx((1 / 1.5 + 1 / 3) / 2)
@@ -165,7 +165,7 @@ def test_evaluator_matches_brute_force(rng, model):
   data = from_named_triples("tiny", SPLITS)
   assert data.num_entities == 8 and data.num_relations == 2
   params = random_params(rng, model, data.num_entities, data.num_relations, 4, 1.0)
-  ev = evaluation.Evaluator(data, "test", model, chunk=4)
+  ev = ranking.Evaluator(data, "test", model, chunk=4)
   assert ev.num_queries == 2 * len(SPLITS["test"]) == 14
   opt, pess = ev.ranks(params)
   want_opt, want_pess, d, filt = _brute_force_ranks(data, model, params)
@@ -177,7 +177,7 @@ def test_evaluator_matches_brute_force(rng, model):
   assert max(len(f) for f in filt) >= 3
   # metrics are those of the ranks
   m = ev(params)
-  assert m == evaluation.metrics_from_ranks(opt, pess)
+  assert m == ranking.metrics_from_ranks(opt, pess)
   # and the same parameters give the same answer again (compiled once, reused)
   opt2, pess2 = ev.ranks(params)
   np.testing.assert_array_equal(opt2, opt)
@@ -198,7 +198,7 @@ def test_evaluator_filtering_changes_ranks():
   params = dict(params)
   params["entity"] = ent
   params["translation"] = np.zeros((r2, dim), np.float32)
-  ev = evaluation.Evaluator(data, "test", "TransE", chunk=4)
+  ev = ranking.Evaluator(data, "test", "TransE", chunk=4)
   opt, pess = ev.ranks(params)
   # first test query: (a, likes, e) with target e at distance 16; a itself (0) is closer and not
   # a known answer, b, c, d are known answers (filtered), f, g, h are farther: rank 2.
@@ -214,7 +214,7 @@ def test_candidate_distances_are_what_ranking_sorts(rng):
   data = from_named_triples("tiny", SPLITS)
   params = random_params(rng, "RotE", data.num_entities, data.num_relations, 4, 1.0)
   heads, rels, _ = split_queries(data, "test")
-  fn = jax.jit(evaluation.candidate_distances, static_argnames=("model", "activation"))
+  fn = jax.jit(ranking.candidate_distances, static_argnames=("model", "activation"))
   got = np.asarray(fn(params, "RotE", heads, rels, jax.nn.sigmoid))
   assert got.shape == (len(heads), data.num_entities)
   q = np_transform("RotE", params, heads, rels)
@@ -286,10 +286,10 @@ def test_filter_index_for_answers_held_out_queries_as_the_full_index(seed):
   full = FilterIndex(data)
   every_e, every_r = (a.ravel() for a in np.meshgrid(np.arange(n), np.arange(2 * r)))
   for splits in (("valid", "test"), ("valid",), ("test",)):
-    kept = evaluation.filter_index_for(data, splits)
+    kept = ranking.filter_index_for(data, splits)
     assert kept.counts(every_e, every_r).sum() < full.counts(every_e, every_r).sum()
     for split in splits:
-      heads, rels, _ = evaluation._split_queries(data, split)
+      heads, rels, _ = ranking._split_queries(data, split)
       np.testing.assert_array_equal(kept.counts(heads, rels), full.counts(heads, rels))
       for got, want in zip(kept.answers(heads, rels), full.answers(heads, rels)):
         np.testing.assert_array_equal(got, want)  # the same answers in the same order
