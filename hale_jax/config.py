@@ -140,6 +140,14 @@ class ObjectiveConfig:
                     "auto (the [k, N] block, or --lse_chunk chunks), or fused (one Pallas "
                     "kernel on a GPU; elsewhere chunks).", choices=objective.LSE_FORMS,
                     resumable=True)
+  regularizer: str = option("none", "Weight penalty on the entity rows of each batch's heads "
+                            "and tails: n3 (sum |e|^3, Lacroix et al. 2018) or l2 (sum e^2), "
+                            "times --reg_weight, averaged over the batch.",
+                            choices=objective.REGULARIZERS)
+  reg_weight: float = option(0.0, "Weight of --regularizer.")
+  query_dropout: float = option(0.0, "Training only: dropout on the transformed heads "
+                                "Phi(e_h, r) with this rate, rescaled by 1 / (1 - rate) "
+                                "(Euclidean models).")
   matmul: str = option("float32", "Precision of training's distance matmuls: float32, or "
                        "inputs rounded to tf32 / bf16 with float32 sums. Ranking always uses "
                        "float32.", choices=distances.MATMUL_MODES)
@@ -150,6 +158,9 @@ class ObjectiveConfig:
     _check_positive(self, "num_negatives")
     if not 0.0 < self.alpha <= 1.0:
       raise ValueError(f"the sampling proportion alpha must lie in (0, 1], got {self.alpha}")
+    _check_not_negative(self, "reg_weight")
+    if not 0.0 <= self.query_dropout < 1.0:
+      raise ValueError(f"--query_dropout must lie in [0, 1), got {self.query_dropout}")
     if self.lse_chunk is not None and self.lse_chunk < 0:
       raise ValueError(f"lse_chunk must be >= 0, got {self.lse_chunk}")
     if self.bias == "learn" and self.loss not in objective.BIASED_LOSSES:
@@ -167,11 +178,19 @@ class OptimConfig:
                             "--max_seconds, whichever ends first).", choices=optim.LR_SCHEDULES)
   batch_size: int = option(1024, "Training queries per step.")
   seed: int = option(0, "Random seed (initialisation and shuffling).")
+  warmup_epochs: int = option(0, "Learning-rate warm-up: epoch e < W runs at (e + 1) / (W + 1) "
+                              "of the scheduled rate (0: none).")
+  ema_decay: float = option(0.0, "Validate and test an exponential moving average of the "
+                            "parameters, updated after every step with this decay (0: off; "
+                            "0.999 averages over about 1000 steps).")
 
   def __post_init__(self):
     _check_finite(self)
     _check_choices(self)
     _check_positive(self, "batch_size", "learning_rate")
+    _check_not_negative(self, "warmup_epochs")
+    if not 0.0 <= self.ema_decay < 1.0:
+      raise ValueError(f"--ema_decay must lie in [0, 1), got {self.ema_decay}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,6 +270,9 @@ class Config:
 
   def __post_init__(self):
     losses.num_sampled_queries(self.optim.batch_size, self.objective.alpha)
+    if self.objective.query_dropout and models.is_hyperbolic(self.model.model):
+      raise ValueError(f"--query_dropout applies to the Euclidean models, not {self.model.model}"
+                       " (a rescaled point of the Poincare ball can leave it)")
 
   @classmethod
   def make(cls, **flat: Any) -> "Config":

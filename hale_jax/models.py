@@ -230,6 +230,11 @@ def canonical_model(name: str) -> str:
   return key
 
 
+def is_hyperbolic(name: str) -> bool:
+  """Whether the model of ``name`` (any case) lives on a Poincaré ball."""
+  return canonical_model(name) in (m.lower() for m in HYPERBOLIC_MODELS)
+
+
 ROTATION_INITS = ("uniform", "normal")
 
 

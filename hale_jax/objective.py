@@ -18,6 +18,10 @@ which every uniformity form, AllNeg and the sampled negatives receive with the q
   variant (Table 5).  ``samneg``/``advneg`` draw uniform tail negatives from ``key`` (head
   corruption is the tail corruption of the reciprocal query, which each epoch also trains).
 
+Every loss may add a weight penalty on the batch's entity rows (``regularizer``, ``reg_weight``:
+``hale_jax.regularizers``) and drop out elements of the transformed heads while training
+(``query_dropout``, from the step's key).
+
 Entity biases (``bias``): KGEmb's score ``b_h + b_t - h(x)`` for samneg and advneg; HaLE and
 allneg rank a query's candidate tails against each other, where ``b_h`` is a constant, so they
 learn ``b_t`` alone (:func:`bias_tables`).
@@ -30,7 +34,8 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from hale_jax import activations, baselines, chunked, distances, losses, lse_kernel, models
+from hale_jax import (activations, baselines, chunked, distances, losses, lse_kernel, models,
+                      regularizers)
 
 Array = jax.Array
 LossFn = Callable[[dict[str, Array], Array, Array], Array]
@@ -45,6 +50,7 @@ LSE_FORMS = ("auto", "fused")  # how HaLE's uniformity LSE is computed (choose_u
 BIAS_MODES = ("auto", "learn", "none")
 BIASED_LOSSES = ("samneg", "advneg", "allneg", "hale")  # may learn entity biases
 TAIL_BIAS_LOSSES = ("allneg", "hale")  # rank a query's tails against each other: no b_h
+REGULARIZERS = regularizers.REGULARIZERS
 
 
 def bias_tables(loss: str, bias: str) -> str:
@@ -127,10 +133,14 @@ class Scored(NamedTuple):
   curvature: jax.Array | None    # [B], each query's ball (hyperbolic models)
 
 
-def score_batch(params: dict[str, Array], batch: Array, model: str, rel_scale: bool) -> Scored:
-  """Transforms the heads of ``batch [B, 3]`` and scores each query against its tail."""
+def score_batch(params: dict[str, Array], batch: Array, model: str, rel_scale: bool,
+                noise: Callable[[Array], Array] | None = None) -> Scored:
+  """Transforms the heads of ``batch [B, 3]`` and scores each query against its tail;
+  ``noise`` (query dropout) acts on the transformed heads first."""
   heads, rels, tails = batch[:, 0], batch[:, 1], batch[:, 2]
   queries = models.transform(model, params, heads, rels)
+  if noise is not None:
+    queries = noise(queries)
   scale = (models.relation_scale(params, rels) if rel_scale
            else jnp.ones(rels.shape, queries.dtype))
   curvature = models.ball_curvature(params, rels)
@@ -139,6 +149,16 @@ def score_batch(params: dict[str, Array], batch: Array, model: str, rel_scale: b
   return Scored(heads, tails, queries, scale, pos,
                 params["bias_tail"][tails] if biased else None,
                 params["bias_tail"] if biased else None, curvature)
+
+
+def query_noise(cfg: Any, key: Array | None) -> Callable[[Array], Array] | None:
+  """The query dropout of a training step (``cfg.query_dropout``, drawn from ``key`` folded
+  with 1, so a loss's other draws from ``key`` stay as they were), or None: rate 0, or no key
+  (a loss evaluated outside training)."""
+  rate = getattr(cfg, "query_dropout", 0.0)
+  if not rate or key is None:
+    return None
+  return lambda q: regularizers.dropout(jax.random.fold_in(key, 1), q, rate)
 
 
 def _first(curvature: Array | None, k: int) -> Array | None:
@@ -150,8 +170,7 @@ def _hale(cfg: Any, model: str, num_sampled: int, uniformity: Uniformity) -> Los
   h = activation_of(cfg)
 
   def loss(params, batch, key=None):
-    del key
-    s = score_batch(params, batch, model, cfg.rel_scale)
+    s = score_batch(params, batch, model, cfg.rel_scale, query_noise(cfg, key))
     k = num_sampled
     return losses.combine(losses.alignment_terms(s.pos, h, cfg.pos_square),
                           uniformity(s.queries[:k], s.scale[:k], params["entity"],
@@ -165,8 +184,7 @@ def _allneg(cfg: Any, model: str, num_sampled: int, uniformity: Uniformity) -> L
   h = activation_of(cfg)
 
   def loss(params, batch, key=None):
-    del key
-    s = score_batch(params, batch, model, cfg.rel_scale)
+    s = score_batch(params, batch, model, cfg.rel_scale, query_noise(cfg, key))
     d2 = distances.squared_distances(s.queries, params["entity"], cfg.matmul, s.curvature)
     scores = baselines.scores_from_scaled(s.scale[:, None] * d2, h)
     if s.entity_bias is not None:  # b_h is the same for every candidate: softmax ignores it
@@ -187,7 +205,7 @@ def _sampled_negatives(cfg: Any, model: str, adversarial: bool) -> LossFn:
   h = activation_of(cfg)
 
   def loss(params, batch, key):
-    s = score_batch(params, batch, model, cfg.rel_scale)
+    s = score_batch(params, batch, model, cfg.rel_scale, query_noise(cfg, key))
     entity = params["entity"]
     pos_score = _positive_scores(params, s, h)
     negs = jax.random.randint(key, (batch.shape[0], cfg.num_negatives), 0, entity.shape[0])
@@ -217,8 +235,7 @@ def _nonneg(cfg: Any, model: str, num_sampled: int, uniformity: Uniformity) -> L
   h = activation_of(cfg)
 
   def loss(params, batch, key=None):
-    del key
-    s = score_batch(params, batch, model, cfg.rel_scale)
+    s = score_batch(params, batch, model, cfg.rel_scale, query_noise(cfg, key))
     return baselines.nonneg_loss(_positive_scores(params, s, h), params["entity"],
                                  cfg.nonneg_weight)
   return loss
@@ -237,7 +254,7 @@ def make_loss(cfg: Any, model: str, num_sampled: int,
   Args:
     cfg: an objective config (``hale_jax.config.ObjectiveConfig``: loss, activation, beta,
       gamma, lam, pos_square, rel_scale, num_negatives, adv_temperature, margin,
-      nonneg_weight, matmul).
+      nonneg_weight, matmul, and optionally regularizer, reg_weight, query_dropout).
     model: the model name (``models.MODEL_NAMES``).
     num_sampled: ``k``, the sampled queries of HaLE's uniformity term.
     uniformity: HaLE's LSE over all entities; default :func:`plain_uniformity`.
@@ -245,4 +262,18 @@ def make_loss(cfg: Any, model: str, num_sampled: int,
   if cfg.loss not in BUILDERS:
     raise ValueError(f"unknown loss {cfg.loss!r}; choose one of {', '.join(LOSSES)}")
   uniformity = uniformity or plain_uniformity(activation_of(cfg), cfg.matmul)
-  return BUILDERS[cfg.loss](cfg, models.canonical_model(model), num_sampled, uniformity)
+  loss = BUILDERS[cfg.loss](cfg, models.canonical_model(model), num_sampled, uniformity)
+  return regularized(loss, getattr(cfg, "regularizer", "none"), getattr(cfg, "reg_weight", 0.0))
+
+
+def regularized(loss: LossFn, regularizer: str, weight: float) -> LossFn:
+  """``loss`` plus ``weight`` times the batch mean of the regularizer's penalty on each query's
+  head and tail rows (``hale_jax.regularizers``); ``loss`` itself when there is none."""
+  if regularizer == "none" or not weight:
+    return loss
+
+  def total(params, batch, key=None):
+    entity = params["entity"]
+    penalty = regularizers.penalty_terms(regularizer, entity[batch[:, 0]], entity[batch[:, 2]])
+    return loss(params, batch, key) + weight * jnp.mean(penalty)
+  return total

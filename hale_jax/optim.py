@@ -5,13 +5,19 @@ The rate is set per epoch, not inside the compiled segment: with a schedule othe
 leaf of the optimiser state that :func:`set_learning_rate` replaces when an epoch starts, and
 the compiled segment stays the same.  The schedule is a function of the epochs done and the
 training seconds spent when the epoch started (:func:`learning_rate_at`), which checkpoints
-keep, so a resumed run continues on the same curve, also from inside an epoch.
+keep, so a resumed run continues on the same curve, also from inside an epoch.  A warm-up
+(``warmup_epochs``) multiplies any schedule's rate over the first epochs.
+
+With ``ema_decay`` the optimiser also keeps an exponential moving average of the parameters in
+its state (:func:`parameter_average`): it is checkpointed and resumed with the state, sharded
+like the parameters (``optax.tree_map_params`` finds it), and :func:`averaged_params` reads it
+for validation and test.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -21,26 +27,78 @@ OPTIMIZERS = {"adam": optax.adam, "adagrad": optax.adagrad}
 LR_SCHEDULES = ("constant", "cosine")
 
 
-def make_optimizer(name: str, learning_rate: float,
-                   schedule: str = "constant") -> optax.GradientTransformation:
+class AverageState(NamedTuple):
+  """The state of :func:`parameter_average`: the wrapped optimiser's and the average."""
+  inner: Any
+  average: Any
+
+
+def parameter_average(inner: optax.GradientTransformation,
+                      decay: float) -> optax.GradientTransformation:
+  """``inner``, also keeping ``average <- decay * average + (1 - decay) * new_params`` after
+  each update (starting from the initial parameters).  The updates are ``inner``'s, unchanged:
+  the average is read, never trained (Polyak averaging with an exponential window of about
+  ``1 / (1 - decay)`` steps)."""
+  def init(params):
+    return AverageState(inner.init(params), jax.tree.map(lambda p: p.copy(), params))
+
+  def update(updates, state, params=None):
+    if params is None:
+      raise ValueError("parameter_average needs the parameters in update()")
+    updates, inner_state = inner.update(updates, state.inner, params)
+    average = jax.tree.map(lambda a, p, u: decay * a + (1 - decay) * (p + u).astype(a.dtype),
+                           state.average, params, updates)
+    return updates, AverageState(inner_state, average)
+
+  return optax.GradientTransformation(init, update)
+
+
+def averaged_params(opt_state: Any) -> Any | None:
+  """The parameter average kept by :func:`parameter_average` in ``opt_state`` (at any depth:
+  inside ``inject_hyperparams``), or None where the optimiser keeps none."""
+  found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, AverageState))
+           if isinstance(s, AverageState)]
+  return found[0].average if found else None
+
+
+def make_optimizer(name: str, learning_rate: float, schedule: str = "constant", *,
+                   warmup_epochs: int = 0, ema_decay: float = 0.0
+                   ) -> optax.GradientTransformation:
   """``optax.adam`` or ``optax.adagrad`` at ``learning_rate``; with a ``schedule`` other than
-  ``constant``, wrapped in ``optax.inject_hyperparams`` (see the module docstring)."""
+  ``constant`` or a warm-up, wrapped in ``optax.inject_hyperparams`` (see the module
+  docstring); with ``ema_decay > 0``, keeping a parameter average (:func:`parameter_average`)."""
   if name not in OPTIMIZERS:
     raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
-  if schedule == "constant":
-    return OPTIMIZERS[name](learning_rate)
-  return optax.inject_hyperparams(OPTIMIZERS[name])(learning_rate=learning_rate)
+
+  def factory(learning_rate):
+    tx = OPTIMIZERS[name](learning_rate)
+    return parameter_average(tx, ema_decay) if ema_decay else tx
+
+  if schedule == "constant" and not warmup_epochs:
+    return factory(learning_rate)
+  return optax.inject_hyperparams(factory)(learning_rate=learning_rate)
 
 
 def learning_rate_at(schedule: str, learning_rate: float, epoch: int, train_seconds: float,
-                     max_epochs: int = 0, max_seconds: float = 0.0) -> float:
+                     max_epochs: int = 0, max_seconds: float = 0.0,
+                     warmup_epochs: int = 0) -> float:
   """The rate of the epoch that starts after ``epoch`` epochs and ``train_seconds``.
 
   ``cosine``: ``lr * (1 + cos(pi * p)) / 2``, with ``p`` the spent fraction of the budget, the
   larger of ``epoch / max_epochs`` and ``train_seconds / max_seconds`` over the budgets that
   are set (clipped to 1).  A time budget's fraction is measured when the epoch starts, so the
   rate ends near ``lr * (pi * epoch_seconds / max_seconds)^2 / 4``, not at 0.
+
+  ``warmup_epochs = W``: epoch ``e < W`` runs at ``(e + 1) / (W + 1)`` of that rate (a linear
+  rise that never trains an epoch at rate 0).
   """
+  warm = min(1.0, (epoch + 1) / (warmup_epochs + 1))
+  return warm * _scheduled(schedule, learning_rate, epoch, train_seconds, max_epochs,
+                           max_seconds)
+
+
+def _scheduled(schedule: str, learning_rate: float, epoch: int, train_seconds: float,
+               max_epochs: int, max_seconds: float) -> float:
   if schedule == "constant":
     return learning_rate
   if schedule != "cosine":

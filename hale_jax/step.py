@@ -42,15 +42,23 @@ class TrainState(flax.struct.PyTreeNode):
 
 def make_optimizer(config: Config) -> optax.GradientTransformation:
   """The run's optimiser (``hale_jax.optim.make_optimizer``)."""
-  return optim.make_optimizer(config.optim.optimizer, config.optim.learning_rate,
-                              config.optim.lr_schedule)
+  o = config.optim
+  return optim.make_optimizer(o.optimizer, o.learning_rate, o.lr_schedule,
+                              warmup_epochs=o.warmup_epochs, ema_decay=o.ema_decay)
 
 
 def learning_rate_at(config: Config, epoch: int, train_seconds: float) -> float:
   """The rate of the epoch after ``epoch`` epochs and ``train_seconds`` of training."""
   return optim.learning_rate_at(config.optim.lr_schedule, config.optim.learning_rate, epoch,
                                 train_seconds, config.budget.max_epochs,
-                                config.budget.max_seconds)
+                                config.budget.max_seconds, config.optim.warmup_epochs)
+
+
+def evaluated_params(state: TrainState) -> dict[str, Array]:
+  """The parameters that validation and test rank: the optimiser's parameter average where the
+  run keeps one (``--ema_decay``), else the trained parameters."""
+  average = optim.averaged_params(state.opt_state)
+  return state.params if average is None else average
 
 
 def set_learning_rate(state: TrainState, learning_rate: float) -> TrainState:

@@ -117,7 +117,7 @@ class Trainer:
     self.compile_seconds = time.perf_counter() - t0 + sum(
         e.compile(self.state.params) for e in self.evaluators.values())
     self.progress = Progress()
-    self.best_params = jax.tree.map(jnp.copy, self.state.params)  # the state's are donated
+    self.best_params = jax.tree.map(jnp.copy, step.evaluated_params(self.state))  # donated
     self.checkpointer = checkpoints.Checkpointer(workdir, config.run.max_to_keep, log)
     self.host_seconds, self.steps_here = 0.0, 0  # dispatch time and steps of this process
     self.loss: float | None = None  # of the epoch's steps so far (after the last segment)
@@ -243,7 +243,8 @@ class Trainer:
     """Ranks the valid split, records the curve, keeps and saves a new best."""
     p = self.progress
     t0 = time.perf_counter()
-    metrics = self.evaluators["valid"](self.state.params)
+    ranked = step.evaluated_params(self.state)
+    metrics = self.evaluators["valid"](ranked)
     p.eval_seconds += time.perf_counter() - t0
     m, done = metrics["realistic"], self.steps_done()
     epoch = p.epoch if not p.epoch_step else round(p.epochs(self.steps), 4)
@@ -253,7 +254,7 @@ class Trainer:
     improved = p.best is None or m["mrr"] > p.best["mrr"]
     if improved:
       p.best, p.best_epoch = m, epoch
-      self.best_params = jax.tree.map(jnp.copy, self.state.params)
+      self.best_params = jax.tree.map(jnp.copy, ranked)
       with self.hold():
         self.checkpointer.save_best(done, self.best_params)
     b = self.config.budget
@@ -261,7 +262,7 @@ class Trainer:
         epoch=p.epoch, step=done, train_seconds=p.train_seconds,
         eval_seconds=p.eval_seconds, loss=self.loss, learning_rate=p.learning_rate,
         triples_per_second=self.rate, metrics=metrics, best=p.best, best_epoch=p.best_epoch,
-        improved=improved, params=self.layout.real_rows(self.state.params),
+        improved=improved, params=self.layout.real_rows(ranked),
         max_seconds=b.max_seconds, max_epochs=b.max_epochs, epoch_step=p.epoch_step,
         steps_per_epoch=self.steps)
 

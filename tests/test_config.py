@@ -14,7 +14,8 @@ import jax
 import pytest
 from absl import flags
 
-from hale_jax import activations, distances, models, objective, ogb_eval, optim, options, rundir
+from hale_jax import (activations, distances, models, objective, ogb_eval, optim, options,
+                      regularizers, rundir)
 from hale_jax import config as config_lib
 from hale_jax.config import Config
 from tests import helpers
@@ -59,6 +60,7 @@ REGISTRIES = {
     "optimizer": tuple(optim.OPTIMIZERS),
     "lr_schedule": optim.LR_SCHEDULES,
     "lse": objective.LSE_FORMS,
+    "regularizer": regularizers.REGULARIZERS,
     "eval_protocol": tuple(ogb_eval.RANKING),  # each protocol says what it ranks by
 }
 
