@@ -165,6 +165,29 @@ def against_samneg(d: Doc) -> list[str]:
           + table(head, rows))
 
 
+def hyperbolic(d: Doc) -> list[str]:
+  """RotH/AttH trained with HaLE and with their own loss (KGEmb's SamNeg), two seeds each, at the
+  paper's budgets on the CPU; the 32-d targets where HaLE+ names the model's fully trained MRR."""
+  rows = []
+  for cell in dict.fromkeys((r["dataset"], r["model"], r["dim"]) for r in d.slot("hyp")):
+    ds, mo, dim = cell
+    pairs = sorted(d.slot("hyp", dataset=ds, model=mo, dim=dim), key=lambda r: r["seed"])
+    sides = [[d.by_id[p["runs"][i]] for p in pairs] for i in (0, 1)]
+    mrrs = ["; ".join(f"{num(r['metrics']['test_mrr'])} (seed {r['seed']})" for r in side)
+            for side in sides]
+    epochs = " / ".join(", ".join(num(r["epochs"]) for r in side) for side in sides)
+    t = d.one("plus-target", dataset=ds)
+    target = (f"{num(t['target_mrr'])} ({t['target_what']})"
+              if t and dim == t["dim"] and t["target_what"].startswith(mo) else "—")
+    rows.append([f"{ds}, {mo}-{dim}, {num(sides[0][0]['budget_s'])} s", *mrrs, diffs(pairs, d),
+                 epochs, target])
+  head = ["cell", "HaLE", "SamNeg, KGEmb's training", "HaLE − SamNeg", "epochs, HaLE / SamNeg",
+          "target"]
+  return (["## Hyperbolic models: HaLE against their own training, CPU, the paper's budgets", ""]
+          + wrap("Test MRR; `launch/hyperbolic/<cell>.flags`: the dataset's HaLE flagfile with the "
+                 "model changed, and KGEmb's SamNeg.") + [""] + table(head, rows))
+
+
 def table5(d: Doc) -> list[str]:
   """Table 5: HaLE-RotL minus each ablation, per dataset and seed, beside the paper's gap."""
   rows = []
@@ -255,12 +278,16 @@ def findings(d: Doc) -> list[str]:
 
 
 def sources(d: Doc) -> list[str]:
-  """Every source key used above, one line each: device, date, commit, command, and the note with
-  the setup; the commands' common prefixes are stated once above the table."""
-  rows = [[k, dev, date or "not stated", commit or "not stated",
-           f"`{short_command(cmd)}`" if cmd else "not stated",
-           ", ".join(f"[{Path(note).stem}](../{note})" for note in d.notes[k])]
-          for (dev, date, commit, cmd), k in d.keys.items()]
+  """Every source key used above: device, date, commit, command, and the note with the setup;
+  keys that differ only in their command share a line (their commands in key order), and the
+  commands' common prefixes are stated once above the table."""
+  lines: dict[tuple, list[tuple[str, str]]] = {}
+  for (dev, date, commit, cmd), k in d.keys.items():
+    lines.setdefault((dev, date, commit, tuple(d.notes[k])), []).append((k, cmd))
+  rows = [[", ".join(k for k, _ in keyed), dev, date or "not stated", commit or "not stated",
+           "; ".join(f"`{short_command(cmd)}`" if cmd else "not stated" for _, cmd in keyed),
+           ", ".join(f"[{Path(note).stem}](../{note})" for note in notes)]
+          for (dev, date, commit, notes), keyed in lines.items()]
   return (["## Sources", ""] + wrap(LEGEND) + [""]
           + table(["key", "device", "date", "commit", "command", "note"], rows))
 
@@ -275,7 +302,8 @@ def render(records: list[dict]) -> str:
       "above it. s1, s2, ... name each cell's sources: device, date, commit and command under "
       "[Sources](#sources). Setups, curves and the probes not shown here: the dated notes in "
       "[docs/notes](../docs/notes/README.md).")
-  parts = [intro, headline(d), scoreboard(d), against_paper(d), against_samneg(d), table5(d),
+  parts = [intro, headline(d), scoreboard(d), against_paper(d), against_samneg(d),
+           hyperbolic(d), table5(d),
            fig2(d), speed(d), scale(d), findings(d),
            sources(d)]  # in this order: the source keys are numbered by first use
   return "\n\n".join("\n".join(p) for p in parts) + "\n"
