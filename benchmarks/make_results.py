@@ -169,8 +169,8 @@ def hyperbolic(d: Doc) -> list[str]:
   """RotH/AttH trained with HaLE and with their own loss (KGEmb's SamNeg), two seeds each, at the
   paper's budgets on the CPU; the 32-d targets where HaLE+ names the model's fully trained MRR."""
   rows = []
-  for cell in dict.fromkeys((r["dataset"], r["model"], r["dim"]) for r in d.slot("hyp")):
-    ds, mo, dim = cell
+  for key in dict.fromkeys((r["dataset"], r["model"], r["dim"]) for r in d.slot("hyp")):
+    ds, mo, dim = key
     pairs = sorted(d.slot("hyp", dataset=ds, model=mo, dim=dim), key=lambda r: r["seed"])
     sides = [[d.by_id[p["runs"][i]] for p in pairs] for i in (0, 1)]
     mrrs = ["; ".join(f"{num(r['metrics']['test_mrr'])} (seed {r['seed']})" for r in side)
