@@ -28,9 +28,10 @@ LR_SCHEDULES = ("constant", "cosine")
 
 
 class AverageState(NamedTuple):
-  """The state of :func:`parameter_average`: the wrapped optimiser's and the average."""
-  inner: Any
-  average: Any
+  """The state of :func:`parameter_average`: the wrapped optimiser's state and the average
+  (a pytree like the parameters)."""
+  inner: object
+  average: object
 
 
 def parameter_average(inner: optax.GradientTransformation,
@@ -70,12 +71,14 @@ def make_optimizer(name: str, learning_rate: float, schedule: str = "constant", 
   if name not in OPTIMIZERS:
     raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
 
-  def factory(learning_rate):
-    tx = OPTIMIZERS[name](learning_rate)
-    return parameter_average(tx, ema_decay) if ema_decay else tx
-
+  factory = OPTIMIZERS[name]
+  if ema_decay:
+    def factory(learning_rate):  # pylint: disable=function-redefined
+      return parameter_average(OPTIMIZERS[name](learning_rate), ema_decay)
   if schedule == "constant" and not warmup_epochs:
     return factory(learning_rate)
+  # With the optimiser itself as the factory, inject_hyperparams also holds its other numeric
+  # defaults (Adam's b1, b2, eps) as float32 leaves; the recorded numbers depend on that.
   return optax.inject_hyperparams(factory)(learning_rate=learning_rate)
 
 

@@ -190,7 +190,7 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="package")
 def cache(tmp_path_factory):
-  return tmp_path_factory.getbasetemp() / "jax-cache"
+  return helpers.compile_cache_dir(tmp_path_factory)
 
 
 @pytest.fixture(scope="package")

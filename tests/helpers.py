@@ -7,6 +7,7 @@ benchmarks use too (``write_folder``, ``launcher_env``, ``compilation_cache``,
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import types
@@ -90,7 +91,10 @@ def fake_run(workdir: Path, labelled_data_dir: Path, seed: int = 0) -> Path:
 
 
 def compile_cache_dir(tmp_path_factory) -> Path:
-  return tmp_path_factory.getbasetemp() / "jax-cache"
+  """The test run's one JAX compilation cache (``tests/conftest.py`` sets it for the workers and
+  the commands they start); a folder of this worker's where it is not set."""
+  shared = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+  return Path(shared) if shared else tmp_path_factory.getbasetemp() / "jax-cache"
 
 
 def start_command(module: str, *args: str, env: dict) -> subprocess.Popen:

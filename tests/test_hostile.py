@@ -7,13 +7,14 @@ from __future__ import annotations
 import pytest
 
 from benchmarks import hostile, hostile_cases
+from tests import helpers
 
 
 @pytest.fixture(scope="module")
 def verdicts(tmp_path_factory):
   """All cases, run once, two at a time, with a shared compilation cache."""
   root = tmp_path_factory.mktemp("hostile")
-  lab = hostile.Lab(root, cache=tmp_path_factory.getbasetemp() / "jax-cache")
+  lab = hostile.Lab(root, cache=helpers.compile_cache_dir(tmp_path_factory))
   return hostile.run_all(lab, hostile_cases.CASES, jobs=2, report=lambda line: None)
 
 

@@ -33,6 +33,7 @@ from hale_jax.mesh import single_device_mesh
 from hale_jax.trainer import Progress, Trainer
 
 from benchmarks import faults
+from tests import helpers
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 20  # steps per epoch of the graph below at batch 128 (1294 triples, 2 queries each)
@@ -68,7 +69,7 @@ def fake_clock(monkeypatch):
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
-  return tmp_path_factory.getbasetemp() / "jax-cache"
+  return helpers.compile_cache_dir(tmp_path_factory)
 
 
 def _stop_after(polls: int):

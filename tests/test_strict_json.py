@@ -16,6 +16,7 @@ from hale_jax import runfiles, synthetic, tracking
 from hale_jax.callbacks import Validation
 
 from benchmarks import faults
+from tests import helpers
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,7 +60,7 @@ def outputs(tmp_path_factory):
   base = tmp_path_factory.mktemp("strict")
   data_dir = faults.write_folder(synthetic.generate(seed=0, num_trees=2, branching=3, depth=3),
                                  base / "tiny", {"child_of": "parent_of_reverse"})
-  env = faults.launcher_env(tmp_path_factory.getbasetemp() / "jax-cache")
+  env = faults.launcher_env(helpers.compile_cache_dir(tmp_path_factory))
   common = [f"--data_dir={data_dir}", "--dim=8", "--batch_size=64", "--max_seconds=0",
             "--max_epochs=2", "--eval_every=1", "--learning_rate=0.01"]
   space = base / "space.json"

@@ -18,6 +18,7 @@ from hale_jax import dataspec, options, rundir, sweep, synthetic  # noqa: E402
 from hale_jax.rundir import WorkdirLock  # noqa: E402
 
 from benchmarks import faults  # noqa: E402
+from tests import helpers  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SPACE = {"learning_rate": {"type": "float", "low": 0.002, "high": 0.05, "log": True},
@@ -96,7 +97,7 @@ def study(tmp_path_factory):
   space = base / "space.json"
   space.write_text(json.dumps(SPACE))
   study_dir = base / "study"
-  env = faults.launcher_env(tmp_path_factory.getbasetemp() / "jax-cache")
+  env = faults.launcher_env(helpers.compile_cache_dir(tmp_path_factory))
   proc = subprocess.run(
       [sys.executable, "-m", "hale_jax.sweep", f"--study_dir={study_dir}",
        f"--flagfile={flagfile}", f"--space={space}", "--trials=3", "--max_epochs_per_trial=2"],
@@ -151,6 +152,6 @@ def test_trial_budget_alone_is_a_budget(study, tmp_path_factory):
   proc = subprocess.run(
       [sys.executable, "-m", "hale_jax.sweep", f"--study_dir={study_dir.parent / 'other'}",
        f"--flagfile={flagfile}", f"--space={space}", "--trials=0", "--max_epochs_per_trial=2"],
-      cwd=REPO, env=faults.launcher_env(tmp_path_factory.getbasetemp() / "jax-cache"),
+      cwd=REPO, env=faults.launcher_env(helpers.compile_cache_dir(tmp_path_factory)),
       capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr
