@@ -90,6 +90,16 @@ def fake_run(workdir: Path, labelled_data_dir: Path, seed: int = 0) -> Path:
   return workdir
 
 
+def stop_after(polls: int):
+  """A ``should_stop`` for ``loop.train`` that asks to stop at its ``polls``-th call."""
+  calls = []
+
+  def should_stop():
+    calls.append(None)
+    return "test stop" if len(calls) == polls else None
+  return should_stop
+
+
 def compile_cache_dir(tmp_path_factory) -> Path:
   """The test run's one JAX compilation cache (``tests/conftest.py`` sets it for the workers and
   the commands they start); a folder of this worker's where it is not set."""

@@ -15,6 +15,7 @@ from hale_jax.layout import Layout
 from hale_jax.program import Program
 from hale_jax.loop import Interrupted, train
 from hale_jax.mesh import single_device_mesh
+from tests import helpers
 
 
 def _quiet(line):
@@ -136,14 +137,8 @@ def test_scheduled_run_records_a_falling_rate_and_resumes(small_graph, scheduled
                              rtol=1e-12)
   assert res["metrics"]["test"]["realistic"]["mrr"] > 0.0
   # Stop after 3 epochs, then resume to 6: the same curve of rates and the same parameters.
-  calls = {"n": 0}
-
-  def stop_after_three():
-    calls["n"] += 1
-    return "test stop" if calls["n"] == 3 else None
-
   with pytest.raises(Interrupted):
-    train(cfg, small_graph, tmp_path / "resumed", log=_quiet, should_stop=stop_after_three)
+    train(cfg, small_graph, tmp_path / "resumed", log=_quiet, should_stop=helpers.stop_after(3))
   again = train(cfg, small_graph, tmp_path / "resumed", log=_quiet)
   assert again["timings"]["resumed"] is True
   assert [c["learning_rate"] for c in again["curve"]] == rates

@@ -17,6 +17,7 @@ from hale_jax.layout import Layout
 from hale_jax.loop import Interrupted, train
 from hale_jax.mesh import single_device_mesh
 from hale_jax.program import Program
+from tests import helpers
 from reference import (np_activation, np_hale_loss, np_model_distance2, np_softplus,
                        np_transform, random_batch, random_params, to_f64)
 
@@ -214,14 +215,8 @@ def test_a_run_validates_the_average(graph, tmp_path):
 def test_a_run_with_every_lever_resumes_equal(graph, tmp_path):
   cfg = _run_config()
   whole = train(cfg, graph, tmp_path / "whole", log=_quiet)
-  calls = {"n": 0}
-
-  def stop_after_two():
-    calls["n"] += 1
-    return "test stop" if calls["n"] == 2 else None
-
   with pytest.raises(Interrupted):
-    train(cfg, graph, tmp_path / "cut", log=_quiet, should_stop=stop_after_two)
+    train(cfg, graph, tmp_path / "cut", log=_quiet, should_stop=helpers.stop_after(2))
   again = train(cfg, graph, tmp_path / "cut", log=_quiet)
   assert again["timings"]["resumed"] is True
   assert [c["learning_rate"] for c in again["curve"]] == [c["learning_rate"]

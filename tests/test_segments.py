@@ -72,15 +72,6 @@ def cache(tmp_path_factory):
   return helpers.compile_cache_dir(tmp_path_factory)
 
 
-def _stop_after(polls: int):
-  calls = []
-
-  def should_stop():
-    calls.append(None)
-    return "test stop" if len(calls) == polls else None
-  return should_stop
-
-
 class Recorder(callbacks.Callback):
   def __init__(self):
     self.reports, self.validations = [], []
@@ -297,7 +288,7 @@ def test_resume_inside_an_epoch_is_exact(fake_clock, cache, tmp_path):
     with pytest.raises(Interrupted, match=r"test stop: checkpoint saved at epoch 1, step 10 of "
                                           r"20 of epoch 2 in .*checkpoints/30; rerun"):
       train(parts, data, tmp_path / "parts", log=_quiet, callbacks=[StopAtEpoch(3)],
-            should_stop=_stop_after(5))
+            should_stop=helpers.stop_after(5))
     ckpt = checkpoints.Checkpointer(tmp_path / "parts", log=_quiet)
     template = Program.build(parts, Layout(single_device_mesh(), data.num_entities),
                              data.num_relations).init_state()
