@@ -41,6 +41,15 @@ working set is a few ``[k, chunk]`` blocks: ``O(k * chunk)`` instead of ``O(k * 
 forward and the backward pass (``tests/test_chunked.py`` checks it with
 ``compiled.memory_analysis()``).  The price is recomputing the distances once in the backward pass (about ``2 k N d`` extra
 FLOPs) and a sequential loop of ``ceil(N / chunk)`` steps.
+
+Where ``k * N`` is small enough to keep (``keep_products=True``; training decides with
+``--lse_keep_mib``), the forward pass computes the ``[k, N]`` inner products ``<q_j, e_i>`` in
+one matmul before its loop and keeps them, and the backward pass pulls each chunk back from
+them: the head (norms, distance map, activation) is recomputed from the kept products and the
+matmul is only transposed, never recomputed.  On the 2-core CPU this takes about a tenth off a
+WN18RR step (``benchmarks/step_ab.py``; docs/notes/2026-12-07-cpu-step-kept-products.md).  One
+matmul over the whole table sums each ``<q_j, e_i>`` as the per-chunk matmuls do, but XLA may
+fuse it differently, so the two can differ in the last bit of float32.
 """
 
 from __future__ import annotations
@@ -59,14 +68,30 @@ Array = jax.Array
 Activation = Callable[[ArrayLike], Array]
 
 
+def _activated(d2: Array, scale: Array, bias: Array | None, activation: Activation) -> Array:
+  """``b_i - h(scale_j * d2_ji)``: ``[k, c], [k], [c] -> [k, c]`` (``b = 0`` when None)."""
+  scores = -activation(scale[:, None] * d2)
+  return scores if bias is None else scores + bias[None, :]
+
+
+def _chunk_head(products: Array, queries: Array, scale: Array, entities: Array,
+                bias: Array | None, curvature: Array | None, activation: Activation) -> Array:
+  """The scores of one chunk from its inner products ``<q_j, e_i>`` ``[k, c]``: everything
+  :func:`_chunk_scores` does after the matmul (norms, distance map, activation, bias)."""
+  q2 = jnp.sum(queries * queries, axis=-1, keepdims=True)
+  e2 = jnp.sum(entities * entities, axis=-1)
+  return _activated(distances.distance_from_products(products, q2, e2, curvature), scale, bias,
+                    activation)
+
+
 def _chunk_scores(queries: Array, scale: Array, entities: Array, bias: Array | None,
                   curvature: Array | None, activation: Activation,
                   matmul: str = "float32") -> Array:
   """``b_i - h(scale_j * d^2(q_j, e_i))`` for one chunk (``b = 0`` when ``bias`` is None):
-  ``[k, d], [k], [c, d], [c], [k] -> [k, c]``."""
-  d2 = distances.squared_distances(queries, entities, matmul, curvature)
-  scores = -activation(scale[:, None] * d2)
-  return scores if bias is None else scores + bias[None, :]
+  ``[k, d], [k], [c, d], [c], [k] -> [k, c]``; the same numbers as
+  ``distances.squared_distances`` followed by the activation."""
+  return _activated(distances.squared_distances(queries, entities, matmul, curvature), scale,
+                    bias, activation)
 
 
 def _layout(num_entities: int, chunk: int) -> tuple[int, int]:
@@ -97,6 +122,10 @@ def _entity_block(entities: Array, start: Array, chunk: int) -> Array:
   return jax.lax.dynamic_slice_in_dim(entities, start, chunk, axis=0)
 
 
+def _column_block(products: Array, start: Array, chunk: int) -> Array:
+  return jax.lax.dynamic_slice_in_dim(products, start, chunk, axis=1)
+
+
 def _check_shapes(queries: Array, scale: Array, entities: Array,
                   curvature: Array | None = None) -> None:
   if queries.ndim != 2 or entities.ndim != 2 or queries.shape[1] != entities.shape[1]:
@@ -110,22 +139,26 @@ def _check_shapes(queries: Array, scale: Array, entities: Array,
 
 def _lse_forward(queries: Array, scale: Array, entities: Array, bias: Array | None,
                  curvature: Array | None, activation: Activation, chunk: int,
-                 matmul: str) -> Array:
+                 matmul: str, keep: bool) -> tuple[Array, Array | None]:
+  """``([k] lse, products)``: ``products`` the ``[k, N]`` inner products when ``keep`` (one
+  matmul before the loop, each chunk a slice of it), else None (each chunk its own matmul)."""
   n = entities.shape[0]
   chunk, num_chunks = _layout(n, chunk)
   k = queries.shape[0]
   dtype = jnp.result_type(queries.dtype, scale.dtype, entities.dtype)
   neg_inf = jnp.array(-jnp.inf, dtype)
+  kept = distances.inner_products(queries, entities, matmul) if keep else None
 
   def step(carry, index):
     m, s = carry
     start, ok = _chunk_start(index, n, chunk)
     block = _entity_block(entities, start, chunk)
     bias_block = None if bias is None else _entity_block(bias, start, chunk)
-    scores = jnp.where(ok[None, :],
-                       _chunk_scores(queries, scale, block, bias_block, curvature,
-                                     activation, matmul),
-                       neg_inf)
+    scores = (_chunk_scores(queries, scale, block, bias_block, curvature, activation, matmul)
+              if kept is None else
+              _chunk_head(_column_block(kept, start, chunk), queries, scale, block, bias_block,
+                          curvature, activation))
+    scores = jnp.where(ok[None, :], scores, neg_inf)
     m_new = jnp.maximum(m, jnp.max(scores, axis=-1))
     # Shift by 0 while nothing finite has been seen, so (-inf) - (-inf) never appears.
     shift = jnp.where(jnp.isneginf(m_new), jnp.zeros_like(m_new), m_new)
@@ -135,31 +168,56 @@ def _lse_forward(queries: Array, scale: Array, entities: Array, bias: Array | No
   init = (jnp.full((k,), -jnp.inf, dtype), jnp.zeros((k,), dtype))
   (m, s), _ = jax.lax.scan(step, init, jnp.arange(num_chunks))
   shift = jnp.where(jnp.isneginf(m), jnp.zeros_like(m), m)
-  return shift + jnp.log(s)
+  return shift + jnp.log(s), kept
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
-def _uniformity_lse(queries, scale, entities, bias, curvature, activation, chunk, matmul):
-  return _lse_forward(queries, scale, entities, bias, curvature, activation, chunk, matmul)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
+def _uniformity_lse(queries, scale, entities, bias, curvature, activation, chunk, matmul, keep):
+  return _lse_forward(queries, scale, entities, bias, curvature, activation, chunk, matmul,
+                      keep)[0]
 
 
-def _uniformity_lse_fwd(queries, scale, entities, bias, curvature, activation, chunk, matmul):
-  lse = _lse_forward(queries, scale, entities, bias, curvature, activation, chunk, matmul)
-  return lse, (queries, scale, entities, bias, curvature, lse)
+def _uniformity_lse_fwd(queries, scale, entities, bias, curvature, activation, chunk, matmul,
+                        keep):
+  lse, products = _lse_forward(queries, scale, entities, bias, curvature, activation, chunk,
+                               matmul, keep)
+  return lse, (queries, scale, entities, bias, curvature, lse, products)
 
 
-def _uniformity_lse_bwd(activation, chunk, matmul, residuals, g):
-  queries, scale, entities, bias, curvature, lse = residuals
+def _chunk_pullback(queries, scale, block, bias_block, curvature, products, activation, matmul):
+  """``(scores [k, c], pullback)`` of one chunk's scores with respect to ``(queries, scale,
+  block, bias_block, curvature)``.  With ``products`` kept from the forward pass the matmul is
+  not recomputed: the head is pulled back from them and the matmul is only transposed (its
+  forward output is unused, so XLA drops it)."""
+  if products is None:
+    return jax.vjp(functools.partial(_chunk_scores, activation=activation, matmul=matmul),
+                   queries, scale, block, bias_block, curvature)
+  scores, head_pullback = jax.vjp(functools.partial(_chunk_head, activation=activation),
+                                  products, queries, scale, block, bias_block, curvature)
+  _, matmul_pullback = jax.vjp(functools.partial(distances.inner_products, matmul=matmul),
+                               queries, block)
+
+  def pullback(cotangent):
+    dp, dq, ds, de, db, dk = head_pullback(cotangent)
+    dq_m, de_m = matmul_pullback(dp)
+    return dq_m + dq, ds, de_m + de, db, dk
+  return scores, pullback
+
+
+def _uniformity_lse_bwd(activation, chunk, matmul, keep, residuals, g):
+  del keep  # the residuals say it: products is None unless kept
+  queries, scale, entities, bias, curvature, lse, products = residuals
   n = entities.shape[0]
   chunk, num_chunks = _layout(n, chunk)
-  score_fn = functools.partial(_chunk_scores, activation=activation, matmul=matmul)
 
   def step(carry, index):
     dq, ds, de, db, dk = carry
     start, ok = _chunk_start(index, n, chunk)
     block = _entity_block(entities, start, chunk)
     bias_block = None if bias is None else _entity_block(bias, start, chunk)
-    scores, pullback = jax.vjp(score_fn, queries, scale, block, bias_block, curvature)
+    chunk_products = None if products is None else _column_block(products, start, chunk)
+    scores, pullback = _chunk_pullback(queries, scale, block, bias_block, curvature,
+                                       chunk_products, activation, matmul)
     # d lse_j / d score_ji = softmax_ji = exp(score_ji - lse_j); masked rows get 0.
     weights = jnp.where(ok[None, :], jnp.exp(scores - lse[:, None]), 0.0)
     dq_c, ds_c, de_c, db_c, dk_c = pullback((g[:, None] * weights).astype(scores.dtype))
@@ -184,7 +242,7 @@ _uniformity_lse.defvjp(_uniformity_lse_fwd, _uniformity_lse_bwd)
 def uniformity_lse(queries: ArrayLike, scale: ArrayLike, entities: ArrayLike,
                    activation: activations.ActivationLike, chunk: int = 4096,
                    matmul: str = "float32", entity_bias: ArrayLike | None = None,
-                   curvature: ArrayLike | None = None) -> Array:
+                   curvature: ArrayLike | None = None, keep_products: bool = False) -> Array:
   """``lse_j = LSE_i(b_i - h(scale_j * d^2(q_j, e_i)))`` over all entities, chunk by chunk.
 
   Args:
@@ -202,6 +260,10 @@ def uniformity_lse(queries: ArrayLike, scale: ArrayLike, entities: ArrayLike,
       None: 0.
     curvature: ``[k]``, the curvature of each query's ball for the hyperbolic models
       (``models.ball_curvature``); None: the Euclidean distance.
+    keep_products: keep the ``[k, N]`` inner products of the forward pass for the backward pass
+      (static), which then skips the matmul that recomputes them: a faster backward pass for
+      ``k * N`` more elements of memory (``objective.KEEP_PRODUCTS_BYTES`` says when training
+      keeps them).  The same numbers either way, up to float32 rounding.
 
   Returns:
     ``[k]``, equal to ``logsumexp(b[None, :] - h(scale[:, None] *
@@ -219,7 +281,8 @@ def uniformity_lse(queries: ArrayLike, scale: ArrayLike, entities: ArrayLike,
   _layout(entities.shape[0], chunk)  # validates chunk early, with a clear message
   distances.check_matmul(matmul)
   return _uniformity_lse(queries, scale, entities, bias, curvature,
-                         activations.resolve(activation), int(chunk), matmul)
+                         activations.resolve(activation), int(chunk), matmul,
+                         bool(keep_products))
 
 
 def __getattr__(name: str):

@@ -136,6 +136,10 @@ class ObjectiveConfig:
   lse_chunk: int | None = option(None, "hale: entities per chunk of the uniformity "
                                  "log-sum-exp (same value, bounded memory); 0: all at once. "
                                  "Default: 4096 on CPU, 65536 on GPU.", resumable=True)
+  lse_keep_mib: int = option(64, "hale, LSE in chunks: keep the [k, N] inner products of "
+                             "the forward pass for the backward pass (which then skips their "
+                             "matmul) when they take at most this many MiB; 0: never. The "
+                             "same numbers up to float32 rounding.", resumable=True)
   lse: str = option("auto", "How HaLE's uniformity log-sum-exp over all entities is computed: "
                     "auto (the [k, N] block, or --lse_chunk chunks), or fused (one Pallas "
                     "kernel on a GPU; elsewhere chunks).", choices=objective.LSE_FORMS,
@@ -163,6 +167,7 @@ class ObjectiveConfig:
       raise ValueError(f"--query_dropout must lie in [0, 1), got {self.query_dropout}")
     if self.lse_chunk is not None and self.lse_chunk < 0:
       raise ValueError(f"lse_chunk must be >= 0, got {self.lse_chunk}")
+    _check_not_negative(self, "lse_keep_mib")
     if self.bias == "learn" and self.loss not in objective.BIASED_LOSSES:
       raise ValueError(f"--bias=learn applies to the losses {', '.join(objective.BIASED_LOSSES)}"
                        f", not {self.loss!r}; use --bias=none or auto")

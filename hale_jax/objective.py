@@ -92,11 +92,15 @@ def plain_uniformity(activation: Callable, matmul: str = "float32") -> Uniformit
   return lse
 
 
-def chunked_uniformity(activation: Callable, matmul: str, chunk: int) -> Uniformity:
-  """The LSE computed ``chunk`` entities at a time (``hale_jax.chunked.uniformity_lse``)."""
+def chunked_uniformity(activation: Callable, matmul: str, chunk: int,
+                       keep_mib: int = 0) -> Uniformity:
+  """The LSE computed ``chunk`` entities at a time (``hale_jax.chunked.uniformity_lse``),
+  keeping the ``[k, N]`` inner products for the backward pass where they take at most
+  ``keep_mib`` MiB (decided from the shapes when traced)."""
   def lse(queries, scale, entities, bias, curvature):
+    size = queries.shape[0] * entities.shape[0] * jnp.dtype(queries.dtype).itemsize
     return chunked.uniformity_lse(queries, scale, entities, activation, chunk, matmul, bias,
-                                  curvature)
+                                  curvature, keep_products=size <= keep_mib * 2**20)
   return lse
 
 
@@ -117,7 +121,8 @@ def choose_uniformity(cfg: Any, num_entities: int, allow_chunks: bool) -> tuple[
     return fused_uniformity(activation_of(cfg), cfg.matmul), "fused kernel"
   chunk = effective_lse_chunk(cfg.lse_chunk)
   if allow_chunks and 0 < chunk < num_entities:
-    return chunked_uniformity(activation_of(cfg), cfg.matmul, chunk), f"chunks of {chunk}"
+    return (chunked_uniformity(activation_of(cfg), cfg.matmul, chunk,
+                               getattr(cfg, "lse_keep_mib", 0)), f"chunks of {chunk}")
   return plain_uniformity(activation_of(cfg), cfg.matmul), "plain"
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from hale_jax import activations, chunked, config, distances, losses, rundir
+from hale_jax import activations, chunked, config, distances, losses, objective, rundir
 from reference import FD_EPS, np_activation, np_uniformity_lse, rel_err
 
 ACTS = ["hanon", "halin", "xexp", "identity"]
@@ -74,6 +74,43 @@ def test_lse_loss_and_gradients_match_plain_and_numpy(rng, act, n, chunk):
   for name, gc, gp in zip(("queries", "scale", "entities"), g_chunk, g_plain):
     assert gc.shape == gp.shape and gc.dtype == gp.dtype
     assert rel_err(gc, gp) < 1e-5, name
+
+
+@pytest.mark.parametrize("n,chunk,matmul", [(37, 8, "float32"), (13, 1, "float32"),
+                                            pytest.param(40, 8, "bf16", marks=pytest.mark.slow)])
+def test_kept_products_give_the_recomputed_lse_and_gradients(rng, n, chunk, matmul):
+  """``keep_products=True`` (the backward pass reuses the forward's inner products instead of
+  recomputing them) gives the LSE and every gradient of the recomputing version, with tail
+  biases and a generic cotangent; the LSE also equals the float64 reference."""
+  k, d = 5, 8
+  q, s, e = _inputs(rng, k, n, d)
+  bias = jnp.asarray(rng.normal(0.0, 0.5, n), jnp.float32)
+  weights = jnp.asarray(rng.normal(size=k), jnp.float32)
+  h = activations.get_activation("hanon")
+
+  def lse(q, s, e, b, keep):
+    return chunked.uniformity_lse(q, s, e, h, chunk, matmul, entity_bias=b, keep_products=keep)
+
+  results = {keep: jax.jit(jax.value_and_grad(lambda q, s, e, b: jnp.dot(weights, lse(
+      q, s, e, b, keep)), argnums=(0, 1, 2, 3)))(q, s, e, bias) for keep in (False, True)}
+  (v_kept, g_kept), (v_again, g_again) = results[True], results[False]
+  assert rel_err(v_kept, v_again) < 1e-6
+  for name, got, want in zip(("queries", "scale", "entities", "bias"), g_kept, g_again):
+    assert got.shape == want.shape and rel_err(got, want) < 1e-6, name
+  if matmul == "float32":
+    np.testing.assert_allclose(np.asarray(jax.jit(lse, static_argnums=4)(q, s, e, bias, True)),
+                               np_uniformity_lse(q, s, e, np_activation("hanon"), bias),
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_kept_products_check_grads_float64(rng, x64):
+  q, s, e = _inputs(rng, 3, 11, 4, np.float64)
+  h = activations.get_activation("halin")
+  weights = jnp.asarray(rng.normal(size=3))
+  f = jax.jit(lambda q, s, e: jnp.dot(weights, chunked.uniformity_lse(q, s, e, h, 4,
+                                                                      keep_products=True)))
+  check_grads(f, (q, s, e), order=1, modes=("rev",), eps=FD_EPS)
 
 
 @pytest.mark.parametrize("act", [a if a == "hanon" else pytest.param(a, marks=pytest.mark.slow)
@@ -193,6 +230,27 @@ def test_chunked_gradient_needs_far_less_temporary_memory():
   assert temps["plain"] >= full, temps
   assert temps["chunked"] < full / 8, temps
   assert temps["chunked"] < 16 * k * chunk * 4, temps  # a handful of [k, chunk] blocks
+
+
+@pytest.mark.slow
+def test_objective_keeps_the_products_only_within_its_limit():
+  """``objective.chunked_uniformity`` keeps the ``[k, N]`` inner products (one more [k, N]
+  temporary) when they fit in ``keep_mib`` MiB, and stays at O(k chunk) otherwise."""
+  k, n, d, chunk = 64, 200_000, 16, 4096
+  full = k * n * 4  # 51.2 MB
+  h = activations.get_activation("hanon")
+  specs = (jax.ShapeDtypeStruct((k, d), jnp.float32), jax.ShapeDtypeStruct((k,), jnp.float32),
+           jax.ShapeDtypeStruct((n, d), jnp.float32))
+  temps = {}
+  for keep_mib in (0, 48, 49):  # 48 MiB < 51.2 MB <= 49 MiB
+    lse = objective.chunked_uniformity(h, "float32", chunk, keep_mib)
+    loss = lambda q, s, e: jnp.sum(lse(q, s, e, None, None))  # noqa: E731
+    stats = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(*specs).compile().memory_analysis()
+    if stats is None or getattr(stats, "temp_size_in_bytes", None) is None:
+      pytest.skip(f"compiled.memory_analysis() gives no temp size on {jax.default_backend()}")
+    temps[keep_mib] = stats.temp_size_in_bytes
+  assert temps[0] < full / 8 and temps[48] < full / 8, temps
+  assert full <= temps[49] < full + 16 * k * chunk * 4, temps
 
 
 def test_a_run_resumes_under_another_lse_chunk():

@@ -195,6 +195,12 @@ def _chunked(h):
                                                                       curvature=k))
 
 
+def _kept(h):
+  """The chunked path keeping the forward pass's inner products for the backward pass."""
+  return lambda q, s, e, b, k, w: jnp.sum(w * chunked.uniformity_lse(
+      q, s, e, h, 7, entity_bias=b, curvature=k, keep_products=True))
+
+
 def _fused(h):
   return lambda q, s, e, b, k, w: jnp.sum(w * lse_kernel.uniformity_lse_fused(
       q, s, e, h, entity_bias=b, curvature=k, block_k=16, block_n=16, num_splits=2))
@@ -205,13 +211,14 @@ def _value_and_grads(loss, args):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("path", ["chunked", "fused"])
+@pytest.mark.parametrize("path", ["chunked", "kept", "fused"])
 def test_lse_paths_equal_plain_float64(rng, x64, path):
   """Value and gradients (queries, scales, entities, biases, curvatures) to float64 rounding;
   the plain value against NumPy from the definition."""
   args = _lse_args(rng, jnp.float64)
   h = activations.get_activation("hanon")
-  value, grads = _value_and_grads({"chunked": _chunked, "fused": _fused}[path](h), args)
+  paths = {"chunked": _chunked, "kept": _kept, "fused": _fused}
+  value, grads = _value_and_grads(paths[path](h), args)
   want_value, want_grads = _value_and_grads(_plain(h), args)
   q, s, e, b, c, w = (np.asarray(a) for a in args)
   np_value = np.sum(w * np_logsumexp(b[None, :] - np_activation("hanon")(
