@@ -47,7 +47,7 @@ Where ``k * N`` is small enough to keep (``keep_products=True``; training decide
 one matmul before its loop and keeps them, and the backward pass pulls each chunk back from
 them: the head (norms, distance map, activation) is recomputed from the kept products and the
 matmul is only transposed, never recomputed.  On the 2-core CPU this takes about a tenth off a
-WN18RR step (``benchmarks/step_ab.py``; docs/notes/2026-12-07-cpu-step-kept-products.md).  One
+WN18RR step (``benchmarks/step_ab.py``; docs/notes/2026-12-07-plus-round2-part2.md).  One
 matmul over the whole table sums each ``<q_j, e_i>`` as the per-chunk matmuls do, but XLA may
 fuse it differently, so the two can differ in the last bit of float32.
 """
