@@ -37,8 +37,6 @@ import numpy as np
 
 from benchmarks import step_time
 from hale_jax import options
-from hale_jax.layout import Layout
-from hale_jax.program import Program
 
 # dataset name as flagfiles give it -> (step_time size, training triples)
 DATASETS: dict[str, tuple[str, int]] = {
@@ -66,11 +64,8 @@ def variant_config(flagfile: str, fields: dict[str, str]):
 
 
 def _compiled(config, num_entities: int, num_relations: int, queries: np.ndarray):
-  layout = Layout.for_run(config, num_entities)
-  program = Program.build(config, layout, num_relations)
-  epoch, steps = program.epoch(queries.shape[0])
-  train = layout.place_training_set(queries)
-  state = program.init_state()
+  _, epoch, steps, state, train = step_time.epoch_case(config, num_entities, num_relations,
+                                                       queries)
   return epoch.lower(state, train).compile(), state, train, steps
 
 

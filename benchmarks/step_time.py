@@ -244,17 +244,23 @@ def _step_cost(program: Program, state, queries: np.ndarray):
   return flops, nbytes, source
 
 
+def epoch_case(config: Config, num_entities: int, num_relations: int, queries: np.ndarray):
+  """``(program, epoch, steps, state, train)``: training's jitted epoch over ``queries`` (its
+  number of steps), the initial state and the placed training set, as training builds them."""
+  layout = Layout.for_run(config, num_entities)
+  program = Program.build(config, layout, num_relations)
+  epoch, steps = program.epoch(queries.shape[0])
+  return program, epoch, steps, program.init_state(), layout.place_training_set(queries)
+
+
 def run_case(config: Config, size: str, device: dict[str, Any], timing: Timing,
              seed: int = 0) -> dict[str, Any]:
   """Compiles and times ``config``'s epoch on a random graph of ``size``; one result row."""
   n, num_rel = SIZES[size]
   b = config.optim.batch_size
-  layout = Layout.for_run(config, n)
-  program = Program.build(config, layout, num_rel)
-  epoch, steps = program.epoch(timing.steps * b)
-  queries = random_queries(np.random.default_rng(seed), steps * b, n, 2 * num_rel)
-  state = program.init_state()
-  train = layout.place_training_set(queries)
+  queries = random_queries(np.random.default_rng(seed), timing.steps * b, n, 2 * num_rel)
+  program, epoch, steps, state, train = epoch_case(config, n, num_rel, queries)
+  layout = program.layout
   t0 = time.perf_counter()
   lowered = epoch.lower(state, train)
   t1 = time.perf_counter()

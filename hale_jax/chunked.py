@@ -46,7 +46,7 @@ Where ``k * N`` is small enough to keep (``keep_products=True``; training decide
 ``--lse_keep_mib``), the forward pass computes the ``[k, N]`` inner products ``<q_j, e_i>`` in
 one matmul before its loop and keeps them, and the backward pass pulls each chunk back from
 them: the head (norms, distance map, activation) is recomputed from the kept products and the
-matmul is only transposed, never recomputed.  On the 2-core CPU this takes about a tenth off a
+matmul is only transposed, never recomputed.  On the 2-core CPU this takes 5-9 % off a
 WN18RR step (``benchmarks/step_ab.py``; docs/notes/2026-12-07-plus-round2-part2.md).  One
 matmul over the whole table sums each ``<q_j, e_i>`` as the per-chunk matmuls do, but XLA may
 fuse it differently, so the two can differ in the last bit of float32.
@@ -118,12 +118,10 @@ def _chunk_start(index: Array, num_entities: int, chunk: int) -> tuple[Array, Ar
   return start, valid
 
 
-def _entity_block(entities: Array, start: Array, chunk: int) -> Array:
-  return jax.lax.dynamic_slice_in_dim(entities, start, chunk, axis=0)
-
-
-def _column_block(products: Array, start: Array, chunk: int) -> Array:
-  return jax.lax.dynamic_slice_in_dim(products, start, chunk, axis=1)
+def _entity_block(table: Array, start: Array, chunk: int, axis: int = 0) -> Array:
+  """The ``chunk`` entities from ``start`` along ``table``'s entity ``axis`` (the kept
+  ``[k, N]`` products have them on axis 1)."""
+  return jax.lax.dynamic_slice_in_dim(table, start, chunk, axis=axis)
 
 
 def _check_shapes(queries: Array, scale: Array, entities: Array,
@@ -156,8 +154,8 @@ def _lse_forward(queries: Array, scale: Array, entities: Array, bias: Array | No
     bias_block = None if bias is None else _entity_block(bias, start, chunk)
     scores = (_chunk_scores(queries, scale, block, bias_block, curvature, activation, matmul)
               if kept is None else
-              _chunk_head(_column_block(kept, start, chunk), queries, scale, block, bias_block,
-                          curvature, activation))
+              _chunk_head(_entity_block(kept, start, chunk, axis=1), queries, scale, block,
+                          bias_block, curvature, activation))
     scores = jnp.where(ok[None, :], scores, neg_inf)
     m_new = jnp.maximum(m, jnp.max(scores, axis=-1))
     # Shift by 0 while nothing finite has been seen, so (-inf) - (-inf) never appears.
@@ -215,7 +213,8 @@ def _uniformity_lse_bwd(activation, chunk, matmul, keep, residuals, g):
     start, ok = _chunk_start(index, n, chunk)
     block = _entity_block(entities, start, chunk)
     bias_block = None if bias is None else _entity_block(bias, start, chunk)
-    chunk_products = None if products is None else _column_block(products, start, chunk)
+    chunk_products = (None if products is None
+                      else _entity_block(products, start, chunk, axis=1))
     scores, pullback = _chunk_pullback(queries, scale, block, bias_block, curvature,
                                        chunk_products, activation, matmul)
     # d lse_j / d score_ji = softmax_ji = exp(score_ji - lse_j); masked rows get 0.
@@ -262,8 +261,8 @@ def uniformity_lse(queries: ArrayLike, scale: ArrayLike, entities: ArrayLike,
       (``models.ball_curvature``); None: the Euclidean distance.
     keep_products: keep the ``[k, N]`` inner products of the forward pass for the backward pass
       (static), which then skips the matmul that recomputes them: a faster backward pass for
-      ``k * N`` more elements of memory (``objective.KEEP_PRODUCTS_BYTES`` says when training
-      keeps them).  The same numbers either way, up to float32 rounding.
+      ``k * N`` more elements of memory (training keeps them where they fit in
+      ``--lse_keep_mib``; ``objective.chunked_uniformity``).  The same numbers either way, up to float32 rounding.
 
   Returns:
     ``[k]``, equal to ``logsumexp(b[None, :] - h(scale[:, None] *
