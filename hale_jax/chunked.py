@@ -46,7 +46,7 @@ Where ``k * N`` is small enough to keep (``keep_products=True``; training decide
 ``--lse_keep_mib``), the forward pass computes the ``[k, N]`` inner products ``<q_j, e_i>`` in
 one matmul before its loop and keeps them, and the backward pass pulls each chunk back from
 them: the head (norms, distance map, activation) is recomputed from the kept products and the
-matmul is only transposed, never recomputed.  On the 2-core CPU this takes 5-9 % off a
+matmul is only transposed, never recomputed.  On the 2-core CPU this takes 4.5-9 % off a
 WN18RR step (``benchmarks/step_ab.py``; docs/notes/2026-12-07-plus-round2-part2.md).  One
 matmul over the whole table sums each ``<q_j, e_i>`` as the per-chunk matmuls do, but XLA may
 fuse it differently, so the two can differ in the last bit of float32.
