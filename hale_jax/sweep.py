@@ -1,14 +1,17 @@
 """Command line: resumable hyperparameter studies with Optuna.
 
     python -m hale_jax.sweep --study_dir=S --flagfile=launch/codex_s.flags --space=space.json \\
-        --trials=20 [--max_seconds_per_trial=60] [--pruner=median|halving|none] [--report]
+        --trials=20 [--max_seconds_per_trial=60] [--pruner=median|halving|none]
+        [--prune_from_epoch=1] [--report]
 
 The study lives in ``S/study.db`` (SQLite), so a killed sweep resumes where it was and several
 workers started with the same command share it.  Each trial is an ordinary run folder
 ``S/trial_NNNN`` (its log in ``log.txt``) trained from the flagfile's settings with the trial's
 values; it reports its valid MRR at each validation, so the pruner stops bad trials early.
 The objective is the best valid MRR (realistic ties); the test split plays no part in the
-search.  A trial left running by a killed worker (its run folder no longer locked) is marked
+search.  A new study's first trial is the flagfile itself (its values of the searched
+parameters, where they lie inside the space; ``--nobaseline_trial`` turns this off), so the
+report shows the setting the search has to beat.  A trial left running by a killed worker (its run folder no longer locked) is marked
 failed and its values are tried again.  At the end, or with ``--report`` alone: a table of
 the trials, ``S/best.flags`` (the flagfile plus the best values) and ``S/study.png``.
 
@@ -107,10 +110,13 @@ def _optuna():
   return optuna
 
 
-def open_study(study_dir: Path, pruner: str = "median"):
-  """The study of ``study_dir`` (created on first use) with the named pruner."""
+def open_study(study_dir: Path, pruner: str = "median", from_epoch: int = 1):
+  """The study of ``study_dir`` (created on first use) with the named pruner; the median
+  pruner judges a trial from its validation at epoch ``from_epoch`` on (a graph whose valid
+  MRR sits near 0 for its first epochs, as WN18RR's does, needs a later one)."""
   optuna = _optuna()
-  pruners = {"median": optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+  pruners = {"median": optuna.pruners.MedianPruner(n_startup_trials=2,
+                                                   n_warmup_steps=from_epoch),
              "halving": optuna.pruners.SuccessiveHalvingPruner(),
              "none": optuna.pruners.NopPruner()}
   study_dir.mkdir(parents=True, exist_ok=True)
@@ -127,6 +133,37 @@ def open_study(study_dir: Path, pruner: str = "median"):
 
 def _trial_dir(study_dir: Path, number: int) -> Path:
   return study_dir / f"trial_{number:04d}"
+
+
+def baseline_values(base: Config, space: dict[str, dict[str, Any]]
+                    ) -> tuple[dict[str, Any], dict[str, Any]]:
+  """The flagfile's own values of the space's parameters, split into those inside the space
+  and those outside it (a number outside ``[low, high]``, a value not among the choices)."""
+  flat = base.flat()
+  inside, outside = {}, {}
+  for name, spec in space.items():
+    value = flat[name]
+    ok = (value in spec["choices"] if spec["type"] == "categorical"
+          else spec["low"] <= value <= spec["high"])
+    (inside if ok else outside)[name] = value
+  return inside, outside
+
+
+def enqueue_baseline(study, base: Config, space: dict[str, dict[str, Any]]) -> str:
+  """Queues the flagfile's own values as the first trial of a new study, so its report shows
+  the setting every other trial must beat (a value outside the space is left to the sampler,
+  as a regularizer's weight of 0 is where the space has only positive weights); returns a
+  line saying what was queued."""
+  if study.get_trials(deepcopy=False):
+    return ""
+  inside, outside = baseline_values(base, space)
+  if not inside:
+    return "no baseline trial: none of the flagfile's values lies inside the space"
+  study.enqueue_trial(inside)
+  drawn = (f"; drawn by the sampler, the flagfile's value being outside the space: "
+           f"{', '.join(f'{k} (flagfile {v})' for k, v in sorted(outside.items()))}"
+           if outside else "")
+  return f"trial 0 is the flagfile's own setting: {inside}{drawn}"
 
 
 def _is_locked(folder: Path) -> bool:
@@ -281,6 +318,11 @@ def _define_flags() -> None:
   flags.DEFINE_integer("max_epochs_per_trial", None, "Epoch budget of each trial (default: the "
                        "flagfile's --max_epochs).")
   flags.DEFINE_enum("pruner", "median", ["median", "halving", "none"], "Stops bad trials early.")
+  flags.DEFINE_integer("prune_from_epoch", 1, "The median pruner judges a trial from this "
+                       "epoch on (raise it where valid MRR starts near 0 for a few epochs).",
+                       lower_bound=1)
+  flags.DEFINE_bool("baseline_trial", True, "A new study's first trial runs the flagfile's own "
+                    "values (where they lie inside the space), the setting to beat.")
   flags.DEFINE_bool("report", False, "Only print the report of the study as it is.")
 
 
@@ -308,7 +350,7 @@ def report(study, study_dir: Path) -> None:
 def main(argv):
   cli.no_arguments(argv)
   study_dir = Path(FLAGS.study_dir)
-  study = open_study(study_dir, FLAGS.pruner)
+  study = open_study(study_dir, FLAGS.pruner, FLAGS.prune_from_epoch)
   if not FLAGS.report:
     _search(study, study_dir)
   report(study, study_dir)
@@ -323,6 +365,10 @@ def _search(study, study_dir: Path) -> None:
   base = options.config_from_flags(FLAGS, **overrides)
   spec = options.data_spec_from_flags(FLAGS)
   data = spec.load()
+  if FLAGS.baseline_trial:
+    said = enqueue_baseline(study, base, space)
+    if said:
+      print(said, flush=True)
   retried = retry_stale_trials(study, study_dir)
   if retried:
     print(f"{retried} trial(s) left running by a stopped worker: marked failed, tried again")

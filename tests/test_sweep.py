@@ -14,6 +14,7 @@ import pytest
 
 pytest.importorskip("optuna")
 
+from hale_jax import config as config_lib  # noqa: E402
 from hale_jax import dataspec, options, rundir, sweep, synthetic  # noqa: E402
 from hale_jax.rundir import WorkdirLock  # noqa: E402
 
@@ -55,6 +56,50 @@ def test_space_parses_and_suggests(tmp_path):
   assert sweep.parse_space(path) == space
   with pytest.raises(ValueError, match="cannot be read"):
     sweep.parse_space(tmp_path / "missing.json")
+
+
+def test_new_study_starts_with_the_flagfiles_own_values():
+  import optuna  # pylint: disable=import-outside-toplevel
+  space = {"lam": {"type": "float", "low": 0.1, "high": 2.0, "log": True},
+           "bias": {"type": "categorical", "choices": ["none", "learn"]},
+           "gamma": {"type": "int", "low": 4, "high": 16}}
+  base = config_lib.Config.make(lam=0.7, bias="learn", gamma=12)
+  study = optuna.create_study(direction="maximize")
+  said = sweep.enqueue_baseline(study, base, space)
+  assert said.startswith("trial 0 is the flagfile's own setting")
+  trial = study.ask()
+  assert sweep.suggest(trial, space) == {"lam": 0.7, "bias": "learn", "gamma": 12}
+  study.tell(trial, 0.5)
+  assert sweep.enqueue_baseline(study, base, space) == ""  # only a new study gets one
+  # a value outside the space is left to the sampler, and the line names it
+  other = config_lib.Config.make(lam=0.7, bias="learn", gamma=20)
+  assert sweep.baseline_values(other, space) == ({"lam": 0.7, "bias": "learn"}, {"gamma": 20})
+  fresh = optuna.create_study(direction="maximize")
+  said = sweep.enqueue_baseline(fresh, other, space)
+  assert said.endswith("outside the space: gamma (flagfile 20)"), said
+  drawn = sweep.suggest(fresh.ask(), space)
+  assert drawn["lam"] == 0.7 and drawn["bias"] == "learn" and 4 <= drawn["gamma"] <= 16
+  nothing = config_lib.Config.make(lam=3.0, bias="learn", gamma=20)
+  empty = optuna.create_study(direction="maximize")
+  space_without_bias = {k: v for k, v in space.items() if k != "bias"}
+  assert sweep.enqueue_baseline(empty, nothing, space_without_bias).startswith("no baseline")
+  assert not empty.get_trials()
+
+
+@pytest.mark.parametrize("from_epoch", [1, 3])
+def test_median_pruner_judges_from_the_given_epoch(tmp_path, from_epoch):
+  study = sweep.open_study(tmp_path, "median", from_epoch)
+  for _ in range(2):  # two finished trials at valid MRR 0.4 every epoch
+    done = study.ask()
+    for epoch in range(1, 7):
+      done.report(0.4, step=epoch)
+    study.tell(done, 0.4)
+  slow = study.ask()
+  verdicts = []
+  for epoch in range(1, 7):
+    slow.report(0.01, step=epoch)
+    verdicts.append(slow.should_prune())
+  assert verdicts == [epoch >= from_epoch for epoch in range(1, 7)]
 
 
 def test_stale_running_trial_is_failed_and_retried(tmp_path, monkeypatch):
