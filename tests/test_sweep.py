@@ -5,6 +5,7 @@ end (three 2-epoch trials on the tiny generated graph, its report, ``best.flags`
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -155,8 +156,10 @@ def test_study_finishes_with_report_flagfile_and_plot(study):
   study_dir, data_dir, proc = study
   assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
   assert "Traceback" not in proc.stderr
-  done = [l for l in proc.stdout.splitlines() if l.startswith("trial ")]
+  done = [l for l in proc.stdout.splitlines() if re.match(r"trial \d+: ", l)]
   assert len(done) == 3 and all("valid MRR" in l for l in done), proc.stdout
+  assert proc.stdout.startswith("trial 0 is the flagfile's own setting: ")
+  assert done[0].startswith("trial 0: valid MRR ") and "'batch_size': 64" in done[0]
   table = [l for l in proc.stdout.splitlines() if l.startswith("| ") and l[2].isdigit()]
   assert len(table) == 3 and all("| complete |" in l or "| pruned |" in l for l in table)
   for n in range(3):
