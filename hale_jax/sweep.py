@@ -11,9 +11,10 @@ values; it reports its valid MRR at each validation, so the pruner stops bad tri
 The objective is the best valid MRR (realistic ties); the test split plays no part in the
 search.  A new study's first trial is the flagfile itself (its values of the searched
 parameters, where they lie inside the space; ``--nobaseline_trial`` turns this off), so the
-report shows the setting the search has to beat.  A trial left running by a killed worker (its run folder no longer locked) is marked
-failed and its values are tried again.  At the end, or with ``--report`` alone: a table of
-the trials, ``S/best.flags`` (the flagfile plus the best values) and ``S/study.png``.
+report shows the setting the search has to beat.  A trial left running by a killed worker (its
+run folder no longer locked) is marked failed and its values are tried again.  At the end, or
+with ``--report`` alone: a table of the trials, ``S/best.flags`` (the flagfile plus the best
+values) and ``S/study.png``.
 
 The space file is a JSON object mapping config fields (the launcher's flag names) to
 distributions::
